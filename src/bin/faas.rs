@@ -1,0 +1,199 @@
+//! `faas`: the command-line client of faasd. Parse, call, print; every
+//! failure exits non-zero with a one-line reason.
+
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use faasd::api::{parse_env, DeployOptions, FunctionInfo, DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM};
+use faasd::client::{Client, DEFAULT_URL};
+use faasd::image::build::{single_binary, write_image};
+use faasd::units::parse_size;
+
+#[derive(Parser)]
+#[command(name = "faas", version, about = "Deploy Docker images as functions on faasd")]
+struct Cli {
+    /// faasd control API address.
+    #[arg(long, env = "FAAS_URL", default_value = DEFAULT_URL, global = true)]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    name: String,
+    /// Pre-started containers kept waiting (0: every connection starts one).
+    #[arg(long, default_value_t = DEFAULT_WARM)]
+    warm: u32,
+    /// Environment for the handler, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Memory limit per container (bytes, or 64M, 1G ...).
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MEMORY)]
+    memory: u64,
+    /// Seconds a container may run before it is killed.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Image archive to upload (default: standard input).
+    #[arg(long)]
+    image: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deploy (or replace) a function from a `docker save` archive.
+    Deploy(DeployArgs),
+    /// Same as deploy (the original tool's verb).
+    New(DeployArgs),
+    /// Print a function's IP address.
+    Ip { name: String },
+    /// List functions.
+    List {
+        /// Output format: table or json.
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Show a function's settings and counters.
+    Inspect { name: String },
+    /// Remove a function.
+    Rm { name: String },
+    /// Print the end of a function's handler log.
+    Logs {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Build a deployable image archive from a static binary (no Docker needed).
+    Pack {
+        binary: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faas: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.url);
+    match cli.command {
+        Command::Deploy(args) | Command::New(args) => deploy(&client, args),
+        Command::Ip { name } => {
+            println!("{}", client.inspect(&name)?.ip);
+            Ok(())
+        }
+        Command::List { output } => list(&client, &output),
+        Command::Inspect { name } => {
+            println!("{}", serde_json::to_string_pretty(&client.inspect(&name)?)?);
+            Ok(())
+        }
+        Command::Rm { name } => {
+            client.remove(&name)?;
+            println!("removed {name}");
+            Ok(())
+        }
+        Command::Logs { name, tail } => {
+            print!("{}", client.logs(&name, tail)?);
+            Ok(())
+        }
+        Command::Pack { binary, output } => pack(&binary, output),
+    }
+}
+
+fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
+    let options = DeployOptions {
+        warm: args.warm,
+        env: args.env.into_iter().collect(),
+        memory: args.memory,
+        timeout_secs: args.timeout,
+    };
+    options.validate().map_err(anyhow::Error::msg)?;
+    let (reader, size): (Box<dyn Read>, Option<u64>) = match &args.image {
+        Some(path) => {
+            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let size = file.metadata().ok().map(|m| m.len());
+            (Box::new(file), size)
+        }
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("no image: pipe one in (docker save IMAGE | faas deploy NAME) or pass --image FILE");
+            }
+            (Box::new(std::io::stdin().lock()), None)
+        }
+    };
+    let reader: Box<dyn Read> = if std::io::stderr().is_terminal() {
+        let bar = match size {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} uploading {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Box::new(bar.wrap_read(reader))
+    } else {
+        reader
+    };
+    let info = client.deploy(&args.name, &options, reader)?;
+    println!("deployed {} at {}", info.name, info.ip);
+    Ok(())
+}
+
+fn list(client: &Client, output: &str) -> anyhow::Result<()> {
+    let all = client.list()?;
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(&all)?),
+        "table" => print_table(&all),
+        other => bail!("unknown output format {other:?} (table or json)"),
+    }
+    Ok(())
+}
+
+fn print_table(all: &[FunctionInfo]) {
+    println!("{:<24} {:<15} {:>7} {:>9} {:>7}  IMAGE", "NAME", "IP", "VERSION", "REQUESTS", "FAILED");
+    for f in all {
+        let image = f.image_id.strip_prefix("sha256:").unwrap_or(&f.image_id);
+        println!(
+            "{:<24} {:<15} {:>7} {:>9} {:>7}  {}",
+            f.name,
+            f.ip,
+            f.version,
+            f.stats.requests,
+            f.stats.failed,
+            &image[..image.len().min(12)]
+        );
+    }
+}
+
+fn pack(binary: &PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let tag = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "handler".into());
+    let spec = single_binary(bytes, &format!("{tag}:latest"));
+    match output {
+        Some(path) => {
+            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            write_image(&spec, std::io::BufWriter::new(file)).context("writing image")?;
+        }
+        None => {
+            if std::io::stdout().is_terminal() {
+                bail!("refusing to write an image archive to a terminal: redirect it or pass -o FILE");
+            }
+            let mut out = std::io::stdout().lock();
+            write_image(&spec, &mut out).context("writing image")?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}

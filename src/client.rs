@@ -1,0 +1,87 @@
+//! Client of the control API, used by `faas`. Blocking (ureq): the CLI
+//! makes one request at a time and streams uploads from a reader.
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::api::{DeployOptions, ErrorBody, FunctionInfo};
+
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message} (HTTP {status})")]
+    Api { status: u16, message: String },
+    #[error("cannot reach faasd at {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("unexpected answer from faasd: {0}")]
+    Decode(String),
+}
+
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(url: &str) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .build();
+        Self {
+            base: url.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn check(&self, result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ClientError> {
+        match result {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(status, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<ErrorBody>(&body)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| body.trim().to_string());
+                Err(ClientError::Api { status, message })
+            }
+            Err(ureq::Error::Transport(t)) => Err(ClientError::Transport {
+                url: self.base.clone(),
+                message: t.to_string(),
+            }),
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(r: ureq::Response) -> Result<T, ClientError> {
+        let body = r.into_string().map_err(|e| ClientError::Decode(e.to_string()))?;
+        serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Uploads an image archive read from `image` and deploys it as `name`.
+    pub fn deploy(&self, name: &str, options: &DeployOptions, image: impl Read) -> Result<FunctionInfo, ClientError> {
+        let url = self.url(&format!("/v1/functions/{name}?{}", options.to_query()));
+        let r = self.agent.put(&url).set("content-type", "application/x-tar").send(image);
+        Self::json(self.check(r)?)
+    }
+
+    pub fn list(&self) -> Result<Vec<FunctionInfo>, ClientError> {
+        Self::json(self.check(self.agent.get(&self.url("/v1/functions")).call())?)
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<FunctionInfo, ClientError> {
+        Self::json(self.check(self.agent.get(&self.url(&format!("/v1/functions/{name}"))).call())?)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), ClientError> {
+        self.check(self.agent.delete(&self.url(&format!("/v1/functions/{name}"))).call())
+            .map(|_| ())
+    }
+
+    pub fn logs(&self, name: &str, tail: usize) -> Result<String, ClientError> {
+        let r = self.check(self.agent.get(&self.url(&format!("/v1/functions/{name}/logs?tail={tail}"))).call())?;
+        r.into_string().map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

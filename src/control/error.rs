@@ -1,0 +1,88 @@
+//! One table from every error the control API can meet to an HTTP status,
+//! and the JSON error body.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+
+use crate::api::ErrorBody;
+use crate::image::{ImageError, LayerError};
+use crate::manager::ManagerError;
+use crate::name::NameError;
+use crate::net::NetError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method {0} not allowed here")]
+    Method(String),
+    #[error("upload is larger than the {0}-byte limit")]
+    TooLarge(u64),
+    #[error("receiving upload: {0}")]
+    Upload(String),
+    #[error("storing upload: {0}")]
+    Storage(#[source] std::io::Error),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Name(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Upload(_) => StatusCode::BAD_REQUEST,
+            ApiError::Storage(e) => io_status(e),
+            ApiError::Manager(m) => manager_status(m),
+        }
+    }
+
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&ErrorBody { error: self.to_string() }).unwrap_or_default();
+        Response::builder()
+            .status(self.status())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}
+
+fn manager_status(e: &ManagerError) -> StatusCode {
+    match e {
+        ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
+        ManagerError::Image(ImageError::Store { source, .. }) => io_status(source),
+        ManagerError::Image(ImageError::Limit { .. })
+        | ManagerError::Image(ImageError::Layer { source: LayerError::Limit { .. }, .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        // Most filesystem failures while unpacking come from the image
+        // (a hard link to nothing, a file where a directory must be).
+        ManagerError::Image(ImageError::Layer { source: LayerError::Fs { source, .. }, .. }) => {
+            match io_status(source) {
+                StatusCode::INTERNAL_SERVER_ERROR => StatusCode::BAD_REQUEST,
+                other => other,
+            }
+        }
+        ManagerError::Image(_) => StatusCode::BAD_REQUEST,
+        ManagerError::Net(NetError::Exhausted(_)) => StatusCode::INSUFFICIENT_STORAGE,
+        ManagerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ManagerError::Net(_) | ManagerError::Registry(_) | ManagerError::Dataplane(_) | ManagerError::Io { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// A full disk is the operator's to fix, and says so.
+fn io_status(e: &std::io::Error) -> StatusCode {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

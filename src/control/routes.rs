@@ -1,0 +1,168 @@
+//! Request dispatch: one `match` on method and path, each arm a handler
+//! returning `Result<Response, ApiError>`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::upload;
+use super::{ApiError, Control};
+use crate::api::DeployOptions;
+use crate::name::FunctionName;
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Bytes of a log we read at most to find its last lines.
+const LOG_WINDOW: u64 = 1 << 20;
+
+pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let reply = match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, ["v1", "functions"]) => json(&control.manager.list().await),
+        (&Method::GET, ["v1", "functions", name]) => inspect(control, name).await,
+        (&Method::PUT | &Method::POST, ["v1", "functions", name]) => {
+            let name = FunctionName::parse(name).map_err(ApiError::from);
+            match name {
+                Ok(name) => deploy(control, name, req).await,
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
+        (&Method::GET, ["v1", "functions", name, "logs"]) => logs(control, name, req.uri().query()).await,
+        (&Method::POST, ["api", "new"]) => api_new(control, req).await,
+        (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
+        (&Method::GET, ["api", "list"]) => api_list(control).await,
+        (_, ["healthz"] | ["v1", "functions", ..] | ["api", ..]) => Err(ApiError::Method(method.to_string())),
+        _ => Err(ApiError::NoRoute(path.clone())),
+    };
+    match reply {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(%method, %path, status = %e.status(), error = %e, "control request failed");
+            e.response()
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+async fn inspect(control: &Control, name: &str) -> Reply {
+    let name = FunctionName::parse(name)?;
+    json(&control.manager.inspect(&name).await?)
+}
+
+async fn remove(control: &Control, name: &str) -> Reply {
+    let name = FunctionName::parse(name)?;
+    control.manager.remove(&name).await?;
+    Ok(text(StatusCode::OK, format!("removed {name}\n")))
+}
+
+async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -> Reply {
+    let options = DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    let info = receive_and_deploy(control, name, options, req).await?;
+    json(&info)
+}
+
+async fn receive_and_deploy(
+    control: &Control,
+    name: FunctionName,
+    options: DeployOptions,
+    req: Request<Incoming>,
+) -> Result<crate::api::FunctionInfo, ApiError> {
+    let seq = control.upload_seq.fetch_add(1, Ordering::Relaxed);
+    let path = control.uploads.join(format!("{name}-{seq}.tar"));
+    let received = upload::receive(req.into_body(), &path, control.max_upload).await?;
+    tracing::info!(function = %name, bytes = received.bytes, "image received");
+    let info = control.manager.deploy(name, options, received.path.clone()).await?;
+    Ok(info)
+}
+
+async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
+    let name = FunctionName::parse(name)?;
+    control.manager.inspect(&name).await?;
+    let mut tail = 100usize;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "tail" => tail = v.parse().map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?,
+            other => return Err(ApiError::BadRequest(format!("unknown log option {other:?}"))),
+        }
+    }
+    let path = control.manager.log_path(&name);
+    let text_out = tokio::task::spawn_blocking(move || last_lines(&path, tail))
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(text(StatusCode::OK, text_out))
+}
+
+/// The last `n` lines of the file (from at most its last megabyte).
+fn last_lines(path: &std::path::Path, n: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LOG_WINDOW);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = file.take(LOG_WINDOW).read_to_end(&mut buf);
+    let s = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = s.lines().collect();
+    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+/// Original tool: `POST /api/new` with the name in `X-Image-Name`.
+async fn api_new(control: &Control, req: Request<Incoming>) -> Reply {
+    let name = req
+        .headers()
+        .get("x-image-name")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::BadRequest("missing X-Image-Name header".into()))?;
+    let name = FunctionName::parse(name)?;
+    let options = DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    let info = receive_and_deploy(control, name, options, req).await?;
+    json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))
+}
+
+/// Original tool: `GET /api/ip/NAME` → `{"name", "ip"}`.
+async fn api_ip(control: &Control, name: &str) -> Reply {
+    let name = FunctionName::parse(name)?;
+    let info = control.manager.inspect(&name).await?;
+    json(&serde_json::json!({ "name": info.name, "ip": info.ip }))
+}
+
+/// Original tool: `GET /api/list` → `{NAME: {"ip", "cmd"}}`.
+async fn api_list(control: &Control) -> Reply {
+    let all: BTreeMap<String, serde_json::Value> = control
+        .manager
+        .list()
+        .await
+        .into_iter()
+        .map(|i| (i.name.clone(), serde_json::json!({ "ip": i.ip, "cmd": i.command })))
+        .collect();
+    json(&all)
+}

@@ -1,0 +1,158 @@
+//! Composition root: checks the host, builds the runtime, restores the
+//! deployed functions, serves the control API, and on SIGTERM/SIGINT stops
+//! accepting, ends in-flight containers and removes its addresses.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::control::{self, Control};
+use crate::dataplane::Dataplane;
+use crate::manager::{Manager, ManagerError};
+use crate::net::{NetError, Netlink};
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::{Reaper, Runtime, RuntimeConfig, RuntimeError};
+
+/// In-flight containers get this long to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Shutdown as a whole stays well inside the 10 s an operator expects.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(7);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("faasd must run as root (it creates containers and loopback addresses)")]
+    NotRoot,
+    #[error("OCI runtime {0:?} not found: install it (apt-get install runc) or pass --runtime PATH")]
+    NoRuntime(PathBuf),
+    #[error("another faasd already uses state directory {0}")]
+    Locked(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("io_uring is disabled on this host (kernel.io_uring_disabled = {0})")]
+    IoUringDisabled(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// Runs faasd until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let runtime_binary = find_binary(&config.runtime).ok_or_else(|| DaemonError::NoRuntime(config.runtime.clone()))?;
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.cores.max(2))
+        .enable_all()
+        .thread_name("faasd")
+        .build()
+        .map_err(|source| DaemonError::Io { op: "starting runtime", path: PathBuf::new(), source })?;
+    tokio_rt.block_on(serve(config, runtime_binary))
+}
+
+async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonError> {
+    let state = &config.state_dir;
+    fs::create_dir_all(state).map_err(|source| DaemonError::Io { op: "creating", path: state.clone(), source })?;
+    // Rootfs trees hold the images' files; no other host user needs them.
+    fs::set_permissions(state, fs::Permissions::from_mode(0o700))
+        .map_err(|source| DaemonError::Io { op: "chmod", path: state.clone(), source })?;
+    let _lock = lock_state(state)?;
+
+    let reaper = Reaper::start().map_err(|source| DaemonError::Io { op: "starting reaper", path: PathBuf::new(), source })?;
+    let net = Netlink::connect()?;
+    let registry = Registry::load(state)?;
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            runtime_binary,
+            state_dir: state.clone(),
+            connect_timeout: config.connect_timeout,
+            shutdown_grace: SHUTDOWN_GRACE,
+            max_concurrent_starts: config.max_concurrent_starts,
+        },
+        reaper,
+    )?;
+    let dataplane = Dataplane::new(Arc::clone(&runtime), config.port);
+    let manager = Arc::new(Manager::new(
+        state,
+        registry,
+        net,
+        config.pool,
+        Arc::clone(&runtime),
+        dataplane,
+        config.limits.clone(),
+    )?);
+    manager.restore().await?;
+
+    let control = Control::new(Arc::clone(&manager), state.join("uploads"), config.max_upload)
+        .map_err(|source| DaemonError::Io { op: "creating", path: state.join("uploads"), source })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control_task = tokio::spawn(control::serve(listener, Arc::new(control), stop_rx));
+    tracing::info!(listen = %config.listen, pool = %config.pool, cores = config.cores, "faasd serving");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    stop_tx.send_replace(true);
+    let _ = control_task.await;
+    manager.shutdown(SHUTDOWN_DEADLINE).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// One faasd per state directory: two would fight over addresses and containers.
+fn lock_state(state: &Path) -> Result<Flock<File>, DaemonError> {
+    let path = state.join("lock");
+    let file = File::create(&path).map_err(|source| DaemonError::Io { op: "creating", path: path.clone(), source })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::Locked(state.to_path_buf()))
+}
+
+/// Resolves a command name through PATH, as exec would.
+fn find_binary(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}

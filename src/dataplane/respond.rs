@@ -1,0 +1,65 @@
+//! Answers faasd writes itself when no handler got the connection: a short
+//! HTTP error, then an orderly close (drain what the client sent, so the
+//! kernel does not turn our answer into a reset).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long we keep reading the client's request after answering.
+const DRAIN: Duration = Duration::from_millis(500);
+const WRITE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    BadGateway,
+    ServiceUnavailable,
+    GatewayTimeout,
+}
+
+impl Status {
+    fn line(self) -> &'static str {
+        match self {
+            Status::BadGateway => "502 Bad Gateway",
+            Status::ServiceUnavailable => "503 Service Unavailable",
+            Status::GatewayTimeout => "504 Gateway Timeout",
+        }
+    }
+}
+
+/// The bytes of a complete `Connection: close` error response.
+pub fn render(status: Status, reason: &str) -> String {
+    let body = format!("{reason}\n");
+    format!(
+        "HTTP/1.1 {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        status.line(),
+        body.len()
+    )
+}
+
+pub async fn error(mut client: TcpStream, status: Status, reason: &str) {
+    let response = render(status, reason);
+    if tokio::time::timeout(WRITE, client.write_all(response.as_bytes())).await.is_err() {
+        return;
+    }
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(DRAIN, async {
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_complete_response() {
+        let r = render(Status::GatewayTimeout, "handler did not connect");
+        assert!(r.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"));
+        assert!(r.contains("Content-Length: 24\r\n"));
+        assert!(r.ends_with("\r\n\r\nhandler did not connect\n"));
+    }
+}

@@ -1,0 +1,43 @@
+//! faasd: Docker images as functions, each with its own IP address, each
+//! TCP connection served by a fresh OCI container.
+//!
+//! ```text
+//!  faas CLI ──HTTP──▶ control (hyper)  ──▶ manager ──▶ image (ingest, rootfs store)
+//!                                              │──▶ registry (crash-safe state file)
+//!                                              │──▶ net (IP pool, rtnetlink lo:faas)
+//!                                              └──▶ dataplane (listeners on IP:80)
+//!  client ──TCP──▶ dataplane accept ──▶ runtime: bundle, runc run, wait for the
+//!                  handler on /control.sock ──▶ sendmsg(SCM_RIGHTS) ──▶ close ours
+//!                  ──▶ supervise until exit or timeout ──▶ runc delete, bundle removed
+//! ```
+//!
+//! Dependencies flow one way: `dataplane → runtime → image`; `control →
+//! manager → registry, net, runtime, dataplane`; `daemon` wires everything.
+//! The image code knows nothing about sockets, the dataplane nothing about tar.
+
+/// Wire types shared by the `faas` client and the daemon's control API.
+pub mod api;
+/// Control-API client used by `faas`.
+pub mod client;
+/// Daemon command line, validated into a typed configuration.
+pub mod config;
+/// The control API: HTTP routes over the manager.
+pub mod control;
+/// Composition root: runtimes, start-up recovery, signals, shutdown.
+pub mod daemon;
+/// Accepting connections on function IPs and handing them to the runtime.
+pub mod dataplane;
+/// Docker-save / OCI image archives: reading, layering, building.
+pub mod image;
+/// Deployed functions: deploy, remove, list, restore; ties the parts together.
+pub mod manager;
+/// Function names (DNS-label rules).
+pub mod name;
+/// Function IP addresses: the pool allocator and the loopback addresses.
+pub mod net;
+/// Persistent record of deployed functions.
+pub mod registry;
+/// Containers: OCI spec, runc, child reaping, fd passing, lifecycle.
+pub mod runtime;
+/// Human sizes ("64M") and durations for flags and the API.
+pub mod units;

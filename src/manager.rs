@@ -1,0 +1,313 @@
+//! Deployed functions as a whole: deploy (unpack, switch, address, serve),
+//! remove, list, restore after a restart, and release everything at
+//! shutdown. The only place that touches registry, store, net, runtime and
+//! dataplane together.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::api::{DeployOptions, FunctionInfo};
+use crate::dataplane::{Dataplane, DataplaneError, FunctionRef};
+use crate::image::store::Store;
+use crate::image::{unpack_image, ImageError, Limits};
+use crate::name::FunctionName;
+use crate::net::{Added, NetError, Netlink, Pool, LABEL};
+use crate::registry::{FunctionRecord, Registry, RegistryError};
+use crate::runtime::{Function, RootfsDir, Runtime, Stats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no function named {0}")]
+    NotFound(FunctionName),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("faasd is shutting down")]
+    ShuttingDown,
+}
+
+/// A function being served right now.
+struct Live {
+    func: FunctionRef,
+    stats: Arc<Stats>,
+    ip: Ipv4Addr,
+    /// Whether we added the address (and so must remove it).
+    owned_ip: bool,
+}
+
+pub struct Manager {
+    store: Store,
+    logs: PathBuf,
+    registry: tokio::sync::Mutex<Registry>,
+    net: Netlink,
+    pool: Pool,
+    runtime: Arc<Runtime>,
+    dataplane: Dataplane,
+    limits: Limits,
+    live: Mutex<HashMap<FunctionName, Live>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Manager {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state_dir: &Path,
+        registry: Registry,
+        net: Netlink,
+        pool: Pool,
+        runtime: Arc<Runtime>,
+        dataplane: Dataplane,
+        limits: Limits,
+    ) -> Result<Self, ManagerError> {
+        let store = Store::open(state_dir.join("rootfs"))?;
+        Ok(Self {
+            store,
+            logs: runtime.logs_dir(),
+            registry: tokio::sync::Mutex::new(registry),
+            net,
+            pool,
+            runtime,
+            dataplane,
+            limits,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionName, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings back every registered function after a start: removes what a
+    /// crashed run left (containers, bundles, stray addresses, staging
+    /// directories), then serves each function on its old address.
+    pub async fn restore(&self) -> Result<(), ManagerError> {
+        let leftovers = self.runtime.recover().await;
+        if leftovers > 0 {
+            tracing::info!(count = leftovers, "deleted containers left by an earlier run");
+        }
+        let registry = self.registry.lock().await;
+        let wanted: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
+        for addr in self.net.list().await? {
+            if addr.label.as_deref() == Some(LABEL) && !wanted.contains(&addr.ip) {
+                tracing::info!(ip = %addr.ip, "removing stale address");
+                self.net.remove(addr.ip).await?;
+            }
+        }
+        let keep: HashSet<PathBuf> = registry.list().map(|r| self.store.path(r.name.as_str(), r.version)).collect();
+        let store = self.store.clone();
+        let swept = tokio::task::spawn_blocking(move || store.sweep(&keep))
+            .await
+            .map_err(|e| ManagerError::Io { op: "sweeping rootfs store".into(), source: std::io::Error::other(e) })??;
+        if swept > 0 {
+            tracing::info!(count = swept, "removed unreferenced rootfs directories");
+        }
+        for record in registry.list() {
+            let owned_ip = self.net.add(record.ip).await? != Added::Foreign;
+            let stats = Arc::new(Stats::default());
+            let func = self.function(record, Arc::clone(&stats))?;
+            let func: FunctionRef = Arc::new(ArcSwap::from_pointee(func));
+            self.dataplane.serve(&record.name, record.ip, Arc::clone(&func))?;
+            self.live().insert(record.name.clone(), Live { func, stats, ip: record.ip, owned_ip });
+            tracing::info!(function = %record.name, ip = %record.ip, "serving");
+        }
+        Ok(())
+    }
+
+    fn function(&self, record: &FunctionRecord, stats: Arc<Stats>) -> Result<Function, ManagerError> {
+        let log = self.open_log(&record.name)?;
+        Ok(Function {
+            name: record.name.clone(),
+            rootfs: RootfsDir::new(self.store.path(record.name.as_str(), record.version)),
+            image: record.image.clone(),
+            options: record.options.clone(),
+            log,
+            stats,
+        })
+    }
+
+    pub fn log_path(&self, name: &FunctionName) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+
+    fn open_log(&self, name: &FunctionName) -> Result<File, ManagerError> {
+        let path = self.log_path(name);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| ManagerError::Io { op: format!("opening log {}", path.display()), source })
+    }
+
+    /// Deploys (or replaces) `name` from the image archive at `archive`.
+    /// The previous version keeps serving until the new one is complete.
+    pub async fn deploy(
+        &self,
+        name: FunctionName,
+        options: DeployOptions,
+        archive: PathBuf,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let staging = self.store.staging(name.as_str())?;
+        let dest = staging.path().to_path_buf();
+        let limits = self.limits.clone();
+        let unpacked = tokio::task::spawn_blocking(move || unpack_image(&archive, &dest, &limits))
+            .await
+            .map_err(|e| ManagerError::Io { op: "unpacking image".into(), source: std::io::Error::other(e) })??;
+
+        let mut registry = self.registry.lock().await;
+        let previous = registry.get(&name).cloned();
+        let version = registry.next_version();
+        let store = self.store.clone();
+        let commit_name = name.clone();
+        let rootfs = tokio::task::spawn_blocking(move || store.commit(staging, commit_name.as_str(), version))
+            .await
+            .map_err(|e| ManagerError::Io { op: "committing rootfs".into(), source: std::io::Error::other(e) })??;
+
+        let (ip, newly_added) = match &previous {
+            Some(p) => (p.ip, None),
+            None => {
+                let ip = self.allocate_ip(&registry).await?;
+                (ip, Some(self.net.add(ip).await?))
+            }
+        };
+        let record = FunctionRecord {
+            name: name.clone(),
+            ip,
+            version,
+            image_id: unpacked.image_id.clone(),
+            image: unpacked.config.clone(),
+            options,
+            deployed_at: now_secs(),
+        };
+        let undo = |this: &Self| {
+            RootfsDir::new(rootfs.clone()).retire();
+            if let Some(Added::New) = newly_added {
+                let net = this.net.clone();
+                tokio::spawn(async move { net.remove(ip).await });
+            }
+        };
+        if let Err(e) = registry.put(record.clone()) {
+            undo(self);
+            return Err(e.into());
+        }
+        let existing = self.live().get(&name).map(|l| (Arc::clone(&l.func), Arc::clone(&l.stats)));
+        let result = match existing {
+            Some((func_ref, stats)) => self.function(&record, stats).map(|func| {
+                let old = func_ref.swap(Arc::new(func));
+                old.rootfs.retire();
+            }),
+            None => self.start_serving(&record, newly_added),
+        };
+        if let Err(e) = result {
+            match previous {
+                Some(p) => registry.put(p).map(|_| ())?,
+                None => registry.remove(&name).map(|_| ())?,
+            };
+            undo(self);
+            return Err(e);
+        }
+        tracing::info!(function = %name, %ip, version, image = %record.image_id, "deployed");
+        Ok(self.info(&record))
+    }
+
+    fn start_serving(&self, record: &FunctionRecord, added: Option<Added>) -> Result<(), ManagerError> {
+        let stats = Arc::new(Stats::default());
+        let func = self.function(record, Arc::clone(&stats))?;
+        let func: FunctionRef = Arc::new(ArcSwap::from_pointee(func));
+        self.dataplane.serve(&record.name, record.ip, Arc::clone(&func))?;
+        let owned_ip = added != Some(Added::Foreign);
+        self.live().insert(record.name.clone(), Live { func, stats, ip: record.ip, owned_ip });
+        Ok(())
+    }
+
+    /// The lowest pool address used neither by a function nor by anyone else on `lo`.
+    async fn allocate_ip(&self, registry: &Registry) -> Result<Ipv4Addr, ManagerError> {
+        let mut taken: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
+        taken.extend(self.net.list().await?.into_iter().map(|a| a.ip));
+        Ok(self.pool.allocate(&taken)?)
+    }
+
+    /// Stops serving `name`, removes its address (if we added it), its
+    /// record and, once its last container ends, its rootfs.
+    pub async fn remove(&self, name: &FunctionName) -> Result<(), ManagerError> {
+        let mut registry = self.registry.lock().await;
+        if registry.get(name).is_none() {
+            return Err(ManagerError::NotFound(name.clone()));
+        }
+        self.dataplane.stop(name);
+        let live = self.live().remove(name);
+        registry.remove(name)?;
+        if let Some(live) = live {
+            live.func.load().rootfs.retire();
+            if live.owned_ip {
+                self.net.remove(live.ip).await?;
+            }
+        }
+        let _ = std::fs::remove_file(self.log_path(name));
+        tracing::info!(function = %name, "removed");
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Vec<FunctionInfo> {
+        let registry = self.registry.lock().await;
+        registry.list().map(|r| self.info(r)).collect()
+    }
+
+    pub async fn inspect(&self, name: &FunctionName) -> Result<FunctionInfo, ManagerError> {
+        let registry = self.registry.lock().await;
+        registry
+            .get(name)
+            .map(|r| self.info(r))
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))
+    }
+
+    fn info(&self, r: &FunctionRecord) -> FunctionInfo {
+        let stats = self.live().get(&r.name).map(|l| l.stats.snapshot()).unwrap_or_default();
+        FunctionInfo {
+            name: r.name.to_string(),
+            ip: r.ip,
+            image_id: r.image_id.clone(),
+            version: r.version,
+            deployed_at: r.deployed_at,
+            options: r.options.clone(),
+            command: r.image.argv(),
+            working_dir: r.image.working_dir.clone(),
+            user: r.image.user.clone(),
+            stats,
+        }
+    }
+
+    /// Stops accepting, ends in-flight containers, removes our addresses.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.dataplane.stop_all();
+        let left = self.runtime.shutdown(deadline).await;
+        if left > 0 {
+            tracing::warn!(containers = left, "containers still running at shutdown");
+        }
+        let owned: Vec<Ipv4Addr> = self.live().drain().filter(|(_, l)| l.owned_ip).map(|(_, l)| l.ip).collect();
+        for ip in owned {
+            if let Err(e) = self.net.remove(ip).await {
+                tracing::warn!(%ip, error = %e, "removing address");
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Containers for functions: the OCI spec (`spec`), the runc command line
+//! (`runc`), reaping re-parented container inits (`reaper`), passing the
+//! client socket (`fdpass`), and one container's life from bundle to
+//! deletion (`container`).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::api::{DeployOptions, FunctionStats};
+use crate::image::ImageConfig;
+use crate::name::FunctionName;
+
+pub mod container;
+pub mod fdpass;
+pub mod reaper;
+pub mod runc;
+pub mod spec;
+
+pub use container::Ready;
+pub use reaper::{Exit, Reaper};
+pub use runc::Runc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id} failed to start: {reason}")]
+    Start { id: String, reason: String },
+    #[error("handler of container {id} exited ({exit}) before taking a connection")]
+    HandlerExited { id: String, exit: Exit },
+    #[error("handler of container {id} did not connect to /control.sock within {secs:.1}s")]
+    ConnectTimeout { id: String, secs: f64 },
+    #[error("handing the connection to container {id}: {source}")]
+    Handoff {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("faasd is shutting down")]
+    ShuttingDown,
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost track of process {pid}")]
+    Lost { pid: i32 },
+    #[error("runc (pid {pid}) did not finish in time and was killed")]
+    Hung { pid: i32 },
+}
+
+impl RuntimeError {
+    /// Whether the client should hear 504 (too slow) rather than 502.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RuntimeError::ConnectTimeout { .. } | RuntimeError::Hung { .. })
+    }
+}
+
+/// Node-wide runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub runtime_binary: PathBuf,
+    pub state_dir: PathBuf,
+    /// How long a new handler may take to connect to `/control.sock`.
+    pub connect_timeout: Duration,
+    /// How long in-flight containers get at shutdown before being killed.
+    pub shutdown_grace: Duration,
+    /// How many `runc run` may execute at once.
+    pub max_concurrent_starts: usize,
+}
+
+/// A rootfs directory shared by the containers of one deployed version;
+/// removed when retired and no container uses it any more.
+#[derive(Debug)]
+pub struct RootfsDir {
+    pub path: PathBuf,
+    retired: AtomicBool,
+}
+
+impl RootfsDir {
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the directory for removal once the last user lets go.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for RootfsDir {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            let path = std::mem::take(&mut self.path);
+            // Removing a tree is slow; never on whatever thread dropped us.
+            std::thread::spawn(move || {
+                if let Err(e) = crate::image::store::remove_tree(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "removing retired rootfs");
+                }
+            });
+        }
+    }
+}
+
+/// Counters of one function, kept across redeploys.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub handed_over: AtomicU64,
+    pub failed: AtomicU64,
+    pub cold_starts: AtomicU64,
+    pub warm_starts: AtomicU64,
+    pub inflight: AtomicU64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> FunctionStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FunctionStats {
+            requests: get(&self.requests),
+            handed_over: get(&self.handed_over),
+            failed: get(&self.failed),
+            cold_starts: get(&self.cold_starts),
+            warm_starts: get(&self.warm_starts),
+            inflight: get(&self.inflight),
+        }
+    }
+}
+
+/// One deployed version of a function, as the runtime needs it.
+#[derive(Debug)]
+pub struct Function {
+    pub name: FunctionName,
+    pub rootfs: Arc<RootfsDir>,
+    pub image: ImageConfig,
+    pub options: DeployOptions,
+    pub log: File,
+    pub stats: Arc<Stats>,
+}
+
+/// The container runtime of the node.
+pub struct Runtime {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) runc: Runc,
+    pub(crate) reaper: Reaper,
+    pub(crate) seq: AtomicU64,
+    pub(crate) live: AtomicUsize,
+    pub(crate) idle: Notify,
+    pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) starts: Semaphore,
+}
+
+impl Runtime {
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.config.state_dir.join("bundles")
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.config.state_dir.join("runc")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.config.state_dir.join("logs")
+    }
+
+    /// Sets up the runtime; `reaper` must already run.
+    pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Arc<Self>, RuntimeError> {
+        let io = |op| move |source| RuntimeError::Io { op, source };
+        let runc_root = config.state_dir.join("runc");
+        for dir in ["bundles", "runc", "logs"] {
+            std::fs::create_dir_all(config.state_dir.join(dir)).map_err(io("creating state directories"))?;
+        }
+        let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper.clone());
+        let (stopping, _) = watch::channel(false);
+        Ok(Arc::new(Self {
+            runc,
+            reaper,
+            seq: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+            idle: Notify::new(),
+            stopping,
+            starts: Semaphore::new(config.max_concurrent_starts.max(1)),
+            config,
+        }))
+    }
+
+    /// Containers created and not yet deleted.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Removes what an earlier run left: containers in our runc root and
+    /// bundle directories. Call before serving.
+    pub async fn recover(&self) -> usize {
+        let mut removed = 0;
+        for id in self.runc.list() {
+            match self.runc.delete(&id).await {
+                Ok(_) => removed += 1,
+                Err(e) => tracing::warn!(%id, error = %e, "deleting leftover container"),
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.bundles_dir()) {
+            for entry in rd.flatten() {
+                if let Err(e) = crate::image::store::remove_tree(&entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "removing leftover bundle");
+                }
+            }
+        }
+        removed
+    }
+
+    /// Stops new containers, lets in-flight ones finish for the grace
+    /// period, kills the rest, and waits (up to `deadline`) until all are
+    /// deleted. Returns how many were still live at the end.
+    pub async fn shutdown(&self, deadline: Duration) -> usize {
+        self.stopping.send_replace(true);
+        let wait_all = async {
+            while self.live() > 0 {
+                let notified = self.idle.notified();
+                if self.live() == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait_all).await;
+        self.live()
+    }
+}

@@ -1,0 +1,182 @@
+//! The OCI runtime spec (`config.json`) of a function container, rendered
+//! as a pure function of the function's settings: read-only shared rootfs,
+//! its own pid/mount/ipc/uts/cgroup/network namespaces, no capabilities,
+//! no new privileges, masked /proc paths, resource limits, tmpfs /tmp and
+//! the control socket bind-mounted at `/control.sock`.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::api::DeployOptions;
+use crate::image::ImageConfig;
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const PIDS_LIMIT: i64 = 64;
+const TMP_SIZE: &str = "size=64m";
+/// One full CPU per container: a runaway handler cannot starve the node.
+const CPU_PERIOD_US: u64 = 100_000;
+const CPU_QUOTA_US: i64 = 100_000;
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What a container's spec is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecInput<'a> {
+    pub function: &'a str,
+    pub rootfs: &'a Path,
+    pub control_sock: &'a Path,
+    pub image: &'a ImageConfig,
+    pub options: &'a DeployOptions,
+    pub cgroup: &'a str,
+}
+
+/// The container's environment: image Env, then the deploy's `--env`
+/// (which wins), then what faasd tells every handler.
+pub fn environment(image: &ImageConfig, options: &DeployOptions, function: &str) -> Vec<String> {
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    };
+    set(DEFAULT_PATH.to_string());
+    for kv in &image.env {
+        set(kv.clone());
+    }
+    for (k, v) in &options.env {
+        set(format!("{k}={v}"));
+    }
+    set(format!("FAAS_FUNCTION={function}"));
+    env
+}
+
+pub fn render(input: &SpecInput<'_>) -> Value {
+    let SpecInput { function, rootfs, control_sock, image, options, cgroup } = *input;
+    let no_caps: Vec<&str> = Vec::new();
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": image.uid, "gid": image.gid },
+            "args": image.argv(),
+            "env": environment(image, options, function),
+            "cwd": image.working_dir,
+            "capabilities": {
+                "bounding": no_caps, "effective": no_caps, "inheritable": no_caps,
+                "permitted": no_caps, "ambient": no_caps,
+            },
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+            "noNewPrivileges": true,
+        },
+        "root": { "path": rootfs, "readonly": true },
+        "hostname": function,
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "nodev", "mode=1777", TMP_SIZE] },
+            { "destination": "/control.sock", "type": "bind", "source": control_sock, "options": ["bind"] },
+        ],
+        "linux": {
+            "cgroupsPath": cgroup,
+            "resources": {
+                "devices": [{ "allow": false, "access": "rwm" }],
+                "memory": { "limit": options.memory },
+                "cpu": { "quota": CPU_QUOTA_US, "period": CPU_PERIOD_US },
+                "pids": { "limit": PIDS_LIMIT },
+            },
+            "namespaces": [
+                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
+            ],
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            env: vec!["PATH=/app".into(), "A=image".into(), "B=image".into()],
+            entrypoint: vec!["/handler".into()],
+            cmd: vec!["serve".into()],
+            working_dir: "/work".into(),
+            user: "1000".into(),
+            uid: 1000,
+            gid: 1000,
+        }
+    }
+
+    #[test]
+    fn deploy_env_overrides_image_env() {
+        let mut options = DeployOptions::default();
+        options.env.insert("B".into(), "deploy".into());
+        let env = environment(&image(), &options, "f");
+        assert_eq!(env, vec!["PATH=/app", "A=image", "B=deploy", "FAAS_FUNCTION=f"]);
+    }
+
+    #[test]
+    fn spec_is_locked_down() {
+        let options = DeployOptions { memory: 64 << 20, ..Default::default() };
+        let img = image();
+        let spec = render(&SpecInput {
+            function: "f",
+            rootfs: Path::new("/state/rootfs/f-v1"),
+            control_sock: Path::new("/state/bundles/f-1/control.sock"),
+            image: &img,
+            options: &options,
+            cgroup: "/faasd/f-1",
+        });
+        assert_eq!(spec["root"]["readonly"], true);
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["process"]["args"], json!(["/handler", "serve"]));
+        assert_eq!(spec["process"]["user"]["uid"], 1000);
+        assert_eq!(spec["process"]["cwd"], "/work");
+        assert_eq!(spec["process"]["capabilities"]["bounding"], json!([]));
+        assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        let ns: Vec<&str> = spec["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .filter_map(|n| n["type"].as_str())
+            .collect();
+        for want in ["pid", "network", "ipc", "uts", "mount", "cgroup"] {
+            assert!(ns.contains(&want), "{want} namespace missing");
+        }
+        let mounts = spec["mounts"].as_array().expect("mounts");
+        assert!(mounts.iter().any(|m| m["destination"] == "/control.sock"
+            && m["source"] == "/state/bundles/f-1/control.sock"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"));
+    }
+}
