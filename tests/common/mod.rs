@@ -1,0 +1,365 @@
+//! Shared helpers of the privileged integration tests: the host check, the
+//! static handler binaries, a faasd per test (own state dir, port, address
+//! range; torn down by `Drop` even when the test panics), images built with
+//! faasd's own archive writer, and a tiny HTTP client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use faasd::api::{DeployOptions, FunctionInfo};
+use faasd::client::Client;
+use faasd::image::build::{write_image, Entry, ImageSpec, Layer, Layout, RunConfig};
+
+static CHECK: Once = Once::new();
+
+/// Fails loudly, with the fix, when the host cannot run these tests.
+pub fn require_host() {
+    CHECK.call_once(|| {
+        let mut missing = Vec::new();
+        if !nix::unistd::geteuid().is_root() {
+            missing.push("run as root (containers and loopback addresses need it)".to_string());
+        }
+        if which("runc").is_none() {
+            missing.push("install runc: apt-get install -y runc".to_string());
+        }
+        let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
+        if !v1 && !v2 {
+            missing.push("mount cgroups (neither v1 memory nor v2 found under /sys/fs/cgroup)".to_string());
+        }
+        let uring = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_else(|_| "0".into());
+        if uring.trim() != "0" {
+            missing.push("enable io_uring: sysctl kernel.io_uring_disabled=0".to_string());
+        }
+        assert!(missing.is_empty(), "this host cannot run faasd's integration tests: {}", missing.join("; "));
+    });
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static HANDLERS: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds the static `hello` and `probe` handlers (once per test binary)
+/// in their own target directory, and returns that release directory.
+pub fn handlers_dir() -> &'static Path {
+    HANDLERS.get_or_init(|| {
+        let target = workspace().join("target/handlers");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "hello", "-p", "probe", "--target", "x86_64-unknown-linux-gnu"])
+            .env("CARGO_TARGET_DIR", &target)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .current_dir(workspace())
+            .status()
+            .expect("running cargo to build the test handlers");
+        assert!(status.success(), "building the static test handlers failed");
+        target.join("x86_64-unknown-linux-gnu/release")
+    })
+}
+
+pub fn handler_bytes(name: &str) -> Vec<u8> {
+    let path = handlers_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A one-layer image running `/probe MODE`.
+pub fn probe_image(mode: &str, env: &[&str]) -> ImageSpec {
+    ImageSpec {
+        layers: vec![Layer { entries: vec![Entry::exe("probe", handler_bytes("probe"))], gzip: false }],
+        config: RunConfig {
+            entrypoint: vec!["/probe".into()],
+            cmd: vec![mode.into()],
+            env: env.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+        layout: Layout::Both,
+        tag: format!("probe-{mode}:latest"),
+    }
+}
+
+pub fn hello_image() -> ImageSpec {
+    faasd::image::build::single_binary(handler_bytes("hello"), "hello:latest")
+}
+
+pub fn image_bytes(spec: &ImageSpec) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_image(spec, &mut out).expect("writing image");
+    out
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique /24 inside 127.0.0.0/8 for one daemon of this test process.
+fn unique_pool() -> (String, Ipv4Addr) {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let second = 100 + (std::process::id() % 100) as u8;
+    let third = (n % 250) as u8 + 1;
+    (format!("127.{second}.{third}.0/24"), Ipv4Addr::new(127, second, third, 0))
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// One faasd process with its own state.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub state: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub url: String,
+    pub pool: String,
+    pub net: Ipv4Addr,
+    pub extra: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        require_host();
+        let tmp = tempfile::Builder::new().prefix("faasd-test-").tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        let (pool, net) = unique_pool();
+        let port = free_port();
+        let log = tmp.path().join("faasd.log");
+        let mut d = Daemon {
+            child: None,
+            state,
+            _tmp: Some(tmp),
+            url: format!("http://127.0.0.1:{port}"),
+            pool,
+            net,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log,
+        };
+        d.spawn();
+        d
+    }
+
+    /// (Re)starts the process on the same state, port and pool.
+    pub fn spawn(&mut self) {
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(["--listen", &listen, "--ip-pool", &self.pool, "--connect-timeout", "3"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning faasd");
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("faasd exited at start ({status}): {}", self.log_text());
+                }
+            }
+            if let Ok((200, _)) = http_get(self.url.trim_start_matches("http://"), "/healthz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("faasd did not become healthy: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("faasd running")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    pub fn deploy(&self, name: &str, spec: &ImageSpec, options: &DeployOptions) -> FunctionInfo {
+        self.client()
+            .deploy(name, options, image_bytes(spec).as_slice())
+            .unwrap_or_else(|e| panic!("deploying {name}: {e}\n{}", self.log_text()))
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status and how long it took.
+    pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("faasd running");
+        let t0 = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("faasd did not stop within 15 s: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("faasd running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn faas(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas"));
+        cmd.args(args).env("FAAS_URL", &self.url).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().expect("spawning faas");
+        if let Some(data) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin");
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            });
+        }
+        child.wait_with_output().expect("faas output")
+    }
+
+    /// Addresses on `lo` inside this daemon's pool, with their labels.
+    pub fn lo_addresses(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["-o", "-4", "addr", "show", "dev", "lo"]).output().expect("ip addr");
+        let prefix = format!("{}.{}.{}.", self.net.octets()[0], self.net.octets()[1], self.net.octets()[2]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("inet {prefix}")))
+            .map(|l| l.to_string())
+            .collect()
+    }
+
+    /// Children of the daemon process (any state, zombies included).
+    pub fn children(&self) -> Vec<String> {
+        let out = Command::new("ps").args(["--ppid", &self.pid().to_string(), "-o", "pid=,stat=,comm="]).output().expect("ps");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    pub fn runc_containers(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.join("runc"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn bundles(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.join("bundles"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until no container or bundle is left (they are cleaned up in
+    /// the background after each request).
+    pub fn wait_quiet(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.runc_containers().is_empty() && self.bundles().is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Whatever a failed test left: containers in our runc root, our addresses.
+        let root = self.state.join("runc");
+        for id in self.runc_containers() {
+            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", &id]).output();
+        }
+        for line in self.lo_addresses() {
+            if let Some(addr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
+                let _ = Command::new("ip").args(["addr", "del", addr, "dev", "lo"]).output();
+            }
+        }
+    }
+}
+
+/// Sends `GET path` and returns status and body; errors are the I/O kind.
+pub fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_timeout(host, path, Duration::from_secs(10))
+}
+
+pub fn http_get_timeout(host: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let addr: SocketAddr = if host.contains(':') {
+        host.parse().map_err(|_| std::io::Error::other("bad address"))?
+    } else {
+        format!("{host}:80").parse().map_err(|_| std::io::Error::other("bad address"))?
+    };
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("no HTTP status in {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// GET / on a function address.
+pub fn call(ip: Ipv4Addr) -> std::io::Result<(u16, String)> {
+    http_get(&ip.to_string(), "/")
+}
+
+/// Parses the `key=value` lines the probe's `inspect` mode answers.
+pub fn kv(body: &str) -> std::collections::HashMap<String, String> {
+    body.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn opts() -> DeployOptions {
+    DeployOptions { warm: 0, ..Default::default() }
+}
