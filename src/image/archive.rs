@@ -16,6 +16,7 @@ use super::fsops::Root;
 use super::layer::{apply_layer, Totals};
 use super::{user, ImageError, Limits};
 
+const BLOCK: u64 = 512;
 /// JSON documents above this size are refused rather than read into memory.
 const MAX_JSON: u64 = 4 << 20;
 const MEDIA_INDEX: &[&str] = &[
@@ -225,10 +226,12 @@ impl Index {
         let file = File::open(path).map_err(ImageError::Archive)?;
         let mut members = HashMap::new();
         let mut links = HashMap::new();
+        let mut end = 0u64;
         {
             let mut archive = tar::Archive::new(&file);
             for entry in archive.entries_with_seek().map_err(ImageError::Archive)? {
                 let entry = entry.map_err(ImageError::Archive)?;
+                end = end.max(entry.raw_file_position() + entry.size().div_ceil(BLOCK) * BLOCK);
                 let name = normalise(&entry.path().map_err(ImageError::Archive)?);
                 match entry.header().entry_type() {
                     tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -253,7 +256,12 @@ impl Index {
             }
         }
         let len = file.metadata().map_err(ImageError::Archive)?.len();
-        let index = Self { file, members, links };
+        let mut index = Self { file, members, links };
+        // A complete archive ends with two zero blocks; an upload cut off at
+        // a member boundary would otherwise look like a smaller archive.
+        if !index.has_trailer(end, len)? {
+            return Err(ImageError::Invalid("archive is truncated (no end-of-archive marker)".into()));
+        }
         // A member running past the end means the upload was cut off.
         if let Some(m) = index.members.values().find(|m| m.offset + m.size > len) {
             return Err(ImageError::Invalid(format!(
@@ -262,6 +270,16 @@ impl Index {
             )));
         }
         Ok(index)
+    }
+
+    fn has_trailer(&mut self, end: u64, len: u64) -> Result<bool, ImageError> {
+        if len < end + 2 * BLOCK {
+            return Ok(false);
+        }
+        self.file.seek(SeekFrom::Start(end)).map_err(ImageError::Archive)?;
+        let mut trailer = [0u8; 2 * BLOCK as usize];
+        self.file.read_exact(&mut trailer).map_err(ImageError::Archive)?;
+        Ok(trailer.iter().all(|&b| b == 0))
     }
 
     fn has(&self, name: &str) -> bool {

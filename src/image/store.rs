@@ -116,10 +116,17 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 
 fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
     let root = Root::open(rootfs).map_err(store_err("opening", rootfs))?;
-    for dir in MOUNT_DIRS {
-        root.ensure_dir(Path::new(dir)).map_err(store_err("creating", &rootfs.join(dir)))?;
-    }
     let top = root.open_dir(Path::new("")).map_err(store_err("opening", rootfs))?;
+    for dir in MOUNT_DIRS {
+        let name = std::ffi::OsStr::new(dir);
+        if fsops::lookup(&top, name).map_err(store_err("inspecting", &rootfs.join(dir)))?.is_none() {
+            fsops::mkdir(&top, name).map_err(store_err("creating", &rootfs.join(dir)))?;
+            // runc 1.1 gives a tmpfs the mode of its mount point, ignoring
+            // `mode=`: /tmp must be world-writable here already.
+            let mode = if *dir == "tmp" { 0o1777 } else { 0o755 };
+            fsops::chmod_dir(&top, name, mode).map_err(store_err("chmod", &rootfs.join(dir)))?;
+        }
+    }
     let sock = std::ffi::OsStr::new(CONTROL_SOCK);
     fsops::remove(&top, sock).map_err(store_err("replacing", &rootfs.join(CONTROL_SOCK)))?;
     fsops::create_file(&top, sock, 0o644).map_err(store_err("creating", &rootfs.join(CONTROL_SOCK)))?;
