@@ -81,7 +81,10 @@ impl DeployOptions {
             return Err(format!("memory limit {} is below 4M", self.memory));
         }
         if self.timeout_secs == 0 || self.timeout_secs > 3600 {
-            return Err(format!("timeout {}s must be within 1..=3600", self.timeout_secs));
+            return Err(format!(
+                "timeout {}s must be within 1..=3600",
+                self.timeout_secs
+            ));
         }
         if self.warm > 256 {
             return Err(format!("warm count {} is above 256", self.warm));

@@ -38,7 +38,10 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    fn check(&self, result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ClientError> {
+    fn check(
+        &self,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> Result<ureq::Response, ClientError> {
         match result {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(status, r)) => {
@@ -56,14 +59,25 @@ impl Client {
     }
 
     fn json<T: serde::de::DeserializeOwned>(r: ureq::Response) -> Result<T, ClientError> {
-        let body = r.into_string().map_err(|e| ClientError::Decode(e.to_string()))?;
+        let body = r
+            .into_string()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Uploads an image archive read from `image` and deploys it as `name`.
-    pub fn deploy(&self, name: &str, options: &DeployOptions, image: impl Read) -> Result<FunctionInfo, ClientError> {
+    pub fn deploy(
+        &self,
+        name: &str,
+        options: &DeployOptions,
+        image: impl Read,
+    ) -> Result<FunctionInfo, ClientError> {
         let url = self.url(&format!("/v1/functions/{name}?{}", options.to_query()));
-        let r = self.agent.put(&url).set("content-type", "application/x-tar").send(image);
+        let r = self
+            .agent
+            .put(&url)
+            .set("content-type", "application/x-tar")
+            .send(image);
         Self::json(self.check(r)?)
     }
 
@@ -72,16 +86,31 @@ impl Client {
     }
 
     pub fn inspect(&self, name: &str) -> Result<FunctionInfo, ClientError> {
-        Self::json(self.check(self.agent.get(&self.url(&format!("/v1/functions/{name}"))).call())?)
+        Self::json(
+            self.check(
+                self.agent
+                    .get(&self.url(&format!("/v1/functions/{name}")))
+                    .call(),
+            )?,
+        )
     }
 
     pub fn remove(&self, name: &str) -> Result<(), ClientError> {
-        self.check(self.agent.delete(&self.url(&format!("/v1/functions/{name}"))).call())
-            .map(|_| ())
+        self.check(
+            self.agent
+                .delete(&self.url(&format!("/v1/functions/{name}")))
+                .call(),
+        )
+        .map(|_| ())
     }
 
     pub fn logs(&self, name: &str, tail: usize) -> Result<String, ClientError> {
-        let r = self.check(self.agent.get(&self.url(&format!("/v1/functions/{name}/logs?tail={tail}"))).call())?;
-        r.into_string().map_err(|e| ClientError::Decode(e.to_string()))
+        let r = self.check(
+            self.agent
+                .get(&self.url(&format!("/v1/functions/{name}/logs?tail={tail}")))
+                .call(),
+        )?;
+        r.into_string()
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 }

@@ -11,7 +11,11 @@ use crate::net::Pool;
 use crate::units::parse_size;
 
 #[derive(Debug, Parser)]
-#[command(name = "faasd", version, about = "Docker images as functions with their own IP address")]
+#[command(
+    name = "faasd",
+    version,
+    about = "Docker images as functions with their own IP address"
+)]
 pub struct Args {
     /// Where faasd keeps rootfs directories, the registry, bundles and logs.
     #[arg(long, default_value = "/var/lib/faasd")]
@@ -80,13 +84,18 @@ pub struct Config {
 impl Args {
     pub fn validate(self) -> Result<Config, String> {
         let pool = Pool::parse(&self.ip_pool).map_err(|e| e.to_string())?;
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let cores = self.cores.unwrap_or(cpus);
         if cores == 0 || cores > 1024 {
             return Err(format!("--cores {cores} must be within 1..=1024"));
         }
         if !(self.connect_timeout > 0.0 && self.connect_timeout <= 600.0) {
-            return Err(format!("--connect-timeout {} must be within (0, 600] seconds", self.connect_timeout));
+            return Err(format!(
+                "--connect-timeout {} must be within (0, 600] seconds",
+                self.connect_timeout
+            ));
         }
         if self.max_concurrent_starts == 0 {
             return Err("--max-concurrent-starts must be at least 1".into());
@@ -97,7 +106,10 @@ impl Args {
             other => return Err(format!("--log-format {other:?} must be text or json")),
         };
         if !self.state_dir.is_absolute() {
-            return Err(format!("--state-dir {} must be an absolute path", self.state_dir.display()));
+            return Err(format!(
+                "--state-dir {} must be an absolute path",
+                self.state_dir.display()
+            ));
         }
         Ok(Config {
             state_dir: self.state_dir,
@@ -127,7 +139,9 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, String> {
         let mut all = vec!["faasd"];
         all.extend_from_slice(args);
-        Args::try_parse_from(all).map_err(|e| e.to_string())?.validate()
+        Args::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .validate()
     }
 
     #[test]
@@ -147,6 +161,9 @@ mod tests {
         assert!(parse(&["--state-dir", "relative"]).is_err());
         assert!(parse(&["--max-upload", "lots"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
-        assert_eq!(parse(&["--max-upload", "64M"]).map(|c| c.max_upload).ok(), Some(64 << 20));
+        assert_eq!(
+            parse(&["--max-upload", "64M"]).map(|c| c.max_upload).ok(),
+            Some(64 << 20)
+        );
     }
 }

@@ -29,7 +29,9 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(7);
 pub enum DaemonError {
     #[error("faasd must run as root (it creates containers and loopback addresses)")]
     NotRoot,
-    #[error("OCI runtime {0:?} not found: install it (apt-get install runc) or pass --runtime PATH")]
+    #[error(
+        "OCI runtime {0:?} not found: install it (apt-get install runc) or pass --runtime PATH"
+    )]
     NoRuntime(PathBuf),
     #[error("another faasd already uses state directory {0}")]
     Locked(PathBuf),
@@ -63,25 +65,43 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
-    let runtime_binary = find_binary(&config.runtime).ok_or_else(|| DaemonError::NoRuntime(config.runtime.clone()))?;
+    let runtime_binary = find_binary(&config.runtime)
+        .ok_or_else(|| DaemonError::NoRuntime(config.runtime.clone()))?;
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.cores.max(2))
         .enable_all()
         .thread_name("faasd")
         .build()
-        .map_err(|source| DaemonError::Io { op: "starting runtime", path: PathBuf::new(), source })?;
+        .map_err(|source| DaemonError::Io {
+            op: "starting runtime",
+            path: PathBuf::new(),
+            source,
+        })?;
     tokio_rt.block_on(serve(config, runtime_binary))
 }
 
 async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonError> {
     let state = &config.state_dir;
-    fs::create_dir_all(state).map_err(|source| DaemonError::Io { op: "creating", path: state.clone(), source })?;
+    fs::create_dir_all(state).map_err(|source| DaemonError::Io {
+        op: "creating",
+        path: state.clone(),
+        source,
+    })?;
     // Rootfs trees hold the images' files; no other host user needs them.
-    fs::set_permissions(state, fs::Permissions::from_mode(0o700))
-        .map_err(|source| DaemonError::Io { op: "chmod", path: state.clone(), source })?;
+    fs::set_permissions(state, fs::Permissions::from_mode(0o700)).map_err(|source| {
+        DaemonError::Io {
+            op: "chmod",
+            path: state.clone(),
+            source,
+        }
+    })?;
     let _lock = lock_state(state)?;
 
-    let reaper = Reaper::start().map_err(|source| DaemonError::Io { op: "starting reaper", path: PathBuf::new(), source })?;
+    let reaper = Reaper::start().map_err(|source| DaemonError::Io {
+        op: "starting reaper",
+        path: PathBuf::new(),
+        source,
+    })?;
     let net = Netlink::connect()?;
     let registry = Registry::load(state)?;
     let runtime = Runtime::new(
@@ -106,11 +126,22 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
     )?);
     manager.restore().await?;
 
-    let control = Control::new(Arc::clone(&manager), state.join("uploads"), config.max_upload)
-        .map_err(|source| DaemonError::Io { op: "creating", path: state.join("uploads"), source })?;
+    let control = Control::new(
+        Arc::clone(&manager),
+        state.join("uploads"),
+        config.max_upload,
+    )
+    .map_err(|source| DaemonError::Io {
+        op: "creating",
+        path: state.join("uploads"),
+        source,
+    })?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| DaemonError::Listen { addr: config.listen, source })?;
+        .map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let control_task = tokio::spawn(control::serve(listener, Arc::new(control), stop_rx));
     tracing::info!(listen = %config.listen, pool = %config.pool, cores = config.cores, "faasd serving");
@@ -144,8 +175,13 @@ async fn wait_for_signal() {
 /// One faasd per state directory: two would fight over addresses and containers.
 fn lock_state(state: &Path) -> Result<Flock<File>, DaemonError> {
     let path = state.join("lock");
-    let file = File::create(&path).map_err(|source| DaemonError::Io { op: "creating", path: path.clone(), source })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::Locked(state.to_path_buf()))
+    let file = File::create(&path).map_err(|source| DaemonError::Io {
+        op: "creating",
+        path: path.clone(),
+        source,
+    })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| DaemonError::Locked(state.to_path_buf()))
 }
 
 /// Resolves a command name through PATH, as exec would.
@@ -154,5 +190,7 @@ fn find_binary(name: &Path) -> Option<PathBuf> {
         return name.is_file().then(|| name.to_path_buf());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }

@@ -65,7 +65,10 @@ pub struct Manager {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Manager {
@@ -103,7 +106,10 @@ impl Manager {
     pub async fn restore(&self) -> Result<(), ManagerError> {
         let leftovers = self.runtime.recover().await;
         if leftovers > 0 {
-            tracing::info!(count = leftovers, "deleted containers left by an earlier run");
+            tracing::info!(
+                count = leftovers,
+                "deleted containers left by an earlier run"
+            );
         }
         let registry = self.registry.lock().await;
         let wanted: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
@@ -113,11 +119,17 @@ impl Manager {
                 self.net.remove(addr.ip).await?;
             }
         }
-        let keep: HashSet<PathBuf> = registry.list().map(|r| self.store.path(r.name.as_str(), r.version)).collect();
+        let keep: HashSet<PathBuf> = registry
+            .list()
+            .map(|r| self.store.path(r.name.as_str(), r.version))
+            .collect();
         let store = self.store.clone();
         let swept = tokio::task::spawn_blocking(move || store.sweep(&keep))
             .await
-            .map_err(|e| ManagerError::Io { op: "sweeping rootfs store".into(), source: std::io::Error::other(e) })??;
+            .map_err(|e| ManagerError::Io {
+                op: "sweeping rootfs store".into(),
+                source: std::io::Error::other(e),
+            })??;
         if swept > 0 {
             tracing::info!(count = swept, "removed unreferenced rootfs directories");
         }
@@ -126,14 +138,27 @@ impl Manager {
             let stats = Arc::new(Stats::default());
             let func = self.function(record, Arc::clone(&stats))?;
             let func: FunctionRef = Arc::new(ArcSwap::from_pointee(func));
-            self.dataplane.serve(&record.name, record.ip, Arc::clone(&func))?;
-            self.live().insert(record.name.clone(), Live { func, stats, ip: record.ip, owned_ip });
+            self.dataplane
+                .serve(&record.name, record.ip, Arc::clone(&func))?;
+            self.live().insert(
+                record.name.clone(),
+                Live {
+                    func,
+                    stats,
+                    ip: record.ip,
+                    owned_ip,
+                },
+            );
             tracing::info!(function = %record.name, ip = %record.ip, "serving");
         }
         Ok(())
     }
 
-    fn function(&self, record: &FunctionRecord, stats: Arc<Stats>) -> Result<Function, ManagerError> {
+    fn function(
+        &self,
+        record: &FunctionRecord,
+        stats: Arc<Stats>,
+    ) -> Result<Function, ManagerError> {
         let log = self.open_log(&record.name)?;
         Ok(Function {
             name: record.name.clone(),
@@ -155,7 +180,10 @@ impl Manager {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| ManagerError::Io { op: format!("opening log {}", path.display()), source })
+            .map_err(|source| ManagerError::Io {
+                op: format!("opening log {}", path.display()),
+                source,
+            })
     }
 
     /// Deploys (or replaces) `name` from the image archive at `archive`.
@@ -171,16 +199,24 @@ impl Manager {
         let limits = self.limits.clone();
         let unpacked = tokio::task::spawn_blocking(move || unpack_image(&archive, &dest, &limits))
             .await
-            .map_err(|e| ManagerError::Io { op: "unpacking image".into(), source: std::io::Error::other(e) })??;
+            .map_err(|e| ManagerError::Io {
+                op: "unpacking image".into(),
+                source: std::io::Error::other(e),
+            })??;
 
         let mut registry = self.registry.lock().await;
         let previous = registry.get(&name).cloned();
         let version = registry.next_version();
         let store = self.store.clone();
         let commit_name = name.clone();
-        let rootfs = tokio::task::spawn_blocking(move || store.commit(staging, commit_name.as_str(), version))
-            .await
-            .map_err(|e| ManagerError::Io { op: "committing rootfs".into(), source: std::io::Error::other(e) })??;
+        let rootfs = tokio::task::spawn_blocking(move || {
+            store.commit(staging, commit_name.as_str(), version)
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            op: "committing rootfs".into(),
+            source: std::io::Error::other(e),
+        })??;
 
         let (ip, newly_added) = match &previous {
             Some(p) => (p.ip, None),
@@ -209,7 +245,10 @@ impl Manager {
             undo(self);
             return Err(e.into());
         }
-        let existing = self.live().get(&name).map(|l| (Arc::clone(&l.func), Arc::clone(&l.stats)));
+        let existing = self
+            .live()
+            .get(&name)
+            .map(|l| (Arc::clone(&l.func), Arc::clone(&l.stats)));
         let result = match existing {
             Some((func_ref, stats)) => self.function(&record, stats).map(|func| {
                 let old = func_ref.swap(Arc::new(func));
@@ -229,13 +268,26 @@ impl Manager {
         Ok(self.info(&record))
     }
 
-    fn start_serving(&self, record: &FunctionRecord, added: Option<Added>) -> Result<(), ManagerError> {
+    fn start_serving(
+        &self,
+        record: &FunctionRecord,
+        added: Option<Added>,
+    ) -> Result<(), ManagerError> {
         let stats = Arc::new(Stats::default());
         let func = self.function(record, Arc::clone(&stats))?;
         let func: FunctionRef = Arc::new(ArcSwap::from_pointee(func));
-        self.dataplane.serve(&record.name, record.ip, Arc::clone(&func))?;
+        self.dataplane
+            .serve(&record.name, record.ip, Arc::clone(&func))?;
         let owned_ip = added != Some(Added::Foreign);
-        self.live().insert(record.name.clone(), Live { func, stats, ip: record.ip, owned_ip });
+        self.live().insert(
+            record.name.clone(),
+            Live {
+                func,
+                stats,
+                ip: record.ip,
+                owned_ip,
+            },
+        );
         Ok(())
     }
 
@@ -281,7 +333,11 @@ impl Manager {
     }
 
     fn info(&self, r: &FunctionRecord) -> FunctionInfo {
-        let stats = self.live().get(&r.name).map(|l| l.stats.snapshot()).unwrap_or_default();
+        let stats = self
+            .live()
+            .get(&r.name)
+            .map(|l| l.stats.snapshot())
+            .unwrap_or_default();
         FunctionInfo {
             name: r.name.to_string(),
             ip: r.ip,
@@ -303,7 +359,12 @@ impl Manager {
         if left > 0 {
             tracing::warn!(containers = left, "containers still running at shutdown");
         }
-        let owned: Vec<Ipv4Addr> = self.live().drain().filter(|(_, l)| l.owned_ip).map(|(_, l)| l.ip).collect();
+        let owned: Vec<Ipv4Addr> = self
+            .live()
+            .drain()
+            .filter(|(_, l)| l.owned_ip)
+            .map(|(_, l)| l.ip)
+            .collect();
         for ip in owned {
             if let Err(e) = self.net.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "removing address");

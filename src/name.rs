@@ -83,12 +83,21 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         assert_eq!(FunctionName::parse(""), Err(NameError::Empty));
-        assert_eq!(FunctionName::parse(&"x".repeat(64)), Err(NameError::TooLong));
+        assert_eq!(
+            FunctionName::parse(&"x".repeat(64)),
+            Err(NameError::TooLong)
+        );
         for bad in ["Hello", "a_b", "a.b", "../x", "a/b", "a b", "é"] {
-            assert!(matches!(FunctionName::parse(bad), Err(NameError::BadCharacter(_))), "{bad}");
+            assert!(
+                matches!(FunctionName::parse(bad), Err(NameError::BadCharacter(_))),
+                "{bad}"
+            );
         }
         for bad in ["-a", "a-"] {
-            assert!(matches!(FunctionName::parse(bad), Err(NameError::BadEdge(_))), "{bad}");
+            assert!(
+                matches!(FunctionName::parse(bad), Err(NameError::BadEdge(_))),
+                "{bad}"
+            );
         }
     }
 }

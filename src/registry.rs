@@ -69,10 +69,12 @@ impl Registry {
     pub fn load(dir: &Path) -> Result<Self, RegistryError> {
         let path = dir.join(FILE);
         let contents = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
-                path: path.clone(),
-                source,
-            })?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::default(),
             Err(source) => return Err(RegistryError::Read { path, source }),
         };
@@ -116,13 +118,18 @@ impl Registry {
     pub fn save(&self) -> Result<(), RegistryError> {
         let path = self.dir.join(FILE);
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let werr = |source| RegistryError::Write { path: path.clone(), source };
+        let werr = |source| RegistryError::Write {
+            path: path.clone(),
+            source,
+        };
         let bytes = serde_json::to_vec_pretty(&self.contents).map_err(|e| werr(e.into()))?;
         let mut file = fs::File::create(&tmp).map_err(werr)?;
         file.write_all(&bytes).map_err(werr)?;
         file.sync_all().map_err(werr)?;
         fs::rename(&tmp, &path).map_err(werr)?;
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(werr)
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr)
     }
 }
 
@@ -149,7 +156,8 @@ mod tests {
         assert_eq!(reg.next_version(), 1);
         reg.put(record("a", [127, 10, 0, 1])).expect("put");
         reg.put(record("b", [127, 10, 0, 2])).expect("put");
-        reg.remove(&FunctionName::parse("a").expect("name")).expect("remove");
+        reg.remove(&FunctionName::parse("a").expect("name"))
+            .expect("remove");
         let reg = Registry::load(dir.path()).expect("reload");
         let names: Vec<_> = reg.list().map(|r| r.name.to_string()).collect();
         assert_eq!(names, vec!["b"]);
@@ -160,6 +168,9 @@ mod tests {
     fn corrupt_file_is_an_error_not_an_empty_registry() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(FILE), b"{not json").expect("write");
-        assert!(matches!(Registry::load(dir.path()), Err(RegistryError::Corrupt { .. })));
+        assert!(matches!(
+            Registry::load(dir.path()),
+            Err(RegistryError::Corrupt { .. })
+        ));
     }
 }

@@ -21,10 +21,16 @@ struct Engine {
 impl Engine {
     fn start() -> Self {
         let dockerd = which("dockerd").expect("dockerd not found: apt-get install -y docker.io");
-        let dir = tempfile::Builder::new().prefix("faasd-dk-").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("faasd-dk-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log");
         let child = Command::new(dockerd)
-            .arg(format!("--host=unix://{}", dir.path().join("d.sock").display()))
+            .arg(format!(
+                "--host=unix://{}",
+                dir.path().join("d.sock").display()
+            ))
             .arg(format!("--data-root={}", dir.path().join("data").display()))
             .arg(format!("--exec-root={}", dir.path().join("exec").display()))
             .arg(format!("--pidfile={}", dir.path().join("d.pid").display()))
@@ -37,7 +43,11 @@ impl Engine {
         let engine = Self { child, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !engine.docker(&["info"]).status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not start: {}", engine.log());
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                engine.log()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
         engine
@@ -50,7 +60,10 @@ impl Engine {
     fn docker(&self, args: &[&str]) -> std::process::Output {
         Command::new("docker")
             .args(args)
-            .env("DOCKER_HOST", format!("unix://{}", self.dir.path().join("d.sock").display()))
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", self.dir.path().join("d.sock").display()),
+            )
             // No buildx plugin here; the classic builder needs nothing more for COPY-only images.
             .env("DOCKER_BUILDKIT", "0")
             .output()
@@ -89,29 +102,69 @@ fn docker_build_and_save_deploys_and_serves() {
     let engine = Engine::start();
     let (_ctx, path) = example_context();
     let out = engine.docker(&["build", "-t", "faasd-hello:test", &path.to_string_lossy()]);
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tar = path.join("image.tar");
     let out = engine.docker(&["save", "faasd-hello:test", "-o", &tar.to_string_lossy()]);
-    assert!(out.status.success(), "docker save: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker save: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let image = std::fs::read(&tar).expect("saved image");
 
     let d = Daemon::start();
     // Exactly the README's pipe: docker save … | faas deploy NAME
     let out = d.faas(&["deploy", "hello", "--warm", "0"], Some(&image));
-    assert!(out.status.success(), "faas deploy: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "faas deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ip = d.client().inspect("hello").expect("inspect").ip;
-    assert_eq!(call(ip).expect("request"), (200, "Hello from FaaS handler!\n".to_string()));
+    assert_eq!(
+        call(ip).expect("request"),
+        (200, "Hello from FaaS handler!\n".to_string())
+    );
 
     // skopeo turns the same image into an OCI-layout archive.
     let skopeo = which("skopeo").expect("skopeo not found: apt-get install -y skopeo");
     let oci = path.join("oci.tar");
     let out = Command::new(skopeo)
-        .args(["copy", &format!("docker-archive:{}", tar.display()), &format!("oci-archive:{}", oci.display())])
+        .args([
+            "copy",
+            &format!("docker-archive:{}", tar.display()),
+            &format!("oci-archive:{}", oci.display()),
+        ])
         .output()
         .expect("skopeo");
-    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
-    let out = d.faas(&["deploy", "hello-oci", "--warm", "0", "--image", &oci.to_string_lossy()], None);
-    assert!(out.status.success(), "faas deploy (OCI): {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.faas(
+        &[
+            "deploy",
+            "hello-oci",
+            "--warm",
+            "0",
+            "--image",
+            &oci.to_string_lossy(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "faas deploy (OCI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ip = d.client().inspect("hello-oci").expect("inspect").ip;
-    assert_eq!(call(ip).expect("request"), (200, "Hello from FaaS handler!\n".to_string()));
+    assert_eq!(
+        call(ip).expect("request"),
+        (200, "Hello from FaaS handler!\n".to_string())
+    );
 }

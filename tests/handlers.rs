@@ -18,9 +18,15 @@ fn timed_call(ip: std::net::Ipv4Addr) -> (std::io::Result<(u16, String)>, Durati
 fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
     // --connect-timeout 3 (set by the test daemon), --timeout 2 per function.
     let d = Daemon::start();
-    let quick = DeployOptions { warm: 0, timeout_secs: 2, ..Default::default() };
+    let quick = DeployOptions {
+        warm: 0,
+        timeout_secs: 2,
+        ..Default::default()
+    };
     let crash = d.deploy("crash", &probe_image("crash", &[]), &quick).ip;
-    let noconnect = d.deploy("noconnect", &probe_image("noconnect", &[]), &quick).ip;
+    let noconnect = d
+        .deploy("noconnect", &probe_image("noconnect", &[]), &quick)
+        .ip;
     let hang = d.deploy("hang", &probe_image("hang", &[]), &quick).ip;
     let close = d.deploy("close", &probe_image("close", &[]), &quick).ip;
     let missing = {
@@ -37,17 +43,26 @@ fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
 
     let (r, took) = timed_call(missing);
     assert_eq!(r.expect("missing entrypoint is answered").0, 502);
-    assert!(took < Duration::from_secs(2), "missing entrypoint answered in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "missing entrypoint answered in {took:?}"
+    );
 
     // Never connects: 504 at the function's 2 s timeout (below the 3 s connect timeout).
     let (r, took) = timed_call(noconnect);
     let (status, body) = r.expect("noconnect is answered");
     assert_eq!(status, 504, "{body}");
-    assert!(took < Duration::from_secs(4), "noconnect answered in {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "noconnect answered in {took:?}"
+    );
 
     // Takes the socket and hangs: the connection is closed when the timeout kills it.
     let (r, took) = timed_call(hang);
-    assert!(r.is_err() || r.as_ref().is_ok_and(|(s, _)| *s != 200), "hang: {r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|(s, _)| *s != 200),
+        "hang: {r:?}"
+    );
     assert!(took < Duration::from_secs(5), "hang ended in {took:?}");
 
     // Closes without answering: the client sees the connection end at once.
@@ -55,12 +70,21 @@ fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
     assert!(r.is_err(), "close: {r:?}");
     assert!(took < Duration::from_secs(2), "close ended in {took:?}");
 
-    assert!(d.wait_quiet(Duration::from_secs(10)), "left: {:?} {:?}", d.runc_containers(), d.bundles());
+    assert!(
+        d.wait_quiet(Duration::from_secs(10)),
+        "left: {:?} {:?}",
+        d.runc_containers(),
+        d.bundles()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !d.children().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(d.children(), Vec::<String>::new(), "no processes or zombies left");
+    assert_eq!(
+        d.children(),
+        Vec::<String>::new(),
+        "no processes or zombies left"
+    );
     let info = d.client().inspect("crash").expect("inspect");
     assert_eq!(info.stats.failed, 1);
 }
@@ -71,12 +95,22 @@ fn the_sandbox_holds() {
     // A listener on the host that the handler must not reach.
     let host_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let egress = host_listener.local_addr().expect("addr").to_string();
-    let mut options = DeployOptions { warm: 0, ..Default::default() };
-    options.env.insert("FROM_DEPLOY".into(), "deployed value".into());
+    let mut options = DeployOptions {
+        warm: 0,
+        ..Default::default()
+    };
+    options
+        .env
+        .insert("FROM_DEPLOY".into(), "deployed value".into());
     options.env.insert("OVERRIDDEN".into(), "by deploy".into());
     let mut spec = probe_image(
         "inspect",
-        &[&format!("PROBE_EGRESS={egress}"), "PROBE_ENV=FROM_IMAGE,FROM_DEPLOY,OVERRIDDEN,FAAS_FUNCTION", "FROM_IMAGE=image value", "OVERRIDDEN=by image"],
+        &[
+            &format!("PROBE_EGRESS={egress}"),
+            "PROBE_ENV=FROM_IMAGE,FROM_DEPLOY,OVERRIDDEN,FAAS_FUNCTION",
+            "FROM_IMAGE=image value",
+            "OVERRIDDEN=by image",
+        ],
     );
     spec.config.working_dir = "/tmp".into();
     spec.config.user = "1234:5678".into();
@@ -85,10 +119,22 @@ fn the_sandbox_holds() {
     assert_eq!(status, 200, "{body}");
     let v = kv(&body);
     let get = |k: &str| v.get(k).map(String::as_str).unwrap_or("<absent>");
-    assert_eq!(get("pid"), "1", "the handler is pid 1 of its own pid namespace");
-    assert!(get("rootfs_write").starts_with("denied("), "rootfs must be read-only: {}", get("rootfs_write"));
+    assert_eq!(
+        get("pid"),
+        "1",
+        "the handler is pid 1 of its own pid namespace"
+    );
+    assert!(
+        get("rootfs_write").starts_with("denied("),
+        "rootfs must be read-only: {}",
+        get("rootfs_write")
+    );
     assert_eq!(get("tmp_write"), "ok", "/tmp is a writable tmpfs");
-    assert!(get("egress").starts_with("failed("), "no network but the handed socket: {}", get("egress"));
+    assert!(
+        get("egress").starts_with("failed("),
+        "no network but the handed socket: {}",
+        get("egress")
+    );
     assert_eq!(get("uid"), "1234");
     assert_eq!(get("gid"), "5678");
     assert_eq!(get("cwd"), "/tmp");
@@ -97,7 +143,10 @@ fn the_sandbox_holds() {
     assert_eq!(get("env.OVERRIDDEN"), "by deploy");
     assert_eq!(get("env.FAAS_FUNCTION"), "sandbox");
     host_listener.set_nonblocking(true).expect("nonblocking");
-    assert!(host_listener.accept().is_err(), "the handler reached a host listener");
+    assert!(
+        host_listener.accept().is_err(),
+        "the handler reached a host listener"
+    );
 }
 
 #[test]
@@ -112,7 +161,10 @@ fn handler_output_goes_to_the_function_log() {
         if text.contains("probe stdout line") && text.contains("probe stderr line") {
             break;
         }
-        assert!(Instant::now() < deadline, "handler output not in faas logs: {text:?}");
+        assert!(
+            Instant::now() < deadline,
+            "handler output not in faas logs: {text:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

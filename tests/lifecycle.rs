@@ -19,69 +19,149 @@ fn shutdown_removes_addresses_and_restart_restores_them() {
     assert_eq!(call(a.ip).expect("alpha").0, 200);
 
     let (status, took) = d.stop();
-    assert!(status.success(), "faasd exits 0 on SIGTERM: {status}\n{}", d.log_text());
+    assert!(
+        status.success(),
+        "faasd exits 0 on SIGTERM: {status}\n{}",
+        d.log_text()
+    );
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
-    assert!(d.lo_addresses().is_empty(), "addresses left after shutdown: {:?}", d.lo_addresses());
+    assert!(
+        d.lo_addresses().is_empty(),
+        "addresses left after shutdown: {:?}",
+        d.lo_addresses()
+    );
     assert!(call(a.ip).is_err());
 
     d.spawn();
     let list = d.client().list().expect("list after restart");
     let names: Vec<_> = list.iter().map(|f| (f.name.as_str(), f.ip)).collect();
-    assert_eq!(names, vec![("alpha", a.ip), ("beta", b.ip)], "registry survives restart");
+    assert_eq!(
+        names,
+        vec![("alpha", a.ip), ("beta", b.ip)],
+        "registry survives restart"
+    );
     assert_eq!(d.lo_addresses().len(), 2, "addresses restored");
-    assert_eq!(call(a.ip).expect("alpha after restart"), (200, "Hello from FaaS handler!\n".to_string()));
-    assert_eq!(call(b.ip).expect("beta after restart"), (200, "probe ok\n".to_string()));
+    assert_eq!(
+        call(a.ip).expect("alpha after restart"),
+        (200, "Hello from FaaS handler!\n".to_string())
+    );
+    assert_eq!(
+        call(b.ip).expect("beta after restart"),
+        (200, "probe ok\n".to_string())
+    );
 }
 
 #[test]
 fn shutdown_ends_in_flight_containers() {
     let mut d = Daemon::start();
-    let slow = DeployOptions { warm: 0, timeout_secs: 60, ..Default::default() };
+    let slow = DeployOptions {
+        warm: 0,
+        timeout_secs: 60,
+        ..Default::default()
+    };
     let ip = d.deploy("hang", &probe_image("hang", &[]), &slow).ip;
-    let client = std::thread::spawn(move || http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30)));
+    let client =
+        std::thread::spawn(move || http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30)));
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.runc_containers().is_empty() {
-        assert!(Instant::now() < deadline, "the hanging container never started");
+        assert!(
+            Instant::now() < deadline,
+            "the hanging container never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
     let (status, took) = d.stop();
     assert!(status.success(), "{status}");
-    assert!(took < Duration::from_secs(10), "shutdown with a hanging handler took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown with a hanging handler took {took:?}"
+    );
     let r = client.join().expect("client thread");
-    assert!(r.is_err() || r.as_ref().is_ok_and(|(s, _)| *s != 200), "the hung request ends: {r:?}");
-    assert!(d.runc_containers().is_empty(), "containers left: {:?}", d.runc_containers());
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|(s, _)| *s != 200),
+        "the hung request ends: {r:?}"
+    );
+    assert!(
+        d.runc_containers().is_empty(),
+        "containers left: {:?}",
+        d.runc_containers()
+    );
     assert!(d.bundles().is_empty(), "bundles left: {:?}", d.bundles());
 }
 
 #[test]
 fn a_crash_leaves_nothing_a_restart_does_not_clean() {
     let mut d = Daemon::start();
-    let slow = DeployOptions { warm: 0, timeout_secs: 60, ..Default::default() };
+    let slow = DeployOptions {
+        warm: 0,
+        timeout_secs: 60,
+        ..Default::default()
+    };
     let ip = d.deploy("hang", &probe_image("hang", &[]), &slow).ip;
-    let client = std::thread::spawn(move || http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30)));
+    let client =
+        std::thread::spawn(move || http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30)));
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.runc_containers().is_empty() {
-        assert!(Instant::now() < deadline, "the hanging container never started");
+        assert!(
+            Instant::now() < deadline,
+            "the hanging container never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A stray address with our label, as a crashed run that had more functions would leave.
-    let stray = format!("{}.{}.{}.250", d.net.octets()[0], d.net.octets()[1], d.net.octets()[2]);
-    let st = Command::new("ip").args(["addr", "add", &format!("{stray}/32"), "dev", "lo", "label", "lo:faas"]).status();
+    let stray = format!(
+        "{}.{}.{}.250",
+        d.net.octets()[0],
+        d.net.octets()[1],
+        d.net.octets()[2]
+    );
+    let st = Command::new("ip")
+        .args([
+            "addr",
+            "add",
+            &format!("{stray}/32"),
+            "dev",
+            "lo",
+            "label",
+            "lo:faas",
+        ])
+        .status();
     assert!(st.expect("ip").success());
     d.crash();
-    assert!(!d.runc_containers().is_empty(), "the crash should leave the container behind");
+    assert!(
+        !d.runc_containers().is_empty(),
+        "the crash should leave the container behind"
+    );
 
     d.spawn();
-    assert!(d.runc_containers().is_empty(), "leftover containers: {:?}", d.runc_containers());
-    assert!(d.bundles().is_empty(), "leftover bundles: {:?}", d.bundles());
+    assert!(
+        d.runc_containers().is_empty(),
+        "leftover containers: {:?}",
+        d.runc_containers()
+    );
+    assert!(
+        d.bundles().is_empty(),
+        "leftover bundles: {:?}",
+        d.bundles()
+    );
     let addrs = d.lo_addresses();
-    assert!(!addrs.iter().any(|l| l.contains(&stray)), "stray address kept: {addrs:?}");
+    assert!(
+        !addrs.iter().any(|l| l.contains(&stray)),
+        "stray address kept: {addrs:?}"
+    );
     assert_eq!(addrs.len(), 1, "{addrs:?}");
     let r = client.join().expect("client thread");
-    assert!(r.is_err() || r.as_ref().is_ok_and(|(s, _)| *s != 200), "{r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|(s, _)| *s != 200),
+        "{r:?}"
+    );
     // Still serving after recovery (and the crashed container's cgroup is gone).
-    let quick = DeployOptions { warm: 0, timeout_secs: 1, ..Default::default() };
+    let quick = DeployOptions {
+        warm: 0,
+        timeout_secs: 1,
+        ..Default::default()
+    };
     let ip = d.deploy("hang", &probe_image("hello", &[]), &quick).ip;
     assert_eq!(call(ip).expect("after recovery").0, 200);
 }
@@ -90,11 +170,22 @@ fn a_crash_leaves_nothing_a_restart_does_not_clean() {
 fn the_operators_addresses_are_left_alone() {
     let mut d = Daemon::start();
     // The operator put the pool's first address on lo by hand, without our label.
-    let theirs = format!("{}.{}.{}.1", d.net.octets()[0], d.net.octets()[1], d.net.octets()[2]);
-    let st = Command::new("ip").args(["addr", "add", &format!("{theirs}/32"), "dev", "lo"]).status();
+    let theirs = format!(
+        "{}.{}.{}.1",
+        d.net.octets()[0],
+        d.net.octets()[1],
+        d.net.octets()[2]
+    );
+    let st = Command::new("ip")
+        .args(["addr", "add", &format!("{theirs}/32"), "dev", "lo"])
+        .status();
     assert!(st.expect("ip").success());
     let ip = d.deploy("fn", &hello_image(), &opts()).ip;
-    assert_ne!(ip.to_string(), theirs, "an address in use on lo is not handed out");
+    assert_ne!(
+        ip.to_string(),
+        theirs,
+        "an address in use on lo is not handed out"
+    );
     assert_eq!(call(ip).expect("request").0, 200);
     d.client().remove("fn").expect("rm");
     let (status, _) = d.stop();

@@ -13,24 +13,44 @@ fn deploy_through_the_cli_and_serve() {
     let d = Daemon::start();
     let image = image_bytes(&hello_image());
     let out = d.faas(&["deploy", "hello", "--warm", "0"], Some(&image));
-    assert!(out.status.success(), "faas deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "faas deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = d.faas(&["ip", "hello"], None);
     assert!(out.status.success());
-    let ip: std::net::Ipv4Addr = String::from_utf8_lossy(&out.stdout).trim().parse().expect("faas ip prints a bare IP");
-    assert_eq!(call(ip).expect("request"), (200, "Hello from FaaS handler!\n".to_string()));
+    let ip: std::net::Ipv4Addr = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("faas ip prints a bare IP");
+    assert_eq!(
+        call(ip).expect("request"),
+        (200, "Hello from FaaS handler!\n".to_string())
+    );
     // The address is on lo with our label.
     let addrs = d.lo_addresses();
-    assert!(addrs.iter().any(|l| l.contains(&format!("inet {ip}/32")) && l.contains("lo:faas")), "{addrs:?}");
+    assert!(
+        addrs
+            .iter()
+            .any(|l| l.contains(&format!("inet {ip}/32")) && l.contains("lo:faas")),
+        "{addrs:?}"
+    );
 
     // list, inspect, the `new` alias (redeploy keeps the IP) and rm.
     let list = d.faas(&["list"], None);
     assert!(String::from_utf8_lossy(&list.stdout).contains("hello"));
     let json = d.faas(&["list", "-o", "json"], None);
-    let parsed: Vec<faasd::api::FunctionInfo> = serde_json::from_slice(&json.stdout).expect("list json");
+    let parsed: Vec<faasd::api::FunctionInfo> =
+        serde_json::from_slice(&json.stdout).expect("list json");
     assert_eq!(parsed.len(), 1);
     assert_eq!(parsed[0].stats.handed_over, 1);
     let out = d.faas(&["new", "hello", "--warm", "0"], Some(&image));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: faasd::api::FunctionInfo =
         serde_json::from_slice(&d.faas(&["inspect", "hello"], None).stdout).expect("inspect json");
     assert_eq!(info.ip, ip, "redeploy keeps the IP");
@@ -54,21 +74,29 @@ fn original_api_and_errors() {
     let host = d.url.trim_start_matches("http://").to_string();
     let image = image_bytes(&probe_image("hello", &[]));
     // X-Image-Name upload: over the 1M limit → 413 with a JSON reason.
-    let resp = ureq::post(&format!("{}/api/new", d.url)).set("X-Image-Name", "probe").send_bytes(&image);
+    let resp = ureq::post(&format!("{}/api/new", d.url))
+        .set("X-Image-Name", "probe")
+        .send_bytes(&image);
     match resp {
-        Err(ureq::Error::Status(413, r)) => assert!(r.into_string().unwrap_or_default().contains("limit")),
+        Err(ureq::Error::Status(413, r)) => {
+            assert!(r.into_string().unwrap_or_default().contains("limit"))
+        }
         other => panic!("expected 413, got {other:?}"),
     }
     // Bad names are 400 with a reason.
     match ureq::put(&format!("{}/v1/functions/Bad_Name", d.url)).send_bytes(b"x") {
-        Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap_or_default().contains("lower-case")),
+        Err(ureq::Error::Status(400, r)) => {
+            assert!(r.into_string().unwrap_or_default().contains("lower-case"))
+        }
         other => panic!("expected 400, got {other:?}"),
     }
     let out = d.faas(&["deploy", "../etc"], Some(b"x"));
     assert!(!out.status.success());
     // Empty upload.
     match ureq::put(&format!("{}/v1/functions/empty", d.url)).send_bytes(b"") {
-        Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap_or_default().contains("empty")),
+        Err(ureq::Error::Status(400, r)) => {
+            assert!(r.into_string().unwrap_or_default().contains("empty"))
+        }
         other => panic!("expected 400, got {other:?}"),
     }
     assert_eq!(http_get(&host, "/api/ip/nothing").expect("api ip").0, 404);
@@ -101,7 +129,9 @@ fn original_api_deploys_and_reports() {
 fn twenty_concurrent_requests_are_all_answered() {
     let d = Daemon::start();
     let ip = d.deploy("hello", &hello_image(), &opts()).ip;
-    let threads: Vec<_> = (0..20).map(|_| std::thread::spawn(move || call(ip))).collect();
+    let threads: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || call(ip)))
+        .collect();
     let mut ok = 0;
     for t in threads {
         let (status, body) = t.join().expect("thread").expect("request");
@@ -110,7 +140,12 @@ fn twenty_concurrent_requests_are_all_answered() {
         ok += 1;
     }
     assert_eq!(ok, 20);
-    assert!(d.wait_quiet(Duration::from_secs(10)), "containers or bundles left: {:?} {:?}", d.runc_containers(), d.bundles());
+    assert!(
+        d.wait_quiet(Duration::from_secs(10)),
+        "containers or bundles left: {:?} {:?}",
+        d.runc_containers(),
+        d.bundles()
+    );
 }
 
 #[test]
@@ -129,13 +164,22 @@ fn no_leaks_after_two_hundred_requests() {
         assert_eq!(status, 200, "request {i}");
     }
     eprintln!("200 sequential requests took {:?}", started.elapsed());
-    assert!(d.wait_quiet(Duration::from_secs(15)), "left: {:?} {:?}", d.runc_containers(), d.bundles());
+    assert!(
+        d.wait_quiet(Duration::from_secs(15)),
+        "left: {:?} {:?}",
+        d.runc_containers(),
+        d.bundles()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while (d.fd_count() > fds || !d.children().is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(d.fd_count(), fds, "open fds back to baseline");
-    assert_eq!(d.children(), Vec::<String>::new(), "no children or zombies left");
+    assert_eq!(
+        d.children(),
+        Vec::<String>::new(),
+        "no children or zombies left"
+    );
     let info = d.client().inspect("hello").expect("inspect");
     assert_eq!(info.stats.handed_over, 201);
     assert_eq!(info.stats.failed, 0);

@@ -7,13 +7,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use faasd::api::{parse_env, DeployOptions, FunctionInfo, DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM};
+use faasd::api::{
+    parse_env, DeployOptions, FunctionInfo, DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM,
+};
 use faasd::client::{Client, DEFAULT_URL};
 use faasd::image::build::{single_binary, write_image};
 use faasd::units::parse_size;
 
 #[derive(Parser)]
-#[command(name = "faas", version, about = "Deploy Docker images as functions on faasd")]
+#[command(
+    name = "faas",
+    version,
+    about = "Deploy Docker images as functions on faasd"
+)]
 struct Cli {
     /// faasd control API address.
     #[arg(long, env = "FAAS_URL", default_value = DEFAULT_URL, global = true)]
@@ -139,8 +145,10 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
             None => indicatif::ProgressBar::new_spinner(),
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} uploading {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} uploading {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Box::new(bar.wrap_read(reader))
     } else {
@@ -162,7 +170,10 @@ fn list(client: &Client, output: &str) -> anyhow::Result<()> {
 }
 
 fn print_table(all: &[FunctionInfo]) {
-    println!("{:<24} {:<15} {:>7} {:>9} {:>7}  IMAGE", "NAME", "IP", "VERSION", "REQUESTS", "FAILED");
+    println!(
+        "{:<24} {:<15} {:>7} {:>9} {:>7}  IMAGE",
+        "NAME", "IP", "VERSION", "REQUESTS", "FAILED"
+    );
     for f in all {
         let image = f.image_id.strip_prefix("sha256:").unwrap_or(&f.image_id);
         println!(
@@ -179,16 +190,22 @@ fn print_table(all: &[FunctionInfo]) {
 
 fn pack(binary: &PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
     let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
-    let tag = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "handler".into());
+    let tag = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "handler".into());
     let spec = single_binary(bytes, &format!("{tag}:latest"));
     match output {
         Some(path) => {
-            let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let file =
+                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
             write_image(&spec, std::io::BufWriter::new(file)).context("writing image")?;
         }
         None => {
             if std::io::stdout().is_terminal() {
-                bail!("refusing to write an image archive to a terminal: redirect it or pass -o FILE");
+                bail!(
+                    "refusing to write an image archive to a terminal: redirect it or pass -o FILE"
+                );
             }
             let mut out = std::io::stdout().lock();
             write_image(&spec, &mut out).context("writing image")?;

@@ -45,7 +45,10 @@ impl ApiError {
     }
 
     pub fn response(&self) -> Response<Full<Bytes>> {
-        let body = serde_json::to_vec(&ErrorBody { error: self.to_string() }).unwrap_or_default();
+        let body = serde_json::to_vec(&ErrorBody {
+            error: self.to_string(),
+        })
+        .unwrap_or_default();
         Response::builder()
             .status(self.status())
             .header("content-type", "application/json")
@@ -59,23 +62,26 @@ fn manager_status(e: &ManagerError) -> StatusCode {
         ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
         ManagerError::Image(ImageError::Store { source, .. }) => io_status(source),
         ManagerError::Image(ImageError::Limit { .. })
-        | ManagerError::Image(ImageError::Layer { source: LayerError::Limit { .. }, .. }) => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
+        | ManagerError::Image(ImageError::Layer {
+            source: LayerError::Limit { .. },
+            ..
+        }) => StatusCode::PAYLOAD_TOO_LARGE,
         // Most filesystem failures while unpacking come from the image
         // (a hard link to nothing, a file where a directory must be).
-        ManagerError::Image(ImageError::Layer { source: LayerError::Fs { source, .. }, .. }) => {
-            match io_status(source) {
-                StatusCode::INTERNAL_SERVER_ERROR => StatusCode::BAD_REQUEST,
-                other => other,
-            }
-        }
+        ManagerError::Image(ImageError::Layer {
+            source: LayerError::Fs { source, .. },
+            ..
+        }) => match io_status(source) {
+            StatusCode::INTERNAL_SERVER_ERROR => StatusCode::BAD_REQUEST,
+            other => other,
+        },
         ManagerError::Image(_) => StatusCode::BAD_REQUEST,
         ManagerError::Net(NetError::Exhausted(_)) => StatusCode::INSUFFICIENT_STORAGE,
         ManagerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        ManagerError::Net(_) | ManagerError::Registry(_) | ManagerError::Dataplane(_) | ManagerError::Io { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        ManagerError::Net(_)
+        | ManagerError::Registry(_)
+        | ManagerError::Dataplane(_)
+        | ManagerError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -76,7 +76,10 @@ async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, control: Ar
         let control = Arc::clone(&control);
         async move { Ok::<_, std::convert::Infallible>(routes::dispatch(&control, req).await) }
     });
-    if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
         tracing::debug!(%peer, error = %e, "control connection");
     }
 }

@@ -35,11 +35,15 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Ful
             }
         }
         (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
-        (&Method::GET, ["v1", "functions", name, "logs"]) => logs(control, name, req.uri().query()).await,
+        (&Method::GET, ["v1", "functions", name, "logs"]) => {
+            logs(control, name, req.uri().query()).await
+        }
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
         (&Method::GET, ["api", "list"]) => api_list(control).await,
-        (_, ["healthz"] | ["v1", "functions", ..] | ["api", ..]) => Err(ApiError::Method(method.to_string())),
+        (_, ["healthz"] | ["v1", "functions", ..] | ["api", ..]) => {
+            Err(ApiError::Method(method.to_string()))
+        }
         _ => Err(ApiError::NoRoute(path.clone())),
     };
     match reply {
@@ -54,14 +58,20 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Ful
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
     r
 }
 
 fn json<T: Serialize>(value: &T) -> Reply {
     let body = serde_json::to_vec_pretty(value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     Ok(r)
 }
 
@@ -77,7 +87,8 @@ async fn remove(control: &Control, name: &str) -> Reply {
 }
 
 async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -> Reply {
-    let options = DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    let options =
+        DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
     let info = receive_and_deploy(control, name, options, req).await?;
     json(&info)
 }
@@ -92,7 +103,10 @@ async fn receive_and_deploy(
     let path = control.uploads.join(format!("{name}-{seq}.tar"));
     let received = upload::receive(req.into_body(), &path, control.max_upload).await?;
     tracing::info!(function = %name, bytes = received.bytes, "image received");
-    let info = control.manager.deploy(name, options, received.path.clone()).await?;
+    let info = control
+        .manager
+        .deploy(name, options, received.path.clone())
+        .await?;
     Ok(info)
 }
 
@@ -102,8 +116,16 @@ async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     let mut tail = 100usize;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "tail" => tail = v.parse().map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?,
-            other => return Err(ApiError::BadRequest(format!("unknown log option {other:?}"))),
+            "tail" => {
+                tail = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown log option {other:?}"
+                )))
+            }
         }
     }
     let path = control.manager.log_path(&name);
@@ -143,7 +165,8 @@ async fn api_new(control: &Control, req: Request<Incoming>) -> Reply {
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::BadRequest("missing X-Image-Name header".into()))?;
     let name = FunctionName::parse(name)?;
-    let options = DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    let options =
+        DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
     let info = receive_and_deploy(control, name, options, req).await?;
     json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))
 }
@@ -162,7 +185,12 @@ async fn api_list(control: &Control) -> Reply {
         .list()
         .await
         .into_iter()
-        .map(|i| (i.name.clone(), serde_json::json!({ "ip": i.ip, "cmd": i.command })))
+        .map(|i| {
+            (
+                i.name.clone(),
+                serde_json::json!({ "ip": i.ip, "cmd": i.command }),
+            )
+        })
         .collect();
     json(&all)
 }

@@ -30,7 +30,10 @@ pub async fn receive(mut body: Incoming, path: &Path, limit: u64) -> Result<Uplo
     let file = tokio::fs::File::create(path)
         .await
         .map_err(ApiError::Storage)?;
-    let mut upload = Upload { path: path.to_path_buf(), bytes: 0 };
+    let mut upload = Upload {
+        path: path.to_path_buf(),
+        bytes: 0,
+    };
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::Upload(e.to_string()))?;
@@ -38,7 +41,11 @@ pub async fn receive(mut body: Incoming, path: &Path, limit: u64) -> Result<Uplo
             upload.bytes += data.len() as u64;
             if upload.bytes > limit {
                 drop(out);
-                drain(body, limit + DRAIN_AFTER_LIMIT - upload.bytes.min(limit + DRAIN_AFTER_LIMIT)).await;
+                drain(
+                    body,
+                    limit + DRAIN_AFTER_LIMIT - upload.bytes.min(limit + DRAIN_AFTER_LIMIT),
+                )
+                .await;
                 return Err(ApiError::TooLarge(limit));
             }
             out.write_all(&data).await.map_err(ApiError::Storage)?;
@@ -46,7 +53,9 @@ pub async fn receive(mut body: Incoming, path: &Path, limit: u64) -> Result<Uplo
     }
     out.flush().await.map_err(ApiError::Storage)?;
     if upload.bytes == 0 {
-        return Err(ApiError::BadRequest("the upload is empty: send an image archive (docker save)".into()));
+        return Err(ApiError::BadRequest(
+            "the upload is empty: send an image archive (docker save)".into(),
+        ));
     }
     Ok(upload)
 }

@@ -17,7 +17,12 @@ use crate::runtime::{Runtime, RuntimeError};
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
 const FD_BACKOFF: Duration = Duration::from_millis(100);
 
-pub async fn run(listener: TcpListener, rt: Arc<Runtime>, func: FunctionRef, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    func: FunctionRef,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -44,10 +49,7 @@ async fn handle(client: TcpStream, rt: Arc<Runtime>, func: FunctionRef) {
     let failure = match rt.start(&func).await {
         Ok(ready) => {
             stats.cold_starts.fetch_add(1, Ordering::Relaxed);
-            match ready.hand_over(client.as_fd()).await {
-                Ok(()) => None,
-                Err(e) => Some(e),
-            }
+            ready.hand_over(client.as_fd()).await.err()
         }
         Err(e) => Some(e),
     };

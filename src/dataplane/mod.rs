@@ -51,10 +51,16 @@ impl Dataplane {
     }
 
     /// Starts serving `func` on `ip` (replacing any earlier listener of it).
-    pub fn serve(&self, name: &FunctionName, ip: Ipv4Addr, func: FunctionRef) -> Result<(), DataplaneError> {
+    pub fn serve(
+        &self,
+        name: &FunctionName,
+        ip: Ipv4Addr,
+        func: FunctionRef,
+    ) -> Result<(), DataplaneError> {
         self.stop(name);
         let addr = std::net::SocketAddr::from((ip, self.port));
-        let listener = listener::bind(addr).map_err(|source| DataplaneError::Listen { addr, source })?;
+        let listener =
+            listener::bind(addr).map_err(|source| DataplaneError::Listen { addr, source })?;
         let (stop, stopped) = watch::channel(false);
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|source| DataplaneError::Listen { addr, source })?;

@@ -40,7 +40,10 @@ pub fn render(status: Status, reason: &str) -> String {
 
 pub async fn error(mut client: TcpStream, status: Status, reason: &str) {
     let response = render(status, reason);
-    if tokio::time::timeout(WRITE, client.write_all(response.as_bytes())).await.is_err() {
+    if tokio::time::timeout(WRITE, client.write_all(response.as_bytes()))
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = client.shutdown().await;

@@ -11,7 +11,9 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::config::{self, DockerManifestEntry, ImageConfig, OciIndex, OciManifest, RawImageConfig};
+use super::config::{
+    self, DockerManifestEntry, ImageConfig, OciIndex, OciManifest, RawImageConfig,
+};
 use super::fsops::Root;
 use super::layer::{apply_layer, Totals};
 use super::{user, ImageError, Limits};
@@ -79,7 +81,10 @@ pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpa
     let mut totals = Totals::default();
     for (i, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
         let member = index.member(layer)?;
-        index.file.seek(SeekFrom::Start(member.offset)).map_err(ImageError::Archive)?;
+        index
+            .file
+            .seek(SeekFrom::Start(member.offset))
+            .map_err(ImageError::Archive)?;
         let raw = BufReader::new((&index.file).take(member.size));
         let actual = apply_compressed(raw, &root, limits, &mut totals)
             .map_err(|source| ImageError::Layer { layer: i, source })?;
@@ -188,9 +193,9 @@ fn locate(index: &mut Index) -> Result<(String, Vec<String>), ImageError> {
 
 fn pick_manifest(manifests: Vec<config::Descriptor>) -> Result<config::Descriptor, ImageError> {
     let wanted = |d: &config::Descriptor| {
-        d.platform
-            .as_ref()
-            .is_none_or(|p| p.os == "linux" && (p.architecture == "amd64" || p.architecture.is_empty()))
+        d.platform.as_ref().is_none_or(|p| {
+            p.os == "linux" && (p.architecture == "amd64" || p.architecture.is_empty())
+        })
     };
     let mut fallback = None;
     for d in manifests {
@@ -244,7 +249,10 @@ impl Index {
                     tar::EntryType::Symlink | tar::EntryType::Link => {
                         if let Some(target) = entry.link_name().map_err(ImageError::Archive)? {
                             let base = if entry.header().entry_type() == tar::EntryType::Symlink {
-                                Path::new(&name).parent().map(Path::to_path_buf).unwrap_or_default()
+                                Path::new(&name)
+                                    .parent()
+                                    .map(Path::to_path_buf)
+                                    .unwrap_or_default()
                             } else {
                                 PathBuf::new()
                             };
@@ -256,11 +264,17 @@ impl Index {
             }
         }
         let len = file.metadata().map_err(ImageError::Archive)?.len();
-        let mut index = Self { file, members, links };
+        let mut index = Self {
+            file,
+            members,
+            links,
+        };
         // A complete archive ends with two zero blocks; an upload cut off at
         // a member boundary would otherwise look like a smaller archive.
         if !index.has_trailer(end, len)? {
-            return Err(ImageError::Invalid("archive is truncated (no end-of-archive marker)".into()));
+            return Err(ImageError::Invalid(
+                "archive is truncated (no end-of-archive marker)".into(),
+            ));
         }
         // A member running past the end means the upload was cut off.
         if let Some(m) = index.members.values().find(|m| m.offset + m.size > len) {
@@ -276,9 +290,13 @@ impl Index {
         if len < end + 2 * BLOCK {
             return Ok(false);
         }
-        self.file.seek(SeekFrom::Start(end)).map_err(ImageError::Archive)?;
+        self.file
+            .seek(SeekFrom::Start(end))
+            .map_err(ImageError::Archive)?;
         let mut trailer = [0u8; 2 * BLOCK as usize];
-        self.file.read_exact(&mut trailer).map_err(ImageError::Archive)?;
+        self.file
+            .read_exact(&mut trailer)
+            .map_err(ImageError::Archive)?;
         Ok(trailer.iter().all(|&b| b == 0))
     }
 
@@ -303,11 +321,18 @@ impl Index {
     fn read_small(&mut self, name: &str) -> Result<Vec<u8>, ImageError> {
         let member = self.member(name)?;
         if member.size > MAX_JSON {
-            return Err(ImageError::Invalid(format!("{name} is larger than {MAX_JSON} bytes")));
+            return Err(ImageError::Invalid(format!(
+                "{name} is larger than {MAX_JSON} bytes"
+            )));
         }
-        self.file.seek(SeekFrom::Start(member.offset)).map_err(ImageError::Archive)?;
+        self.file
+            .seek(SeekFrom::Start(member.offset))
+            .map_err(ImageError::Archive)?;
         let mut buf = Vec::with_capacity(member.size as usize);
-        (&self.file).take(member.size).read_to_end(&mut buf).map_err(ImageError::Archive)?;
+        (&self.file)
+            .take(member.size)
+            .read_to_end(&mut buf)
+            .map_err(ImageError::Archive)?;
         Ok(buf)
     }
 }
@@ -319,7 +344,10 @@ mod tests {
     #[test]
     fn normalises_member_paths() {
         assert_eq!(normalise(Path::new("./manifest.json")), "manifest.json");
-        assert_eq!(normalise(Path::new("abc/../blobs/sha256/x")), "blobs/sha256/x");
+        assert_eq!(
+            normalise(Path::new("abc/../blobs/sha256/x")),
+            "blobs/sha256/x"
+        );
         assert_eq!(normalise(Path::new("/a/b")), "a/b");
     }
 }

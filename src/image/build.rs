@@ -14,27 +14,60 @@ use super::archive::hex;
 /// the tar crate's checks, so tests can craft `../` and absolute paths.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    File { path: String, mode: u32, data: Vec<u8> },
-    Dir { path: String, mode: u32 },
-    Symlink { path: String, target: String },
-    Hardlink { path: String, target: String },
-    Raw { path: Vec<u8>, kind: tar::EntryType, data: Vec<u8>, link: Option<String> },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        path: String,
+        target: String,
+    },
+    Raw {
+        path: Vec<u8>,
+        kind: tar::EntryType,
+        data: Vec<u8>,
+        link: Option<String>,
+    },
 }
 
 impl Entry {
     pub fn file(path: &str, data: impl Into<Vec<u8>>) -> Self {
-        Entry::File { path: path.into(), mode: 0o644, data: data.into() }
+        Entry::File {
+            path: path.into(),
+            mode: 0o644,
+            data: data.into(),
+        }
     }
     pub fn exe(path: &str, data: impl Into<Vec<u8>>) -> Self {
-        Entry::File { path: path.into(), mode: 0o755, data: data.into() }
+        Entry::File {
+            path: path.into(),
+            mode: 0o755,
+            data: data.into(),
+        }
     }
     pub fn dir(path: &str) -> Self {
-        Entry::Dir { path: path.into(), mode: 0o755 }
+        Entry::Dir {
+            path: path.into(),
+            mode: 0o755,
+        }
     }
     /// A whiteout deleting `path` from lower layers.
     pub fn whiteout(path: &str) -> Self {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let wh = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
+        let wh = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
         Entry::file(&wh, Vec::new())
     }
 }
@@ -77,8 +110,14 @@ pub struct ImageSpec {
 /// A single-layer image running `binary` (placed at `/handler`).
 pub fn single_binary(binary: Vec<u8>, tag: &str) -> ImageSpec {
     ImageSpec {
-        layers: vec![Layer { entries: vec![Entry::exe("handler", binary)], gzip: false }],
-        config: RunConfig { entrypoint: vec!["/handler".into()], ..Default::default() },
+        layers: vec![Layer {
+            entries: vec![Entry::exe("handler", binary)],
+            gzip: false,
+        }],
+        config: RunConfig {
+            entrypoint: vec!["/handler".into()],
+            ..Default::default()
+        },
         layout: Layout::Both,
         tag: tag.into(),
     }
@@ -105,7 +144,10 @@ pub fn write_image<W: Write>(spec: &ImageSpec, out: W) -> io::Result<()> {
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))?;
     let config_hex = hex(&Sha256::digest(&config));
-    let layer_hex: Vec<String> = layer_blobs.iter().map(|b| hex(&Sha256::digest(b))).collect();
+    let layer_hex: Vec<String> = layer_blobs
+        .iter()
+        .map(|b| hex(&Sha256::digest(b)))
+        .collect();
 
     let mut tar = tar::Builder::new(out);
     let classic = spec.layout == Layout::Classic;
@@ -143,9 +185,18 @@ pub fn write_image<W: Write>(spec: &ImageSpec, out: W) -> io::Result<()> {
     }
     if spec.layout != Layout::Oci {
         let (config_path, layer_paths): (String, Vec<String>) = if classic {
-            (format!("{config_hex}.json"), layer_hex.iter().map(|h| format!("{h}/layer.tar")).collect())
+            (
+                format!("{config_hex}.json"),
+                layer_hex.iter().map(|h| format!("{h}/layer.tar")).collect(),
+            )
         } else {
-            (format!("blobs/sha256/{config_hex}"), layer_hex.iter().map(|h| format!("blobs/sha256/{h}")).collect())
+            (
+                format!("blobs/sha256/{config_hex}"),
+                layer_hex
+                    .iter()
+                    .map(|h| format!("blobs/sha256/{h}"))
+                    .collect(),
+            )
         };
         let manifest = serde_json::to_vec(&json!([{
             "Config": config_path, "RepoTags": [spec.tag], "Layers": layer_paths,
@@ -201,7 +252,12 @@ pub fn layer_tar(entries: &[Entry]) -> io::Result<Vec<u8>> {
                 h.set_size(0);
                 tar.append_link(&mut h, path, target)?;
             }
-            Entry::Raw { path, kind, data, link } => {
+            Entry::Raw {
+                path,
+                kind,
+                data,
+                link,
+            } => {
                 h.set_entry_type(*kind);
                 h.set_mode(0o644);
                 h.set_size(data.len() as u64);

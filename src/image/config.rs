@@ -97,7 +97,10 @@ pub struct RawRootfs {
     pub diff_ids: Vec<String>,
 }
 
-pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ImageError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ImageError> {
     serde_json::from_slice(bytes).map_err(|source| ImageError::Json {
         what: what.to_string(),
         source,
@@ -112,13 +115,18 @@ pub fn run_settings(raw: RawImageConfig) -> Result<(ImageConfig, Vec<String>), I
         env: run.env.unwrap_or_default(),
         entrypoint: run.entrypoint.unwrap_or_default(),
         cmd: run.cmd.unwrap_or_default(),
-        working_dir: run.working_dir.filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+        working_dir: run
+            .working_dir
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
         user: run.user.unwrap_or_default(),
         uid: 0,
         gid: 0,
     };
     if config.argv().is_empty() {
-        return Err(ImageError::Invalid("image config has neither Entrypoint nor Cmd".into()));
+        return Err(ImageError::Invalid(
+            "image config has neither Entrypoint nor Cmd".into(),
+        ));
     }
     if !config.working_dir.starts_with('/') {
         return Err(ImageError::Invalid(format!(
@@ -134,9 +142,9 @@ pub fn run_settings(raw: RawImageConfig) -> Result<(ImageConfig, Vec<String>), I
 
 /// Checks a `sha256:<64 hex>` digest and returns the hex part.
 pub fn hex_digest(digest: &str) -> Result<&str, ImageError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| ImageError::Invalid(format!("unsupported digest {digest:?} (only sha256)")))?;
+    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+        ImageError::Invalid(format!("unsupported digest {digest:?} (only sha256)"))
+    })?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ImageError::Invalid(format!("malformed digest {digest:?}")));
     }
@@ -166,8 +174,11 @@ mod tests {
     fn refuses_no_command_and_bad_digest() {
         let raw: RawImageConfig = parse_json("c", br#"{"rootfs":{"diff_ids":[]}}"#).expect("parse");
         assert!(run_settings(raw).is_err());
-        let raw: RawImageConfig =
-            parse_json("c", br#"{"config":{"Cmd":["/h"]},"rootfs":{"diff_ids":["md5:abc"]}}"#).expect("parse");
+        let raw: RawImageConfig = parse_json(
+            "c",
+            br#"{"config":{"Cmd":["/h"]},"rootfs":{"diff_ids":["md5:abc"]}}"#,
+        )
+        .expect("parse");
         assert!(run_settings(raw).is_err());
         assert!(hex_digest("sha256:../../etc/passwd").is_err());
     }

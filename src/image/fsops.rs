@@ -73,7 +73,11 @@ impl Root {
         for comp in rel.components() {
             let parent = self.open_dir(&sofar)?;
             sofar.push(comp);
-            match mkdirat(parent.as_fd(), comp.as_os_str(), Mode::from_bits_truncate(0o755)) {
+            match mkdirat(
+                parent.as_fd(),
+                comp.as_os_str(),
+                Mode::from_bits_truncate(0o755),
+            ) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(io_err(e)),
             }
@@ -107,7 +111,11 @@ pub fn lookup(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<Kind>> {
     match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => {
             let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-            Ok(Some(if fmt == SFlag::S_IFDIR { Kind::Dir } else { Kind::Other }))
+            Ok(Some(if fmt == SFlag::S_IFDIR {
+                Kind::Dir
+            } else {
+                Kind::Other
+            }))
         }
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(io_err(e)),
@@ -118,7 +126,9 @@ pub fn lookup(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<Kind>> {
 pub fn remove(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     match lookup(dir, name)? {
         None => Ok(()),
-        Some(Kind::Other) => unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io_err),
+        Some(Kind::Other) => {
+            unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io_err)
+        }
         Some(Kind::Dir) => {
             // The /proc link names the directory's real location, already
             // resolved inside the root; remove_dir_all never follows symlinks.
@@ -195,17 +205,20 @@ mod tests {
     fn symlinks_resolve_inside_the_root() {
         let outside = tempfile::tempdir().expect("tempdir");
         let root_dir = tempfile::tempdir().expect("tempdir");
-        std::os::unix::fs::symlink(outside.path(), root_dir.path().join("escape")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), root_dir.path().join("escape"))
+            .expect("symlink");
         std::os::unix::fs::symlink("../../../..", root_dir.path().join("up")).expect("symlink");
         let root = Root::open(root_dir.path()).expect("open root");
         // An absolute symlink is taken relative to the root: the outside
         // directory does not exist inside it.
         assert!(root.open_dir(Path::new("escape")).is_err());
         let up = root.open_dir(Path::new("up")).expect("open up");
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", up.as_raw_fd())).expect("readlink");
+        let real =
+            std::fs::read_link(format!("/proc/self/fd/{}", up.as_raw_fd())).expect("readlink");
         assert_eq!(real, root_dir.path().canonicalize().expect("canon"));
         let made = root.ensure_dir(Path::new("up/a/b")).expect("mkdir -p");
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", made.as_raw_fd())).expect("readlink");
+        let real =
+            std::fs::read_link(format!("/proc/self/fd/{}", made.as_raw_fd())).expect("readlink");
         assert!(real.starts_with(root_dir.path().canonicalize().expect("canon")));
     }
 }

@@ -153,7 +153,12 @@ fn fs_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Lay
     }
 }
 
-fn whiteout(root: &Root, dir: &Path, name: &Path, created: &HashSet<PathBuf>) -> Result<(), LayerError> {
+fn whiteout(
+    root: &Root,
+    dir: &Path,
+    name: &Path,
+    created: &HashSet<PathBuf>,
+) -> Result<(), LayerError> {
     let path = dir.join(name);
     if created.contains(&path) {
         return Ok(());
@@ -220,7 +225,8 @@ fn put<R: Read>(
     }
     match kind {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-            let mut file = fsops::create_file(&dirfd, name, mode).map_err(fs_err("creating", &path))?;
+            let mut file =
+                fsops::create_file(&dirfd, name, mode).map_err(fs_err("creating", &path))?;
             let room = limits.max_extracted_bytes.saturating_sub(totals.bytes);
             let written = io::copy(&mut (&mut *entry).take(room + 1), &mut file)
                 .map_err(fs_err("writing", &path))?;
@@ -237,7 +243,9 @@ fn put<R: Read>(
                 .hardlink(&target, &dirfd, name)
                 .map_err(fs_err("hard-linking", &path));
         }
-        EntryType::Fifo => fsops::mkfifo(&dirfd, name, mode).map_err(fs_err("creating fifo", &path))?,
+        EntryType::Fifo => {
+            fsops::mkfifo(&dirfd, name, mode).map_err(fs_err("creating fifo", &path))?
+        }
         other => {
             return Err(LayerError::BadEntry {
                 path: path.display().to_string(),
@@ -278,15 +286,30 @@ mod tests {
     fn plans_entries() {
         assert_eq!(
             p("./etc/passwd").ok(),
-            Some(Action::Put { dir: "etc".into(), name: "passwd".into() })
+            Some(Action::Put {
+                dir: "etc".into(),
+                name: "passwd".into()
+            })
         );
-        assert_eq!(p("/abs/file").ok(), Some(Action::Put { dir: "abs".into(), name: "file".into() }));
+        assert_eq!(
+            p("/abs/file").ok(),
+            Some(Action::Put {
+                dir: "abs".into(),
+                name: "file".into()
+            })
+        );
         assert_eq!(p("./").ok(), Some(Action::Skip));
         assert_eq!(
             p("a/.wh.b").ok(),
-            Some(Action::Whiteout { dir: "a".into(), name: "b".into() })
+            Some(Action::Whiteout {
+                dir: "a".into(),
+                name: "b".into()
+            })
         );
-        assert_eq!(p("a/.wh..wh..opq").ok(), Some(Action::Opaque { dir: "a".into() }));
+        assert_eq!(
+            p("a/.wh..wh..opq").ok(),
+            Some(Action::Opaque { dir: "a".into() })
+        );
     }
 
     #[test]

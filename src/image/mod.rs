@@ -58,7 +58,9 @@ pub enum ImageError {
         #[source]
         source: LayerError,
     },
-    #[error("layer {layer} content does not match its diff_id (expected {expected}, got {actual})")]
+    #[error(
+        "layer {layer} content does not match its diff_id (expected {expected}, got {actual})"
+    )]
     DiffIdMismatch {
         layer: usize,
         expected: String,

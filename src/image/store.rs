@@ -52,16 +52,25 @@ impl Store {
 
     pub fn staging(&self, name: &str) -> Result<Staging, ImageError> {
         let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir
-            .join(format!("{STAGING_PREFIX}{name}-{}-{seq}", std::process::id()));
+        let path = self.dir.join(format!(
+            "{STAGING_PREFIX}{name}-{}-{seq}",
+            std::process::id()
+        ));
         fs::create_dir(&path).map_err(store_err("creating", &path))?;
         Ok(Staging { path: Some(path) })
     }
 
     /// Moves a fully unpacked staging directory into place as `version`.
-    pub fn commit(&self, mut staging: Staging, name: &str, version: u64) -> Result<PathBuf, ImageError> {
-        let from = staging.path.take().ok_or_else(|| ImageError::Invalid("staging already used".into()))?;
+    pub fn commit(
+        &self,
+        mut staging: Staging,
+        name: &str,
+        version: u64,
+    ) -> Result<PathBuf, ImageError> {
+        let from = staging
+            .path
+            .take()
+            .ok_or_else(|| ImageError::Invalid("staging already used".into()))?;
         let to = self.path(name, version);
         if to.exists() {
             fs::remove_dir_all(&to).map_err(store_err("removing", &to))?;
@@ -116,10 +125,15 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 
 fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
     let root = Root::open(rootfs).map_err(store_err("opening", rootfs))?;
-    let top = root.open_dir(Path::new("")).map_err(store_err("opening", rootfs))?;
+    let top = root
+        .open_dir(Path::new(""))
+        .map_err(store_err("opening", rootfs))?;
     for dir in MOUNT_DIRS {
         let name = std::ffi::OsStr::new(dir);
-        if fsops::lookup(&top, name).map_err(store_err("inspecting", &rootfs.join(dir)))?.is_none() {
+        if fsops::lookup(&top, name)
+            .map_err(store_err("inspecting", &rootfs.join(dir)))?
+            .is_none()
+        {
             fsops::mkdir(&top, name).map_err(store_err("creating", &rootfs.join(dir)))?;
             // runc 1.1 gives a tmpfs the mode of its mount point, ignoring
             // `mode=`: /tmp must be world-writable here already.
@@ -129,7 +143,8 @@ fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
     }
     let sock = std::ffi::OsStr::new(CONTROL_SOCK);
     fsops::remove(&top, sock).map_err(store_err("replacing", &rootfs.join(CONTROL_SOCK)))?;
-    fsops::create_file(&top, sock, 0o644).map_err(store_err("creating", &rootfs.join(CONTROL_SOCK)))?;
+    fsops::create_file(&top, sock, 0o644)
+        .map_err(store_err("creating", &rootfs.join(CONTROL_SOCK)))?;
     let meta = fs::metadata(rootfs).map_err(store_err("inspecting", rootfs))?;
     let mut perms = meta.permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);

@@ -27,7 +27,10 @@ pub fn resolve_with(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32),
         None => (spec, None),
     };
     let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => (uid, lookup(passwd, |f| f.get(2) == Some(&user)).and_then(|f| num(f.get(3)))),
+        Ok(uid) => (
+            uid,
+            lookup(passwd, |f| f.get(2) == Some(&user)).and_then(|f| num(f.get(3))),
+        ),
         Err(_) => {
             let fields = lookup(passwd, |f| f.first() == Some(&user)).ok_or_else(unknown)?;
             (num(fields.get(2)).ok_or_else(unknown)?, num(fields.get(3)))
@@ -45,7 +48,7 @@ pub fn resolve_with(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32),
     Ok((uid, gid))
 }
 
-fn lookup<'a>(file: &'a str, pred: impl Fn(&[&str]) -> bool) -> Option<Vec<&'a str>> {
+fn lookup(file: &str, pred: impl Fn(&[&str]) -> bool) -> Option<Vec<&str>> {
     file.lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| pred(f))

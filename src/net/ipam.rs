@@ -19,7 +19,10 @@ impl Pool {
             .parse()
             .map_err(|e: ipnet::AddrParseError| NetError::BadPool(cidr.into(), e.to_string()))?;
         if net.prefix_len() > 30 {
-            return Err(NetError::BadPool(cidr.into(), "needs at least 2 usable addresses (/30 or wider)".into()));
+            return Err(NetError::BadPool(
+                cidr.into(),
+                "needs at least 2 usable addresses (/30 or wider)".into(),
+            ));
         }
         if !net.network().is_loopback() {
             return Err(NetError::BadPool(
@@ -73,6 +76,9 @@ mod tests {
         assert!(Pool::parse("10.0.0.0/16").is_err());
         assert!(Pool::parse("127.0.0.1/32").is_err());
         assert!(Pool::parse("nonsense").is_err());
-        assert_eq!(Pool::parse("127.10.1.7/16").map(|p| p.to_string()).ok(), Some("127.10.0.0/16".into()));
+        assert_eq!(
+            Pool::parse("127.10.1.7/16").map(|p| p.to_string()).ok(),
+            Some("127.10.0.0/16".into())
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! One container's life: bundle (config.json and the control socket),
-//! `runc run --detach`, waiting for the handler to connect, handing over
+//! `runc run` (in the foreground, so runc reaps and deletes it), waiting for the handler to connect, handing over
 //! the client socket, then supervising it until it exits or its timeout
 //! kills it, and finally `runc delete` and removing the bundle. Every path
 //! out of here ends in that cleanup, so nothing is left behind.
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::reaper::Exit;
 use super::spec::{render, SpecInput};
-use super::{fdpass, Function, Runtime, RuntimeError};
+use super::{fdpass, Function, Runc, Runtime, RuntimeError};
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -34,8 +34,11 @@ struct Guard {
     func: Arc<Function>,
     id: String,
     bundle: PathBuf,
+    /// runc's pid; runc lives as long as the container.
     pid: Option<i32>,
     exit: Option<oneshot::Receiver<Exit>>,
+    /// runc already ended (its exit was consumed while starting).
+    exited: bool,
     deadline: Instant,
 }
 
@@ -61,10 +64,14 @@ impl Runtime {
             bundle,
             pid: None,
             exit: None,
+            exited: false,
             deadline: Instant::now() + Duration::from_secs(func.options.timeout_secs),
         };
         match guard.launch().await {
-            Ok(control) => Ok(Ready { guard: Some(guard), control }),
+            Ok(control) => Ok(Ready {
+                guard: Some(guard),
+                control,
+            }),
             Err(e) => {
                 tokio::spawn(guard.finish());
                 Err(e)
@@ -76,13 +83,16 @@ impl Runtime {
 impl Guard {
     async fn launch(&mut self) -> Result<UnixStream, RuntimeError> {
         let listener = self.prepare_bundle()?;
-        let pid = {
-            // Bounded: a burst of runc processes can exhaust memory.
-            let _permit = self.rt.starts.acquire().await.map_err(|_| RuntimeError::ShuttingDown)?;
-            self.rt.runc.run_detached(&self.id, &self.bundle, &self.func.log).await?
-        };
+        // Bounded: a burst of runc processes can exhaust memory. The permit
+        // is held until the handler is up, which is what costs.
+        let _permit = self
+            .rt
+            .starts
+            .acquire()
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?;
+        let (pid, mut exit) = self.rt.runc.run(&self.id, &self.bundle, &self.func.log)?;
         self.pid = Some(pid);
-        let mut exit = self.rt.reaper.wait(pid);
         let connect_timeout = self
             .rt
             .config
@@ -90,17 +100,20 @@ impl Guard {
             .min(self.deadline.saturating_duration_since(Instant::now()));
         let result = tokio::select! {
             accepted = listener.accept() => accepted.map(|(s, _)| s).map_err(io("accepting the handler")),
-            exit = &mut exit => Err(RuntimeError::HandlerExited {
-                id: self.id.clone(),
-                exit: exit.unwrap_or(Exit::Signal(0)),
-            }),
+            exit = &mut exit => {
+                let exit = exit.unwrap_or(Exit::Signal(0));
+                self.exited = true;
+                Err(match Runc::failure(&self.bundle) {
+                    Some(reason) => RuntimeError::Start { id: self.id.clone(), reason },
+                    None => RuntimeError::HandlerExited { id: self.id.clone(), exit },
+                })
+            },
             _ = tokio::time::sleep(connect_timeout) => Err(RuntimeError::ConnectTimeout {
                 id: self.id.clone(),
                 secs: connect_timeout.as_secs_f64(),
             }),
         };
-        // The exit of a handler that crashed is already consumed.
-        if !matches!(result, Err(RuntimeError::HandlerExited { .. })) {
+        if !self.exited {
             self.exit = Some(exit);
         }
         // One-shot: the listener goes, so a second connect is refused.
@@ -111,11 +124,14 @@ impl Guard {
     fn prepare_bundle(&self) -> Result<UnixListener, RuntimeError> {
         std::fs::create_dir(&self.bundle).map_err(io("creating bundle"))?;
         let sock = self.bundle.join("control.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(io("binding control socket"))?;
+        let listener =
+            std::os::unix::net::UnixListener::bind(&sock).map_err(io("binding control socket"))?;
         // The handler may run as any user of its image.
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))
             .map_err(io("chmod control socket"))?;
-        listener.set_nonblocking(true).map_err(io("control socket"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("control socket"))?;
         let listener = UnixListener::from_std(listener).map_err(io("control socket"))?;
         let cgroup = format!("/faasd/{}", self.id);
         let spec = render(&SpecInput {
@@ -127,24 +143,27 @@ impl Guard {
             cgroup: &cgroup,
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| io("rendering spec")(e.into()))?;
-        std::fs::write(self.bundle.join("config.json"), bytes).map_err(io("writing config.json"))?;
+        std::fs::write(self.bundle.join("config.json"), bytes)
+            .map_err(io("writing config.json"))?;
         Ok(listener)
     }
 
     /// Waits for the container to end (killing it at its deadline or when
-    /// faasd stops), then deletes it and its bundle.
+    /// faasd stops), makes sure runc has deleted it, removes the bundle.
     async fn finish(mut self) {
         if let Some(exit) = self.exit.take() {
             self.await_exit(exit).await;
-        } else if let Some(pid) = self.pid {
-            self.rt.reaper.forget(pid);
         }
-        // Even a failed `runc run` may leave state behind; delete is cheap.
-        if let Err(e) = self.rt.runc.delete(&self.id).await {
-            tracing::warn!(id = %self.id, error = %e, "runc delete");
+        // runc deletes a container it ran to the end; anything else (runc
+        // killed, start failed half-way) is deleted here.
+        if self.rt.runc.exists(&self.id) {
+            if let Err(e) = self.rt.runc.delete(&self.id).await {
+                tracing::warn!(id = %self.id, error = %e, "runc delete");
+            }
         }
         let bundle = std::mem::take(&mut self.bundle);
-        let removal = tokio::task::spawn_blocking(move || crate::image::store::remove_tree(&bundle)).await;
+        let removal =
+            tokio::task::spawn_blocking(move || crate::image::store::remove_tree(&bundle)).await;
         if let Ok(Err(e)) = removal {
             tracing::warn!(id = %self.id, error = %e, "removing bundle");
         }
@@ -153,6 +172,7 @@ impl Guard {
         }
     }
 
+    /// `exit` is runc's: it ends when the container does.
     async fn await_exit(&self, mut exit: oneshot::Receiver<Exit>) {
         let mut stopping = self.rt.stopping.subscribe();
         let timed_out = tokio::time::sleep_until(self.deadline.into());
@@ -174,13 +194,21 @@ impl Guard {
         };
         tracing::info!(id = %self.id, reason, "killing container");
         if let Err(e) = self.rt.runc.kill(&self.id, "KILL").await {
-            tracing::warn!(id = %self.id, error = %e, "runc kill");
+            tracing::debug!(id = %self.id, error = %e, "runc kill");
         }
-        if tokio::time::timeout(KILL_WAIT, &mut exit).await.is_err() {
-            if let Some(pid) = self.pid {
+        if tokio::time::timeout(KILL_WAIT, &mut exit).await.is_ok() {
+            return;
+        }
+        // runc itself is stuck: kill it; `finish` then deletes the container.
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            if tokio::time::timeout(KILL_WAIT, &mut exit).await.is_err() {
                 self.rt.reaper.forget(pid);
+                tracing::warn!(id = %self.id, pid, "runc did not die after SIGKILL");
             }
-            tracing::warn!(id = %self.id, "container did not die after SIGKILL");
         }
     }
 }
@@ -198,6 +226,7 @@ impl Drop for Guard {
             bundle: std::mem::take(&mut self.bundle),
             pid: self.pid.take(),
             exit: self.exit.take(),
+            exited: self.exited,
             deadline: self.deadline,
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -220,7 +249,10 @@ impl Ready {
     }
 
     pub fn id(&self) -> &str {
-        self.guard.as_ref().map(|g| g.id.as_str()).unwrap_or_default()
+        self.guard
+            .as_ref()
+            .map(|g| g.id.as_str())
+            .unwrap_or_default()
     }
 }
 

@@ -44,8 +44,13 @@ mod tests {
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(theirs.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .expect("recvmsg");
+        let msg = recvmsg::<()>(
+            theirs.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .expect("recvmsg");
         let fd = msg
             .cmsgs()
             .expect("cmsgs")

@@ -62,7 +62,10 @@ pub enum RuntimeError {
 impl RuntimeError {
     /// Whether the client should hear 504 (too slow) rather than 502.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, RuntimeError::ConnectTimeout { .. } | RuntimeError::Hung { .. })
+        matches!(
+            self,
+            RuntimeError::ConnectTimeout { .. } | RuntimeError::Hung { .. }
+        )
     }
 }
 
@@ -181,7 +184,8 @@ impl Runtime {
         let io = |op| move |source| RuntimeError::Io { op, source };
         let runc_root = config.state_dir.join("runc");
         for dir in ["bundles", "runc", "logs"] {
-            std::fs::create_dir_all(config.state_dir.join(dir)).map_err(io("creating state directories"))?;
+            std::fs::create_dir_all(config.state_dir.join(dir))
+                .map_err(io("creating state directories"))?;
         }
         let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper.clone());
         let (stopping, _) = watch::channel(false);

@@ -1,23 +1,18 @@
-//! Child processes and their exit statuses. faasd is a child subreaper, so
-//! container inits whose `runc` parent exited are re-parented to us and
-//! must be reaped here (PID 1 on these hosts does not reap). One task
-//! answers SIGCHLD with `waitpid(-1)` and hands each status to whoever
-//! registered for that pid; statuses nobody asked for yet are kept briefly
-//! for a late `wait` (a container can exit before we read its pid file).
+//! Child processes and their exit statuses. faasd is a child subreaper:
+//! should a `runc` die before its container, the container's processes are
+//! re-parented to us and reaped here (PID 1 on these hosts does not reap).
+//! One task answers SIGCHLD with `waitpid(-1)` and hands each status to
+//! whoever spawned that pid.
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
-
-/// How long an exit nobody waited for is remembered.
-const UNCLAIMED_TTL: Duration = Duration::from_secs(120);
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +39,6 @@ impl std::fmt::Display for Exit {
 #[derive(Default)]
 struct State {
     waiters: HashMap<i32, oneshot::Sender<Exit>>,
-    unclaimed: HashMap<i32, (Exit, Instant)>,
 }
 
 /// Handle to the reaper; cheap to clone.
@@ -98,11 +92,7 @@ impl Reaper {
                 Some(tx) => {
                     let _ = tx.send(exit);
                 }
-                None => {
-                    let now = Instant::now();
-                    state.unclaimed.retain(|_, (_, t)| now.duration_since(*t) < UNCLAIMED_TTL);
-                    state.unclaimed.insert(pid, (exit, now));
-                }
+                None => tracing::debug!(pid, %exit, "reaped an orphan"),
             }
         }
     }
@@ -118,21 +108,6 @@ impl Reaper {
         let (tx, rx) = oneshot::channel();
         state.waiters.insert(pid, tx);
         Ok((pid, rx))
-    }
-
-    /// Waits for the exit of `pid`, a process re-parented to us.
-    pub fn wait(&self, pid: i32) -> oneshot::Receiver<Exit> {
-        let mut state = self.lock();
-        let (tx, rx) = oneshot::channel();
-        match state.unclaimed.remove(&pid) {
-            Some((exit, _)) => {
-                let _ = tx.send(exit);
-            }
-            None => {
-                state.waiters.insert(pid, tx);
-            }
-        }
-        rx
     }
 
     /// Stops waiting for `pid` (its exit will be reaped and dropped).

@@ -71,7 +71,14 @@ pub fn environment(image: &ImageConfig, options: &DeployOptions, function: &str)
 }
 
 pub fn render(input: &SpecInput<'_>) -> Value {
-    let SpecInput { function, rootfs, control_sock, image, options, cgroup } = *input;
+    let SpecInput {
+        function,
+        rootfs,
+        control_sock,
+        image,
+        options,
+        cgroup,
+    } = *input;
     let no_caps: Vec<&str> = Vec::new();
     json!({
         "ociVersion": "1.0.2",
@@ -143,12 +150,18 @@ mod tests {
         let mut options = DeployOptions::default();
         options.env.insert("B".into(), "deploy".into());
         let env = environment(&image(), &options, "f");
-        assert_eq!(env, vec!["PATH=/app", "A=image", "B=deploy", "FAAS_FUNCTION=f"]);
+        assert_eq!(
+            env,
+            vec!["PATH=/app", "A=image", "B=deploy", "FAAS_FUNCTION=f"]
+        );
     }
 
     #[test]
     fn spec_is_locked_down() {
-        let options = DeployOptions { memory: 64 << 20, ..Default::default() };
+        let options = DeployOptions {
+            memory: 64 << 20,
+            ..Default::default()
+        };
         let img = image();
         let spec = render(&SpecInput {
             function: "f",
@@ -177,6 +190,8 @@ mod tests {
         let mounts = spec["mounts"].as_array().expect("mounts");
         assert!(mounts.iter().any(|m| m["destination"] == "/control.sock"
             && m["source"] == "/state/bundles/f-1/control.sock"));
-        assert!(mounts.iter().any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"));
+        assert!(mounts
+            .iter()
+            .any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"));
     }
 }

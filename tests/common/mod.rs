@@ -31,19 +31,28 @@ pub fn require_host() {
         let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
         if !v1 && !v2 {
-            missing.push("mount cgroups (neither v1 memory nor v2 found under /sys/fs/cgroup)".to_string());
+            missing.push(
+                "mount cgroups (neither v1 memory nor v2 found under /sys/fs/cgroup)".to_string(),
+            );
         }
-        let uring = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_else(|_| "0".into());
+        let uring = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .unwrap_or_else(|_| "0".into());
         if uring.trim() != "0" {
             missing.push("enable io_uring: sysctl kernel.io_uring_disabled=0".to_string());
         }
-        assert!(missing.is_empty(), "this host cannot run faasd's integration tests: {}", missing.join("; "));
+        assert!(
+            missing.is_empty(),
+            "this host cannot run faasd's integration tests: {}",
+            missing.join("; ")
+        );
     });
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn workspace() -> PathBuf {
@@ -58,7 +67,16 @@ pub fn handlers_dir() -> &'static Path {
     HANDLERS.get_or_init(|| {
         let target = workspace().join("target/handlers");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "hello", "-p", "probe", "--target", "x86_64-unknown-linux-gnu"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "hello",
+                "-p",
+                "probe",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
             .env("CARGO_TARGET_DIR", &target)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .current_dir(workspace())
@@ -77,7 +95,10 @@ pub fn handler_bytes(name: &str) -> Vec<u8> {
 /// A one-layer image running `/probe MODE`.
 pub fn probe_image(mode: &str, env: &[&str]) -> ImageSpec {
     ImageSpec {
-        layers: vec![Layer { entries: vec![Entry::exe("probe", handler_bytes("probe"))], gzip: false }],
+        layers: vec![Layer {
+            entries: vec![Entry::exe("probe", handler_bytes("probe"))],
+            gzip: false,
+        }],
         config: RunConfig {
             entrypoint: vec!["/probe".into()],
             cmd: vec![mode.into()],
@@ -106,7 +127,10 @@ fn unique_pool() -> (String, Ipv4Addr) {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let second = 100 + (std::process::id() % 100) as u8;
     let third = (n % 250) as u8 + 1;
-    (format!("127.{second}.{third}.0/24"), Ipv4Addr::new(127, second, third, 0))
+    (
+        format!("127.{second}.{third}.0/24"),
+        Ipv4Addr::new(127, second, third, 0),
+    )
 }
 
 fn free_port() -> u16 {
@@ -133,7 +157,10 @@ impl Daemon {
 
     pub fn start_with(extra: &[&str]) -> Self {
         require_host();
-        let tmp = tempfile::Builder::new().prefix("faasd-test-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("faasd-test-")
+            .tempdir()
+            .expect("tempdir");
         let state = tmp.path().join("state");
         let (pool, net) = unique_pool();
         let port = free_port();
@@ -155,11 +182,22 @@ impl Daemon {
     /// (Re)starts the process on the same state, port and pool.
     pub fn spawn(&mut self) {
         let listen = self.url.trim_start_matches("http://").to_string();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
             .arg("--state-dir")
             .arg(&self.state)
-            .args(["--listen", &listen, "--ip-pool", &self.pool, "--connect-timeout", "3"])
+            .args([
+                "--listen",
+                &listen,
+                "--ip-pool",
+                &self.pool,
+                "--connect-timeout",
+                "3",
+            ])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -191,7 +229,10 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).expect("faasd running")
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("faasd running")
     }
 
     pub fn client(&self) -> Client {
@@ -208,8 +249,11 @@ impl Daemon {
     pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
         let mut child = self.child.take().expect("faasd running");
         let t0 = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .expect("SIGTERM");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return (status, t0.elapsed());
@@ -232,8 +276,15 @@ impl Daemon {
 
     pub fn faas(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas"));
-        cmd.args(args).env("FAAS_URL", &self.url).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.args(args)
+            .env("FAAS_URL", &self.url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().expect("spawning faas");
         if let Some(data) = stdin {
             let mut pipe = child.stdin.take().expect("stdin");
@@ -247,8 +298,16 @@ impl Daemon {
 
     /// Addresses on `lo` inside this daemon's pool, with their labels.
     pub fn lo_addresses(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["-o", "-4", "addr", "show", "dev", "lo"]).output().expect("ip addr");
-        let prefix = format!("{}.{}.{}.", self.net.octets()[0], self.net.octets()[1], self.net.octets()[2]);
+        let out = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("ip addr");
+        let prefix = format!(
+            "{}.{}.{}.",
+            self.net.octets()[0],
+            self.net.octets()[1],
+            self.net.octets()[2]
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains(&format!("inet {prefix}")))
@@ -258,23 +317,39 @@ impl Daemon {
 
     /// Children of the daemon process (any state, zombies included).
     pub fn children(&self) -> Vec<String> {
-        let out = Command::new("ps").args(["--ppid", &self.pid().to_string(), "-o", "pid=,stat=,comm="]).output().expect("ps");
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+        let out = Command::new("ps")
+            .args(["--ppid", &self.pid().to_string(), "-o", "pid=,stat=,comm="])
+            .output()
+            .expect("ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     pub fn runc_containers(&self) -> Vec<String> {
         std::fs::read_dir(self.state.join("runc"))
-            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn bundles(&self) -> Vec<String> {
         std::fs::read_dir(self.state.join("bundles"))
-            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -310,11 +385,17 @@ impl Drop for Daemon {
         // Whatever a failed test left: containers in our runc root, our addresses.
         let root = self.state.join("runc");
         for id in self.runc_containers() {
-            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", &id]).output();
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .output();
         }
         for line in self.lo_addresses() {
             if let Some(addr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
-                let _ = Command::new("ip").args(["addr", "del", addr, "dev", "lo"]).output();
+                let _ = Command::new("ip")
+                    .args(["addr", "del", addr, "dev", "lo"])
+                    .output();
             }
         }
     }
@@ -325,16 +406,26 @@ pub fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_get_timeout(host, path, Duration::from_secs(10))
 }
 
-pub fn http_get_timeout(host: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+pub fn http_get_timeout(
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let addr: SocketAddr = if host.contains(':') {
-        host.parse().map_err(|_| std::io::Error::other("bad address"))?
+        host.parse()
+            .map_err(|_| std::io::Error::other("bad address"))?
     } else {
-        format!("{host}:80").parse().map_err(|_| std::io::Error::other("bad address"))?
+        format!("{host}:80")
+            .parse()
+            .map_err(|_| std::io::Error::other("bad address"))?
     };
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -342,8 +433,16 @@ pub fn http_get_timeout(host: &str, path: &str, timeout: Duration) -> std::io::R
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("no HTTP status in {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("no HTTP status in {text:?}"),
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -361,5 +460,8 @@ pub fn kv(body: &str) -> std::collections::HashMap<String, String> {
 }
 
 pub fn opts() -> DeployOptions {
-    DeployOptions { warm: 0, ..Default::default() }
+    DeployOptions {
+        warm: 0,
+        ..Default::default()
+    }
 }

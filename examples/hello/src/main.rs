@@ -6,9 +6,9 @@
 
 use std::io::{IoSliceMut, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 

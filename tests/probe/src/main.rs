@@ -92,7 +92,10 @@ fn inspect() -> String {
     out += &format!("tmp_write={}\n", try_write("/tmp/probe-write"));
     out += &format!("egress={}\n", try_egress());
     for name in list_var("PROBE_ENV") {
-        out += &format!("env.{name}={}\n", std::env::var(&name).unwrap_or_else(|_| "<unset>".into()));
+        out += &format!(
+            "env.{name}={}\n",
+            std::env::var(&name).unwrap_or_else(|_| "<unset>".into())
+        );
     }
     for path in list_var("PROBE_FILES") {
         let content = std::fs::read_to_string(&path)

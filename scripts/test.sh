@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need,
+# checks formatting and lints, then runs every unit and integration test
+# (as root, with real runc, netlink, sockets and Docker-built images).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (the integration tests create containers and addresses)" >&2; exit 1; }
+
+scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+scripts/build-handlers.sh >/dev/null
+cargo test --workspace --all-targets "$@"
