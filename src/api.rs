@@ -12,16 +12,35 @@ use crate::units::parse_size;
 pub const DEFAULT_MEMORY: u64 = 128 << 20;
 /// Default per-connection handler timeout.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
-/// Default number of pre-started containers (used once the pool lands).
+/// Default number of pre-started containers.
 pub const DEFAULT_WARM: u32 = 2;
+/// Default number of connections a function serves at once.
+pub const DEFAULT_CONCURRENCY: u32 = 64;
+/// Default seconds a reused container may wait for its next connection
+/// (while the pool holds more than `warm`).
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
 /// Settings chosen at deploy time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DeployOptions {
+    /// Containers kept started and waiting on `/control.sock`.
     pub warm: u32,
     pub env: BTreeMap<String, String>,
     pub memory: u64,
+    /// Seconds one connection may take (container start to end, or to the
+    /// handler's next connect in reuse mode).
     pub timeout_secs: u64,
+    /// Containers may connect again for more connections.
+    pub reuse: bool,
+    /// In reuse mode: connections one container serves at most (0: no limit).
+    pub max_requests: u32,
+    /// In reuse mode: seconds an extra container may wait for its next connection.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub concurrency: u32,
+    /// One SO_REUSEPORT listener per core instead of one listener on one core.
+    pub all_cores: bool,
 }
 
 impl Default for DeployOptions {
@@ -31,6 +50,11 @@ impl Default for DeployOptions {
             env: BTreeMap::new(),
             memory: DEFAULT_MEMORY,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
+            reuse: false,
+            max_requests: 0,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            concurrency: DEFAULT_CONCURRENCY,
+            all_cores: false,
         }
     }
 }
@@ -42,6 +66,11 @@ impl DeployOptions {
         q.append_pair("warm", &self.warm.to_string());
         q.append_pair("memory", &self.memory.to_string());
         q.append_pair("timeout", &self.timeout_secs.to_string());
+        q.append_pair("reuse", &self.reuse.to_string());
+        q.append_pair("max_requests", &self.max_requests.to_string());
+        q.append_pair("idle_timeout", &self.idle_timeout_secs.to_string());
+        q.append_pair("concurrency", &self.concurrency.to_string());
+        q.append_pair("all_cores", &self.all_cores.to_string());
         for (k, v) in &self.env {
             q.append_pair("env", &format!("{k}={v}"));
         }
@@ -64,6 +93,23 @@ impl DeployOptions {
                     opts.timeout_secs = value
                         .parse()
                         .map_err(|_| format!("invalid timeout {value:?} (seconds)"))?
+                }
+                "reuse" => opts.reuse = parse_bool("reuse", &value)?,
+                "all_cores" => opts.all_cores = parse_bool("all_cores", &value)?,
+                "max_requests" => {
+                    opts.max_requests = value
+                        .parse()
+                        .map_err(|_| format!("invalid max_requests {value:?}"))?
+                }
+                "idle_timeout" => {
+                    opts.idle_timeout_secs = value
+                        .parse()
+                        .map_err(|_| format!("invalid idle timeout {value:?} (seconds)"))?
+                }
+                "concurrency" => {
+                    opts.concurrency = value
+                        .parse()
+                        .map_err(|_| format!("invalid concurrency {value:?}"))?
                 }
                 "env" => {
                     let (k, v) = parse_env(&value)?;
@@ -89,7 +135,24 @@ impl DeployOptions {
         if self.warm > 256 {
             return Err(format!("warm count {} is above 256", self.warm));
         }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(format!(
+                "concurrency {} must be within 1..=10000",
+                self.concurrency
+            ));
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err("idle timeout must be at least 1 second".into());
+        }
         Ok(())
+    }
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("invalid {key} {value:?} (true or false)")),
     }
 }
 
@@ -113,6 +176,10 @@ pub fn parse_env(kv: &str) -> Result<(String, String), String> {
 /// Request counters of one function since faasd started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionStats {
+    /// Containers waiting in the warm pool right now.
+    pub warm_ready: u64,
+    /// Connections answered 503 after waiting past the queue deadline.
+    pub rejected: u64,
     pub requests: u64,
     pub handed_over: u64,
     pub failed: u64,
@@ -152,6 +219,11 @@ mod tests {
             warm: 0,
             memory: 64 << 20,
             timeout_secs: 5,
+            reuse: true,
+            max_requests: 7,
+            idle_timeout_secs: 9,
+            concurrency: 3,
+            all_cores: true,
             ..Default::default()
         };
         opts.env.insert("GREETING".into(), "a=b & c".into());
@@ -165,6 +237,8 @@ mod tests {
         assert!(DeployOptions::from_query("timeout=0").is_err());
         assert!(DeployOptions::from_query("colour=blue").is_err());
         assert!(DeployOptions::from_query("env=NOEQUALS").is_err());
+        assert!(DeployOptions::from_query("reuse=maybe").is_err());
+        assert!(DeployOptions::from_query("concurrency=0").is_err());
         assert!(DeployOptions::from_query("env=1BAD%3Dx").is_err());
         assert_eq!(DeployOptions::from_query(""), Ok(DeployOptions::default()));
         assert_eq!(

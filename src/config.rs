@@ -50,9 +50,15 @@ pub struct Args {
     /// Seconds a new handler may take to connect to /control.sock.
     #[arg(long, default_value_t = 5.0)]
     pub connect_timeout: f64,
-    /// `runc run` processes allowed at once.
+    /// Containers allowed to be starting at once.
     #[arg(long, default_value_t = 16)]
     pub max_concurrent_starts: usize,
+    /// Seconds without traffic after which a function's warm pool shrinks to nothing (0: never).
+    #[arg(long, default_value_t = 300)]
+    pub pool_idle: u64,
+    /// Seconds a connection may wait for a free slot before faasd answers 503.
+    #[arg(long, default_value_t = 10.0)]
+    pub queue_timeout: f64,
     /// Log format of faasd itself: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -78,6 +84,8 @@ pub struct Config {
     pub limits: Limits,
     pub connect_timeout: Duration,
     pub max_concurrent_starts: usize,
+    pub pool_idle: Duration,
+    pub queue_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -95,6 +103,12 @@ impl Args {
             return Err(format!(
                 "--connect-timeout {} must be within (0, 600] seconds",
                 self.connect_timeout
+            ));
+        }
+        if !(self.queue_timeout > 0.0 && self.queue_timeout <= 3600.0) {
+            return Err(format!(
+                "--queue-timeout {} must be within (0, 3600] seconds",
+                self.queue_timeout
             ));
         }
         if self.max_concurrent_starts == 0 {
@@ -127,6 +141,8 @@ impl Args {
             },
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             max_concurrent_starts: self.max_concurrent_starts,
+            pool_idle: Duration::from_secs(self.pool_idle),
+            queue_timeout: Duration::from_secs_f64(self.queue_timeout),
             log_format,
         })
     }

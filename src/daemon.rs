@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::control::{self, Control};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Ctx, Dataplane, DataplaneError};
 use crate::manager::{Manager, ManagerError};
 use crate::net::{NetError, Netlink};
 use crate::registry::{Registry, RegistryError};
@@ -58,6 +58,8 @@ pub enum DaemonError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
 }
 
 /// Runs faasd until SIGTERM or SIGINT.
@@ -65,6 +67,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
+    check_io_uring()?;
     let runtime_binary = find_binary(&config.runtime)
         .ok_or_else(|| DaemonError::NoRuntime(config.runtime.clone()))?;
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
@@ -111,10 +114,16 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
             connect_timeout: config.connect_timeout,
             shutdown_grace: SHUTDOWN_GRACE,
             max_concurrent_starts: config.max_concurrent_starts,
+            pool_idle: config.pool_idle,
         },
         reaper,
     )?;
-    let dataplane = Dataplane::new(Arc::clone(&runtime), config.port);
+    let ctx = Ctx {
+        rt: Arc::clone(&runtime),
+        control: tokio::runtime::Handle::current(),
+        queue_timeout: config.queue_timeout,
+    };
+    let dataplane = Dataplane::start(config.cores, config.port, ctx)?;
     let manager = Arc::new(Manager::new(
         state,
         registry,
@@ -169,6 +178,14 @@ async fn wait_for_signal() {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             std::future::pending::<()>().await
         }
+    }
+}
+
+/// The data plane runs on io_uring; say so plainly when the host forbids it.
+fn check_io_uring() -> Result<(), DaemonError> {
+    match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        Ok(v) if v.trim() != "0" => Err(DaemonError::IoUringDisabled(v.trim().to_string())),
+        _ => Ok(()),
     }
 }
 

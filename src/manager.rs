@@ -10,16 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-
 use crate::api::{DeployOptions, FunctionInfo};
-use crate::dataplane::{Dataplane, DataplaneError, FunctionRef};
+use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{unpack_image, ImageError, Limits};
 use crate::name::FunctionName;
 use crate::net::{Added, NetError, Netlink, Pool, LABEL};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
-use crate::runtime::{Function, RootfsDir, Runtime, Stats};
+use crate::runtime::{pool, Function, Pool as WarmPool, RootfsDir, Runtime, Stats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -45,7 +43,7 @@ pub enum ManagerError {
 
 /// A function being served right now.
 struct Live {
-    func: FunctionRef,
+    served: Arc<Served>,
     stats: Arc<Stats>,
     ip: Ipv4Addr,
     /// Whether we added the address (and so must remove it).
@@ -134,40 +132,31 @@ impl Manager {
             tracing::info!(count = swept, "removed unreferenced rootfs directories");
         }
         for record in registry.list() {
-            let owned_ip = self.net.add(record.ip).await? != Added::Foreign;
-            let stats = Arc::new(Stats::default());
-            let func = self.function(record, Arc::clone(&stats))?;
-            let func: FunctionRef = Arc::new(ArcSwap::from_pointee(func));
-            self.dataplane
-                .serve(&record.name, record.ip, Arc::clone(&func))?;
-            self.live().insert(
-                record.name.clone(),
-                Live {
-                    func,
-                    stats,
-                    ip: record.ip,
-                    owned_ip,
-                },
-            );
+            let added = self.net.add(record.ip).await?;
+            self.start_serving(record, Some(added))?;
             tracing::info!(function = %record.name, ip = %record.ip, "serving");
         }
         Ok(())
     }
 
+    /// The runtime's view of a deployed version; its pool starts filling.
     fn function(
         &self,
         record: &FunctionRecord,
         stats: Arc<Stats>,
-    ) -> Result<Function, ManagerError> {
+    ) -> Result<Arc<Function>, ManagerError> {
         let log = self.open_log(&record.name)?;
-        Ok(Function {
+        let func = Arc::new(Function {
             name: record.name.clone(),
             rootfs: RootfsDir::new(self.store.path(record.name.as_str(), record.version)),
             image: record.image.clone(),
             options: record.options.clone(),
             log,
             stats,
-        })
+            pool: WarmPool::new(record.options.warm),
+        });
+        tokio::spawn(pool::refill(Arc::clone(&self.runtime), Arc::clone(&func)));
+        Ok(func)
     }
 
     pub fn log_path(&self, name: &FunctionName) -> PathBuf {
@@ -248,12 +237,18 @@ impl Manager {
         let existing = self
             .live()
             .get(&name)
-            .map(|l| (Arc::clone(&l.func), Arc::clone(&l.stats)));
+            .map(|l| (Arc::clone(&l.served), Arc::clone(&l.stats)));
+        let same_listeners =
+            previous.as_ref().map(|p| p.options.all_cores) == Some(record.options.all_cores);
         let result = match existing {
-            Some((func_ref, stats)) => self.function(&record, stats).map(|func| {
-                let old = func_ref.swap(Arc::new(func));
-                old.rootfs.retire();
+            Some((served, stats)) if same_listeners => self.function(&record, stats).map(|func| {
+                // Connections accepted before the swap finish on the old version.
+                served.func.swap(func).retire();
             }),
+            Some((served, _)) => {
+                served.func.load().retire();
+                self.start_serving(&record, None)
+            }
             None => self.start_serving(&record, newly_added),
         };
         if let Err(e) = result {
@@ -268,21 +263,37 @@ impl Manager {
         Ok(self.info(&record))
     }
 
+    /// Listens for a function not served yet (or whose listeners change).
+    /// `added` says how its address got on `lo`; `None` keeps what we knew.
     fn start_serving(
         &self,
         record: &FunctionRecord,
         added: Option<Added>,
     ) -> Result<(), ManagerError> {
-        let stats = Arc::new(Stats::default());
+        let known = self
+            .live()
+            .get(&record.name)
+            .map(|l| (Arc::clone(&l.stats), l.owned_ip));
+        let stats = known.as_ref().map(|k| Arc::clone(&k.0)).unwrap_or_default();
+        let owned_ip = match added {
+            Some(a) => a != Added::Foreign,
+            None => known.map(|k| k.1).unwrap_or(true),
+        };
         let func = self.function(record, Arc::clone(&stats))?;
-        let func: FunctionRef = Arc::new(ArcSwap::from_pointee(func));
-        self.dataplane
-            .serve(&record.name, record.ip, Arc::clone(&func))?;
-        let owned_ip = added != Some(Added::Foreign);
+        let served = Served::new(Arc::clone(&func));
+        if let Err(e) = self.dataplane.serve(
+            &record.name,
+            record.ip,
+            Arc::clone(&served),
+            record.options.all_cores,
+        ) {
+            func.retire();
+            return Err(e.into());
+        }
         self.live().insert(
             record.name.clone(),
             Live {
-                func,
+                served,
                 stats,
                 ip: record.ip,
                 owned_ip,
@@ -309,7 +320,7 @@ impl Manager {
         let live = self.live().remove(name);
         registry.remove(name)?;
         if let Some(live) = live {
-            live.func.load().rootfs.retire();
+            live.served.func.load().retire();
             if live.owned_ip {
                 self.net.remove(live.ip).await?;
             }
@@ -336,7 +347,11 @@ impl Manager {
         let stats = self
             .live()
             .get(&r.name)
-            .map(|l| l.stats.snapshot())
+            .map(|l| {
+                let func = l.served.func.load();
+                l.stats
+                    .snapshot(u64::from(func.pool.ready()), u64::from(l.served.inflight()))
+            })
             .unwrap_or_default();
         FunctionInfo {
             name: r.name.to_string(),
@@ -354,7 +369,11 @@ impl Manager {
 
     /// Stops accepting, ends in-flight containers, removes our addresses.
     pub async fn shutdown(&self, deadline: Duration) {
-        self.dataplane.stop_all();
+        tokio::task::block_in_place(|| self.dataplane.shutdown());
+        // Waiting containers go now; the rootfs stays for the next start.
+        for live in self.live().values() {
+            live.served.func.load().pool.close();
+        }
         let left = self.runtime.shutdown(deadline).await;
         if left > 0 {
             tracing::warn!(containers = left, "containers still running at shutdown");

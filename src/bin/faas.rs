@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use faasd::api::{
-    parse_env, DeployOptions, FunctionInfo, DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM,
+    parse_env, DeployOptions, FunctionInfo, DEFAULT_CONCURRENCY, DEFAULT_IDLE_TIMEOUT_SECS,
+    DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM,
 };
 use faasd::client::{Client, DEFAULT_URL};
 use faasd::image::build::{single_binary, write_image};
@@ -43,6 +44,21 @@ struct DeployArgs {
     /// Seconds a container may run before it is killed.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
     timeout: u64,
+    /// Containers may connect again to /control.sock for more connections.
+    #[arg(long)]
+    reuse: bool,
+    /// With --reuse: connections one container serves at most (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_requests: u32,
+    /// With --reuse: seconds an extra reused container may wait idle.
+    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
+    idle_timeout: u64,
+    /// Connections served at once; more wait (up to faasd's queue timeout, then 503).
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    concurrency: u32,
+    /// Listen on every data-plane core (SO_REUSEPORT) instead of one.
+    #[arg(long)]
+    all_cores: bool,
     /// Image archive to upload (default: standard input).
     #[arg(long)]
     image: Option<PathBuf>,
@@ -124,7 +140,15 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
         env: args.env.into_iter().collect(),
         memory: args.memory,
         timeout_secs: args.timeout,
+        reuse: args.reuse,
+        max_requests: args.max_requests,
+        idle_timeout_secs: args.idle_timeout,
+        concurrency: args.concurrency,
+        all_cores: args.all_cores,
     };
+    if !args.reuse && args.max_requests > 0 {
+        bail!("--max-requests only applies with --reuse");
+    }
     options.validate().map_err(anyhow::Error::msg)?;
     let (reader, size): (Box<dyn Read>, Option<u64>) = match &args.image {
         Some(path) => {
@@ -171,18 +195,20 @@ fn list(client: &Client, output: &str) -> anyhow::Result<()> {
 
 fn print_table(all: &[FunctionInfo]) {
     println!(
-        "{:<24} {:<15} {:>7} {:>9} {:>7}  IMAGE",
-        "NAME", "IP", "VERSION", "REQUESTS", "FAILED"
+        "{:<24} {:<15} {:>7} {:>9} {:>7} {:>5} {:>5}  IMAGE",
+        "NAME", "IP", "VERSION", "REQUESTS", "FAILED", "WARM", "COLD"
     );
     for f in all {
         let image = f.image_id.strip_prefix("sha256:").unwrap_or(&f.image_id);
         println!(
-            "{:<24} {:<15} {:>7} {:>9} {:>7}  {}",
+            "{:<24} {:<15} {:>7} {:>9} {:>7} {:>5} {:>5}  {}",
             f.name,
             f.ip,
             f.version,
             f.stats.requests,
             f.stats.failed,
+            f.stats.warm_starts,
+            f.stats.cold_starts,
             &image[..image.len().min(12)]
         );
     }

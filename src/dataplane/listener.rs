@@ -4,15 +4,20 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Kernel accept queue per function; connections wait here when we are busy.
+/// Kernel accept queue per listener; connections wait here while the
+/// function is at its concurrency limit.
 const BACKLOG: i32 = 1024;
 
-/// A non-blocking, close-on-exec listener on `addr` with SO_REUSEADDR, so a
-/// restarted faasd can rebind at once.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A close-on-exec listener on `addr` with SO_REUSEADDR (a restarted faasd
+/// rebinds at once) and, for all-cores functions, SO_REUSEPORT. Left in
+/// blocking mode: io_uring waits for us, and a non-blocking socket would
+/// make its accept fail with EAGAIN instead.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())

@@ -1,89 +1,341 @@
-//! The data plane: one listener on `IP:80` per function; every accepted
-//! connection gets a fresh container from the runtime and is handed over.
-//! Knows nothing about images, HTTP routing or netlink.
+//! The data plane: `--cores N` threads, each its own io_uring runtime
+//! (tokio-uring), owning the listeners of the function addresses sharded
+//! to it. The control side talks to them through channels only: it binds
+//! listeners and sends them over; the cores accept and hand connections
+//! to waiting containers (`dispatch`). Knows nothing about images, HTTP
+//! routing or netlink.
+//!
+//! Sharding: a function's listener lives on the core with the fewest
+//! listeners; when functions go, one listener moves from the fullest core
+//! to the emptiest if they differ by more than one. An `all_cores`
+//! function gets one SO_REUSEPORT listener on every core instead.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, Notify};
 
 use crate::name::FunctionName;
 use crate::runtime::{Function, Runtime};
 
-pub mod acceptor;
+pub mod core;
+pub mod dispatch;
 pub mod listener;
+pub mod rawfd;
 pub mod respond;
-
-/// The function a listener serves; swapped atomically on redeploy.
-pub type FunctionRef = Arc<ArcSwap<Function>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("listening on {addr}: {source}")]
     Listen {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting data-plane core {core}: {source}")]
+    Core {
+        core: usize,
         #[source]
         source: std::io::Error,
     },
 }
 
-struct Served {
+/// What the cores know of one function: its current version (swapped on
+/// redeploy) and its concurrency accounting, shared by all its listeners.
+pub struct Served {
+    pub func: ArcSwap<Function>,
+    inflight: AtomicU32,
+    /// Woken when a connection finishes, for acceptors held at the limit.
+    freed: Notify,
+}
+
+impl Served {
+    pub fn new(func: Arc<Function>) -> Arc<Self> {
+        Arc::new(Self {
+            func: ArcSwap::new(func),
+            inflight: AtomicU32::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// A connection being served; dropping it frees its concurrency slot.
+pub struct Inflight {
+    served: Arc<Served>,
+}
+
+impl Inflight {
+    pub fn new(served: &Arc<Served>) -> Self {
+        served.inflight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            served: Arc::clone(served),
+        }
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.served.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.served.freed.notify_waiters();
+    }
+}
+
+/// What every core needs: the runtime, the control runtime for anything
+/// slow, and the queue deadline.
+pub struct Ctx {
+    pub rt: Arc<Runtime>,
+    pub control: tokio::runtime::Handle,
+    pub queue_timeout: Duration,
+}
+
+enum Command {
+    Listen {
+        name: FunctionName,
+        listener: TcpListener,
+        served: Arc<Served>,
+    },
+    /// Stop after the next accepted connection (a rebalancing move).
+    Release {
+        name: FunctionName,
+    },
+    Stop,
+}
+
+struct Core {
+    tx: mpsc::UnboundedSender<Command>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Entry {
     ip: Ipv4Addr,
-    stop: watch::Sender<bool>,
+    served: Arc<Served>,
+    /// (core, our copy of that core's listener)
+    listeners: Vec<(usize, TcpListener)>,
 }
 
 /// Handle through which the control side adds and removes listeners.
 pub struct Dataplane {
-    rt: Arc<Runtime>,
+    cores: Vec<Core>,
     port: u16,
-    served: Mutex<HashMap<FunctionName, Served>>,
+    entries: Mutex<HashMap<FunctionName, Entry>>,
 }
 
 impl Dataplane {
-    pub fn new(rt: Arc<Runtime>, port: u16) -> Self {
-        Self {
-            rt,
-            port,
-            served: Mutex::new(HashMap::new()),
+    /// Starts `cores` data-plane threads; fails if io_uring is unavailable.
+    pub fn start(cores: usize, port: u16, ctx: Ctx) -> Result<Self, DataplaneError> {
+        let ctx = Arc::new(ctx);
+        let mut started = Vec::with_capacity(cores);
+        for index in 0..cores {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let ctx = Arc::clone(&ctx);
+            let thread = std::thread::Builder::new()
+                .name(format!("faasd-core-{index}"))
+                .spawn(move || core::run(index, rx, ctx, ready_tx))
+                .map_err(|source| DataplaneError::Core {
+                    core: index,
+                    source,
+                })?;
+            let ready = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("core thread died at start")));
+            ready.map_err(|source| DataplaneError::Core {
+                core: index,
+                source,
+            })?;
+            started.push(Core {
+                tx,
+                thread: Mutex::new(Some(thread)),
+            });
         }
+        Ok(Self {
+            cores: started,
+            port,
+            entries: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// Starts serving `func` on `ip` (replacing any earlier listener of it).
+    fn lock(&self) -> MutexGuard<'_, HashMap<FunctionName, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts serving `name` on `ip`, on the least loaded core (or on all).
     pub fn serve(
         &self,
         name: &FunctionName,
         ip: Ipv4Addr,
-        func: FunctionRef,
+        served: Arc<Served>,
+        all_cores: bool,
     ) -> Result<(), DataplaneError> {
         self.stop(name);
-        let addr = std::net::SocketAddr::from((ip, self.port));
-        let listener =
-            listener::bind(addr).map_err(|source| DataplaneError::Listen { addr, source })?;
-        let (stop, stopped) = watch::channel(false);
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|source| DataplaneError::Listen { addr, source })?;
-        tokio::spawn(acceptor::run(listener, Arc::clone(&self.rt), func, stopped));
-        self.lock().insert(name.clone(), Served { ip, stop });
+        let addr = SocketAddr::from((ip, self.port));
+        let bind_err = |source| DataplaneError::Listen { addr, source };
+        let mut entries = self.lock();
+        let cores: Vec<usize> = if all_cores {
+            (0..self.cores.len()).collect()
+        } else {
+            vec![least_loaded(&entries, self.cores.len())]
+        };
+        let mut listeners = Vec::with_capacity(cores.len());
+        for core in cores {
+            let listener = listener::bind(addr, all_cores).map_err(bind_err)?;
+            let copy = listener.try_clone().map_err(bind_err)?;
+            self.send(
+                core,
+                Command::Listen {
+                    name: name.clone(),
+                    listener: copy,
+                    served: Arc::clone(&served),
+                },
+            );
+            listeners.push((core, listener));
+        }
+        entries.insert(
+            name.clone(),
+            Entry {
+                ip,
+                served,
+                listeners,
+            },
+        );
         Ok(())
     }
 
-    /// Stops accepting for `name`; connections already accepted finish.
-    pub fn stop(&self, name: &FunctionName) -> Option<Ipv4Addr> {
-        let served = self.lock().remove(name)?;
-        served.stop.send_replace(true);
-        Some(served.ip)
+    /// The function's shared state, if it is served.
+    pub fn served(&self, name: &FunctionName) -> Option<Arc<Served>> {
+        self.lock().get(name).map(|e| Arc::clone(&e.served))
     }
 
-    /// Stops every listener.
-    pub fn stop_all(&self) {
-        for (_, served) in self.lock().drain() {
-            served.stop.send_replace(true);
+    /// Stops accepting for `name`. Connections already accepted finish;
+    /// those still in the kernel's backlog are refused.
+    pub fn stop(&self, name: &FunctionName) -> Option<Ipv4Addr> {
+        let entry = self.lock().remove(name)?;
+        for (_, listener) in &entry.listeners {
+            close_listener(listener);
+        }
+        self.rebalance();
+        Some(entry.ip)
+    }
+
+    /// Stops every listener and every core.
+    pub fn shutdown(&self) {
+        for (_, entry) in self.lock().drain() {
+            for (_, listener) in &entry.listeners {
+                close_listener(listener);
+            }
+        }
+        for core in &self.cores {
+            let _ = core.tx.send(Command::Stop);
+        }
+        for core in &self.cores {
+            let thread = core.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionName, Served>> {
-        self.served.lock().unwrap_or_else(|p| p.into_inner())
+    /// Listeners per core (for `faas inspect` and tests).
+    pub fn load(&self) -> Vec<usize> {
+        core_loads(&self.lock(), self.cores.len())
+    }
+
+    /// Moves one single-core listener from the fullest to the emptiest core
+    /// while they differ by more than one.
+    fn rebalance(&self) {
+        let mut entries = self.lock();
+        loop {
+            let loads = core_loads(&entries, self.cores.len());
+            let (Some(max), Some(min)) = (argmax(&loads), argmin(&loads)) else {
+                return;
+            };
+            if loads[max] <= loads[min] + 1 {
+                return;
+            }
+            let Some((name, entry)) = entries
+                .iter_mut()
+                .find(|(_, e)| e.listeners.len() == 1 && e.listeners[0].0 == max)
+            else {
+                return;
+            };
+            let Ok(copy) = entry.listeners[0].1.try_clone() else {
+                return;
+            };
+            // The new core starts accepting before the old one lets go, on
+            // the same socket: no connection waits unserved.
+            self.send(
+                min,
+                Command::Listen {
+                    name: name.clone(),
+                    listener: copy,
+                    served: Arc::clone(&entry.served),
+                },
+            );
+            self.send(max, Command::Release { name: name.clone() });
+            entry.listeners[0].0 = min;
+            tracing::debug!(function = %name, from = max, to = min, "moved listener");
+        }
+    }
+
+    fn send(&self, core: usize, cmd: Command) {
+        if self.cores[core].tx.send(cmd).is_err() {
+            tracing::error!(core, "data-plane core is gone");
+        }
+    }
+}
+
+/// Makes every pending and future accept on the socket fail, so the cores
+/// drop it (closing our copy alone would not: an accept in flight in
+/// io_uring holds the socket open).
+fn close_listener(listener: &TcpListener) {
+    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Read);
+}
+
+fn core_loads(entries: &HashMap<FunctionName, Entry>, cores: usize) -> Vec<usize> {
+    let mut loads = vec![0; cores];
+    for entry in entries.values() {
+        for (core, _) in &entry.listeners {
+            loads[*core] += 1;
+        }
+    }
+    loads
+}
+
+fn least_loaded(entries: &HashMap<FunctionName, Entry>, cores: usize) -> usize {
+    argmin(&core_loads(entries, cores)).unwrap_or(0)
+}
+
+fn argmin(v: &[usize]) -> Option<usize> {
+    v.iter()
+        .enumerate()
+        .min_by_key(|(i, n)| (**n, *i))
+        .map(|(i, _)| i)
+}
+
+fn argmax(v: &[usize]) -> Option<usize> {
+    v.iter()
+        .enumerate()
+        .max_by_key(|(i, n)| (**n, usize::MAX - *i))
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_extremes_stably() {
+        assert_eq!(argmin(&[2, 1, 1]), Some(1));
+        assert_eq!(argmax(&[2, 3, 3]), Some(1));
+        assert_eq!(argmin(&[]), None);
     }
 }

@@ -1,10 +1,12 @@
 //! One container's life: bundle (config.json and the control socket),
-//! `runc run` (in the foreground, so runc reaps and deletes it), waiting for the handler to connect, handing over
-//! the client socket, then supervising it until it exits or its timeout
-//! kills it, and finally `runc delete` and removing the bundle. Every path
-//! out of here ends in that cleanup, so nothing is left behind.
+//! `runc run` (in the foreground, so runc reaps and deletes it), waiting
+//! for the handler to connect, then a supervisor task that follows it
+//! through its phases — waiting in the pool, serving a connection (bounded
+//! by the function's timeout), in reuse mode waiting again — until it ends
+//! or is killed, and finally removes what is left. Every path out of here
+//! ends in that cleanup, so nothing is left behind.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -14,21 +16,23 @@ use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
+use super::pool::Slot;
 use super::reaper::Exit;
 use super::spec::{render, SpecInput};
-use super::{fdpass, Function, Runc, Runtime, RuntimeError};
+use super::{fdpass, Function, Lease, Runc, Runtime, RuntimeError};
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A container whose handler is connected and waiting for a connection.
 pub struct Ready {
-    guard: Option<Guard>,
+    guard: Guard,
     control: UnixStream,
+    /// Kept in reuse mode, for the handler's next connect.
+    listener: Option<UnixListener>,
 }
 
-/// Owns a container's cleanup; whoever holds it must call `finish`, and
-/// dropping it unfinished schedules the cleanup.
+/// Owns a container's cleanup; dropping it unfinished schedules the cleanup.
 struct Guard {
     rt: Arc<Runtime>,
     func: Arc<Function>,
@@ -36,10 +40,17 @@ struct Guard {
     bundle: PathBuf,
     /// runc's pid; runc lives as long as the container.
     pid: Option<i32>,
+    /// runc's exit, which is the container's end.
     exit: Option<oneshot::Receiver<Exit>>,
-    /// runc already ended (its exit was consumed while starting).
-    exited: bool,
-    deadline: Instant,
+}
+
+/// Why a supervisor stopped following its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The container ended by itself.
+    Exited,
+    /// It must be killed (timeout, retired from the pool, shutdown).
+    Kill(&'static str),
 }
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -64,16 +75,15 @@ impl Runtime {
             bundle,
             pid: None,
             exit: None,
-            exited: false,
-            deadline: Instant::now() + Duration::from_secs(func.options.timeout_secs),
         };
         match guard.launch().await {
-            Ok(control) => Ok(Ready {
-                guard: Some(guard),
+            Ok((control, listener)) => Ok(Ready {
+                guard,
                 control,
+                listener,
             }),
             Err(e) => {
-                tokio::spawn(guard.finish());
+                tokio::spawn(guard.finish(End::Kill("start failed")));
                 Err(e)
             }
         }
@@ -81,7 +91,7 @@ impl Runtime {
 }
 
 impl Guard {
-    async fn launch(&mut self) -> Result<UnixStream, RuntimeError> {
+    async fn launch(&mut self) -> Result<(UnixStream, Option<UnixListener>), RuntimeError> {
         let listener = self.prepare_bundle()?;
         // Bounded: a burst of runc processes can exhaust memory. The permit
         // is held until the handler is up, which is what costs.
@@ -91,34 +101,28 @@ impl Guard {
             .acquire()
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
-        let (pid, mut exit) = self.rt.runc.run(&self.id, &self.bundle, &self.func.log)?;
+        let (pid, exit) = self.rt.runc.run(&self.id, &self.bundle, &self.func.log)?;
         self.pid = Some(pid);
-        let connect_timeout = self
-            .rt
-            .config
-            .connect_timeout
-            .min(self.deadline.saturating_duration_since(Instant::now()));
-        let result = tokio::select! {
-            accepted = listener.accept() => accepted.map(|(s, _)| s).map_err(io("accepting the handler")),
-            exit = &mut exit => {
-                let exit = exit.unwrap_or(Exit::Signal(0));
-                self.exited = true;
-                Err(match Runc::failure(&self.bundle) {
+        let exit = self.exit.insert(exit);
+        let connect_timeout = self.rt.config.connect_timeout;
+        let control = tokio::select! {
+            accepted = listener.accept() => accepted.map(|(s, _)| s).map_err(io("accepting the handler"))?,
+            ended = exit => {
+                self.exit = None;
+                let exit = ended.unwrap_or(Exit::Signal(0));
+                return Err(match Runc::failure(&self.bundle) {
                     Some(reason) => RuntimeError::Start { id: self.id.clone(), reason },
                     None => RuntimeError::HandlerExited { id: self.id.clone(), exit },
-                })
+                });
             },
-            _ = tokio::time::sleep(connect_timeout) => Err(RuntimeError::ConnectTimeout {
+            _ = tokio::time::sleep(connect_timeout) => return Err(RuntimeError::ConnectTimeout {
                 id: self.id.clone(),
                 secs: connect_timeout.as_secs_f64(),
             }),
         };
-        if !self.exited {
-            self.exit = Some(exit);
-        }
         // One-shot: the listener goes, so a second connect is refused.
-        drop(listener);
-        result
+        let listener = self.func.options.reuse.then_some(listener);
+        Ok((control, listener))
     }
 
     fn prepare_bundle(&self) -> Result<UnixListener, RuntimeError> {
@@ -148,11 +152,17 @@ impl Guard {
         Ok(listener)
     }
 
-    /// Waits for the container to end (killing it at its deadline or when
-    /// faasd stops), makes sure runc has deleted it, removes the bundle.
-    async fn finish(mut self) {
+    /// Kills the container if asked to, waits for runc to end, makes sure
+    /// the container is deleted, removes the bundle.
+    async fn finish(mut self, end: End) {
+        if let End::Kill(reason) = end {
+            self.kill(reason).await;
+        }
         if let Some(exit) = self.exit.take() {
-            self.await_exit(exit).await;
+            // Killed or about to end by itself; either way it is short.
+            if tokio::time::timeout(KILL_WAIT, exit).await.is_err() {
+                self.kill_runc().await;
+            }
         }
         // runc deletes a container it ran to the end; anything else (runc
         // killed, start failed half-way) is deleted here.
@@ -172,42 +182,51 @@ impl Guard {
         }
     }
 
-    /// `exit` is runc's: it ends when the container does.
-    async fn await_exit(&self, mut exit: oneshot::Receiver<Exit>) {
-        let mut stopping = self.rt.stopping.subscribe();
-        let timed_out = tokio::time::sleep_until(self.deadline.into());
-        tokio::pin!(timed_out);
-        let grace = self.rt.config.shutdown_grace;
-        let reason = loop {
-            tokio::select! {
-                _ = &mut exit => return,
-                _ = &mut timed_out => break "timeout",
-                changed = stopping.changed() => {
-                    if changed.is_err() || *stopping.borrow() {
-                        if tokio::time::timeout(grace, &mut exit).await.is_ok() {
-                            return;
-                        }
-                        break "shutdown";
-                    }
-                }
-            }
-        };
-        tracing::info!(id = %self.id, reason, "killing container");
+    async fn kill(&mut self, reason: &'static str) {
+        if self.exit.is_none() {
+            return;
+        }
+        tracing::debug!(id = %self.id, reason, "killing container");
         if let Err(e) = self.rt.runc.kill(&self.id, "KILL").await {
             tracing::debug!(id = %self.id, error = %e, "runc kill");
         }
-        if tokio::time::timeout(KILL_WAIT, &mut exit).await.is_ok() {
-            return;
-        }
-        // runc itself is stuck: kill it; `finish` then deletes the container.
+    }
+
+    /// runc itself is stuck: kill it; `finish` then deletes the container.
+    async fn kill_runc(&mut self) {
         if let Some(pid) = self.pid {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            if tokio::time::timeout(KILL_WAIT, &mut exit).await.is_err() {
-                self.rt.reaper.forget(pid);
-                tracing::warn!(id = %self.id, pid, "runc did not die after SIGKILL");
+            tracing::warn!(id = %self.id, pid, "runc did not end; killed it");
+        }
+    }
+
+    /// Waits for the container to end by itself until `deadline`; faasd
+    /// stopping shortens that to the shutdown grace.
+    async fn wait_exit(&mut self, deadline: Instant) -> End {
+        let Some(exit) = self.exit.as_mut() else {
+            return End::Exited;
+        };
+        let mut stopping = self.rt.stopping.subscribe();
+        let grace = self.rt.config.shutdown_grace;
+        let timed_out = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timed_out);
+        loop {
+            tokio::select! {
+                _ = &mut *exit => { self.exit = None; return End::Exited },
+                _ = &mut timed_out => return End::Kill("timeout"),
+                changed = stopping.changed() => {
+                    if changed.is_err() || *stopping.borrow() {
+                        let ended = tokio::time::timeout(grace, &mut *exit).await.is_ok();
+                        if ended {
+                            self.exit = None;
+                            return End::Exited;
+                        }
+                        return End::Kill("shutdown");
+                    }
+                }
             }
         }
     }
@@ -226,42 +245,137 @@ impl Drop for Guard {
             bundle: std::mem::take(&mut self.bundle),
             pid: self.pid.take(),
             exit: self.exit.take(),
-            exited: self.exited,
-            deadline: self.deadline,
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(guard.finish());
+            handle.spawn(guard.finish(End::Kill("dropped")));
         }
     }
 }
 
 impl Ready {
-    /// Sends the client socket to the handler; the container is then
-    /// supervised in the background until it ends.
-    pub async fn hand_over(mut self, client: BorrowedFd<'_>) -> Result<(), RuntimeError> {
-        let Some(guard) = self.guard.take() else {
-            return Err(RuntimeError::ShuttingDown);
-        };
-        let sent = fdpass::send_fd(&self.control, client).await;
-        let id = guard.id.clone();
-        tokio::spawn(guard.finish());
-        sent.map_err(|source| RuntimeError::Handoff { id, source })
+    /// Sends the client socket to the handler (the cold path); the
+    /// container is then supervised in the background until it ends.
+    /// On failure the lease comes back with the error.
+    pub fn hand_over(self, client: RawFd, lease: Lease) -> Result<(), (Lease, RuntimeError)> {
+        let Ready {
+            guard,
+            control,
+            listener,
+        } = self;
+        match fdpass::send_fd(control.as_fd(), client) {
+            Ok(()) => {
+                drop(control);
+                tokio::spawn(supervise(guard, listener, lease));
+                Ok(())
+            }
+            Err(source) => {
+                let id = guard.id.clone();
+                tokio::spawn(guard.finish(End::Kill("hand-over failed")));
+                Err((lease, RuntimeError::Handoff { id, source }))
+            }
+        }
     }
 
-    pub fn id(&self) -> &str {
-        self.guard
-            .as_ref()
-            .map(|g| g.id.as_str())
-            .unwrap_or_default()
+    /// Puts the container into its function's pool, supervised there.
+    pub fn park(self) {
+        let Ready {
+            mut guard,
+            control,
+            listener,
+        } = self;
+        tokio::spawn(async move {
+            let func = Arc::clone(&guard.func);
+            match wait_in_pool(&mut guard, &func, control).await {
+                Parked::Handed(lease) => supervise(guard, listener, lease).await,
+                Parked::Gone(end) => guard.finish(end).await,
+            }
+        });
     }
 }
 
-impl Drop for Ready {
-    fn drop(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(guard.finish());
+enum Parked {
+    Handed(Lease),
+    Gone(End),
+}
+
+/// Offers the connected handler in the pool and waits until the data plane
+/// uses it, the container dies, or the pool retires it.
+async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, control: UnixStream) -> Parked {
+    let control = match control.into_std() {
+        Ok(c) => c,
+        Err(_) => return Parked::Gone(End::Kill("control socket")),
+    };
+    let (slot, mut watch) = Slot::new(control);
+    func.pool.push(slot);
+    let idle = Duration::from_secs(func.options.idle_timeout_secs);
+    let forever = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    loop {
+        tokio::select! {
+            handed = &mut watch.handed => return match handed {
+                Ok(lease) => Parked::Handed(lease),
+                Err(_) => Parked::Gone(End::Kill("retired from the pool")),
+            },
+            end = guard.wait_exit(forever) => {
+                // Died (or faasd stops) while waiting: out of the pool, so it
+                // is replaced. If the data plane took it meanwhile, its
+                // send failed and it went on with a cold start.
+                if watch.withdraw() {
+                    func.pool.withdrawn();
+                }
+                return Parked::Gone(end);
             }
+            _ = tokio::time::sleep(idle), if func.options.reuse => {
+                // Reused containers beyond the pool's target retire when idle.
+                if func.pool.surplus() && watch.withdraw() {
+                    func.pool.withdrawn();
+                    return Parked::Gone(End::Kill("idle"));
+                }
+            }
+        }
+    }
+}
+
+/// Follows a container that has a connection: until it ends, or — in
+/// reuse mode — connects again, when it goes back to the pool.
+async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Lease) {
+    let func = Arc::clone(&guard.func);
+    let timeout = Duration::from_secs(func.options.timeout_secs);
+    let max = func.options.max_requests;
+    let mut lease = Some(lease);
+    let mut served: u32 = 1;
+    loop {
+        let deadline = Instant::now() + timeout;
+        let next = match &listener {
+            None => None,
+            Some(l) => {
+                tokio::select! {
+                    accepted = l.accept() => accepted.ok().map(|(s, _)| s),
+                    end = guard.wait_exit(deadline) => {
+                        drop(lease.take());
+                        return guard.finish(end).await;
+                    }
+                }
+            }
+        };
+        // The connection is done with: free its slot.
+        drop(lease.take());
+        let Some(control) = next else {
+            let end = guard.wait_exit(deadline).await;
+            return guard.finish(end).await;
+        };
+        if (max > 0 && served >= max) || func.pool.is_closed() {
+            // No more for this one: closing its control connection tells the
+            // handler to exit.
+            drop(control);
+            let end = guard.wait_exit(Instant::now() + timeout).await;
+            return guard.finish(end).await;
+        }
+        match wait_in_pool(&mut guard, &func, control).await {
+            Parked::Handed(l) => {
+                lease = Some(l);
+                served += 1;
+            }
+            Parked::Gone(end) => return guard.finish(end).await,
         }
     }
 }

@@ -1,26 +1,26 @@
 //! Handing a connected socket to a handler: one `sendmsg` with SCM_RIGHTS
-//! on the handler's `/control.sock` connection, driven by the reactor's
-//! readiness so a full socket buffer waits instead of failing.
+//! on the handler's `/control.sock` connection. Each control connection
+//! carries one message per connection handed over, so its send buffer is
+//! always empty and the call never has to wait; it is made non-blocking
+//! anyway, so a broken handler can never stall the caller.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use tokio::io::Interest;
-use tokio::net::UnixStream;
 
 /// Sends `fd` (plus one data byte, which SCM_RIGHTS needs) over `conn`.
-pub async fn send_fd(conn: &UnixStream, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let fds = [fd.as_raw_fd()];
+/// `fd` is raw because the io_uring streams of the data plane expose no
+/// `AsFd`; the caller keeps it open for the duration of the call.
+pub fn send_fd(conn: BorrowedFd<'_>, fd: RawFd) -> io::Result<()> {
+    let fds = [fd];
     let payload = [b'F'];
-    conn.async_io(Interest::WRITABLE, || {
-        let iov = [IoSlice::new(&payload)];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-            .map(|_| ())
-            .map_err(io::Error::from)
-    })
-    .await
+    let iov = [IoSlice::new(&payload)];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, flags, None)
+        .map(|_| ())
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -32,13 +32,19 @@ mod tests {
 
     use nix::sys::socket::{recvmsg, ControlMessageOwned};
 
-    #[tokio::test]
-    async fn passes_a_working_socket() {
+    #[test]
+    fn a_dead_peer_is_an_error_not_a_signal() {
         let (ours, theirs) = StdUnix::pair().expect("pair");
-        ours.set_nonblocking(true).expect("nonblocking");
-        let ours = UnixStream::from_std(ours).expect("tokio");
+        drop(theirs);
+        let (_a, b) = StdUnix::pair().expect("payload pair");
+        assert!(send_fd(ours.as_fd(), b.as_raw_fd()).is_err());
+    }
+
+    #[test]
+    fn passes_a_working_socket() {
+        let (ours, theirs) = StdUnix::pair().expect("pair");
         let (mut a, b) = StdUnix::pair().expect("payload pair");
-        send_fd(&ours, b.as_fd()).await.expect("send");
+        send_fd(ours.as_fd(), b.as_raw_fd()).expect("send");
         drop(b);
 
         let mut byte = [0u8; 1];

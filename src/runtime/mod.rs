@@ -17,11 +17,13 @@ use crate::name::FunctionName;
 
 pub mod container;
 pub mod fdpass;
+pub mod pool;
 pub mod reaper;
 pub mod runc;
 pub mod spec;
 
 pub use container::Ready;
+pub use pool::{Pool, Slot};
 pub use reaper::{Exit, Reaper};
 pub use runc::Runc;
 
@@ -78,8 +80,10 @@ pub struct RuntimeConfig {
     pub connect_timeout: Duration,
     /// How long in-flight containers get at shutdown before being killed.
     pub shutdown_grace: Duration,
-    /// How many `runc run` may execute at once.
+    /// How many containers may be starting at once.
     pub max_concurrent_starts: usize,
+    /// A pool with no traffic for this long shrinks to nothing (zero: never).
+    pub pool_idle: Duration,
 }
 
 /// A rootfs directory shared by the containers of one deployed version;
@@ -126,19 +130,21 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub cold_starts: AtomicU64,
     pub warm_starts: AtomicU64,
-    pub inflight: AtomicU64,
+    pub rejected: AtomicU64,
 }
 
 impl Stats {
-    pub fn snapshot(&self) -> FunctionStats {
+    pub fn snapshot(&self, warm_ready: u64, inflight: u64) -> FunctionStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         FunctionStats {
+            warm_ready,
+            rejected: get(&self.rejected),
             requests: get(&self.requests),
             handed_over: get(&self.handed_over),
             failed: get(&self.failed),
             cold_starts: get(&self.cold_starts),
             warm_starts: get(&self.warm_starts),
-            inflight: get(&self.inflight),
+            inflight,
         }
     }
 }
@@ -152,13 +158,27 @@ pub struct Function {
     pub options: DeployOptions,
     pub log: File,
     pub stats: Arc<Stats>,
+    /// Containers of this version started ahead and waiting.
+    pub pool: Pool,
 }
+
+impl Function {
+    /// This version is replaced or removed: its waiting containers go, and
+    /// its rootfs once the last running container ends.
+    pub fn retire(&self) {
+        self.pool.close();
+        self.rootfs.retire();
+    }
+}
+
+/// Whatever the data plane wants kept alive while a connection is being
+/// served (its concurrency slot); dropped when the container is done with it.
+pub type Lease = Box<dyn std::any::Any + Send>;
 
 /// The container runtime of the node.
 pub struct Runtime {
     pub(crate) config: RuntimeConfig,
     pub(crate) runc: Runc,
-    pub(crate) reaper: Reaper,
     pub(crate) seq: AtomicU64,
     pub(crate) live: AtomicUsize,
     pub(crate) idle: Notify,
@@ -187,11 +207,10 @@ impl Runtime {
             std::fs::create_dir_all(config.state_dir.join(dir))
                 .map_err(io("creating state directories"))?;
         }
-        let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper.clone());
+        let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper);
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(Self {
             runc,
-            reaper,
             seq: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             idle: Notify::new(),

@@ -67,6 +67,10 @@ pub fn environment(image: &ImageConfig, options: &DeployOptions, function: &str)
         set(format!("{k}={v}"));
     }
     set(format!("FAAS_FUNCTION={function}"));
+    if options.reuse {
+        // Tells the handler it may connect to /control.sock again.
+        set("FAAS_REUSE=1".to_string());
+    }
     env
 }
 

@@ -20,6 +20,9 @@ fn main() {
         let conn = match receive_connection() {
             Ok(Some(conn)) => conn,
             Ok(None) => return,
+            // After the first connection a refused reconnect just means
+            // faasd has no more work for us.
+            Err(_) if reuse => return,
             Err(e) => {
                 eprintln!("hello: {e}");
                 std::process::exit(1);

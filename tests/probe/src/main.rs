@@ -27,10 +27,15 @@ fn main() {
         },
         _ => {}
     }
+    let instance = format!("{}-{}", std::process::id(), nanos());
+    let mut served = 0u32;
     loop {
-        let Some(mut conn) = receive_connection().expect("receive connection") else {
-            return;
+        let mut conn = match receive_connection() {
+            Ok(Some(conn)) => conn,
+            // faasd closed the control socket or refused us: no more work.
+            Ok(None) | Err(_) => return,
         };
+        served += 1;
         match mode.as_str() {
             "hang" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
@@ -38,7 +43,10 @@ fn main() {
             "close" => return,
             "inspect" => {
                 let _ = read_request_head(&mut conn);
-                answer(&mut conn, &inspect());
+                answer(
+                    &mut conn,
+                    &format!("instance={instance}\nserved={served}\n{}", inspect()),
+                );
             }
             "print" => {
                 println!("probe stdout line pid={}", std::process::id());
@@ -79,6 +87,13 @@ fn receive_connection() -> std::io::Result<Option<TcpStream>> {
         }
     }
     Ok(None)
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn inspect() -> String {

@@ -1,0 +1,208 @@
+//! One data-plane core: a thread running its own io_uring runtime
+//! (tokio-uring, current-thread; its types are `!Send`, hence one per
+//! core). It owns the accept loops of the listeners sharded to it and
+//! takes commands from the control side over a channel.
+//!
+//! The accept loop enforces the function's concurrency limit: at the limit
+//! it stops taking connections, so they wait in the kernel's backlog; one
+//! connection at most is held here meanwhile, and a connection that has
+//! waited longer than the queue deadline is answered 503.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::dispatch;
+use super::{rawfd, Command, Ctx, Served};
+
+/// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
+const FD_BACKOFF: Duration = Duration::from_millis(100);
+/// Re-check the limit at least this often (a wake-up may slip past us).
+const RECHECK: Duration = Duration::from_millis(20);
+const RING_ENTRIES: u32 = 256;
+
+/// Thread body: builds the ring, reports whether that worked, serves commands.
+pub(super) fn run(
+    index: usize,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    ctx: Arc<Ctx>,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    let mut ring = tokio_uring::uring_builder();
+    // Completions are reaped when we next enter the kernel anyway; not
+    // interrupting the task for each one is measurably faster.
+    ring.setup_coop_taskrun();
+    let runtime = match tokio_uring::Runtime::new(
+        tokio_uring::builder()
+            .entries(RING_ENTRIES)
+            .uring_builder(&ring),
+    ) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    runtime.block_on(async move {
+        let mut releases: HashMap<crate::name::FunctionName, Vec<watch::Sender<bool>>> =
+            HashMap::new();
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Listen {
+                    name,
+                    listener,
+                    served,
+                } => {
+                    let (release_tx, release_rx) = watch::channel(false);
+                    releases.entry(name).or_default().push(release_tx);
+                    let listener = TcpListener::from_std(listener);
+                    tokio_uring::spawn(accept_loop(listener, served, Arc::clone(&ctx), release_rx));
+                }
+                Command::Release { name } => {
+                    if let Some(senders) = releases.remove(&name) {
+                        for s in senders {
+                            s.send_replace(true);
+                        }
+                    }
+                }
+                Command::Stop => break,
+            }
+        }
+        tracing::debug!(core = index, "data-plane core stopping");
+    });
+}
+
+type AcceptFuture<'a> =
+    Pin<Box<dyn Future<Output = std::io::Result<(TcpStream, std::net::SocketAddr)>> + 'a>>;
+
+/// A connection taken while the function was at its limit.
+struct Held {
+    stream: TcpStream,
+    /// When it stops being worth serving.
+    deadline: Instant,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    served: Arc<Served>,
+    ctx: Arc<Ctx>,
+    release: watch::Receiver<bool>,
+) {
+    // An accept in flight is never dropped: dropping it would leave the
+    // operation in the ring and lose the connection it accepts.
+    let mut accepting: Option<AcceptFuture<'_>> = None;
+    let mut held: Option<Held> = None;
+    loop {
+        let limit = served.func.load().options.concurrency;
+        let saturated = served.inflight() >= limit;
+        if !saturated {
+            if let Some(h) = held.take() {
+                dispatch::dispatch(h.stream, &served, &ctx);
+                continue;
+            }
+        }
+        let want_accept = !saturated || held.is_none();
+        if want_accept && accepting.is_none() {
+            accepting = Some(Box::pin(listener.accept()));
+        }
+        let held_deadline = held.as_ref().map(|h| h.deadline);
+        tokio::select! {
+            accepted = poll_opt(&mut accepting), if want_accept => {
+                accepting = None;
+                match accepted {
+                    Ok((stream, _)) => {
+                        if let Some(stream) = admit(stream, saturated, &mut held, &served, &ctx) {
+                            dispatch::dispatch(stream, &served, &ctx);
+                        }
+                        if *release.borrow() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if !accept_failed(&e).await {
+                            // The socket was closed for good (rm, shutdown).
+                            if let Some(h) = held.take() {
+                                dispatch::reject(h.stream, &served, &ctx);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            _ = served.freed.notified(), if saturated => {}
+            _ = tokio::time::sleep(RECHECK), if saturated => {}
+            _ = sleep_until_opt(held_deadline), if held_deadline.is_some() => {
+                if let Some(h) = held.take() {
+                    dispatch::reject(h.stream, &served, &ctx);
+                }
+            }
+        }
+    }
+}
+
+/// Decides what happens to a fresh connection: rejected if it already
+/// waited past the deadline, held if the function is at its limit,
+/// otherwise returned for dispatch.
+fn admit(
+    stream: TcpStream,
+    saturated: bool,
+    held: &mut Option<Held>,
+    served: &Arc<Served>,
+    ctx: &Arc<Ctx>,
+) -> Option<TcpStream> {
+    let waited = if saturated || served.inflight() > 0 {
+        rawfd::idle_in_kernel(&stream).unwrap_or_default()
+    } else {
+        Duration::ZERO
+    };
+    if waited >= ctx.queue_timeout {
+        dispatch::reject(stream, served, ctx);
+        return None;
+    }
+    if saturated {
+        *held = Some(Held {
+            stream,
+            deadline: Instant::now() + (ctx.queue_timeout - waited),
+        });
+        return None;
+    }
+    Some(stream)
+}
+
+/// Handles an accept error; false when the listener is finished.
+async fn accept_failed(e: &std::io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            tracing::warn!(error = %e, "accept: out of resources");
+            tokio::time::sleep(FD_BACKOFF).await;
+            true
+        }
+        Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => true,
+        _ => {
+            tracing::debug!(error = %e, "accept: listener closed");
+            false
+        }
+    }
+}
+
+async fn poll_opt(
+    fut: &mut Option<AcceptFuture<'_>>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match fut.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

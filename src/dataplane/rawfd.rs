@@ -1,0 +1,43 @@
+//! The data plane's only `unsafe`: tokio-uring's sockets expose raw fds
+//! only, and the queue deadline needs TCP_INFO, which nix does not wrap.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+/// A borrowed view of `sock`'s descriptor.
+pub fn borrow(sock: &impl AsRawFd) -> BorrowedFd<'_> {
+    // SAFETY: `sock` owns an open descriptor and outlives the borrow, which
+    // is tied to `&sock`'s lifetime.
+    unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
+}
+
+/// A close-on-exec duplicate of `sock`'s descriptor.
+pub fn dup(sock: &impl AsRawFd) -> io::Result<OwnedFd> {
+    borrow(sock).try_clone_to_owned()
+}
+
+/// How long an accepted connection sat since the kernel last heard from
+/// the client (established, or its request arrived): its queueing time.
+pub fn idle_in_kernel(sock: &impl AsRawFd) -> Option<Duration> {
+    let mut info: libc::tcp_info = tcp_info_zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes; the fd is open
+    // (borrowed from `sock`); the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+}
+
+fn tcp_info_zeroed() -> libc::tcp_info {
+    // SAFETY: tcp_info is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}

@@ -1,0 +1,258 @@
+//! The warm pool of one function version: containers already started whose
+//! handler is connected to `/control.sock` and waiting. The data plane
+//! takes a slot (lock-free) and hands its client socket over with one
+//! `sendmsg`; a refiller task on the control runtime keeps the pool at its
+//! target, shrinks it to nothing after `pool_idle` without traffic, and
+//! backs off when containers fail to start.
+
+use std::io;
+use std::os::fd::{AsFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::SegQueue;
+use tokio::sync::{oneshot, Notify};
+
+use super::{fdpass, Function, Lease, Runtime};
+
+/// Longest pause between start attempts of a function whose containers fail.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A waiting container, as the data plane sees it.
+pub struct Slot {
+    control: UnixStream,
+    handed: oneshot::Sender<Lease>,
+    claimed: Arc<AtomicBool>,
+}
+
+/// The supervisor's side of a slot.
+pub struct SlotWatch {
+    pub handed: oneshot::Receiver<Lease>,
+    claimed: Arc<AtomicBool>,
+}
+
+impl Slot {
+    /// Wraps a connected handler; the watch tells its supervisor when the
+    /// slot is used (`Ok(lease)`) or dropped unused (`Err`).
+    pub fn new(control: UnixStream) -> (Slot, SlotWatch) {
+        let (tx, rx) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(false));
+        let slot = Slot {
+            control,
+            handed: tx,
+            claimed: Arc::clone(&claimed),
+        };
+        (
+            slot,
+            SlotWatch {
+                handed: rx,
+                claimed,
+            },
+        )
+    }
+
+    /// Sends `client` to the waiting handler: the hot path's one syscall.
+    /// On failure (the handler died) the lease comes back.
+    pub fn hand_over(self, client: RawFd, lease: Lease) -> Result<(), (Lease, io::Error)> {
+        match fdpass::send_fd(self.control.as_fd(), client) {
+            Ok(()) => {
+                // The supervisor may be gone only if the container already
+                // ended; the handler has the socket either way.
+                let _ = self.handed.send(lease);
+                Ok(())
+            }
+            Err(e) => Err((lease, e)),
+        }
+    }
+}
+
+impl SlotWatch {
+    /// Takes the slot back from the pool (the container died or is retired
+    /// while waiting). False when the data plane took it first.
+    pub fn withdraw(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Warm containers of one function version.
+pub struct Pool {
+    target: u32,
+    slots: SegQueue<Slot>,
+    ready: AtomicU32,
+    starting: AtomicU32,
+    failures: AtomicU32,
+    closed: AtomicBool,
+    wake: Notify,
+    epoch: Instant,
+    last_used_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("target", &self.target)
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl Pool {
+    pub fn new(target: u32) -> Self {
+        Self {
+            target,
+            slots: SegQueue::new(),
+            ready: AtomicU32::new(0),
+            starting: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+            epoch: Instant::now(),
+            last_used_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// Containers waiting right now.
+    pub fn ready(&self) -> u32 {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// A waiting container, if any. Lock-free; never blocks.
+    pub fn take(&self) -> Option<Slot> {
+        self.touch();
+        while let Some(slot) = self.slots.pop() {
+            if !slot.claimed.swap(true, Ordering::AcqRel) {
+                self.ready.fetch_sub(1, Ordering::AcqRel);
+                self.wake.notify_one();
+                return Some(slot);
+            }
+            // Withdrawn by its supervisor (dead or retired): skip it.
+        }
+        None
+    }
+
+    /// Records traffic, so an idle-shrunk pool fills again.
+    pub fn touch(&self) {
+        self.last_used_ms.store(self.now_ms(), Ordering::Release);
+        if self.ready() == 0 && self.target > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Offers a waiting container. Refused (and so dropped, which retires
+    /// the container) once the pool is closed.
+    pub fn push(&self, slot: Slot) {
+        if self.is_closed() {
+            return;
+        }
+        self.ready.fetch_add(1, Ordering::AcqRel);
+        self.slots.push(slot);
+        self.failures.store(0, Ordering::Release);
+    }
+
+    /// A container left the pool without being used.
+    pub fn withdrawn(&self) {
+        self.ready.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Retires the pool: waiting containers go, none are started again.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.drain();
+        self.wake.notify_one();
+    }
+
+    /// Drops every waiting slot: their supervisors kill the containers.
+    fn drain(&self) {
+        while self.take_quietly().is_some() {}
+    }
+
+    fn take_quietly(&self) -> Option<Slot> {
+        while let Some(slot) = self.slots.pop() {
+            if !slot.claimed.swap(true, Ordering::AcqRel) {
+                self.ready.fetch_sub(1, Ordering::AcqRel);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_used_ms.load(Ordering::Acquire)),
+        )
+    }
+
+    /// More waiting containers than the target (reuse mode re-parks
+    /// containers that were started cold).
+    pub fn surplus(&self) -> bool {
+        self.ready() > self.target
+    }
+}
+
+/// Keeps `func`'s pool filled until the pool is closed. Runs on the
+/// control runtime; sleeps (no CPU) while the pool is full or idle.
+pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
+    let pool = &func.pool;
+    let idle_limit = rt.config.pool_idle;
+    loop {
+        if pool.is_closed() || *rt.stopping.borrow() {
+            return;
+        }
+        let idle = idle_limit > Duration::ZERO && pool.idle_for() >= idle_limit;
+        let want = if idle { 0 } else { pool.target };
+        if idle && pool.ready() > 0 {
+            tracing::debug!(function = %func.name, "pool idle: shrinking to zero");
+            pool.drain();
+        }
+        let failures = pool.failures.load(Ordering::Acquire);
+        if failures > 0 {
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << failures.min(10))
+                .min(MAX_BACKOFF);
+            tokio::time::sleep(backoff).await;
+        }
+        let have = pool.ready() + pool.starting.load(Ordering::Acquire);
+        for _ in have..want {
+            pool.starting.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(start_one(Arc::clone(&rt), Arc::clone(&func)));
+        }
+        let notified = pool.wake.notified();
+        if want > 0 && idle_limit > Duration::ZERO {
+            let until_idle = idle_limit.saturating_sub(pool.idle_for()) + Duration::from_millis(10);
+            let _ = tokio::time::timeout(until_idle, notified).await;
+        } else {
+            notified.await;
+        }
+    }
+}
+
+async fn start_one(rt: Arc<Runtime>, func: Arc<Function>) {
+    match rt.start(&func).await {
+        Ok(ready) => {
+            ready.park();
+        }
+        Err(e) => {
+            func.pool.failures.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(function = %func.name, error = %e, "starting a warm container");
+        }
+    }
+    func.pool.starting.fetch_sub(1, Ordering::AcqRel);
+    func.pool.wake.notify_one();
+}
