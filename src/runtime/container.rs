@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
-use super::pool::Slot;
+use super::pool::{Slot, SlotWatch};
 use super::reaper::Exit;
 use super::spec::{render, SpecInput};
 use super::{fdpass, Function, Lease, Runc, Runtime, RuntimeError};
@@ -276,16 +276,22 @@ impl Ready {
         }
     }
 
-    /// Puts the container into its function's pool, supervised there.
+    /// Puts the container into its function's pool (before returning, so
+    /// the pool's count is right at once), supervised there.
     pub fn park(self) {
         let Ready {
             mut guard,
             control,
             listener,
         } = self;
+        let func = Arc::clone(&guard.func);
+        let offered = offer(&func, control);
         tokio::spawn(async move {
-            let func = Arc::clone(&guard.func);
-            match wait_in_pool(&mut guard, &func, control).await {
+            let parked = match offered {
+                Some(watch) => wait_in_pool(&mut guard, &func, watch).await,
+                None => Parked::Gone(End::Kill("control socket")),
+            };
+            match parked {
                 Parked::Handed(lease) => supervise(guard, listener, lease).await,
                 Parked::Gone(end) => guard.finish(end).await,
             }
@@ -298,15 +304,17 @@ enum Parked {
     Gone(End),
 }
 
-/// Offers the connected handler in the pool and waits until the data plane
-/// uses it, the container dies, or the pool retires it.
-async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, control: UnixStream) -> Parked {
-    let control = match control.into_std() {
-        Ok(c) => c,
-        Err(_) => return Parked::Gone(End::Kill("control socket")),
-    };
-    let (slot, mut watch) = Slot::new(control);
+/// Puts the connected handler into the pool.
+fn offer(func: &Function, control: UnixStream) -> Option<SlotWatch> {
+    let control = control.into_std().ok()?;
+    let (slot, watch) = Slot::new(control);
     func.pool.push(slot);
+    Some(watch)
+}
+
+/// Waits until the data plane uses the offered container, it dies, or the
+/// pool retires it.
+async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWatch) -> Parked {
     let idle = Duration::from_secs(func.options.idle_timeout_secs);
     let forever = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     loop {
@@ -345,19 +353,20 @@ async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Leas
     let mut served: u32 = 1;
     loop {
         let deadline = Instant::now() + timeout;
-        let next = match &listener {
-            None => None,
-            Some(l) => {
-                tokio::select! {
-                    accepted = l.accept() => accepted.ok().map(|(s, _)| s),
-                    end = guard.wait_exit(deadline) => {
-                        drop(lease.take());
-                        return guard.finish(end).await;
-                    }
-                }
+        let Some(l) = &listener else {
+            // One-shot: the connection is served until the container ends.
+            let end = guard.wait_exit(deadline).await;
+            drop(lease.take());
+            return guard.finish(end).await;
+        };
+        let next = tokio::select! {
+            accepted = l.accept() => accepted.ok().map(|(s, _)| s),
+            end = guard.wait_exit(deadline) => {
+                drop(lease.take());
+                return guard.finish(end).await;
             }
         };
-        // The connection is done with: free its slot.
+        // It asked for the next one: the previous connection is done.
         drop(lease.take());
         let Some(control) = next else {
             let end = guard.wait_exit(deadline).await;
@@ -370,7 +379,10 @@ async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Leas
             let end = guard.wait_exit(Instant::now() + timeout).await;
             return guard.finish(end).await;
         }
-        match wait_in_pool(&mut guard, &func, control).await {
+        let Some(watch) = offer(&func, control) else {
+            return guard.finish(End::Kill("control socket")).await;
+        };
+        match wait_in_pool(&mut guard, &func, watch).await {
             Parked::Handed(l) => {
                 lease = Some(l);
                 served += 1;

@@ -133,6 +133,14 @@ fn unique_pool() -> (String, Ipv4Addr) {
     )
 }
 
+/// `--cores N` from FAASD_TEST_CORES, so the suite can run per core count.
+fn cores_arg() -> Vec<String> {
+    match std::env::var("FAASD_TEST_CORES") {
+        Ok(n) if !n.is_empty() => vec!["--cores".into(), n],
+        _ => Vec::new(),
+    }
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -351,6 +359,41 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Polls `inspect` until `pred` holds (or panics after `within`).
+    pub fn wait_for(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&FunctionInfo) -> bool,
+    ) -> FunctionInfo {
+        let deadline = Instant::now() + within;
+        loop {
+            let info = self.client().inspect(name).expect("inspect");
+            if pred(&info) {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                info.stats
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until only `pool` containers (the warm pool) are left.
+    pub fn wait_quiet_but_pool(&self, within: Duration, pool: usize) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.runc_containers().len() <= pool && self.bundles().len() <= pool {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Waits until no container or bundle is left (they are cleaned up in

@@ -8,6 +8,10 @@
 //! - `hang`: take the connection, never answer
 //! - `close`: take the connection, close it without answering
 //! - `print`: print a line to stdout and stderr, then answer like `hello`
+//! - `slow`: answer like `hello` after PROBE_SLEEP_MS (default 300) ms
+//!
+//! With FAAS_REUSE set it connects again after each connection; `inspect`
+//! then reports the same `instance` and a growing `served`.
 
 use std::io::{IoSliceMut, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -47,6 +51,15 @@ fn main() {
                     &mut conn,
                     &format!("instance={instance}\nserved={served}\n{}", inspect()),
                 );
+            }
+            "slow" => {
+                let _ = read_request_head(&mut conn);
+                let ms = std::env::var("PROBE_SLEEP_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300);
+                std::thread::sleep(Duration::from_millis(ms));
+                answer(&mut conn, "probe ok\n");
             }
             "print" => {
                 println!("probe stdout line pid={}", std::process::id());

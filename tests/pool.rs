@@ -1,0 +1,262 @@
+//! The warm pool, reuse mode and the concurrency limit, end to end.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use faasd::api::DeployOptions;
+
+fn warm(n: u32) -> DeployOptions {
+    DeployOptions {
+        warm: n,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn warm_pool_serves_from_started_containers_and_refills() {
+    let d = Daemon::start();
+    let ip = d.deploy("w", &hello_image(), &warm(3)).ip;
+    d.wait_for("w", Duration::from_secs(20), "pool of 3", |i| {
+        i.stats.warm_ready == 3
+    });
+    assert_eq!(
+        call(ip).expect("request"),
+        (200, "Hello from FaaS handler!\n".to_string())
+    );
+    let info = d.client().inspect("w").expect("inspect");
+    assert_eq!(
+        (info.stats.warm_starts, info.stats.cold_starts),
+        (1, 0),
+        "served from the pool"
+    );
+
+    // A burst larger than the pool: some warm, the rest cold, all answered.
+    let threads: Vec<_> = (0..10)
+        .map(|_| std::thread::spawn(move || call(ip)))
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("thread").expect("request").0, 200);
+    }
+    let info = d.wait_for("w", Duration::from_secs(20), "pool refilled to 3", |i| {
+        i.stats.warm_ready == 3
+    });
+    assert_eq!(info.stats.warm_starts + info.stats.cold_starts, 11);
+    assert!(info.stats.warm_starts >= 3, "{:?}", info.stats);
+    // The pool is exactly its target: three waiting containers, no more.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.runc_containers().len(), 3, "{:?}", d.runc_containers());
+}
+
+#[test]
+fn a_pool_container_killed_from_outside_is_replaced() {
+    let d = Daemon::start();
+    let ip = d.deploy("k", &hello_image(), &warm(2)).ip;
+    d.wait_for("k", Duration::from_secs(20), "pool of 2", |i| {
+        i.stats.warm_ready == 2
+    });
+    let victims = d.runc_containers();
+    assert_eq!(victims.len(), 2);
+    let root = d.state.join("runc");
+    let st = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["kill", &victims[0], "KILL"])
+        .status();
+    assert!(st.expect("runc kill").success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.runc_containers().contains(&victims[0]) || d.runc_containers().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not replaced: {:?}",
+            d.runc_containers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.wait_for("k", Duration::from_secs(10), "pool back to 2", |i| {
+        i.stats.warm_ready == 2
+    });
+    for _ in 0..3 {
+        assert_eq!(call(ip).expect("request").0, 200);
+    }
+    assert_eq!(d.client().inspect("k").expect("inspect").stats.failed, 0);
+}
+
+#[test]
+fn overload_ends_in_200_or_503_and_nothing_hangs() {
+    let d = Daemon::start_with(&["--queue-timeout", "1"]);
+    let options = DeployOptions {
+        warm: 2,
+        concurrency: 8,
+        ..Default::default()
+    };
+    let ip = d
+        .deploy(
+            "busy",
+            &probe_image("slow", &["PROBE_SLEEP_MS=400"]),
+            &options,
+        )
+        .ip;
+    d.wait_for("busy", Duration::from_secs(20), "pool of 2", |i| {
+        i.stats.warm_ready == 2
+    });
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30))
+            })
+        })
+        .collect();
+    let mut by_status: HashMap<u16, usize> = HashMap::new();
+    for t in threads {
+        let (status, _) = t
+            .join()
+            .expect("thread")
+            .expect("every connection is answered");
+        *by_status.entry(status).or_default() += 1;
+    }
+    let took = t0.elapsed();
+    eprintln!("statuses {by_status:?} in {took:?}");
+    assert_eq!(
+        by_status.get(&200).copied().unwrap_or(0) + by_status.get(&503).copied().unwrap_or(0),
+        100,
+        "{by_status:?}"
+    );
+    assert!(
+        by_status.get(&200).copied().unwrap_or(0) >= 8,
+        "{by_status:?}"
+    );
+    assert!(
+        by_status.get(&503).copied().unwrap_or(0) > 0,
+        "the limit must turn some away: {by_status:?}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    // At most 8 at a time, each holding its slot for 400 ms.
+    let bound = 8 * (took.as_millis() as usize / 400 + 1);
+    assert!(
+        by_status[&200] <= bound,
+        "concurrency 8 exceeded: {by_status:?} in {took:?}"
+    );
+    let info = d.client().inspect("busy").expect("inspect");
+    assert_eq!(info.stats.rejected as usize, by_status[&503]);
+    assert!(
+        d.wait_quiet_but_pool(Duration::from_secs(15), 2),
+        "containers left: {:?}",
+        d.runc_containers()
+    );
+}
+
+#[test]
+fn reuse_mode_serves_many_connections_per_container_up_to_max_requests() {
+    let d = Daemon::start();
+    let options = DeployOptions {
+        warm: 1,
+        reuse: true,
+        max_requests: 5,
+        ..Default::default()
+    };
+    let ip = d.deploy("re", &probe_image("inspect", &[]), &options).ip;
+    d.wait_for("re", Duration::from_secs(20), "pool of 1", |i| {
+        i.stats.warm_ready >= 1
+    });
+    let mut per_instance: HashMap<String, u32> = HashMap::new();
+    for i in 0..12 {
+        let (status, body) = call(ip).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(status, 200, "{body}");
+        let v = kv(&body);
+        let served: u32 = v["served"].parse().expect("served");
+        let count = per_instance.entry(v["instance"].clone()).or_default();
+        *count += 1;
+        assert_eq!(served, *count, "the same process counts its connections");
+        assert!(served <= 5, "--max-requests 5 exceeded: {served}");
+        // Give the handler time to reconnect, as a sequential client would.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(per_instance.values().any(|&n| n == 5), "{per_instance:?}");
+    assert!(per_instance.len() <= 4, "{per_instance:?}");
+}
+
+#[test]
+fn a_one_shot_handler_that_reconnects_gets_nothing_more() {
+    let d = Daemon::start();
+    // The handler wants to be reused; the function is not deployed for reuse.
+    let ip = d
+        .deploy("once", &probe_image("inspect", &["FAAS_REUSE=1"]), &warm(1))
+        .ip;
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = call(ip).expect("request");
+        assert_eq!(status, 200);
+        let v = kv(&body);
+        assert_eq!(v["served"], "1");
+        instances.push(v["instance"].clone());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    instances.dedup();
+    assert_eq!(
+        instances.len(),
+        4,
+        "every connection gets a fresh container"
+    );
+}
+
+#[test]
+fn redeploy_and_rm_drain_the_pool() {
+    let d = Daemon::start();
+    let ip = d.deploy("v", &probe_image("hello", &[]), &warm(2)).ip;
+    d.wait_for("v", Duration::from_secs(20), "pool of 2", |i| {
+        i.stats.warm_ready == 2
+    });
+    let old = d.runc_containers();
+    let info = d.deploy("v", &probe_image("inspect", &[]), &warm(2));
+    assert_eq!(info.ip, ip);
+    d.wait_for("v", Duration::from_secs(20), "new pool of 2", |i| {
+        i.stats.warm_ready == 2
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.runc_containers().iter().any(|c| old.contains(c)) {
+        assert!(
+            Instant::now() < deadline,
+            "old pool not drained: {:?}",
+            d.runc_containers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = call(ip).expect("request");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("instance="),
+        "the new version answers: {body}"
+    );
+    d.client().remove("v").expect("rm");
+    assert!(
+        d.wait_quiet(Duration::from_secs(10)),
+        "containers left after rm: {:?}",
+        d.runc_containers()
+    );
+}
+
+#[test]
+fn all_cores_function_is_served() {
+    let d = Daemon::start();
+    let options = DeployOptions {
+        warm: 1,
+        all_cores: true,
+        ..Default::default()
+    };
+    let ip = d.deploy("wide", &hello_image(), &options).ip;
+    let threads: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || call(ip)))
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("thread").expect("request").0, 200);
+    }
+    // Switching back to one listener keeps the address and keeps serving.
+    let info = d.deploy("wide", &hello_image(), &warm(1));
+    assert_eq!(info.ip, ip);
+    assert_eq!(call(ip).expect("request").0, 200);
+}
