@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Load test: faasd against plain runc, measured in the same run.
+# Load test: faasd against its references, all measured in the same run.
 #
-# References (same machine, same minute):
-#   runc-seq   p50 of sequential `runc run` of a no-op container on a read-only rootfs
-#   runc-rate  containers/s from 4 parallel `runc run` loops
-# faasd (example handler, release build):
-#   cold-seq   p50 of sequential requests to a --warm 0 function
-#   cold-wrk   wrk -t2 -c16 -d10s against it
+# References:
+#   runc-seq     p50 of sequential `runc run` of a no-op container on a read-only rootfs
+#   runc-rate    containers/s from 4 parallel `runc run` loops
+#   plain        wrk -t2 -c32 against a plain multi-threaded server (examples/plain_server)
+# faasd (example handler, release build, --cores 2 unless said):
+#   cold         --warm 0: sequential p50, wrk -t2 -c16
+#   warm         --warm 8: sequential p50 (50 ms apart, time to refill), wrk -t2 -c16
+#   reuse        --reuse --warm 2: wrk -t2 -c32, with --cores 2 and --cores 1
 # Prints the ratios and writes loadtest/out/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,18 +17,43 @@ N=${N:-100}
 DURATION=${DURATION:-10s}
 
 scripts/install-deps.sh
-cargo build --quiet --release --bins
+cargo build --quiet --release --bins --example plain_server
 handlers=$(scripts/build-handlers.sh)
 out=loadtest/out; mkdir -p "$out"
 work=$(mktemp -d /tmp/faasd-load.XXXXXX)
-port=18181; pool=127.251.0.0/24
-faasd_pid=
+port=18181; pool=127.251.0.0/24; plain_addr=127.0.0.1:18190
+faasd_pid=; plain_pid=
+stop_faasd() {
+    if [ -n "$faasd_pid" ]; then kill "$faasd_pid" 2>/dev/null || true; wait "$faasd_pid" 2>/dev/null || true; faasd_pid=; fi
+}
 cleanup() {
-    [ -n "$faasd_pid" ] && kill "$faasd_pid" 2>/dev/null && wait "$faasd_pid" 2>/dev/null || true
+    stop_faasd
+    [ -n "$plain_pid" ] && kill "$plain_pid" 2>/dev/null || true
     for id in $(ls "$work/refroot" 2>/dev/null); do runc --root "$work/refroot" delete --force "$id" >/dev/null 2>&1 || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
+export FAAS_URL=http://127.0.0.1:$port
+FAAS=target/release/faas
+
+start_faasd() { # cores
+    target/release/faasd --state-dir "$work/state" --listen 127.0.0.1:$port --ip-pool $pool --cores "$1" \
+        >>"$work/faasd.log" 2>&1 &
+    faasd_pid=$!
+    for _ in $(seq 100); do curl -sf "$FAAS_URL/healthz" >/dev/null && break; sleep 0.1; done
+}
+wait_ready() { # name count
+    for _ in $(seq 200); do
+        [ "$($FAAS inspect "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["warm_ready"])')" -ge "$2" ] && return
+        sleep 0.1
+    done
+    echo "pool of $1 never reached $2" >&2; exit 1
+}
+wrk_rps() { # connections url label
+    wrk -t2 -c"$1" -d"$DURATION" "$2" > "$work/wrk-$3.txt"
+    cat "$work/wrk-$3.txt" >&2
+    awk '/Requests\/sec/ {print $2}' "$work/wrk-$3.txt"
+}
 
 # Reference bundle: runc's default spec, read-only rootfs, a static no-op.
 mkdir -p "$work/ref/rootfs"/{proc,dev,sys,tmp}
@@ -41,39 +68,53 @@ c["root"]["readonly"] = True
 json.dump(c, open(p, "w"))
 PY
 
-target/release/faasd --state-dir "$work/state" --listen 127.0.0.1:$port --ip-pool $pool >"$work/faasd.log" 2>&1 &
-faasd_pid=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
-export FAAS_URL=http://127.0.0.1:$port
-target/release/faas pack "$handlers/hello" -o "$work/hello.tar"
-target/release/faas deploy cold --warm 0 --image "$work/hello.tar" >/dev/null
-cold_ip=$(target/release/faas ip cold)
+target/release/examples/plain_server "$plain_addr" & plain_pid=$!
+start_faasd 2
+$FAAS pack "$handlers/hello" -o "$work/hello.tar"
+$FAAS deploy cold --warm 0 --image "$work/hello.tar" >/dev/null
+$FAAS deploy warm --warm 8 --image "$work/hello.tar" >/dev/null
+$FAAS deploy reuse --reuse --warm 2 --image "$work/hello.tar" >/dev/null
+cold_ip=$($FAAS ip cold); warm_ip=$($FAAS ip warm); reuse_ip=$($FAAS ip reuse)
+wait_ready warm 8; wait_ready reuse 2
 
-echo "== reference: plain runc run (sequential, N=$N)"
+echo "== runc run, sequential" >&2
 runc_seq=$(python3 loadtest/seq.py runc "$work/refroot" "$work/ref" "$N")
-echo "$runc_seq"
-echo "== faasd --warm 0 (sequential, N=$N)"
+echo "== faasd --warm 0, sequential" >&2
 cold_seq=$(python3 loadtest/seq.py http "$cold_ip" 80 "$N")
-echo "$cold_seq"
-echo "== reference: plain runc run, 4 parallel loops"
+echo "== faasd --warm 8, sequential" >&2
+warm_seq=$(python3 loadtest/seq.py http "$warm_ip" 80 "$N" 50)
+echo "== runc run, 4 loops" >&2
 runc_rate=$(python3 loadtest/seq.py runc-rate "$work/refroot" "$work/ref" 4 10)
-echo "$runc_rate"
-echo "== faasd --warm 0: wrk -t2 -c16 -d$DURATION"
-wrk -t2 -c16 -d"$DURATION" "http://$cold_ip/" | tee "$work/wrk-cold.txt"
-cold_rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-cold.txt")
-cold_errors=$(awk '/Non-2xx|Socket errors/ {print}' "$work/wrk-cold.txt")
+echo "== wrk" >&2
+cold_rps=$(wrk_rps 16 "http://$cold_ip/" cold)
+wait_ready warm 8
+warm_rps=$(wrk_rps 16 "http://$warm_ip/" warm)
+plain_rps=$(wrk_rps 32 "http://$plain_addr/" plain)
+reuse2_rps=$(wrk_rps 32 "http://$reuse_ip/" reuse2)
+stop_faasd
+start_faasd 1
+wait_ready reuse 2
+reuse1_rps=$(wrk_rps 32 "http://$reuse_ip/" reuse1)
+errors=$(grep -h -E "Non-2xx|Socket errors" "$work"/wrk-*.txt | sort | uniq -c || true)
 
-python3 - "$runc_seq" "$cold_seq" "$runc_rate" "$cold_rps" "$cold_errors" <<'PY' | tee "$out/report.md"
+python3 - "$runc_seq" "$cold_seq" "$warm_seq" "$runc_rate" "$cold_rps" "$warm_rps" "$plain_rps" "$reuse2_rps" "$reuse1_rps" "$errors" <<'PY' | tee "$out/report.md"
 import json, sys, datetime, platform, os
-runc_seq, cold_seq, runc_rate = (json.loads(a) for a in sys.argv[1:4])
-cold_rps = float(sys.argv[4]); errors = sys.argv[5].strip() or "none"
-print(f"# faasd load test, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
+runc_seq, cold_seq, warm_seq, runc_rate = (json.loads(a) for a in sys.argv[1:5])
+cold_rps, warm_rps, plain_rps, reuse2, reuse1 = (float(a) for a in sys.argv[5:10])
+errors = sys.argv[10].strip() or "none"
+r = runc_seq["p50_ms"]; rate = runc_rate["per_s"]
+print(f"# faasd load test, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, kernel {platform.release()}")
 print()
-print("| measure | reference | faasd | ratio |")
-print("|---|---|---|---|")
-print(f"| sequential p50, cold (`--warm 0`) | plain `runc run` {runc_seq['p50_ms']:.1f} ms | {cold_seq['p50_ms']:.1f} ms | {cold_seq['p50_ms']/runc_seq['p50_ms']:.2f} |")
-print(f"| throughput, cold, wrk -t2 -c16 | runc creation rate (4 loops) {runc_rate['per_s']:.1f}/s | {cold_rps:.1f} req/s | {cold_rps/runc_rate['per_s']:.2f} |")
+print("| measure | faasd | reference | ratio | target |")
+print("|---|---|---|---|---|")
+print(f"| warm hit p50, sequential (`--warm 8`) | {warm_seq['p50_ms']:.2f} ms | `runc run` p50 {r:.1f} ms | {warm_seq['p50_ms']/r:.3f} | ≤ 0.10 |")
+print(f"| cold p50, sequential (`--warm 0`) | {cold_seq['p50_ms']:.1f} ms | `runc run` p50 {r:.1f} ms | {cold_seq['p50_ms']/r:.2f} | ≤ 1.3 |")
+print(f"| wrk -t2 -c16, `--warm 8` | {warm_rps:.0f} req/s | runc creation rate {rate:.0f}/s | {warm_rps/rate:.2f} | ≥ 0.8 |")
+print(f"| wrk -t2 -c16, `--warm 0` | {cold_rps:.0f} req/s | runc creation rate {rate:.0f}/s | {cold_rps/rate:.2f} | ≥ 0.7 |")
+print(f"| wrk -t2 -c32, `--reuse --warm 2` | {reuse2:.0f} req/s | plain server {plain_rps:.0f} req/s | {reuse2/plain_rps:.2f} | ≥ 0.5 |")
+print(f"| reuse, `--cores 2` vs `--cores 1` | {reuse2:.0f} req/s | {reuse1:.0f} req/s | {reuse2/reuse1:.2f} | ≥ 0.95 |")
 print()
+print(f"warm p90 {warm_seq['p90_ms']:.2f} ms, cold p90 {cold_seq['p90_ms']:.1f} ms, runc run p90 {runc_seq['p90_ms']:.1f} ms")
 print(f"wrk errors: {errors}")
 PY

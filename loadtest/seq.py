@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Sequential latency probes for loadtest/run.sh (standard library only).
 
-  seq.py http HOST PORT N        p50/p90 of N sequential GET / (new connection each)
+  seq.py http HOST PORT N [GAP_MS]
+                                 p50/p90 of N sequential GET / (new connection each),
+                                 GAP_MS (default 20) apart so a pool can refill
   seq.py runc ROOT BUNDLE N      p50/p90 of N sequential `runc run` of a no-op container
   seq.py runc-rate ROOT BUNDLE LOOPS SECONDS
                                  containers/s created by LOOPS parallel `runc run` loops
@@ -57,11 +59,12 @@ def main():
     kind = sys.argv[1]
     if kind == "http":
         host, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        gap = (float(sys.argv[5]) if len(sys.argv) > 5 else 20.0) / 1000
         http_once(host, port)
         samples = []
         for _ in range(n):
+            time.sleep(gap)
             samples.append(http_once(host, port))
-            time.sleep(0.02)  # leave room for the background cleanup, as a real sequential client would
         print(json.dumps(report(samples)))
     elif kind == "runc":
         root, bundle, n = sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -11,3 +11,6 @@ cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 scripts/build-handlers.sh >/dev/null
 cargo test --workspace --all-targets "$@"
+# The integration suite again on a single data-plane core (the run above
+# uses one core per CPU).
+FAASD_TEST_CORES=1 cargo test --tests "$@"

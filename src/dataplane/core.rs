@@ -98,9 +98,21 @@ async fn accept_loop(
     // operation in the ring and lose the connection it accepts.
     let mut accepting: Option<AcceptFuture<'_>> = None;
     let mut held: Option<Held> = None;
+    // Connections can only have queued long if the limit was hit lately;
+    // otherwise asking the kernel (TCP_INFO) would be a wasted syscall.
+    let mut last_saturated: Option<Instant> = None;
     loop {
         let limit = served.func.load().options.concurrency;
         let saturated = served.inflight() >= limit;
+        // Checked again each loop and with a timer, so a wake-up that races
+        // with setting this is only late, never lost.
+        served
+            .held_back
+            .store(saturated, std::sync::atomic::Ordering::Release);
+        if saturated {
+            last_saturated = Some(Instant::now());
+        }
+        let queued_recently = last_saturated.is_some_and(|t| t.elapsed() < ctx.queue_timeout);
         if !saturated {
             if let Some(h) = held.take() {
                 dispatch::dispatch(h.stream, &served, &ctx);
@@ -117,7 +129,7 @@ async fn accept_loop(
                 accepting = None;
                 match accepted {
                     Ok((stream, _)) => {
-                        if let Some(stream) = admit(stream, saturated, &mut held, &served, &ctx) {
+                        if let Some(stream) = admit(stream, saturated, queued_recently, &mut held, &served, &ctx) {
                             dispatch::dispatch(stream, &served, &ctx);
                         }
                         if *release.borrow() {
@@ -152,11 +164,12 @@ async fn accept_loop(
 fn admit(
     stream: TcpStream,
     saturated: bool,
+    queued_recently: bool,
     held: &mut Option<Held>,
     served: &Arc<Served>,
     ctx: &Arc<Ctx>,
 ) -> Option<TcpStream> {
-    let waited = if saturated || served.inflight() > 0 {
+    let waited = if saturated || queued_recently {
         rawfd::idle_in_kernel(&stream).unwrap_or_default()
     } else {
         Duration::ZERO

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -52,6 +52,8 @@ pub struct Served {
     inflight: AtomicU32,
     /// Woken when a connection finishes, for acceptors held at the limit.
     freed: Notify,
+    /// Some acceptor waits on `freed` (spares the common case the wake-up).
+    held_back: AtomicBool,
 }
 
 impl Served {
@@ -60,6 +62,7 @@ impl Served {
             func: ArcSwap::new(func),
             inflight: AtomicU32::new(0),
             freed: Notify::new(),
+            held_back: AtomicBool::new(false),
         })
     }
 
@@ -85,7 +88,9 @@ impl Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.served.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.served.freed.notify_waiters();
+        if self.served.held_back.load(Ordering::Acquire) {
+            self.served.freed.notify_waiters();
+        }
     }
 }
 

@@ -13,9 +13,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener as StdListener, UnixStream};
+
 use tokio::sync::oneshot;
 
+use super::control::ControlListener;
 use super::pool::{Slot, SlotWatch};
 use super::reaper::Exit;
 use super::spec::{render, SpecInput};
@@ -29,7 +31,7 @@ pub struct Ready {
     guard: Guard,
     control: UnixStream,
     /// Kept in reuse mode, for the handler's next connect.
-    listener: Option<UnixListener>,
+    listener: Option<ControlListener>,
 }
 
 /// Owns a container's cleanup; dropping it unfinished schedules the cleanup.
@@ -91,7 +93,7 @@ impl Runtime {
 }
 
 impl Guard {
-    async fn launch(&mut self) -> Result<(UnixStream, Option<UnixListener>), RuntimeError> {
+    async fn launch(&mut self) -> Result<(UnixStream, Option<ControlListener>), RuntimeError> {
         let listener = self.prepare_bundle()?;
         // Bounded: a burst of runc processes can exhaust memory. The permit
         // is held until the handler is up, which is what costs.
@@ -106,7 +108,7 @@ impl Guard {
         let exit = self.exit.insert(exit);
         let connect_timeout = self.rt.config.connect_timeout;
         let control = tokio::select! {
-            accepted = listener.accept() => accepted.map(|(s, _)| s).map_err(io("accepting the handler"))?,
+            accepted = listener.accept() => accepted.map_err(io("accepting the handler"))?,
             ended = exit => {
                 self.exit = None;
                 let exit = ended.unwrap_or(Exit::Signal(0));
@@ -125,18 +127,17 @@ impl Guard {
         Ok((control, listener))
     }
 
-    fn prepare_bundle(&self) -> Result<UnixListener, RuntimeError> {
+    fn prepare_bundle(&self) -> Result<ControlListener, RuntimeError> {
         std::fs::create_dir(&self.bundle).map_err(io("creating bundle"))?;
         let sock = self.bundle.join("control.sock");
-        let listener =
-            std::os::unix::net::UnixListener::bind(&sock).map_err(io("binding control socket"))?;
+        let listener = StdListener::bind(&sock).map_err(io("binding control socket"))?;
         // The handler may run as any user of its image.
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))
             .map_err(io("chmod control socket"))?;
         listener
             .set_nonblocking(true)
             .map_err(io("control socket"))?;
-        let listener = UnixListener::from_std(listener).map_err(io("control socket"))?;
+        let listener = ControlListener::new(listener).map_err(io("control socket"))?;
         let cgroup = format!("/faasd/{}", self.id);
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
@@ -203,20 +204,18 @@ impl Guard {
         }
     }
 
-    /// Waits for the container to end by itself until `deadline`; faasd
-    /// stopping shortens that to the shutdown grace.
-    async fn wait_exit(&mut self, deadline: Instant) -> End {
+    /// Waits for the container to end by itself until `deadline` (if any);
+    /// faasd stopping shortens that to the shutdown grace.
+    async fn wait_exit(&mut self, deadline: Option<Instant>) -> End {
         let Some(exit) = self.exit.as_mut() else {
             return End::Exited;
         };
         let mut stopping = self.rt.stopping.subscribe();
         let grace = self.rt.config.shutdown_grace;
-        let timed_out = tokio::time::sleep_until(deadline.into());
-        tokio::pin!(timed_out);
         loop {
             tokio::select! {
                 _ = &mut *exit => { self.exit = None; return End::Exited },
-                _ = &mut timed_out => return End::Kill("timeout"),
+                _ = sleep_until_opt(deadline) => return End::Kill("timeout"),
                 changed = stopping.changed() => {
                     if changed.is_err() || *stopping.borrow() {
                         let ended = tokio::time::timeout(grace, &mut *exit).await.is_ok();
@@ -285,13 +284,9 @@ impl Ready {
             listener,
         } = self;
         let func = Arc::clone(&guard.func);
-        let offered = offer(&func, control);
+        let watch = offer(&func, control);
         tokio::spawn(async move {
-            let parked = match offered {
-                Some(watch) => wait_in_pool(&mut guard, &func, watch).await,
-                None => Parked::Gone(End::Kill("control socket")),
-            };
-            match parked {
+            match wait_in_pool(&mut guard, &func, watch).await {
                 Parked::Handed(lease) => supervise(guard, listener, lease).await,
                 Parked::Gone(end) => guard.finish(end).await,
             }
@@ -305,25 +300,27 @@ enum Parked {
 }
 
 /// Puts the connected handler into the pool.
-fn offer(func: &Function, control: UnixStream) -> Option<SlotWatch> {
-    let control = control.into_std().ok()?;
+fn offer(func: &Function, control: UnixStream) -> SlotWatch {
     let (slot, watch) = Slot::new(control);
     func.pool.push(slot);
-    Some(watch)
+    watch
 }
 
 /// Waits until the data plane uses the offered container, it dies, or the
 /// pool retires it.
 async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWatch) -> Parked {
     let idle = Duration::from_secs(func.options.idle_timeout_secs);
-    let forever = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    // Only a reused container beyond the pool's target can retire for
+    // idleness; the others wait without a timer (it costs on every parking).
+    let retirable = func.options.reuse && func.pool.surplus();
+    let mut idle_deadline = retirable.then(|| Instant::now() + idle);
     loop {
         tokio::select! {
             handed = &mut watch.handed => return match handed {
                 Ok(lease) => Parked::Handed(lease),
                 Err(_) => Parked::Gone(End::Kill("retired from the pool")),
             },
-            end = guard.wait_exit(forever) => {
+            end = guard.wait_exit(None) => {
                 // Died (or faasd stops) while waiting: out of the pool, so it
                 // is replaced. If the data plane took it meanwhile, its
                 // send failed and it went on with a cold start.
@@ -332,12 +329,13 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
                 }
                 return Parked::Gone(end);
             }
-            _ = tokio::time::sleep(idle), if func.options.reuse => {
+            _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
                 // Reused containers beyond the pool's target retire when idle.
                 if func.pool.surplus() && watch.withdraw() {
                     func.pool.withdrawn();
                     return Parked::Gone(End::Kill("idle"));
                 }
+                idle_deadline = Some(Instant::now() + idle);
             }
         }
     }
@@ -345,7 +343,7 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
 
 /// Follows a container that has a connection: until it ends, or — in
 /// reuse mode — connects again, when it goes back to the pool.
-async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Lease) {
+async fn supervise(mut guard: Guard, listener: Option<ControlListener>, lease: Lease) {
     let func = Arc::clone(&guard.func);
     let timeout = Duration::from_secs(func.options.timeout_secs);
     let max = func.options.max_requests;
@@ -355,13 +353,13 @@ async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Leas
         let deadline = Instant::now() + timeout;
         let Some(l) = &listener else {
             // One-shot: the connection is served until the container ends.
-            let end = guard.wait_exit(deadline).await;
+            let end = guard.wait_exit(Some(deadline)).await;
             drop(lease.take());
             return guard.finish(end).await;
         };
         let next = tokio::select! {
-            accepted = l.accept() => accepted.ok().map(|(s, _)| s),
-            end = guard.wait_exit(deadline) => {
+            accepted = l.accept() => accepted.ok(),
+            end = guard.wait_exit(Some(deadline)) => {
                 drop(lease.take());
                 return guard.finish(end).await;
             }
@@ -369,19 +367,17 @@ async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Leas
         // It asked for the next one: the previous connection is done.
         drop(lease.take());
         let Some(control) = next else {
-            let end = guard.wait_exit(deadline).await;
+            let end = guard.wait_exit(Some(deadline)).await;
             return guard.finish(end).await;
         };
         if (max > 0 && served >= max) || func.pool.is_closed() {
             // No more for this one: closing its control connection tells the
             // handler to exit.
             drop(control);
-            let end = guard.wait_exit(Instant::now() + timeout).await;
+            let end = guard.wait_exit(Some(Instant::now() + timeout)).await;
             return guard.finish(end).await;
         }
-        let Some(watch) = offer(&func, control) else {
-            return guard.finish(End::Kill("control socket")).await;
-        };
+        let watch = offer(&func, control);
         match wait_in_pool(&mut guard, &func, watch).await {
             Parked::Handed(l) => {
                 lease = Some(l);
@@ -389,5 +385,12 @@ async fn supervise(mut guard: Guard, listener: Option<UnixListener>, lease: Leas
             }
             Parked::Gone(end) => return guard.finish(end).await,
         }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -16,6 +16,7 @@ use crate::image::ImageConfig;
 use crate::name::FunctionName;
 
 pub mod container;
+mod control;
 pub mod fdpass;
 pub mod pool;
 pub mod reaper;
