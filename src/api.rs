@@ -174,7 +174,7 @@ pub fn parse_env(kv: &str) -> Result<(String, String), String> {
 }
 
 /// Request counters of one function since faasd started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FunctionStats {
     /// Containers waiting in the warm pool right now.
     pub warm_ready: u64,
@@ -186,10 +186,14 @@ pub struct FunctionStats {
     pub cold_starts: u64,
     pub warm_starts: u64,
     pub inflight: u64,
+    /// Accept → hand-over, since faasd started (bucket bounds).
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p90_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
 }
 
 /// What `faas inspect` and `faas list` show of a function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionInfo {
     pub name: String,
     pub ip: Ipv4Addr,

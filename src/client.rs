@@ -104,13 +104,10 @@ impl Client {
         .map(|_| ())
     }
 
-    pub fn logs(&self, name: &str, tail: usize) -> Result<String, ClientError> {
-        let r = self.check(
-            self.agent
-                .get(&self.url(&format!("/v1/functions/{name}/logs?tail={tail}")))
-                .call(),
-        )?;
-        r.into_string()
-            .map_err(|e| ClientError::Decode(e.to_string()))
+    /// The end of a function's log; with `follow`, a stream that goes on
+    /// with new lines until the caller stops reading.
+    pub fn logs(&self, name: &str, tail: usize, follow: bool) -> Result<Box<dyn Read + Send>, ClientError> {
+        let url = self.url(&format!("/v1/functions/{name}/logs?tail={tail}&follow={follow}"));
+        Ok(self.check(self.agent.get(&url).call())?.into_reader())
     }
 }

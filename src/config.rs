@@ -62,6 +62,9 @@ pub struct Args {
     /// Log format of faasd itself: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
+    /// Record no metrics (/metrics answers 404); for measuring their cost.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 /// How faasd writes its own log.
@@ -87,6 +90,7 @@ pub struct Config {
     pub pool_idle: Duration,
     pub queue_timeout: Duration,
     pub log_format: LogFormat,
+    pub metrics: bool,
 }
 
 impl Args {
@@ -144,6 +148,7 @@ impl Args {
             pool_idle: Duration::from_secs(self.pool_idle),
             queue_timeout: Duration::from_secs_f64(self.queue_timeout),
             log_format,
+            metrics: !self.no_metrics,
         })
     }
 }

@@ -48,6 +48,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("installing the metrics recorder: {0}")]
+    Metrics(String),
     #[error("io_uring is disabled on this host (kernel.io_uring_disabled = {0})")]
     IoUringDisabled(String),
     #[error(transparent)]
@@ -99,6 +101,22 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
         }
     })?;
     let _lock = lock_state(state)?;
+    // Before anything registers a metric: handles taken earlier stay no-ops.
+    let metrics = if config.metrics {
+        let handle = crate::metrics::install().map_err(DaemonError::Metrics)?;
+        let upkeep = handle.clone();
+        // Histogram samples are folded in at render time too; this bounds
+        // their memory between scrapes.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        Some(handle)
+    } else {
+        None
+    };
 
     let reaper = Reaper::start().map_err(|source| DaemonError::Io {
         op: "starting reaper",
@@ -135,11 +153,7 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
     )?);
     manager.restore().await?;
 
-    let control = Control::new(
-        Arc::clone(&manager),
-        state.join("uploads"),
-        config.max_upload,
-    )
+    let control = Control::new(Arc::clone(&manager), metrics, state.join("uploads"), config.max_upload)
     .map_err(|source| DaemonError::Io {
         op: "creating",
         path: state.join("uploads"),

@@ -39,5 +39,7 @@ pub mod net;
 pub mod registry;
 /// Containers: OCI spec, runc, child reaping, fd passing, lifecycle.
 pub mod runtime;
+/// Metric names, help texts, buckets and recording handles.
+pub mod metrics;
 /// Human sizes ("64M") and durations for flags and the API.
 pub mod units;

@@ -4,7 +4,6 @@
 //! dataplane together.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,7 +13,9 @@ use crate::api::{DeployOptions, FunctionInfo};
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{unpack_image, ImageError, Limits};
+use crate::metrics::FunctionMetrics;
 use crate::name::FunctionName;
+use crate::runtime::logs::LogSink;
 use crate::net::{Added, NetError, Netlink, Pool, LABEL};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::{pool, Function, Pool as WarmPool, RootfsDir, Runtime, Stats};
@@ -60,6 +61,7 @@ pub struct Manager {
     dataplane: Dataplane,
     limits: Limits,
     live: Mutex<HashMap<FunctionName, Live>>,
+    sinks: Mutex<HashMap<FunctionName, Arc<LogSink>>>,
 }
 
 fn now_secs() -> u64 {
@@ -91,6 +93,7 @@ impl Manager {
             dataplane,
             limits,
             live: Mutex::new(HashMap::new()),
+            sinks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -151,8 +154,9 @@ impl Manager {
             rootfs: RootfsDir::new(self.store.path(record.name.as_str(), record.version)),
             image: record.image.clone(),
             options: record.options.clone(),
-            log,
+            logs: log,
             stats,
+            metrics: FunctionMetrics::new(record.name.as_str()),
             pool: WarmPool::new(record.options.warm),
         });
         tokio::spawn(pool::refill(Arc::clone(&self.runtime), Arc::clone(&func)));
@@ -163,16 +167,17 @@ impl Manager {
         self.logs.join(format!("{name}.log"))
     }
 
-    fn open_log(&self, name: &FunctionName) -> Result<File, ManagerError> {
+    /// The function's log, shared by all its versions.
+    fn open_log(&self, name: &FunctionName) -> Result<Arc<LogSink>, ManagerError> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sink) = sinks.get(name) {
+            return Ok(Arc::clone(sink));
+        }
         let path = self.log_path(name);
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| ManagerError::Io {
-                op: format!("opening log {}", path.display()),
-                source,
-            })
+        let sink = LogSink::open(path.clone())
+            .map_err(|source| ManagerError::Io { op: format!("opening log {}", path.display()), source })?;
+        sinks.insert(name.clone(), Arc::clone(&sink));
+        Ok(sink)
     }
 
     /// Deploys (or replaces) `name` from the image archive at `archive`.
@@ -325,7 +330,9 @@ impl Manager {
                 self.net.remove(live.ip).await?;
             }
         }
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         let _ = std::fs::remove_file(self.log_path(name));
+        let _ = std::fs::remove_file(LogSink::previous(&self.log_path(name)));
         tracing::info!(function = %name, "removed");
         Ok(())
     }
@@ -364,6 +371,14 @@ impl Manager {
             working_dir: r.image.working_dir.clone(),
             user: r.image.user.clone(),
             stats,
+        }
+    }
+
+    /// Sets the point-in-time gauges (pool, in flight) of every function.
+    pub fn update_gauges(&self) {
+        for (name, live) in self.live().iter() {
+            let ready = u64::from(live.served.func.load().pool.ready());
+            crate::metrics::set_function_gauges(name.as_str(), ready, u64::from(live.served.inflight()));
         }
     }
 

@@ -85,8 +85,12 @@ enum Command {
     /// Print the end of a function's handler log.
     Logs {
         name: String,
+        /// Lines from the end to show first.
         #[arg(long, default_value_t = 100)]
         tail: usize,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Build a deployable image archive from a static binary (no Docker needed).
     Pack {
@@ -126,10 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("removed {name}");
             Ok(())
         }
-        Command::Logs { name, tail } => {
-            print!("{}", client.logs(&name, tail)?);
-            Ok(())
-        }
+        Command::Logs { name, tail, follow } => print_stream(client.logs(&name, tail, follow)?),
         Command::Pack { binary, output } => pack(&binary, output),
     }
 }
@@ -181,6 +182,20 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
     let info = client.deploy(&args.name, &options, reader)?;
     println!("deployed {} at {}", info.name, info.ip);
     Ok(())
+}
+
+/// Copies a (possibly endless) stream to stdout, flushing as it comes.
+fn print_stream(mut from: Box<dyn Read + Send>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = from.read(&mut buf).context("reading logs")?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
 }
 
 fn list(client: &Client, output: &str) -> anyhow::Result<()> {

@@ -1,8 +1,6 @@
 //! One table from every error the control API can meet to an HTTP status,
 //! and the JSON error body.
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 
 use crate::api::ErrorBody;
@@ -44,7 +42,7 @@ impl ApiError {
         }
     }
 
-    pub fn response(&self) -> Response<Full<Bytes>> {
+    pub fn response(&self) -> Response<super::Body> {
         let body = serde_json::to_vec(&ErrorBody {
             error: self.to_string(),
         })
@@ -52,8 +50,8 @@ impl ApiError {
         Response::builder()
             .status(self.status())
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+            .body(super::full(body))
+            .unwrap_or_else(|_| Response::new(super::full(Vec::new())))
     }
 }
 

@@ -2,12 +2,14 @@
 //!
 //! Routes:
 //! - `GET /healthz`: 200 once faasd serves
+//! - `GET /metrics`: Prometheus text
 //! - `GET /v1/functions`: every function (JSON list of `FunctionInfo`)
 //! - `PUT|POST /v1/functions/NAME?warm=&memory=&timeout=&env=K=V`: deploy;
 //!   the body is the image archive, streamed to disk
 //! - `GET /v1/functions/NAME`: one function
 //! - `DELETE /v1/functions/NAME`: remove it
-//! - `GET /v1/functions/NAME/logs?tail=N`: the end of its handler log
+//! - `GET /v1/functions/NAME/logs?tail=N&follow=true`: the end of its
+//!   handler log, then (with `follow`) new lines as they come
 //! - original tool: `POST /api/new` (name in `X-Image-Name`),
 //!   `GET /api/ip/NAME`, `GET /api/list`
 
@@ -16,7 +18,11 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use hyper::server::conn::http1;
+use metrics_exporter_prometheus::PrometheusHandle;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -25,26 +31,42 @@ use tokio::sync::watch;
 use crate::manager::Manager;
 
 pub mod error;
+pub mod logs;
 pub mod routes;
 pub mod upload;
 
 pub use error::ApiError;
 
+/// Every response body: whole, or streamed (`logs --follow`).
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
 /// What the handlers share.
 pub struct Control {
     pub manager: Arc<Manager>,
+    /// `None` with `--no-metrics`.
+    pub metrics: Option<PrometheusHandle>,
     pub uploads: PathBuf,
     pub max_upload: u64,
     pub(crate) upload_seq: AtomicU64,
 }
 
 impl Control {
-    pub fn new(manager: Arc<Manager>, uploads: PathBuf, max_upload: u64) -> std::io::Result<Self> {
+    pub fn new(
+        manager: Arc<Manager>,
+        metrics: Option<PrometheusHandle>,
+        uploads: PathBuf,
+        max_upload: u64,
+    ) -> std::io::Result<Self> {
         // Uploads of a crashed run are garbage now.
         let _ = std::fs::remove_dir_all(&uploads);
         std::fs::create_dir_all(&uploads)?;
         Ok(Self {
             manager,
+            metrics,
             uploads,
             max_upload,
             upload_seq: AtomicU64::new(0),

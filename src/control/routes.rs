@@ -4,22 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::upload;
-use super::{ApiError, Control};
+use super::{full, logs, upload, ApiError, Body, Control};
 use crate::api::DeployOptions;
 use crate::name::FunctionName;
 
-type Reply = Result<Response<Full<Bytes>>, ApiError>;
+pub(super) type Reply = Result<Response<Body>, ApiError>;
 
-/// Bytes of a log we read at most to find its last lines.
-const LOG_WINDOW: u64 = 1 << 20;
-
-pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -35,13 +30,12 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Ful
             }
         }
         (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
-        (&Method::GET, ["v1", "functions", name, "logs"]) => {
-            logs(control, name, req.uri().query()).await
-        }
+        (&Method::GET, ["v1", "functions", name, "logs"]) => logs::logs(control, name, req.uri().query()).await,
+        (&Method::GET, ["metrics"]) => metrics(control).await,
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
         (&Method::GET, ["api", "list"]) => api_list(control).await,
-        (_, ["healthz"] | ["v1", "functions", ..] | ["api", ..]) => {
+        (_, ["healthz"] | ["metrics"] | ["v1", "functions", ..] | ["api", ..]) => {
             Err(ApiError::Method(method.to_string()))
         }
         _ => Err(ApiError::NoRoute(path.clone())),
@@ -55,8 +49,8 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Ful
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+pub(super) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         "content-type",
@@ -67,7 +61,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 fn json<T: Serialize>(value: &T) -> Reply {
     let body = serde_json::to_vec_pretty(value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     r.headers_mut().insert(
         "content-type",
         hyper::header::HeaderValue::from_static("application/json"),
@@ -110,53 +104,6 @@ async fn receive_and_deploy(
     Ok(info)
 }
 
-async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
-    let name = FunctionName::parse(name)?;
-    control.manager.inspect(&name).await?;
-    let mut tail = 100usize;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "tail" => {
-                tail = v
-                    .parse()
-                    .map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown log option {other:?}"
-                )))
-            }
-        }
-    }
-    let path = control.manager.log_path(&name);
-    let text_out = tokio::task::spawn_blocking(move || last_lines(&path, tail))
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(text(StatusCode::OK, text_out))
-}
-
-/// The last `n` lines of the file (from at most its last megabyte).
-fn last_lines(path: &std::path::Path, n: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(LOG_WINDOW);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = file.take(LOG_WINDOW).read_to_end(&mut buf);
-    let s = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = s.lines().collect();
-    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out
-}
-
 /// Original tool: `POST /api/new` with the name in `X-Image-Name`.
 async fn api_new(control: &Control, req: Request<Incoming>) -> Reply {
     let name = req
@@ -193,4 +140,18 @@ async fn api_list(control: &Control) -> Reply {
         })
         .collect();
     json(&all)
+}
+
+/// Prometheus text; the point-in-time gauges are set just before.
+async fn metrics(control: &Control) -> Reply {
+    let Some(handle) = &control.metrics else {
+        return Err(ApiError::NoRoute("/metrics (faasd runs with --no-metrics)".into()));
+    };
+    control.manager.update_gauges();
+    let mut r = text(StatusCode::OK, handle.render());
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
 }

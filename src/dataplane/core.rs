@@ -62,7 +62,8 @@ pub(super) fn run(
                     let (release_tx, release_rx) = watch::channel(false);
                     releases.entry(name).or_default().push(release_tx);
                     let listener = TcpListener::from_std(listener);
-                    tokio_uring::spawn(accept_loop(listener, served, Arc::clone(&ctx), release_rx));
+                    let accepts = crate::metrics::core_accepts(index);
+                    tokio_uring::spawn(accept_loop(listener, served, Arc::clone(&ctx), release_rx, accepts));
                 }
                 Command::Release { name } => {
                     if let Some(senders) = releases.remove(&name) {
@@ -84,6 +85,7 @@ type AcceptFuture<'a> =
 /// A connection taken while the function was at its limit.
 struct Held {
     stream: TcpStream,
+    accepted: Instant,
     /// When it stops being worth serving.
     deadline: Instant,
 }
@@ -93,6 +95,7 @@ async fn accept_loop(
     served: Arc<Served>,
     ctx: Arc<Ctx>,
     release: watch::Receiver<bool>,
+    accepts: metrics::Counter,
 ) {
     // An accept in flight is never dropped: dropping it would leave the
     // operation in the ring and lose the connection it accepts.
@@ -115,7 +118,7 @@ async fn accept_loop(
         let queued_recently = last_saturated.is_some_and(|t| t.elapsed() < ctx.queue_timeout);
         if !saturated {
             if let Some(h) = held.take() {
-                dispatch::dispatch(h.stream, &served, &ctx);
+                dispatch::dispatch(h.stream, h.accepted, &served, &ctx);
                 continue;
             }
         }
@@ -129,8 +132,10 @@ async fn accept_loop(
                 accepting = None;
                 match accepted {
                     Ok((stream, _)) => {
+                        accepts.increment(1);
+                        let accepted = Instant::now();
                         if let Some(stream) = admit(stream, saturated, queued_recently, &mut held, &served, &ctx) {
-                            dispatch::dispatch(stream, &served, &ctx);
+                            dispatch::dispatch(stream, accepted, &served, &ctx);
                         }
                         if *release.borrow() {
                             return;
@@ -181,6 +186,7 @@ fn admit(
     if saturated {
         *held = Some(Held {
             stream,
+            accepted: Instant::now(),
             deadline: Instant::now() + (ctx.queue_timeout - waited),
         });
         return None;

@@ -6,15 +6,17 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio_uring::net::TcpStream as UringStream;
 
 use super::respond::{self, Status};
 use super::{rawfd, Ctx, Inflight, Served};
+use crate::metrics::Outcome;
 use crate::runtime::{Function, Lease, Runtime, RuntimeError};
 
-/// Serves one accepted connection.
-pub fn dispatch(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
+/// Serves one accepted connection (accepted at `accepted`).
+pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     let func = served.func.load_full();
     let stats = &func.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -22,8 +24,11 @@ pub fn dispatch(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     while let Some(slot) = func.pool.take() {
         match slot.hand_over(stream.as_raw_fd(), lease) {
             Ok(()) => {
+                let took = accepted.elapsed();
                 stats.warm_starts.fetch_add(1, Ordering::Relaxed);
                 stats.handed_over.fetch_add(1, Ordering::Relaxed);
+                stats.latency.record(took);
+                func.metrics.handed_over(took, true);
                 // Dropping `stream` closes our copy; the handler has its own.
                 return;
             }
@@ -34,7 +39,7 @@ pub fn dispatch(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
             }
         }
     }
-    cold(stream, func, lease, ctx);
+    cold(stream, accepted, func, lease, ctx);
 }
 
 /// Answers 503: the connection waited past the queue deadline.
@@ -42,6 +47,7 @@ pub fn reject(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     let func = served.func.load();
     func.stats.requests.fetch_add(1, Ordering::Relaxed);
     func.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    func.metrics.outcome(Outcome::Rejected);
     let Some(client) = to_tokio_std(&stream) else {
         return;
     };
@@ -58,14 +64,15 @@ pub fn reject(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
 }
 
 /// The pool was empty: start a container on the control runtime.
-fn cold(stream: UringStream, func: Arc<Function>, lease: Lease, ctx: &Arc<Ctx>) {
+fn cold(stream: UringStream, accepted: Instant, func: Arc<Function>, lease: Lease, ctx: &Arc<Ctx>) {
     let Some(client) = to_tokio_std(&stream) else {
         func.stats.failed.fetch_add(1, Ordering::Relaxed);
+        func.metrics.outcome(Outcome::HandlerError);
         return;
     };
     drop(stream);
     let rt = Arc::clone(&ctx.rt);
-    ctx.control.spawn(serve_cold(rt, func, client, lease));
+    ctx.control.spawn(serve_cold(rt, func, client, accepted, lease));
 }
 
 /// A std stream (non-blocking, for tokio) sharing the connection.
@@ -80,6 +87,7 @@ async fn serve_cold(
     rt: Arc<Runtime>,
     func: Arc<Function>,
     client: std::net::TcpStream,
+    accepted: Instant,
     lease: Lease,
 ) {
     let stats = Arc::clone(&func.stats);
@@ -92,16 +100,20 @@ async fn serve_cold(
     };
     match result {
         Ok(()) => {
+            let took = accepted.elapsed();
             stats.handed_over.fetch_add(1, Ordering::Relaxed);
+            stats.latency.record(took);
+            func.metrics.handed_over(took, false);
         }
         Err((lease, e)) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(function = %func.name, error = %e, "request failed");
-            let status = match e {
-                RuntimeError::ShuttingDown => Status::ServiceUnavailable,
-                ref e if e.is_timeout() => Status::GatewayTimeout,
-                _ => Status::BadGateway,
+            let (status, outcome) = match e {
+                RuntimeError::ShuttingDown => (Status::ServiceUnavailable, Outcome::Unavailable),
+                ref e if e.is_timeout() => (Status::GatewayTimeout, Outcome::Timeout),
+                _ => (Status::BadGateway, Outcome::HandlerError),
             };
+            func.metrics.outcome(outcome);
             if let Ok(client) = tokio::net::TcpStream::from_std(client) {
                 respond::error(client, status, &e.to_string()).await;
             }

@@ -18,6 +18,8 @@ use std::os::unix::net::{UnixListener as StdListener, UnixStream};
 use tokio::sync::oneshot;
 
 use super::control::ControlListener;
+use super::{cgroup, logs};
+use crate::metrics::Phase;
 use super::pool::{Slot, SlotWatch};
 use super::reaper::Exit;
 use super::spec::{render, SpecInput};
@@ -94,16 +96,19 @@ impl Runtime {
 
 impl Guard {
     async fn launch(&mut self) -> Result<(UnixStream, Option<ControlListener>), RuntimeError> {
+        let metrics = &self.func.metrics;
+        let t0 = Instant::now();
         let listener = self.prepare_bundle()?;
+        let (output, runc_output) = logs::pipe().map_err(io("creating output pipe"))?;
+        metrics.phase(Phase::Bundle, t0.elapsed());
         // Bounded: a burst of runc processes can exhaust memory. The permit
         // is held until the handler is up, which is what costs.
-        let _permit = self
-            .rt
-            .starts
-            .acquire()
-            .await
-            .map_err(|_| RuntimeError::ShuttingDown)?;
-        let (pid, exit) = self.rt.runc.run(&self.id, &self.bundle, &self.func.log)?;
+        let t1 = Instant::now();
+        let _permit = self.rt.starts.acquire().await.map_err(|_| RuntimeError::ShuttingDown)?;
+        metrics.phase(Phase::StartSlot, t1.elapsed());
+        let t2 = Instant::now();
+        let (pid, exit) = self.rt.runc.run(&self.id, &self.bundle, runc_output)?;
+        tokio::spawn(logs::collect(output, Arc::clone(&self.func.logs), self.id.clone()));
         self.pid = Some(pid);
         let exit = self.exit.insert(exit);
         let connect_timeout = self.rt.config.connect_timeout;
@@ -122,6 +127,7 @@ impl Guard {
                 secs: connect_timeout.as_secs_f64(),
             }),
         };
+        metrics.phase(Phase::Runtime, t2.elapsed());
         // One-shot: the listener goes, so a second connect is refused.
         let listener = self.func.options.reuse.then_some(listener);
         Ok((control, listener))
@@ -138,7 +144,7 @@ impl Guard {
             .set_nonblocking(true)
             .map_err(io("control socket"))?;
         let listener = ControlListener::new(listener).map_err(io("control socket"))?;
-        let cgroup = format!("/faasd/{}", self.id);
+        let cgroup = cgroup::runc_path(&self.id);
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
             rootfs: &self.func.rootfs.path,
@@ -171,6 +177,12 @@ impl Guard {
             if let Err(e) = self.rt.runc.delete(&self.id).await {
                 tracing::warn!(id = %self.id, error = %e, "runc delete");
             }
+        }
+        if self.pid.is_some() {
+            if let Some(usage) = cgroup::usage(&self.id) {
+                self.func.metrics.usage(usage.cpu_seconds, usage.peak_bytes);
+            }
+            cgroup::remove(&self.id);
         }
         let bundle = std::mem::take(&mut self.bundle);
         let removal =

@@ -3,7 +3,6 @@
 //! client socket (`fdpass`), and one container's life from bundle to
 //! deletion (`container`).
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,9 +14,11 @@ use crate::api::{DeployOptions, FunctionStats};
 use crate::image::ImageConfig;
 use crate::name::FunctionName;
 
+pub mod cgroup;
 pub mod container;
 mod control;
 pub mod fdpass;
+pub mod logs;
 pub mod pool;
 pub mod reaper;
 pub mod runc;
@@ -126,6 +127,8 @@ impl Drop for RootfsDir {
 /// Counters of one function, kept across redeploys.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Accept → hand-over times, for `faas inspect`'s percentiles.
+    pub latency: LatencyHist,
     pub requests: AtomicU64,
     pub handed_over: AtomicU64,
     pub failed: AtomicU64,
@@ -146,7 +149,49 @@ impl Stats {
             cold_starts: get(&self.cold_starts),
             warm_starts: get(&self.warm_starts),
             inflight,
+            latency_p50_ms: self.latency.quantile_ms(0.5),
+            latency_p90_ms: self.latency.quantile_ms(0.9),
+            latency_p99_ms: self.latency.quantile_ms(0.99),
         }
+    }
+}
+
+/// Power-of-two buckets of microseconds (1 µs to ~36 min): one relaxed
+/// atomic add per request; quantiles are bucket upper bounds.
+#[derive(Debug)]
+pub struct LatencyHist {
+    buckets: [AtomicU64; 32],
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl LatencyHist {
+    pub fn record(&self, took: Duration) {
+        let us = took.as_micros().max(1) as u64;
+        let i = (63 - us.leading_zeros() as usize).min(31);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The bucket bound below which `q` of the samples lie, in ms.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some((2u64 << i) as f64 / 1000.0);
+            }
+        }
+        None
     }
 }
 
@@ -157,8 +202,9 @@ pub struct Function {
     pub rootfs: Arc<RootfsDir>,
     pub image: ImageConfig,
     pub options: DeployOptions,
-    pub log: File,
+    pub logs: Arc<logs::LogSink>,
     pub stats: Arc<Stats>,
+    pub metrics: crate::metrics::FunctionMetrics,
     /// Containers of this version started ahead and waiting.
     pub pool: Pool,
 }
@@ -236,6 +282,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(%id, error = %e, "deleting leftover container"),
             }
         }
+        cgroup::sweep();
         if let Ok(rd) = std::fs::read_dir(self.bundles_dir()) {
             for entry in rd.flatten() {
                 if let Err(e) = crate::image::store::remove_tree(&entry.path()) {

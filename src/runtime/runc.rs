@@ -4,7 +4,7 @@
 //! failure.
 
 use std::ffi::OsString;
-use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -90,26 +90,13 @@ impl Runc {
     }
 
     /// Starts `runc run` for container `id`; the container's output goes
-    /// to `stdio`. Returns runc's pid and its future exit, which is the
+    /// to `stdio` (a pipe). Returns runc's pid and its future exit, which is the
     /// container's end (runc has deleted it by then).
-    pub fn run(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdio: &File,
-    ) -> Result<(i32, oneshot::Receiver<Exit>), RuntimeError> {
+    pub fn run(&self, id: &str, bundle: &Path, stdio: OwnedFd) -> Result<(i32, oneshot::Receiver<Exit>), RuntimeError> {
         let args = run_args(&self.root, &bundle.join(LOG), bundle, id);
-        let dup = || {
-            stdio.try_clone().map_err(|e| RuntimeError::Io {
-                op: "dup log file",
-                source: e,
-            })
-        };
+        let err = stdio.try_clone().map_err(|e| RuntimeError::Io { op: "dup output pipe", source: e })?;
         let mut cmd = Command::new(&self.binary);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(dup()?)
-            .stderr(dup()?);
+        cmd.args(&args).stdin(Stdio::null()).stdout(stdio).stderr(err);
         self.reaper
             .spawn(&mut cmd)
             .map_err(|source| RuntimeError::Spawn {

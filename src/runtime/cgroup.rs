@@ -1,0 +1,84 @@
+//! A container's resource use, read from the cgroup it ran in. runc
+//! removes the container's own cgroup the moment it ends, so each container
+//! gets a parent of ours, `/faasd/<id>`, and runc the leaf `/faasd/<id>/c`:
+//! the kernel charges CPU and memory to every ancestor, and the parent's
+//! counters outlive the leaf. After runc is done we read the parent and
+//! remove it. Works on cgroup v1 (this host: cpuacct and memory) and v2.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const PARENT: &str = "faasd";
+
+/// What a container used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub peak_bytes: u64,
+}
+
+/// The `cgroupsPath` to give runc for container `id`.
+pub fn runc_path(id: &str) -> String {
+    format!("/{PARENT}/{id}/c")
+}
+
+fn v2() -> bool {
+    Path::new(ROOT).join("cgroup.controllers").is_file()
+}
+
+/// Reads the usage of container `id` (after its end).
+pub fn usage(id: &str) -> Option<Usage> {
+    if v2() {
+        let dir = Path::new(ROOT).join(PARENT).join(id);
+        let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let usec: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())?;
+        let peak = read_u64(&dir.join("memory.peak")).unwrap_or(0);
+        return Some(Usage { cpu_seconds: usec as f64 / 1e6, peak_bytes: peak });
+    }
+    let ns = read_u64(&Path::new(ROOT).join("cpuacct").join(PARENT).join(id).join("cpuacct.usage"))?;
+    let peak = read_u64(&Path::new(ROOT).join("memory").join(PARENT).join(id).join("memory.max_usage_in_bytes")).unwrap_or(0);
+    Some(Usage { cpu_seconds: ns as f64 / 1e9, peak_bytes: peak })
+}
+
+/// Removes container `id`'s cgroups in every hierarchy (leaf first).
+pub fn remove(id: &str) {
+    for dir in hierarchies() {
+        let parent = dir.join(PARENT).join(id);
+        let _ = fs::remove_dir(parent.join("c"));
+        let _ = fs::remove_dir(&parent);
+    }
+}
+
+/// Removes every container cgroup an earlier run left (empty ones only:
+/// the kernel refuses to remove a cgroup that still has processes).
+pub fn sweep() -> usize {
+    let mut removed = 0;
+    for dir in hierarchies() {
+        let Ok(entries) = fs::read_dir(dir.join(PARENT)) else { continue };
+        for entry in entries.flatten() {
+            let _ = fs::remove_dir(entry.path().join("c"));
+            if fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// Every mounted hierarchy: the v2 root, or each v1 controller directory.
+fn hierarchies() -> Vec<PathBuf> {
+    if v2() {
+        return vec![PathBuf::from(ROOT)];
+    }
+    fs::read_dir(ROOT)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default()
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
