@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what faasd and its tests need on a fresh Debian machine of this
 # kind: the OCI runtime, the Docker engine and skopeo (test fixtures and the
-# README flow), wrk (load tests), iproute2 and busybox (reference bundle).
+# README flow), wrk (load tests), iproute2 and busybox (reference bundle),
+# prometheus and promtool (metrics tests).
 set -euo pipefail
 
 need=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -106,8 +106,15 @@ impl Client {
 
     /// The end of a function's log; with `follow`, a stream that goes on
     /// with new lines until the caller stops reading.
-    pub fn logs(&self, name: &str, tail: usize, follow: bool) -> Result<Box<dyn Read + Send>, ClientError> {
-        let url = self.url(&format!("/v1/functions/{name}/logs?tail={tail}&follow={follow}"));
+    pub fn logs(
+        &self,
+        name: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<Box<dyn Read + Send>, ClientError> {
+        let url = self.url(&format!(
+            "/v1/functions/{name}/logs?tail={tail}&follow={follow}"
+        ));
         Ok(self.check(self.agent.get(&url).call())?.into_reader())
     }
 }

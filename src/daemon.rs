@@ -153,7 +153,12 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
     )?);
     manager.restore().await?;
 
-    let control = Control::new(Arc::clone(&manager), metrics, state.join("uploads"), config.max_upload)
+    let control = Control::new(
+        Arc::clone(&manager),
+        metrics,
+        state.join("uploads"),
+        config.max_upload,
+    )
     .map_err(|source| DaemonError::Io {
         op: "creating",
         path: state.join("uploads"),

@@ -31,6 +31,8 @@ pub mod dataplane;
 pub mod image;
 /// Deployed functions: deploy, remove, list, restore; ties the parts together.
 pub mod manager;
+/// Metric names, help texts, buckets and recording handles.
+pub mod metrics;
 /// Function names (DNS-label rules).
 pub mod name;
 /// Function IP addresses: the pool allocator and the loopback addresses.
@@ -39,7 +41,5 @@ pub mod net;
 pub mod registry;
 /// Containers: OCI spec, runc, child reaping, fd passing, lifecycle.
 pub mod runtime;
-/// Metric names, help texts, buckets and recording handles.
-pub mod metrics;
 /// Human sizes ("64M") and durations for flags and the API.
 pub mod units;

@@ -15,9 +15,9 @@ use crate::image::store::Store;
 use crate::image::{unpack_image, ImageError, Limits};
 use crate::metrics::FunctionMetrics;
 use crate::name::FunctionName;
-use crate::runtime::logs::LogSink;
 use crate::net::{Added, NetError, Netlink, Pool, LABEL};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
+use crate::runtime::logs::LogSink;
 use crate::runtime::{pool, Function, Pool as WarmPool, RootfsDir, Runtime, Stats};
 
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +174,10 @@ impl Manager {
             return Ok(Arc::clone(sink));
         }
         let path = self.log_path(name);
-        let sink = LogSink::open(path.clone())
-            .map_err(|source| ManagerError::Io { op: format!("opening log {}", path.display()), source })?;
+        let sink = LogSink::open(path.clone()).map_err(|source| ManagerError::Io {
+            op: format!("opening log {}", path.display()),
+            source,
+        })?;
         sinks.insert(name.clone(), Arc::clone(&sink));
         Ok(sink)
     }
@@ -330,7 +332,10 @@ impl Manager {
                 self.net.remove(live.ip).await?;
             }
         }
-        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let _ = std::fs::remove_file(self.log_path(name));
         let _ = std::fs::remove_file(LogSink::previous(&self.log_path(name)));
         tracing::info!(function = %name, "removed");
@@ -378,7 +383,11 @@ impl Manager {
     pub fn update_gauges(&self) {
         for (name, live) in self.live().iter() {
             let ready = u64::from(live.served.func.load().pool.ready());
-            crate::metrics::set_function_gauges(name.as_str(), ready, u64::from(live.served.inflight()));
+            crate::metrics::set_function_gauges(
+                name.as_str(),
+                ready,
+                u64::from(live.served.inflight()),
+            );
         }
     }
 

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "faas_requests_total";
@@ -25,26 +28,48 @@ pub const IMAGE_ERRORS: &str = "faas_image_errors_total";
 /// Accept → hand-over spans a warm hit (tens of µs) to a slow cold start
 /// (seconds): roughly ×2.5 steps over that range.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 /// A handler's CPU: from a few ms (answer and exit) to its timeout.
-const CPU_BUCKETS: &[f64] = &[0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const CPU_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 /// Peak memory: powers of two from 1 MiB to 4 GiB.
 const MEMORY_BUCKETS: &[f64] = &[
-    1048576.0, 2097152.0, 4194304.0, 8388608.0, 16777216.0, 33554432.0, 67108864.0, 134217728.0, 268435456.0,
-    536870912.0, 1073741824.0, 2147483648.0, 4294967296.0,
+    1048576.0,
+    2097152.0,
+    4194304.0,
+    8388608.0,
+    16777216.0,
+    33554432.0,
+    67108864.0,
+    134217728.0,
+    268435456.0,
+    536870912.0,
+    1073741824.0,
+    2147483648.0,
+    4294967296.0,
 ];
 /// Deploys: unpacking a small image to a large one.
-const DEPLOY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const DEPLOY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 /// Installs the global recorder; returns the handle `/metrics` renders.
 pub fn install() -> Result<PrometheusHandle, String> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COLD_START_PHASE.into()), LATENCY_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(COLD_START_PHASE.into()), LATENCY_BUCKETS)
+        })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CONTAINER_CPU.into()), CPU_BUCKETS))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CONTAINER_MEMORY.into()), MEMORY_BUCKETS))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DEPLOY_DURATION.into()), DEPLOY_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(CONTAINER_MEMORY.into()), MEMORY_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(DEPLOY_DURATION.into()), DEPLOY_BUCKETS)
+        })
         .map_err(|e| e.to_string())?;
     let handle = builder.install_recorder().map_err(|e| e.to_string())?;
     describe();
@@ -52,17 +77,46 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_counter!(REQUESTS, "Connections accepted for a function, by how they ended (ok: handed to a handler).");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from accept to the socket handed to a handler.");
-    describe_counter!(CONTAINER_STARTS, "Connections served by a container started for them (cold) or waiting ahead (warm).");
-    describe_gauge!(WARM_POOL_READY, "Containers started and waiting for a connection.");
+    describe_counter!(
+        REQUESTS,
+        "Connections accepted for a function, by how they ended (ok: handed to a handler)."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from accept to the socket handed to a handler."
+    );
+    describe_counter!(
+        CONTAINER_STARTS,
+        "Connections served by a container started for them (cold) or waiting ahead (warm)."
+    );
+    describe_gauge!(
+        WARM_POOL_READY,
+        "Containers started and waiting for a connection."
+    );
     describe_gauge!(INFLIGHT, "Connections being served right now.");
     describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime (runc run until the handler connects).");
-    describe_histogram!(CONTAINER_CPU, Unit::Seconds, "CPU time a container used, read from its cgroup when it ended.");
-    describe_histogram!(CONTAINER_MEMORY, Unit::Bytes, "Peak memory of a container, read from its cgroup when it ended.");
+    describe_histogram!(
+        CONTAINER_CPU,
+        Unit::Seconds,
+        "CPU time a container used, read from its cgroup when it ended."
+    );
+    describe_histogram!(
+        CONTAINER_MEMORY,
+        Unit::Bytes,
+        "Peak memory of a container, read from its cgroup when it ended."
+    );
     describe_counter!(ACCEPTS, "Connections accepted by each data-plane core.");
-    describe_histogram!(DEPLOY_DURATION, Unit::Seconds, "Time to receive, unpack and switch to a new image.");
-    describe_counter!(DEPLOY_BYTES, Unit::Bytes, "Bytes of image archives received.");
+    describe_histogram!(
+        DEPLOY_DURATION,
+        Unit::Seconds,
+        "Time to receive, unpack and switch to a new image."
+    );
+    describe_counter!(
+        DEPLOY_BYTES,
+        Unit::Bytes,
+        "Bytes of image archives received."
+    );
     describe_counter!(IMAGE_ERRORS, "Image uploads refused, by reason.");
 }
 
@@ -111,7 +165,8 @@ impl FunctionMetrics {
     pub fn new(function: &str) -> Self {
         let f = function.to_string();
         let requests = |outcome: &'static str| counter!(REQUESTS, "function" => f.clone(), "outcome" => outcome);
-        let phase = |p: &'static str| histogram!(COLD_START_PHASE, "function" => f.clone(), "phase" => p);
+        let phase =
+            |p: &'static str| histogram!(COLD_START_PHASE, "function" => f.clone(), "phase" => p);
         Self {
             ok: requests("ok"),
             handler_error: requests("handler_error"),

@@ -28,9 +28,17 @@ pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     let mut follow = false;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "tail" => tail = v.parse().map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?,
+            "tail" => {
+                tail = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?
+            }
             "follow" => follow = matches!(v.as_ref(), "true" | "1"),
-            other => return Err(ApiError::BadRequest(format!("unknown log option {other:?}"))),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown log option {other:?}"
+                )))
+            }
         }
     }
     let path = control.manager.log_path(&name);
@@ -41,12 +49,17 @@ pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     if !follow {
         return Ok(text(StatusCode::OK, head));
     }
-    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(Frame::data(Bytes::from(head))) });
+    let first =
+        futures::stream::once(
+            async move { Ok::<_, std::io::Error>(Frame::data(Bytes::from(head))) },
+        );
     let rest = futures::stream::unfold((path, offset), |(path, mut offset)| async move {
         loop {
             tokio::time::sleep(POLL).await;
             let p = path.clone();
-            let (chunk, next) = tokio::task::spawn_blocking(move || read_from(&p, offset)).await.ok()?;
+            let (chunk, next) = tokio::task::spawn_blocking(move || read_from(&p, offset))
+                .await
+                .ok()?;
             offset = next;
             if !chunk.is_empty() {
                 return Some((Ok(Frame::data(Bytes::from(chunk))), (path, offset)));
@@ -55,7 +68,10 @@ pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     });
     let body = StreamBody::new(futures::StreamExt::chain(first, rest)).boxed();
     let mut r = Response::new(body);
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
     Ok(r)
 }
 
@@ -91,7 +107,10 @@ fn read_end(path: &Path) -> (String, u64) {
     let mut text = String::from_utf8_lossy(&buf).into_owned();
     if start > 0 {
         // Drop the partial first line.
-        text = text.split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or_default();
+        text = text
+            .split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default();
     }
     (text, len)
 }

@@ -30,7 +30,9 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Bod
             }
         }
         (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
-        (&Method::GET, ["v1", "functions", name, "logs"]) => logs::logs(control, name, req.uri().query()).await,
+        (&Method::GET, ["v1", "functions", name, "logs"]) => {
+            logs::logs(control, name, req.uri().query()).await
+        }
         (&Method::GET, ["metrics"]) => metrics(control).await,
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
@@ -145,7 +147,9 @@ async fn api_list(control: &Control) -> Reply {
 /// Prometheus text; the point-in-time gauges are set just before.
 async fn metrics(control: &Control) -> Reply {
     let Some(handle) = &control.metrics else {
-        return Err(ApiError::NoRoute("/metrics (faasd runs with --no-metrics)".into()));
+        return Err(ApiError::NoRoute(
+            "/metrics (faasd runs with --no-metrics)".into(),
+        ));
     };
     control.manager.update_gauges();
     let mut r = text(StatusCode::OK, handle.render());

@@ -63,7 +63,13 @@ pub(super) fn run(
                     releases.entry(name).or_default().push(release_tx);
                     let listener = TcpListener::from_std(listener);
                     let accepts = crate::metrics::core_accepts(index);
-                    tokio_uring::spawn(accept_loop(listener, served, Arc::clone(&ctx), release_rx, accepts));
+                    tokio_uring::spawn(accept_loop(
+                        listener,
+                        served,
+                        Arc::clone(&ctx),
+                        release_rx,
+                        accepts,
+                    ));
                 }
                 Command::Release { name } => {
                     if let Some(senders) = releases.remove(&name) {

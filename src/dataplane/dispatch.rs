@@ -72,7 +72,8 @@ fn cold(stream: UringStream, accepted: Instant, func: Arc<Function>, lease: Leas
     };
     drop(stream);
     let rt = Arc::clone(&ctx.rt);
-    ctx.control.spawn(serve_cold(rt, func, client, accepted, lease));
+    ctx.control
+        .spawn(serve_cold(rt, func, client, accepted, lease));
 }
 
 /// A std stream (non-blocking, for tokio) sharing the connection.

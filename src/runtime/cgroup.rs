@@ -37,11 +37,30 @@ pub fn usage(id: &str) -> Option<Usage> {
             .find_map(|l| l.strip_prefix("usage_usec "))
             .and_then(|v| v.trim().parse().ok())?;
         let peak = read_u64(&dir.join("memory.peak")).unwrap_or(0);
-        return Some(Usage { cpu_seconds: usec as f64 / 1e6, peak_bytes: peak });
+        return Some(Usage {
+            cpu_seconds: usec as f64 / 1e6,
+            peak_bytes: peak,
+        });
     }
-    let ns = read_u64(&Path::new(ROOT).join("cpuacct").join(PARENT).join(id).join("cpuacct.usage"))?;
-    let peak = read_u64(&Path::new(ROOT).join("memory").join(PARENT).join(id).join("memory.max_usage_in_bytes")).unwrap_or(0);
-    Some(Usage { cpu_seconds: ns as f64 / 1e9, peak_bytes: peak })
+    let ns = read_u64(
+        &Path::new(ROOT)
+            .join("cpuacct")
+            .join(PARENT)
+            .join(id)
+            .join("cpuacct.usage"),
+    )?;
+    let peak = read_u64(
+        &Path::new(ROOT)
+            .join("memory")
+            .join(PARENT)
+            .join(id)
+            .join("memory.max_usage_in_bytes"),
+    )
+    .unwrap_or(0);
+    Some(Usage {
+        cpu_seconds: ns as f64 / 1e9,
+        peak_bytes: peak,
+    })
 }
 
 /// Removes container `id`'s cgroups in every hierarchy (leaf first).
@@ -58,7 +77,9 @@ pub fn remove(id: &str) {
 pub fn sweep() -> usize {
     let mut removed = 0;
     for dir in hierarchies() {
-        let Ok(entries) = fs::read_dir(dir.join(PARENT)) else { continue };
+        let Ok(entries) = fs::read_dir(dir.join(PARENT)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let _ = fs::remove_dir(entry.path().join("c"));
             if fs::remove_dir(entry.path()).is_ok() {
@@ -75,7 +96,12 @@ fn hierarchies() -> Vec<PathBuf> {
         return vec![PathBuf::from(ROOT)];
     }
     fs::read_dir(ROOT)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

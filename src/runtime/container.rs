@@ -18,12 +18,12 @@ use std::os::unix::net::{UnixListener as StdListener, UnixStream};
 use tokio::sync::oneshot;
 
 use super::control::ControlListener;
-use super::{cgroup, logs};
-use crate::metrics::Phase;
 use super::pool::{Slot, SlotWatch};
 use super::reaper::Exit;
 use super::spec::{render, SpecInput};
+use super::{cgroup, logs};
 use super::{fdpass, Function, Lease, Runc, Runtime, RuntimeError};
+use crate::metrics::Phase;
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -104,11 +104,20 @@ impl Guard {
         // Bounded: a burst of runc processes can exhaust memory. The permit
         // is held until the handler is up, which is what costs.
         let t1 = Instant::now();
-        let _permit = self.rt.starts.acquire().await.map_err(|_| RuntimeError::ShuttingDown)?;
+        let _permit = self
+            .rt
+            .starts
+            .acquire()
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?;
         metrics.phase(Phase::StartSlot, t1.elapsed());
         let t2 = Instant::now();
         let (pid, exit) = self.rt.runc.run(&self.id, &self.bundle, runc_output)?;
-        tokio::spawn(logs::collect(output, Arc::clone(&self.func.logs), self.id.clone()));
+        tokio::spawn(logs::collect(
+            output,
+            Arc::clone(&self.func.logs),
+            self.id.clone(),
+        ));
         self.pid = Some(pid);
         let exit = self.exit.insert(exit);
         let connect_timeout = self.rt.config.connect_timeout;

@@ -36,7 +36,10 @@ impl LogSink {
     pub fn open(path: PathBuf) -> io::Result<Arc<Self>> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(Arc::new(Self { path, state: Mutex::new(Sink { file, size }) }))
+        Ok(Arc::new(Self {
+            path,
+            state: Mutex::new(Sink { file, size }),
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -67,7 +70,10 @@ impl LogSink {
 
     fn rotate(&self, sink: &mut Sink) -> io::Result<()> {
         std::fs::rename(&self.path, Self::previous(&self.path))?;
-        sink.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        sink.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         sink.size = 0;
         Ok(())
     }
@@ -81,12 +87,18 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Copies the container's output into the log until every writer is gone.
 pub async fn collect(read: OwnedFd, sink: Arc<LogSink>, container: String) {
-    let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(read) else { return };
+    let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(read) else {
+        return;
+    };
     let mut reader = BufReader::new(rx);
     let mut buf = Vec::with_capacity(256);
     loop {
         buf.clear();
-        let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -108,8 +120,13 @@ mod tests {
             sink.line("f-1", &line);
         }
         let current = std::fs::metadata(sink.path()).expect("current").len();
-        let previous = std::fs::metadata(LogSink::previous(sink.path())).expect("previous").len();
-        assert!(current <= MAX_BYTES && previous <= MAX_BYTES, "{current} {previous}");
+        let previous = std::fs::metadata(LogSink::previous(sink.path()))
+            .expect("previous")
+            .len();
+        assert!(
+            current <= MAX_BYTES && previous <= MAX_BYTES,
+            "{current} {previous}"
+        );
         assert!(current > 0 && previous > MAX_BYTES / 2);
         let text = std::fs::read_to_string(sink.path()).expect("read");
         assert!(text.lines().all(|l| l.contains(" f-1 | ")));

@@ -165,7 +165,9 @@ pub struct LatencyHist {
 
 impl Default for LatencyHist {
     fn default() -> Self {
-        Self { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -178,7 +180,11 @@ impl LatencyHist {
 
     /// The bucket bound below which `q` of the samples lie, in ms.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;

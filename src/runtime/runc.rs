@@ -92,11 +92,22 @@ impl Runc {
     /// Starts `runc run` for container `id`; the container's output goes
     /// to `stdio` (a pipe). Returns runc's pid and its future exit, which is the
     /// container's end (runc has deleted it by then).
-    pub fn run(&self, id: &str, bundle: &Path, stdio: OwnedFd) -> Result<(i32, oneshot::Receiver<Exit>), RuntimeError> {
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: OwnedFd,
+    ) -> Result<(i32, oneshot::Receiver<Exit>), RuntimeError> {
         let args = run_args(&self.root, &bundle.join(LOG), bundle, id);
-        let err = stdio.try_clone().map_err(|e| RuntimeError::Io { op: "dup output pipe", source: e })?;
+        let err = stdio.try_clone().map_err(|e| RuntimeError::Io {
+            op: "dup output pipe",
+            source: e,
+        })?;
         let mut cmd = Command::new(&self.binary);
-        cmd.args(&args).stdin(Stdio::null()).stdout(stdio).stderr(err);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(stdio)
+            .stderr(err);
         self.reaper
             .spawn(&mut cmd)
             .map_err(|source| RuntimeError::Spawn {

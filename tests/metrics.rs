@@ -1,0 +1,374 @@
+//! /metrics and logs as operators use them: exact counter deltas as
+//! requests, cold and warm starts, timeouts and rejections happen; the
+//! output passes `promtool check metrics`; a real Prometheus server scrapes
+//! it and answers a query; `faas logs` shows and follows handler output.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use faasd::api::DeployOptions;
+
+/// Scrapes /metrics and returns the text.
+fn scrape(d: &Daemon) -> String {
+    let host = d.url.trim_start_matches("http://").to_string();
+    let (status, body) = http_get(&host, "/metrics").expect("scrape");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the sample with exactly these labels (0 when absent).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(key, _)| {
+            let (n, rest) = key.split_once('{').unwrap_or((key, "}"));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                && rest.matches('=').count() == labels.len()
+        })
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn counters_move_exactly_with_what_happens() {
+    let d = Daemon::start_with(&["--queue-timeout", "1"]);
+    let cold = DeployOptions {
+        warm: 0,
+        ..Default::default()
+    };
+    let quick = DeployOptions {
+        warm: 0,
+        timeout_secs: 2,
+        ..Default::default()
+    };
+    let c = d.deploy("c", &hello_image(), &cold).ip;
+    let w = d
+        .deploy(
+            "w",
+            &hello_image(),
+            &DeployOptions {
+                warm: 1,
+                ..Default::default()
+            },
+        )
+        .ip;
+    let crash = d.deploy("crash", &probe_image("crash", &[]), &quick).ip;
+    let stuck = d.deploy("stuck", &probe_image("noconnect", &[]), &quick).ip;
+    let one = DeployOptions {
+        warm: 0,
+        concurrency: 1,
+        ..Default::default()
+    };
+    let busy = d
+        .deploy("busy", &probe_image("slow", &["PROBE_SLEEP_MS=2500"]), &one)
+        .ip;
+    d.wait_for("w", Duration::from_secs(20), "pool of 1", |i| {
+        i.stats.warm_ready == 1
+    });
+    let before = scrape(&d);
+
+    for _ in 0..2 {
+        assert_eq!(call(c).expect("cold").0, 200);
+    }
+    assert_eq!(call(w).expect("warm").0, 200);
+    assert_eq!(call(crash).expect("crash").0, 502);
+    assert_eq!(call(stuck).expect("stuck").0, 504);
+    let first = std::thread::spawn(move || call(busy));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(call(busy).expect("second waits, then 503").0, 503);
+    assert_eq!(first.join().expect("thread").expect("first").0, 200);
+    // Containers end (and report their cgroup) after answering.
+    assert!(d.wait_quiet_but_pool(Duration::from_secs(10), 1));
+    std::thread::sleep(Duration::from_millis(300));
+    let after = scrape(&d);
+
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(
+        delta(
+            "faas_requests_total",
+            &[("function", "c"), ("outcome", "ok")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            "faas_container_starts_total",
+            &[("function", "c"), ("kind", "cold")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            "faas_container_starts_total",
+            &[("function", "c"), ("kind", "warm")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        delta("faas_request_duration_seconds_count", &[("function", "c")]),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            "faas_container_starts_total",
+            &[("function", "w"), ("kind", "warm")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "faas_requests_total",
+            &[("function", "crash"), ("outcome", "handler_error")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "faas_requests_total",
+            &[("function", "stuck"), ("outcome", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "faas_requests_total",
+            &[("function", "busy"), ("outcome", "rejected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "faas_requests_total",
+            &[("function", "busy"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "faas_cold_start_phase_seconds_count",
+            &[("function", "c"), ("phase", "runtime")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta("faas_container_cpu_seconds_count", &[("function", "c")]),
+        2.0
+    );
+    assert_eq!(
+        delta(
+            "faas_container_memory_peak_bytes_count",
+            &[("function", "c")]
+        ),
+        2.0
+    );
+    assert!(
+        sample(
+            &after,
+            "faas_container_memory_peak_bytes_sum",
+            &[("function", "c")]
+        ) > 0.0
+    );
+    assert_eq!(
+        sample(&after, "faas_warm_pool_ready", &[("function", "w")]),
+        1.0
+    );
+    let accepts: f64 = after
+        .lines()
+        .filter(|l| l.starts_with("faas_accepts_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    assert_eq!(
+        accepts, 7.0,
+        "every connection counted by the core that accepted it"
+    );
+
+    // promtool agrees it is well-formed Prometheus text.
+    let promtool = which("promtool").expect("promtool not found: apt-get install -y prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), after.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Prometheus server of our own, scraping faasd every second.
+struct Prometheus {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let bin = which("prometheus").expect("prometheus not found: apt-get install -y prometheus");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: faasd\n    static_configs:\n      - targets: ['{target}']\n"),
+        )
+        .expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus");
+        Self {
+            child,
+            _dir: dir,
+            addr,
+        }
+    }
+
+    fn query(&self, q: &str) -> Option<f64> {
+        let url = format!("http://{}/api/v1/query", self.addr);
+        let body = ureq::get(&url)
+            .query("query", q)
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_and_answers() {
+    let d = Daemon::start();
+    let ip = d
+        .deploy(
+            "scraped",
+            &hello_image(),
+            &DeployOptions {
+                warm: 0,
+                ..Default::default()
+            },
+        )
+        .ip;
+    for _ in 0..3 {
+        assert_eq!(call(ip).expect("request").0, 200);
+    }
+    let prom = Prometheus::start(d.url.trim_start_matches("http://"));
+    let q = r#"faas_requests_total{function="scraped",outcome="ok"}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if prom.query(q) == Some(3.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never saw 3 requests: {:?}",
+            prom.query(q)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn faas_logs_shows_and_follows_handler_output() {
+    let d = Daemon::start();
+    let ip = d
+        .deploy(
+            "printer",
+            &probe_image("print", &[]),
+            &DeployOptions {
+                warm: 0,
+                ..Default::default()
+            },
+        )
+        .ip;
+    assert_eq!(call(ip).expect("request").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let out = d.faas(&["logs", "printer"], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("probe stdout line") && text.contains("probe stderr line") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handler output not in faas logs: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Tagged with the time and the container that served the connection.
+    let line = text
+        .lines()
+        .find(|l| l.contains("probe stdout line"))
+        .expect("line");
+    assert!(line.contains(" printer-") && line.contains(" | "), "{line}");
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_faas"))
+        .args(["logs", "printer", "-f", "--tail", "0"])
+        .env("FAAS_URL", &d.url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("faas logs -f");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(call(ip).expect("second request").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("probe stdout line"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "follow printed nothing new: {seen:?}");
+        if let Ok(l) = rx.recv_timeout(left) {
+            seen.push(l);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
