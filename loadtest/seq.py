@@ -8,6 +8,11 @@
   seq.py runc-rate ROOT BUNDLE LOOPS SECONDS
                                  containers/s created by LOOPS parallel `runc run` loops
 
+  seq.py versus ROOT BUNDLE HOST PORT ROUNDS N
+                                 alternates N `runc run` and N GET / (20 ms apart),
+                                 ROUNDS times, so drift hits both alike;
+                                 p50 of all samples of each
+
 Prints one JSON object.
 """
 import json
@@ -89,6 +94,17 @@ def main():
         for t in threads:
             t.join()
         print(json.dumps({"containers": sum(done), "per_s": sum(done) / (time.perf_counter() - t0)}))
+    elif kind == "versus":
+        root, bundle, host, port = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+        rounds, n = int(sys.argv[6]), int(sys.argv[7])
+        runc, http = [], []
+        http_once(host, port)
+        for r in range(rounds):
+            runc += [runc_once(root, bundle, f"vs-{r}-{i}") for i in range(n)]
+            for _ in range(n):
+                time.sleep(0.02)
+                http.append(http_once(host, port))
+        print(json.dumps({"runc": report(runc), "http": report(http)}))
     else:
         raise SystemExit(__doc__)
 
