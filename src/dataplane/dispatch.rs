@@ -13,7 +13,7 @@ use tokio_uring::net::TcpStream as UringStream;
 use super::respond::{self, Status};
 use super::{rawfd, Ctx, Inflight, Served};
 use crate::metrics::Outcome;
-use crate::runtime::{Function, Lease, Runtime, RuntimeError};
+use crate::runtime::{reuse, Function, HandedOver, Lease, Runtime, RuntimeError};
 
 /// Serves one accepted connection (accepted at `accepted`).
 pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ctx: &Arc<Ctx>) {
@@ -23,7 +23,10 @@ pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ct
     let mut lease: Lease = Box::new(Inflight::new(served));
     while let Some(slot) = func.pool.take() {
         match slot.hand_over(stream.as_raw_fd(), lease) {
-            Ok(()) => {
+            Ok(next) => {
+                if let HandedOver::AwaitNext(reuse, lease) = next {
+                    tokio_uring::spawn(reuse::await_next(reuse, lease, Arc::clone(&func)));
+                }
                 let took = accepted.elapsed();
                 stats.warm_starts.fetch_add(1, Ordering::Relaxed);
                 stats.handed_over.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +103,10 @@ async fn serve_cold(
         Err(e) => Err((lease, e)),
     };
     match result {
-        Ok(()) => {
+        Ok(next) => {
+            if let HandedOver::AwaitNext(reuse, lease) = next {
+                tokio::spawn(reuse::await_next(reuse, lease, Arc::clone(&func)));
+            }
             let took = accepted.elapsed();
             stats.handed_over.fetch_add(1, Ordering::Relaxed);
             stats.latency.record(took);

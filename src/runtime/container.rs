@@ -18,8 +18,9 @@ use std::os::unix::net::{UnixListener as StdListener, UnixStream};
 use tokio::sync::oneshot;
 
 use super::control::ControlListener;
-use super::pool::{Slot, SlotWatch};
+use super::pool::{HandedOver, Slot, SlotWatch};
 use super::reaper::Exit;
+use super::reuse::Reuse;
 use super::spec::{render, SpecInput};
 use super::{cgroup, logs};
 use super::{fdpass, Function, Lease, Runc, Runtime, RuntimeError};
@@ -276,22 +277,32 @@ impl Ready {
     /// Sends the client socket to the handler (the cold path); the
     /// container is then supervised in the background until it ends.
     /// On failure the lease comes back with the error.
-    pub fn hand_over(self, client: RawFd, lease: Lease) -> Result<(), (Lease, RuntimeError)> {
+    pub fn hand_over(
+        self,
+        client: RawFd,
+        lease: Lease,
+    ) -> Result<HandedOver, (Lease, RuntimeError)> {
         let Ready {
             guard,
             control,
             listener,
         } = self;
-        match fdpass::send_fd(control.as_fd(), client) {
-            Ok(()) => {
-                drop(control);
-                tokio::spawn(supervise(guard, listener, lease));
-                Ok(())
+        if let Err(source) = fdpass::send_fd(control.as_fd(), client) {
+            let id = guard.id.clone();
+            tokio::spawn(guard.finish(End::Kill("hand-over failed")));
+            return Err((lease, RuntimeError::Handoff { id, source }));
+        }
+        drop(control);
+        match listener {
+            None => {
+                tokio::spawn(supervise_once(guard, lease));
+                Ok(HandedOver::Done)
             }
-            Err(source) => {
-                let id = guard.id.clone();
-                tokio::spawn(guard.finish(End::Kill("hand-over failed")));
-                Err((lease, RuntimeError::Handoff { id, source }))
+            Some(listener) => {
+                let reuse = guard.reuse(listener);
+                reuse.served.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(supervise_reuse(guard, Arc::clone(&reuse)));
+                Ok(HandedOver::AwaitNext(reuse, lease))
             }
         }
     }
@@ -305,13 +316,33 @@ impl Ready {
             listener,
         } = self;
         let func = Arc::clone(&guard.func);
-        let watch = offer(&func, control);
-        tokio::spawn(async move {
-            match wait_in_pool(&mut guard, &func, watch).await {
-                Parked::Handed(lease) => supervise(guard, listener, lease).await,
-                Parked::Gone(end) => guard.finish(end).await,
+        match listener {
+            None => {
+                let watch = offer(&func, control);
+                tokio::spawn(async move {
+                    match wait_in_pool(&mut guard, &func, watch).await {
+                        Parked::Handed(lease) => supervise_once(guard, lease).await,
+                        Parked::Gone(end) => guard.finish(end).await,
+                    }
+                });
             }
-        });
+            Some(listener) => {
+                let reuse = guard.reuse(listener);
+                func.pool.push(Slot::reuse(control, Arc::clone(&reuse)));
+                tokio::spawn(supervise_reuse(guard, reuse));
+            }
+        }
+    }
+}
+
+impl Guard {
+    fn reuse(&self, listener: ControlListener) -> Arc<Reuse> {
+        let options = &self.func.options;
+        Reuse::new(
+            listener.into_inner(),
+            options.max_requests,
+            Duration::from_secs(options.timeout_secs),
+        )
     }
 }
 
@@ -320,7 +351,7 @@ enum Parked {
     Gone(End),
 }
 
-/// Puts the connected handler into the pool.
+/// Puts the connected one-shot handler into the pool.
 fn offer(func: &Function, control: UnixStream) -> SlotWatch {
     let (slot, watch) = Slot::new(control);
     func.pool.push(slot);
@@ -330,83 +361,45 @@ fn offer(func: &Function, control: UnixStream) -> SlotWatch {
 /// Waits until the data plane uses the offered container, it dies, or the
 /// pool retires it.
 async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWatch) -> Parked {
-    let idle = Duration::from_secs(func.options.idle_timeout_secs);
-    // Only a reused container beyond the pool's target can retire for
-    // idleness; the others wait without a timer (it costs on every parking).
-    let retirable = func.options.reuse && func.pool.surplus();
-    let mut idle_deadline = retirable.then(|| Instant::now() + idle);
-    loop {
-        tokio::select! {
-            handed = &mut watch.handed => return match handed {
-                Ok(lease) => Parked::Handed(lease),
-                Err(_) => Parked::Gone(End::Kill("retired from the pool")),
-            },
-            end = guard.wait_exit(None) => {
-                // Died (or faasd stops) while waiting: out of the pool, so it
-                // is replaced. If the data plane took it meanwhile, its
-                // send failed and it went on with a cold start.
-                if watch.withdraw() {
-                    func.pool.withdrawn();
-                }
-                return Parked::Gone(end);
+    tokio::select! {
+        handed = &mut watch.handed => match handed {
+            Ok(lease) => Parked::Handed(lease),
+            Err(_) => Parked::Gone(End::Kill("retired from the pool")),
+        },
+        end = guard.wait_exit(None) => {
+            // Died (or faasd stops) while waiting: out of the pool, so it
+            // is replaced. If the data plane took it meanwhile, its send
+            // failed and it went on with a cold start.
+            if watch.withdraw() {
+                func.pool.withdrawn();
             }
-            _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
-                // Reused containers beyond the pool's target retire when idle.
-                if func.pool.surplus() && watch.withdraw() {
-                    func.pool.withdrawn();
-                    return Parked::Gone(End::Kill("idle"));
-                }
-                idle_deadline = Some(Instant::now() + idle);
-            }
+            Parked::Gone(end)
         }
     }
 }
 
-/// Follows a container that has a connection: until it ends, or — in
-/// reuse mode — connects again, when it goes back to the pool.
-async fn supervise(mut guard: Guard, listener: Option<ControlListener>, lease: Lease) {
-    let func = Arc::clone(&guard.func);
-    let timeout = Duration::from_secs(func.options.timeout_secs);
-    let max = func.options.max_requests;
-    let mut lease = Some(lease);
-    let mut served: u32 = 1;
-    loop {
-        let deadline = Instant::now() + timeout;
-        let Some(l) = &listener else {
-            // One-shot: the connection is served until the container ends.
-            let end = guard.wait_exit(Some(deadline)).await;
-            drop(lease.take());
-            return guard.finish(end).await;
-        };
-        let next = tokio::select! {
-            accepted = l.accept() => accepted.ok(),
-            end = guard.wait_exit(Some(deadline)) => {
-                drop(lease.take());
-                return guard.finish(end).await;
-            }
-        };
-        // It asked for the next one: the previous connection is done.
-        drop(lease.take());
-        let Some(control) = next else {
-            let end = guard.wait_exit(Some(deadline)).await;
-            return guard.finish(end).await;
-        };
-        if (max > 0 && served >= max) || func.pool.is_closed() {
-            // No more for this one: closing its control connection tells the
-            // handler to exit.
-            drop(control);
-            let end = guard.wait_exit(Some(Instant::now() + timeout)).await;
-            return guard.finish(end).await;
-        }
-        let watch = offer(&func, control);
-        match wait_in_pool(&mut guard, &func, watch).await {
-            Parked::Handed(l) => {
-                lease = Some(l);
-                served += 1;
-            }
-            Parked::Gone(end) => return guard.finish(end).await,
-        }
+/// A one-shot container with a connection: served until it ends, or killed
+/// at the function's timeout.
+async fn supervise_once(mut guard: Guard, lease: Lease) {
+    let deadline = Instant::now() + Duration::from_secs(guard.func.options.timeout_secs);
+    let end = guard.wait_exit(Some(deadline)).await;
+    drop(lease);
+    guard.finish(end).await;
+}
+
+/// A reuse-mode container for its whole life. The per-connection cycle runs
+/// in `reuse::await_next`; this only wakes when the container ends or must
+/// be killed (timeout, retired, shutdown).
+async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
+    let end = tokio::select! {
+        end = guard.wait_exit(None) => end,
+        _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
+    };
+    if reuse.withdraw() {
+        guard.func.pool.withdrawn();
     }
+    guard.finish(end).await;
+    reuse.end();
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -11,13 +11,23 @@ use tokio::io::unix::AsyncFd;
 
 pub struct ControlListener(AsyncFd<UnixListener>);
 
+/// Registers a non-blocking listener with the current runtime's reactor.
+pub fn register(listener: UnixListener) -> io::Result<AsyncFd<UnixListener>> {
+    // SAFETY: the UnixListener owns its descriptor, keeps it open and
+    // returns the same one from `as_raw_fd` until the AsyncFd drops it.
+    let fd = unsafe { AsyncFd::register(listener) };
+    fd.map_err(io::Error::from)
+}
+
 impl ControlListener {
     /// `listener` must be non-blocking.
     pub fn new(listener: UnixListener) -> io::Result<Self> {
-        // SAFETY: the UnixListener owns its descriptor, keeps it open and
-        // returns the same one from `as_raw_fd` until the AsyncFd drops it.
-        let fd = unsafe { AsyncFd::register(listener) };
-        fd.map(Self).map_err(io::Error::from)
+        register(listener).map(Self)
+    }
+
+    /// The std listener back (off the reactor).
+    pub fn into_inner(self) -> UnixListener {
+        self.0.into_inner()
     }
 
     pub async fn accept(&self) -> io::Result<UnixStream> {

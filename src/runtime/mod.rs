@@ -21,11 +21,12 @@ pub mod fdpass;
 pub mod logs;
 pub mod pool;
 pub mod reaper;
+pub mod reuse;
 pub mod runc;
 pub mod spec;
 
 pub use container::Ready;
-pub use pool::{Pool, Slot};
+pub use pool::{HandedOver, Pool, Slot};
 pub use reaper::{Exit, Reaper};
 pub use runc::Runc;
 

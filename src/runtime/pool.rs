@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::SegQueue;
 use tokio::sync::{oneshot, Notify};
 
+use super::reuse::Reuse;
 use super::{fdpass, Function, Lease, Runtime};
 
 /// Longest pause between start attempts of a function whose containers fail.
@@ -24,25 +25,42 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// A waiting container, as the data plane sees it.
 pub struct Slot {
     control: UnixStream,
-    handed: oneshot::Sender<Lease>,
+    kind: Kind,
     claimed: Arc<AtomicBool>,
 }
 
-/// The supervisor's side of a slot.
+enum Kind {
+    /// One-shot: the supervisor waits for the connection's lease.
+    Once(oneshot::Sender<Lease>),
+    /// Reuse mode: whoever hands over keeps the lease until the handler
+    /// asks for the next connection (see `reuse::await_next`); the
+    /// supervisor is not woken per connection. `None` once used.
+    Reuse(Option<Arc<Reuse>>),
+}
+
+/// What `hand_over` leaves to the caller.
+pub enum HandedOver {
+    /// Nothing: the container's supervisor has the lease.
+    Done,
+    /// Reuse mode: run `reuse::await_next` with these on the caller's runtime.
+    AwaitNext(Arc<Reuse>, Lease),
+}
+
+/// The supervisor's side of a one-shot slot.
 pub struct SlotWatch {
     pub handed: oneshot::Receiver<Lease>,
     claimed: Arc<AtomicBool>,
 }
 
 impl Slot {
-    /// Wraps a connected handler; the watch tells its supervisor when the
-    /// slot is used (`Ok(lease)`) or dropped unused (`Err`).
+    /// Wraps a connected one-shot handler; the watch tells its supervisor
+    /// when the slot is used (`Ok(lease)`) or dropped unused (`Err`).
     pub fn new(control: UnixStream) -> (Slot, SlotWatch) {
         let (tx, rx) = oneshot::channel();
         let claimed = Arc::new(AtomicBool::new(false));
         let slot = Slot {
             control,
-            handed: tx,
+            kind: Kind::Once(tx),
             claimed: Arc::clone(&claimed),
         };
         (
@@ -54,17 +72,54 @@ impl Slot {
         )
     }
 
+    /// Wraps a connected reuse-mode handler. Dropped unused, it retires the
+    /// container.
+    pub fn reuse(control: UnixStream, reuse: Arc<Reuse>) -> Slot {
+        let claimed = Arc::new(AtomicBool::new(false));
+        reuse.set_claim(Arc::clone(&claimed));
+        Slot {
+            control,
+            kind: Kind::Reuse(Some(reuse)),
+            claimed,
+        }
+    }
+
     /// Sends `client` to the waiting handler: the hot path's one syscall.
     /// On failure (the handler died) the lease comes back.
-    pub fn hand_over(self, client: RawFd, lease: Lease) -> Result<(), (Lease, io::Error)> {
-        match fdpass::send_fd(self.control.as_fd(), client) {
-            Ok(()) => {
-                // The supervisor may be gone only if the container already
-                // ended; the handler has the socket either way.
-                let _ = self.handed.send(lease);
-                Ok(())
+    pub fn hand_over(
+        mut self,
+        client: RawFd,
+        lease: Lease,
+    ) -> Result<HandedOver, (Lease, io::Error)> {
+        if let Err(e) = fdpass::send_fd(self.control.as_fd(), client) {
+            return Err((lease, e));
+        }
+        match &mut self.kind {
+            Kind::Once(_) => {
+                if let Kind::Once(tx) = std::mem::replace(&mut self.kind, Kind::Reuse(None)) {
+                    // The supervisor may be gone only if the container already
+                    // ended; the handler has the socket either way.
+                    let _ = tx.send(lease);
+                }
+                Ok(HandedOver::Done)
             }
-            Err(e) => Err((lease, e)),
+            Kind::Reuse(reuse) => match reuse.take() {
+                Some(reuse) => {
+                    reuse.served.fetch_add(1, Ordering::AcqRel);
+                    Ok(HandedOver::AwaitNext(reuse, lease))
+                }
+                None => Ok(HandedOver::Done),
+            },
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A reuse slot dropped unused (pool drained, hand-over failed): the
+        // container is retired. (A one-shot's supervisor sees its channel close.)
+        if let Kind::Reuse(Some(reuse)) = &self.kind {
+            reuse.retire("retired from the pool");
         }
     }
 }
@@ -233,12 +288,31 @@ pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
             pool.starting.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(start_one(Arc::clone(&rt), Arc::clone(&func)));
         }
-        let notified = pool.wake.notified();
+        // Reused containers beyond the target retire after the function's
+        // idle timeout without traffic.
+        let surplus_idle = Duration::from_secs(func.options.idle_timeout_secs);
+        if pool.surplus() && pool.idle_for() >= surplus_idle {
+            while pool.surplus() {
+                match pool.take_quietly() {
+                    Some(slot) => drop(slot),
+                    None => break,
+                }
+            }
+        }
+        let mut wait: Option<Duration> = None;
         if want > 0 && idle_limit > Duration::ZERO {
-            let until_idle = idle_limit.saturating_sub(pool.idle_for()) + Duration::from_millis(10);
-            let _ = tokio::time::timeout(until_idle, notified).await;
-        } else {
-            notified.await;
+            wait = Some(idle_limit.saturating_sub(pool.idle_for()));
+        }
+        if pool.surplus() {
+            let until = surplus_idle.saturating_sub(pool.idle_for());
+            wait = Some(wait.map_or(until, |w| w.min(until)));
+        }
+        let notified = pool.wake.notified();
+        match wait {
+            Some(w) => {
+                let _ = tokio::time::timeout(w + Duration::from_millis(10), notified).await;
+            }
+            None => notified.await,
         }
     }
 }
