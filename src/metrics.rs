@@ -95,7 +95,7 @@ fn describe() {
         "Containers started and waiting for a connection."
     );
     describe_gauge!(INFLIGHT, "Connections being served right now.");
-    describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime (runc run until the handler connects).");
+    describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime_create (runc run until the container is created), start_and_connect (runc start, the handler's exec and start-up, until it connects to /control.sock).");
     describe_histogram!(
         CONTAINER_CPU,
         Unit::Seconds,
@@ -135,12 +135,18 @@ pub enum Outcome {
     Unavailable,
 }
 
-/// A cold start's phases.
+/// A container start's phases.
 #[derive(Debug, Clone, Copy)]
 pub enum Phase {
+    /// Bundle directory, config.json, control socket, output pipe.
     Bundle,
+    /// Waiting for a start permit (`--max-concurrent-starts`).
     StartSlot,
-    Runtime,
+    /// `runc run` spawned until runc reports the container created.
+    RuntimeCreate,
+    /// Created until the handler connected: runc's start, the process's
+    /// exec and the handler's own start-up (not separable from outside).
+    StartAndConnect,
 }
 
 /// The handles of one function.
@@ -156,7 +162,8 @@ pub struct FunctionMetrics {
     warm: Counter,
     bundle: Histogram,
     start_slot: Histogram,
-    runtime: Histogram,
+    runtime_create: Histogram,
+    start_and_connect: Histogram,
     cpu: Histogram,
     memory: Histogram,
 }
@@ -178,7 +185,8 @@ impl FunctionMetrics {
             warm: counter!(CONTAINER_STARTS, "function" => f.clone(), "kind" => "warm"),
             bundle: phase("bundle"),
             start_slot: phase("start_slot"),
-            runtime: phase("runtime"),
+            runtime_create: phase("runtime_create"),
+            start_and_connect: phase("start_and_connect"),
             cpu: histogram!(CONTAINER_CPU, "function" => f.clone()),
             memory: histogram!(CONTAINER_MEMORY, "function" => f),
         }
@@ -206,7 +214,8 @@ impl FunctionMetrics {
         match phase {
             Phase::Bundle => &self.bundle,
             Phase::StartSlot => &self.start_slot,
-            Phase::Runtime => &self.runtime,
+            Phase::RuntimeCreate => &self.runtime_create,
+            Phase::StartAndConnect => &self.start_and_connect,
         }
         .record(took.as_secs_f64());
     }

@@ -153,13 +153,18 @@ fn counters_move_exactly_with_what_happens() {
         ),
         1.0
     );
-    assert_eq!(
-        delta(
+    for phase in [
+        "bundle",
+        "start_slot",
+        "runtime_create",
+        "start_and_connect",
+    ] {
+        let n = delta(
             "faas_cold_start_phase_seconds_count",
-            &[("function", "c"), ("phase", "runtime")]
-        ),
-        2.0
-    );
+            &[("function", "c"), ("phase", phase)],
+        );
+        assert_eq!(n, 2.0, "{phase}");
+    }
     assert_eq!(
         delta("faas_container_cpu_seconds_count", &[("function", "c")]),
         2.0

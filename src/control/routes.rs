@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use super::{full, logs, upload, ApiError, Body, Control};
 use crate::api::DeployOptions;
+use crate::manager::ManagerError;
+use crate::metrics;
 use crate::name::FunctionName;
 
 pub(super) type Reply = Result<Response<Body>, ApiError>;
@@ -95,15 +97,36 @@ async fn receive_and_deploy(
     options: DeployOptions,
     req: Request<Incoming>,
 ) -> Result<crate::api::FunctionInfo, ApiError> {
+    let started = std::time::Instant::now();
     let seq = control.upload_seq.fetch_add(1, Ordering::Relaxed);
     let path = control.uploads.join(format!("{name}-{seq}.tar"));
-    let received = upload::receive(req.into_body(), &path, control.max_upload).await?;
+    let received = match upload::receive(req.into_body(), &path, control.max_upload).await {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::image_error(match e {
+                ApiError::TooLarge(_) => "upload_too_large",
+                _ => "upload",
+            });
+            return Err(e);
+        }
+    };
     tracing::info!(function = %name, bytes = received.bytes, "image received");
-    let info = control
+    match control
         .manager
         .deploy(name, options, received.path.clone())
-        .await?;
-    Ok(info)
+        .await
+    {
+        Ok(info) => {
+            metrics::deployed(started.elapsed(), received.bytes);
+            Ok(info)
+        }
+        Err(e) => {
+            if let ManagerError::Image(image) = &e {
+                metrics::image_error(image.reason());
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Original tool: `POST /api/new` with the name in `X-Image-Name`.

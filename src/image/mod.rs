@@ -83,6 +83,31 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImageError::Archive(_) => "archive",
+            ImageError::NoManifest | ImageError::Missing(_) => "missing",
+            ImageError::Json { .. } => "json",
+            ImageError::Invalid(_) => "invalid",
+            ImageError::Layer {
+                source: LayerError::Escape { .. },
+                ..
+            } => "escape",
+            ImageError::Layer {
+                source: LayerError::Limit { .. },
+                ..
+            }
+            | ImageError::Limit { .. } => "limit",
+            ImageError::Layer { .. } => "layer",
+            ImageError::DiffIdMismatch { .. } => "diff_id",
+            ImageError::UnknownUser(_) => "user",
+            ImageError::Store { .. } => "store",
+        }
+    }
+}
+
 /// Failures while applying one layer's entries.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::os::unix::net::{UnixListener as StdListener, UnixStream};
 
@@ -47,6 +47,9 @@ struct Guard {
     pid: Option<i32>,
     /// runc's exit, which is the container's end.
     exit: Option<oneshot::Receiver<Exit>>,
+    /// When `runc run` was spawned and when the handler connected, for the
+    /// cold-start phases recorded once the hand-over is done.
+    started: Option<(SystemTime, SystemTime)>,
 }
 
 /// Why a supervisor stopped following its container.
@@ -80,6 +83,7 @@ impl Runtime {
             bundle,
             pid: None,
             exit: None,
+            started: None,
         };
         match guard.launch().await {
             Ok((control, listener)) => Ok(Ready {
@@ -113,6 +117,7 @@ impl Guard {
             .map_err(|_| RuntimeError::ShuttingDown)?;
         metrics.phase(Phase::StartSlot, t1.elapsed());
         let t2 = Instant::now();
+        let spawned = SystemTime::now();
         let (pid, exit) = self.rt.runc.run(&self.id, &self.bundle, runc_output)?;
         tokio::spawn(logs::collect(
             output,
@@ -137,7 +142,7 @@ impl Guard {
                 secs: connect_timeout.as_secs_f64(),
             }),
         };
-        metrics.phase(Phase::Runtime, t2.elapsed());
+        self.started = Some((spawned, spawned + t2.elapsed()));
         // One-shot: the listener goes, so a second connect is refused.
         let listener = self.func.options.reuse.then_some(listener);
         Ok((control, listener))
@@ -266,6 +271,7 @@ impl Drop for Guard {
             bundle: std::mem::take(&mut self.bundle),
             pid: self.pid.take(),
             exit: self.exit.take(),
+            started: self.started.take(),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(guard.finish(End::Kill("dropped")));
@@ -320,6 +326,7 @@ impl Ready {
             None => {
                 let watch = offer(&func, control);
                 tokio::spawn(async move {
+                    guard.record_phases();
                     match wait_in_pool(&mut guard, &func, watch).await {
                         Parked::Handed(lease) => supervise_once(guard, lease).await,
                         Parked::Gone(end) => guard.finish(end).await,
@@ -336,6 +343,35 @@ impl Ready {
 }
 
 impl Guard {
+    /// Splits the start into runc's create and the rest, with the creation
+    /// time runc keeps in its state (read while the container still runs,
+    /// off the request path).
+    fn record_phases(&mut self) {
+        let Some((spawned, connected)) = self.started.take() else {
+            return;
+        };
+        let state = std::fs::read(self.rt.runc.root().join(&self.id).join("state.json")).ok();
+        let created = state
+            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+            .and_then(|v| {
+                v["created"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+            });
+        let Some(created) = created.filter(|c| *c >= spawned && *c <= connected) else {
+            return;
+        };
+        let m = &self.func.metrics;
+        m.phase(
+            Phase::RuntimeCreate,
+            created.duration_since(spawned).unwrap_or_default(),
+        );
+        m.phase(
+            Phase::StartAndConnect,
+            connected.duration_since(created).unwrap_or_default(),
+        );
+    }
+
     fn reuse(&self, listener: ControlListener) -> Arc<Reuse> {
         let options = &self.func.options;
         Reuse::new(
@@ -381,6 +417,7 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
 /// A one-shot container with a connection: served until it ends, or killed
 /// at the function's timeout.
 async fn supervise_once(mut guard: Guard, lease: Lease) {
+    guard.record_phases();
     let deadline = Instant::now() + Duration::from_secs(guard.func.options.timeout_secs);
     let end = guard.wait_exit(Some(deadline)).await;
     drop(lease);
@@ -391,6 +428,7 @@ async fn supervise_once(mut guard: Guard, lease: Lease) {
 /// in `reuse::await_next`; this only wakes when the container ends or must
 /// be killed (timeout, retired, shutdown).
 async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
+    guard.record_phases();
     let end = tokio::select! {
         end = guard.wait_exit(None) => end,
         _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
