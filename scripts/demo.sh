@@ -18,7 +18,7 @@ handlers=$(scripts/build-handlers.sh)
 FAAS=target/release/faas
 export FAAS_URL=${FAAS_URL:-http://127.0.0.1:8080}
 
-if [ -f faasd.pid ] && kill -0 "$(cat faasd.pid)" 2>/dev/null; then
+if [ -f faasd.pid ] && kill -0 "$(cat faasd.pid)" 2>/dev/null && curl -sf "$FAAS_URL/healthz" >/dev/null; then
     echo "faasd already running (pid $(cat faasd.pid))"
 else
     target/release/faasd --state-dir "${FAASD_STATE:-/var/lib/faasd}" >>faasd.log 2>&1 &
@@ -30,7 +30,8 @@ fi
 
 # docker build + docker save, as users do; a private engine since none runs here.
 work=$(mktemp -d /tmp/faasd-demo.XXXXXX)
-cp "$handlers/hello" examples/hello/Dockerfile "$work/"
+mkdir "$work/ctx"
+cp "$handlers/hello" examples/hello/Dockerfile "$work/ctx/"
 dockerd --host "unix://$work/d.sock" --data-root "$work/data" --exec-root "$work/exec" \
     --pidfile "$work/d.pid" --bridge none --iptables=false --ip6tables=false >"$work/dockerd.log" 2>&1 &
 dockerd_pid=$!
@@ -38,8 +39,8 @@ cleanup() { kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || 
 trap cleanup EXIT
 export DOCKER_HOST="unix://$work/d.sock" DOCKER_BUILDKIT=0
 for _ in $(seq 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-docker build -q -t hello "$work" >/dev/null
-docker save hello | "$FAAS" deploy hello --warm 0
+docker build -q -t hello "$work/ctx" >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
+docker save hello | "$FAAS" deploy hello
 
 ip=$("$FAAS" ip hello)
 echo
