@@ -10,44 +10,20 @@
 //!   from a pool, hand the socket over, handler receives it (std sockets;
 //!   the uring accept is what `loadtest/` measures end to end)
 
-use std::io::IoSliceMut;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use faasd::api::DeployOptions;
 use faasd::image::ImageConfig;
-use faasd::runtime::fdpass::send_fd;
+use faasd::runtime::fdpass::{recv_fd, send_fd};
 use faasd::runtime::spec::{render, SpecInput};
 use faasd::runtime::{Pool, Slot};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
-fn receive(conn: &UnixStream) -> OwnedFd {
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .expect("recvmsg");
-    let fd = msg
-        .cmsgs()
-        .expect("cmsgs")
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        })
-        .expect("an fd");
-    #[allow(unsafe_code)]
-    // SAFETY: recvmsg just installed this descriptor; nothing else owns it.
-    unsafe {
-        OwnedFd::from_raw_fd(fd)
-    }
+fn receive(conn: &UnixStream) -> std::os::fd::OwnedFd {
+    recv_fd(conn.as_fd()).expect("recvmsg").expect("an fd")
 }
 
 fn spec(c: &mut Criterion) {

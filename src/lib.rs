@@ -2,13 +2,14 @@
 //! TCP connection served by a fresh OCI container.
 //!
 //! ```text
-//!  faas CLI ──HTTP──▶ control (hyper)  ──▶ manager ──▶ image (ingest, rootfs store)
-//!                                              │──▶ registry (crash-safe state file)
-//!                                              │──▶ net (IP pool, rtnetlink lo:faas)
-//!                                              └──▶ dataplane (listeners on IP:80)
-//!  client ──TCP──▶ dataplane accept ──▶ runtime: bundle, runc run, wait for the
-//!                  handler on /control.sock ──▶ sendmsg(SCM_RIGHTS) ──▶ close ours
-//!                  ──▶ supervise until exit or timeout ──▶ runc delete, bundle removed
+//!  faas CLI ──HTTP──▶ control (hyper) ──▶ manager ──▶ image (ingest, rootfs store)
+//!                                            │──▶ registry (crash-safe state file)
+//!                                            │──▶ net (IP pool, rtnetlink lo:faas)
+//!                                            └──▶ dataplane (listeners, sharded to cores)
+//!  client ──TCP──▶ core N (io_uring accept) ──▶ warm pool: a started container whose
+//!                  handler waits on /control.sock ──▶ sendmsg(SCM_RIGHTS) ──▶ close ours
+//!                  (pool empty: cold start on the control runtime — bundle, runc run)
+//!  runtime: supervisors end containers at their timeout, refillers keep pools full
 //! ```
 //!
 //! Dependencies flow one way: `dataplane → runtime → image`; `control →

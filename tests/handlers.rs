@@ -76,12 +76,8 @@ fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
         d.runc_containers(),
         d.bundles()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !d.children().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert_eq!(
-        d.children(),
+        d.wait_no_children(Duration::from_secs(5)),
         Vec::<String>::new(),
         "no processes or zombies left"
     );

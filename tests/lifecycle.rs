@@ -51,9 +51,9 @@ fn shutdown_removes_addresses_and_restart_restores_them() {
     );
 }
 
-#[test]
-fn shutdown_ends_in_flight_containers() {
-    let mut d = Daemon::start();
+/// Deploys a handler that takes its connection and never answers, sends
+/// it a request, and returns once its container runs.
+fn hang_a_request(d: &Daemon) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
     let slow = DeployOptions {
         warm: 0,
         timeout_secs: 60,
@@ -70,6 +70,13 @@ fn shutdown_ends_in_flight_containers() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    client
+}
+
+#[test]
+fn shutdown_ends_in_flight_containers() {
+    let mut d = Daemon::start();
+    let client = hang_a_request(&d);
     std::thread::sleep(Duration::from_millis(300));
     let (status, took) = d.stop();
     assert!(status.success(), "{status}");
@@ -93,22 +100,7 @@ fn shutdown_ends_in_flight_containers() {
 #[test]
 fn a_crash_leaves_nothing_a_restart_does_not_clean() {
     let mut d = Daemon::start();
-    let slow = DeployOptions {
-        warm: 0,
-        timeout_secs: 60,
-        ..Default::default()
-    };
-    let ip = d.deploy("hang", &probe_image("hang", &[]), &slow).ip;
-    let client =
-        std::thread::spawn(move || http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.runc_containers().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the hanging container never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let client = hang_a_request(&d);
     // A stray address with our label, as a crashed run that had more functions would leave.
     let stray = format!(
         "{}.{}.{}.250",

@@ -4,10 +4,10 @@
 //! always empty and the call never has to wait; it is made non-blocking
 //! anyway, so a broken handler can never stall the caller.
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// Sends `fd` (plus one data byte, which SCM_RIGHTS needs) over `conn`.
 /// `fd` is raw because the io_uring streams of the data plane expose no
@@ -23,14 +23,39 @@ pub fn send_fd(conn: BorrowedFd<'_>, fd: RawFd) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// The handler's side: receives one descriptor sent with `send_fd`
+/// (`None` if the message carried none). faasd itself never receives; the
+/// benches and tests play the handler with it.
+#[allow(unsafe_code)]
+pub fn recv_fd(conn: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: recvmsg just installed this descriptor in our
+                // table; nothing else refers to it.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{IoSliceMut, Read, Write};
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream as StdUnix;
-
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
 
     #[test]
     fn a_dead_peer_is_an_error_not_a_signal() {
@@ -46,28 +71,7 @@ mod tests {
         let (mut a, b) = StdUnix::pair().expect("payload pair");
         send_fd(ours.as_fd(), b.as_raw_fd()).expect("send");
         drop(b);
-
-        let mut byte = [0u8; 1];
-        let mut iov = [IoSliceMut::new(&mut byte)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            theirs.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .expect("recvmsg");
-        let fd = msg
-            .cmsgs()
-            .expect("cmsgs")
-            .find_map(|c| match c {
-                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                _ => None,
-            })
-            .expect("an fd");
-        #[allow(unsafe_code)]
-        // SAFETY: recvmsg just installed this descriptor; nothing else owns it.
-        let received = unsafe { OwnedFd::from_raw_fd(fd) };
+        let received = recv_fd(theirs.as_fd()).expect("recvmsg").expect("an fd");
         let mut received = StdUnix::from(received);
         received.write_all(b"hi").expect("write");
         let mut got = [0u8; 2];

@@ -1,7 +1,9 @@
 //! Containers for functions: the OCI spec (`spec`), the runc command line
-//! (`runc`), reaping re-parented container inits (`reaper`), passing the
-//! client socket (`fdpass`), and one container's life from bundle to
-//! deletion (`container`).
+//! (`runc`), child reaping (`reaper`), passing the client socket
+//! (`fdpass`), one container's life and its supervisor (`container`), the
+//! warm pool and its refiller (`pool`), reuse mode's per-connection cycle
+//! (`reuse`), per-container cgroup usage (`cgroup`) and handler output
+//! (`logs`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

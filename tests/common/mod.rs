@@ -335,6 +335,15 @@ impl Daemon {
             .collect()
     }
 
+    /// Waits (up to `within`) until the daemon has no child processes.
+    pub fn wait_no_children(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        while !self.children().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.children()
+    }
+
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
