@@ -21,6 +21,8 @@ pub enum ClientError {
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization: Bearer …` for a faasd run with `--token-file`.
+    auth: Option<String>,
 }
 
 impl Client {
@@ -31,6 +33,23 @@ impl Client {
         Self {
             base: url.trim_end_matches('/').to_string(),
             agent,
+            auth: None,
+        }
+    }
+
+    /// Sends `token` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.auth = token
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("Bearer {t}"));
+        self
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let req = self.agent.request(method, &self.url(path));
+        match &self.auth {
+            Some(auth) => req.set("authorization", auth),
+            None => req,
         }
     }
 
@@ -72,33 +91,25 @@ impl Client {
         options: &DeployOptions,
         image: impl Read,
     ) -> Result<FunctionInfo, ClientError> {
-        let url = self.url(&format!("/v1/functions/{name}?{}", options.to_query()));
+        let path = format!("/v1/functions/{name}?{}", options.to_query());
         let r = self
-            .agent
-            .put(&url)
+            .request("PUT", &path)
             .set("content-type", "application/x-tar")
             .send(image);
         Self::json(self.check(r)?)
     }
 
     pub fn list(&self) -> Result<Vec<FunctionInfo>, ClientError> {
-        Self::json(self.check(self.agent.get(&self.url("/v1/functions")).call())?)
+        Self::json(self.check(self.request("GET", "/v1/functions").call())?)
     }
 
     pub fn inspect(&self, name: &str) -> Result<FunctionInfo, ClientError> {
-        Self::json(
-            self.check(
-                self.agent
-                    .get(&self.url(&format!("/v1/functions/{name}")))
-                    .call(),
-            )?,
-        )
+        Self::json(self.check(self.request("GET", &format!("/v1/functions/{name}")).call())?)
     }
 
     pub fn remove(&self, name: &str) -> Result<(), ClientError> {
         self.check(
-            self.agent
-                .delete(&self.url(&format!("/v1/functions/{name}")))
+            self.request("DELETE", &format!("/v1/functions/{name}"))
                 .call(),
         )
         .map(|_| ())
@@ -112,9 +123,7 @@ impl Client {
         tail: usize,
         follow: bool,
     ) -> Result<Box<dyn Read + Send>, ClientError> {
-        let url = self.url(&format!(
-            "/v1/functions/{name}/logs?tail={tail}&follow={follow}"
-        ));
-        Ok(self.check(self.agent.get(&url).call())?.into_reader())
+        let path = format!("/v1/functions/{name}/logs?tail={tail}&follow={follow}");
+        Ok(self.check(self.request("GET", &path).call())?.into_reader())
     }
 }

@@ -62,6 +62,13 @@ pub struct Args {
     /// Log format of faasd itself: text or json.
     #[arg(long, default_value = "text")]
     pub log_format: String,
+    /// File holding the control API's bearer token (clients send it in
+    /// FAAS_TOKEN). Required when --listen is not a loopback address.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve the control API on a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure_no_token: bool,
     /// Record no metrics (/metrics answers 404); for measuring their cost.
     #[arg(long)]
     pub no_metrics: bool,
@@ -91,6 +98,7 @@ pub struct Config {
     pub queue_timeout: Duration,
     pub log_format: LogFormat,
     pub metrics: bool,
+    pub token_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -123,6 +131,13 @@ impl Args {
             "json" => LogFormat::Json,
             other => return Err(format!("--log-format {other:?} must be text or json")),
         };
+        if !self.listen.ip().is_loopback() && self.token_file.is_none() && !self.insecure_no_token {
+            return Err(format!(
+                "--listen {} is reachable from other hosts: pass --token-file FILE (clients send it in FAAS_TOKEN), \
+                 or --insecure-no-token to serve it open",
+                self.listen
+            ));
+        }
         if !self.state_dir.is_absolute() {
             return Err(format!(
                 "--state-dir {} must be an absolute path",
@@ -149,6 +164,7 @@ impl Args {
             queue_timeout: Duration::from_secs_f64(self.queue_timeout),
             log_format,
             metrics: !self.no_metrics,
+            token_file: self.token_file,
         })
     }
 }
@@ -182,6 +198,12 @@ mod tests {
         assert!(parse(&["--state-dir", "relative"]).is_err());
         assert!(parse(&["--max-upload", "lots"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
+        assert!(
+            parse(&["--listen", "0.0.0.0:8080"]).is_err(),
+            "an open API needs a token"
+        );
+        assert!(parse(&["--listen", "0.0.0.0:8080", "--token-file", "/t"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:8080", "--insecure-no-token"]).is_ok());
         assert_eq!(
             parse(&["--max-upload", "64M"]).map(|c| c.max_upload).ok(),
             Some(64 << 20)

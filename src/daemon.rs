@@ -48,6 +48,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("token file {0} is empty")]
+    EmptyToken(PathBuf),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
     #[error("io_uring is disabled on this host (kernel.io_uring_disabled = {0})")]
@@ -153,9 +155,14 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
     )?);
     manager.restore().await?;
 
+    let token = match &config.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
     let control = Control::new(
         Arc::clone(&manager),
         metrics,
+        token,
         state.join("uploads"),
         config.max_upload,
     )
@@ -206,6 +213,20 @@ fn check_io_uring() -> Result<(), DaemonError> {
         Ok(v) if v.trim() != "0" => Err(DaemonError::IoUringDisabled(v.trim().to_string())),
         _ => Ok(()),
     }
+}
+
+/// The control API's token: the file's content, trimmed, not empty.
+fn read_token(path: &Path) -> Result<String, DaemonError> {
+    let text = fs::read_to_string(path).map_err(|source| DaemonError::Io {
+        op: "reading token file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(DaemonError::EmptyToken(path.to_path_buf()));
+    }
+    Ok(token)
 }
 
 /// One faasd per state directory: two would fight over addresses and containers.

@@ -25,6 +25,9 @@ struct Cli {
     /// faasd control API address.
     #[arg(long, env = "FAAS_URL", default_value = DEFAULT_URL, global = true)]
     url: String,
+    /// Bearer token, for a faasd run with --token-file.
+    #[arg(long, env = "FAAS_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,7 +116,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.url);
+    let client = Client::new(&cli.url).with_token(cli.token);
     match cli.command {
         Command::Deploy(args) | Command::New(args) => deploy(&client, args),
         Command::Ip { name } => {

@@ -13,6 +13,8 @@ use crate::net::NetError;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("unauthorized")]
+    Unauthorized,
     #[error("no route for {0}")]
     NoRoute(String),
     #[error("method {0} not allowed here")]
@@ -33,6 +35,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Name(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

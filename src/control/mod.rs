@@ -1,6 +1,9 @@
 //! The control API (hyper, HTTP/1.1) on `--listen`.
 //!
 //! Routes:
+//! Every route but `/healthz` requires `Authorization: Bearer TOKEN` when
+//! faasd runs with `--token-file`.
+//!
 //! - `GET /healthz`: 200 once faasd serves
 //! - `GET /metrics`: Prometheus text
 //! - `GET /v1/functions`: every function (JSON list of `FunctionInfo`)
@@ -51,6 +54,8 @@ pub struct Control {
     pub manager: Arc<Manager>,
     /// `None` with `--no-metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Bearer token every route but /healthz requires, if set.
+    pub token: Option<String>,
     pub uploads: PathBuf,
     pub max_upload: u64,
     pub(crate) upload_seq: AtomicU64,
@@ -60,6 +65,7 @@ impl Control {
     pub fn new(
         manager: Arc<Manager>,
         metrics: Option<PrometheusHandle>,
+        token: Option<String>,
         uploads: PathBuf,
         max_upload: u64,
     ) -> std::io::Result<Self> {
@@ -69,6 +75,7 @@ impl Control {
         Ok(Self {
             manager,
             metrics,
+            token,
             uploads,
             max_upload,
             upload_seq: AtomicU64::new(0),

@@ -20,6 +20,9 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Bod
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments != ["healthz"] && !authorized(control, &req) {
+        return ApiError::Unauthorized.response();
+    }
     let reply = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, ["v1", "functions"]) => json(&control.manager.list().await),
@@ -181,4 +184,40 @@ async fn metrics(control: &Control) -> Reply {
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(r)
+}
+
+/// Whether the request carries the configured token (always, without one).
+fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
+    let Some(token) = &control.token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit, so timing tells nothing about where a
+/// guess went wrong (only, at most, that its length did).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 }
