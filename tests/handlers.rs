@@ -39,10 +39,20 @@ fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
     let (status, body) = r.expect("crash is answered");
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("exited"), "{body}");
+    assert!(
+        !body.contains("crash-"),
+        "no container ids for clients: {body}"
+    );
     assert!(took < Duration::from_secs(2), "crash answered in {took:?}");
 
     let (r, took) = timed_call(missing);
-    assert_eq!(r.expect("missing entrypoint is answered").0, 502);
+    let (status, body) = r.expect("missing entrypoint is answered");
+    assert_eq!(status, 502);
+    let state = d.state.to_string_lossy().into_owned();
+    assert!(
+        !body.contains(&state) && !body.contains("does-not-exist"),
+        "no paths for clients: {body}"
+    );
     assert!(
         took < Duration::from_secs(2),
         "missing entrypoint answered in {took:?}"

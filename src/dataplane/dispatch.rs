@@ -122,7 +122,7 @@ async fn serve_cold(
             };
             func.metrics.outcome(outcome);
             if let Ok(client) = tokio::net::TcpStream::from_std(client) {
-                respond::error(client, status, &e.to_string()).await;
+                respond::error(client, status, e.public_reason()).await;
             }
             drop(lease);
         }

@@ -67,6 +67,20 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// What a client may be told: no ids, paths or runc messages (those
+    /// go to faasd's log and the function's).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            RuntimeError::HandlerExited { .. } => {
+                "the function's handler exited before taking the connection"
+            }
+            RuntimeError::ConnectTimeout { .. } => "the function's handler did not start in time",
+            RuntimeError::ShuttingDown => "the node is shutting down",
+            RuntimeError::Start { .. } => "the function's container failed to start",
+            _ => "the function could not be started",
+        }
+    }
+
     /// Whether the client should hear 504 (too slow) rather than 502.
     pub fn is_timeout(&self) -> bool {
         matches!(
