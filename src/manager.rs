@@ -114,8 +114,11 @@ impl Manager {
         }
         let registry = self.registry.lock().await;
         let wanted: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
+        // Only our own pool: another faasd on this host (another state
+        // directory, another pool) labels its addresses the same way.
         for addr in self.net.list().await? {
-            if addr.label.as_deref() == Some(LABEL) && !wanted.contains(&addr.ip) {
+            let ours = addr.label.as_deref() == Some(LABEL) && self.pool.contains(addr.ip);
+            if ours && !wanted.contains(&addr.ip) {
                 tracing::info!(ip = %addr.ip, "removing stale address");
                 self.net.remove(addr.ip).await?;
             }

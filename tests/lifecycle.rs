@@ -159,6 +159,22 @@ fn a_crash_leaves_nothing_a_restart_does_not_clean() {
 }
 
 #[test]
+fn another_faasds_addresses_survive_our_restart() {
+    let other = Daemon::start();
+    let theirs = other.deploy("theirs", &hello_image(), &opts()).ip;
+    let mut d = Daemon::start();
+    d.deploy("ours", &hello_image(), &opts());
+    d.crash();
+    d.spawn();
+    assert_eq!(
+        other.lo_addresses().len(),
+        1,
+        "the other faasd's address was removed"
+    );
+    assert_eq!(call(theirs).expect("the other faasd still serves").0, 200);
+}
+
+#[test]
 fn the_operators_addresses_are_left_alone() {
     let mut d = Daemon::start();
     // The operator put the pool's first address on lo by hand, without our label.
