@@ -1,6 +1,8 @@
 //! A container's resource use, read from the cgroup it ran in. runc
 //! removes the container's own cgroup the moment it ends, so each container
-//! gets a parent of ours, `/faasd/<id>`, and runc the leaf `/faasd/<id>/c`:
+//! gets a parent of ours, `/<scope>/<id>`, and runc the leaf
+//! `/<scope>/<id>/c` (the scope is per state directory, so two faasd on one
+//! host never share a cgroup):
 //! the kernel charges CPU and memory to every ancestor, and the parent's
 //! counters outlive the leaf. After runc is done we read the parent and
 //! remove it. Works on cgroup v1 (this host: cpuacct and memory) and v2.
@@ -9,7 +11,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
-const PARENT: &str = "faasd";
 
 /// What a container used.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,9 +19,16 @@ pub struct Usage {
     pub peak_bytes: u64,
 }
 
+/// The cgroup directory name of the faasd using `state_dir`.
+pub fn scope(state_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("faasd-{}", &crate::image::archive::hex(&digest)[..12])
+}
+
 /// The `cgroupsPath` to give runc for container `id`.
-pub fn runc_path(id: &str) -> String {
-    format!("/{PARENT}/{id}/c")
+pub fn runc_path(scope: &str, id: &str) -> String {
+    format!("/{scope}/{id}/c")
 }
 
 fn v2() -> bool {
@@ -28,9 +36,9 @@ fn v2() -> bool {
 }
 
 /// Reads the usage of container `id` (after its end).
-pub fn usage(id: &str) -> Option<Usage> {
+pub fn usage(scope: &str, id: &str) -> Option<Usage> {
     if v2() {
-        let dir = Path::new(ROOT).join(PARENT).join(id);
+        let dir = Path::new(ROOT).join(scope).join(id);
         let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
         let usec: u64 = stat
             .lines()
@@ -45,14 +53,14 @@ pub fn usage(id: &str) -> Option<Usage> {
     let ns = read_u64(
         &Path::new(ROOT)
             .join("cpuacct")
-            .join(PARENT)
+            .join(scope)
             .join(id)
             .join("cpuacct.usage"),
     )?;
     let peak = read_u64(
         &Path::new(ROOT)
             .join("memory")
-            .join(PARENT)
+            .join(scope)
             .join(id)
             .join("memory.max_usage_in_bytes"),
     )
@@ -64,9 +72,9 @@ pub fn usage(id: &str) -> Option<Usage> {
 }
 
 /// Removes container `id`'s cgroups in every hierarchy (leaf first).
-pub fn remove(id: &str) {
+pub fn remove(scope: &str, id: &str) {
     for dir in hierarchies() {
-        let parent = dir.join(PARENT).join(id);
+        let parent = dir.join(scope).join(id);
         let _ = fs::remove_dir(parent.join("c"));
         let _ = fs::remove_dir(&parent);
     }
@@ -74,10 +82,10 @@ pub fn remove(id: &str) {
 
 /// Removes every container cgroup an earlier run left (empty ones only:
 /// the kernel refuses to remove a cgroup that still has processes).
-pub fn sweep() -> usize {
+pub fn sweep(scope: &str) -> usize {
     let mut removed = 0;
     for dir in hierarchies() {
-        let Ok(entries) = fs::read_dir(dir.join(PARENT)) else {
+        let Ok(entries) = fs::read_dir(dir.join(scope)) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -88,6 +96,14 @@ pub fn sweep() -> usize {
         }
     }
     removed
+}
+
+/// Removes the scope's directories themselves (at shutdown, once empty).
+pub fn release(scope: &str) {
+    sweep(scope);
+    for dir in hierarchies() {
+        let _ = fs::remove_dir(dir.join(scope));
+    }
 }
 
 /// Every mounted hierarchy: the v2 root, or each v1 controller directory.

@@ -159,7 +159,7 @@ impl Guard {
             .set_nonblocking(true)
             .map_err(io("control socket"))?;
         let listener = ControlListener::new(listener).map_err(io("control socket"))?;
-        let cgroup = cgroup::runc_path(&self.id);
+        let cgroup = cgroup::runc_path(&self.rt.cgroup_scope, &self.id);
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
             rootfs: &self.func.rootfs.path,
@@ -194,10 +194,10 @@ impl Guard {
             }
         }
         if self.pid.is_some() {
-            if let Some(usage) = cgroup::usage(&self.id) {
+            if let Some(usage) = cgroup::usage(&self.rt.cgroup_scope, &self.id) {
                 self.func.metrics.usage(usage.cpu_seconds, usage.peak_bytes);
             }
-            cgroup::remove(&self.id);
+            cgroup::remove(&self.rt.cgroup_scope, &self.id);
         }
         let bundle = std::mem::take(&mut self.bundle);
         let removal =

@@ -254,6 +254,8 @@ pub struct Runtime {
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) starts: Semaphore,
+    /// This faasd's cgroup directory (see `cgroup`).
+    pub(crate) cgroup_scope: String,
 }
 
 impl Runtime {
@@ -286,6 +288,7 @@ impl Runtime {
             idle: Notify::new(),
             stopping,
             starts: Semaphore::new(config.max_concurrent_starts.max(1)),
+            cgroup_scope: cgroup::scope(&config.state_dir),
             config,
         }))
     }
@@ -305,7 +308,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(%id, error = %e, "deleting leftover container"),
             }
         }
-        cgroup::sweep();
+        cgroup::sweep(&self.cgroup_scope);
         if let Ok(rd) = std::fs::read_dir(self.bundles_dir()) {
             for entry in rd.flatten() {
                 if let Err(e) = crate::image::store::remove_tree(&entry.path()) {
@@ -331,6 +334,9 @@ impl Runtime {
             }
         };
         let _ = tokio::time::timeout(deadline, wait_all).await;
+        if self.live() == 0 {
+            cgroup::release(&self.cgroup_scope);
+        }
         self.live()
     }
 }
