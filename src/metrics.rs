@@ -95,7 +95,7 @@ fn describe() {
         "Containers started and waiting for a connection."
     );
     describe_gauge!(INFLIGHT, "Connections being served right now.");
-    describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime_create (runc run until the container is created), start_and_connect (runc start, the handler's exec and start-up, until it connects to /control.sock).");
+    describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime_create (runc run until the container is created), runtime_start (until runc released the process to exec), handler_connect (until the handler connected to /control.sock).");
     describe_histogram!(
         CONTAINER_CPU,
         Unit::Seconds,
@@ -144,9 +144,10 @@ pub enum Phase {
     StartSlot,
     /// `runc run` spawned until runc reports the container created.
     RuntimeCreate,
-    /// Created until the handler connected: runc's start, the process's
-    /// exec and the handler's own start-up (not separable from outside).
-    StartAndConnect,
+    /// Created until runc released the process to exec.
+    RuntimeStart,
+    /// From then until the handler connected to `/control.sock`.
+    HandlerConnect,
 }
 
 /// The handles of one function.
@@ -163,7 +164,8 @@ pub struct FunctionMetrics {
     bundle: Histogram,
     start_slot: Histogram,
     runtime_create: Histogram,
-    start_and_connect: Histogram,
+    runtime_start: Histogram,
+    handler_connect: Histogram,
     cpu: Histogram,
     memory: Histogram,
 }
@@ -186,7 +188,8 @@ impl FunctionMetrics {
             bundle: phase("bundle"),
             start_slot: phase("start_slot"),
             runtime_create: phase("runtime_create"),
-            start_and_connect: phase("start_and_connect"),
+            runtime_start: phase("runtime_start"),
+            handler_connect: phase("handler_connect"),
             cpu: histogram!(CONTAINER_CPU, "function" => f.clone()),
             memory: histogram!(CONTAINER_MEMORY, "function" => f),
         }
@@ -215,7 +218,8 @@ impl FunctionMetrics {
             Phase::Bundle => &self.bundle,
             Phase::StartSlot => &self.start_slot,
             Phase::RuntimeCreate => &self.runtime_create,
-            Phase::StartAndConnect => &self.start_and_connect,
+            Phase::RuntimeStart => &self.runtime_start,
+            Phase::HandlerConnect => &self.handler_connect,
         }
         .record(took.as_secs_f64());
     }

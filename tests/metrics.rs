@@ -157,7 +157,8 @@ fn counters_move_exactly_with_what_happens() {
         "bundle",
         "start_slot",
         "runtime_create",
-        "start_and_connect",
+        "runtime_start",
+        "handler_connect",
     ] {
         let n = delta(
             "faas_cold_start_phase_seconds_count",

@@ -343,33 +343,36 @@ impl Ready {
 }
 
 impl Guard {
-    /// Splits the start into runc's create and the rest, with the creation
-    /// time runc keeps in its state (read while the container still runs,
-    /// off the request path).
+    /// Splits the start at two moments runc leaves behind, read while the
+    /// container still runs (off the request path): the `created` time in
+    /// its `state.json`, and the removal of its `exec.fifo` (`phases`).
     fn record_phases(&mut self) {
         let Some((spawned, connected)) = self.started.take() else {
             return;
         };
-        let state = std::fs::read(self.rt.runc.root().join(&self.id).join("state.json")).ok();
-        let created = state
+        let started = self.rt.start_times.as_ref().and_then(|t| t.take(&self.id));
+        let created = std::fs::read(self.rt.runc.root().join(&self.id).join("state.json"))
+            .ok()
             .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
             .and_then(|v| {
                 v["created"]
                     .as_str()
                     .and_then(|t| humantime::parse_rfc3339(t).ok())
             });
-        let Some(created) = created.filter(|c| *c >= spawned && *c <= connected) else {
+        let (Some(created), Some(started)) = (created, started) else {
             return;
         };
+        // The watcher stamps the removal when it reads the event; the
+        // handler may have connected first.
+        let started = started.min(connected);
+        if !(spawned <= created && created <= started) {
+            return;
+        }
+        let between = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default();
         let m = &self.func.metrics;
-        m.phase(
-            Phase::RuntimeCreate,
-            created.duration_since(spawned).unwrap_or_default(),
-        );
-        m.phase(
-            Phase::StartAndConnect,
-            connected.duration_since(created).unwrap_or_default(),
-        );
+        m.phase(Phase::RuntimeCreate, between(spawned, created));
+        m.phase(Phase::RuntimeStart, between(created, started));
+        m.phase(Phase::HandlerConnect, between(started, connected));
     }
 
     fn reuse(&self, listener: ControlListener) -> Arc<Reuse> {

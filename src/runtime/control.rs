@@ -1,10 +1,12 @@
-//! A container's `/control.sock` listener on the reactor. Accepted
+//! Descriptors on the reactor (the runtime's only `unsafe`): a container's
+//! `/control.sock` listener, and the inotify watch of `phases`. Accepted
 //! connections stay plain std sockets: each is only ever used for one
 //! non-blocking `sendmsg`, so registering it with the reactor (two
 //! `epoll_ctl` per connection in reuse mode) would be waste.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use tokio::io::unix::AsyncFd;
@@ -13,9 +15,15 @@ pub struct ControlListener(AsyncFd<UnixListener>);
 
 /// Registers a non-blocking listener with the current runtime's reactor.
 pub fn register(listener: UnixListener) -> io::Result<AsyncFd<UnixListener>> {
-    // SAFETY: the UnixListener owns its descriptor, keeps it open and
-    // returns the same one from `as_raw_fd` until the AsyncFd drops it.
-    let fd = unsafe { AsyncFd::register(listener) };
+    register_owned(listener)
+}
+
+/// Registers a non-blocking descriptor owner with the current reactor.
+pub fn register_owned<T: AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: callers pass types that own their descriptor (UnixListener,
+    // nix's Inotify), keep it open and return the same one from
+    // `as_raw_fd` until the AsyncFd drops them.
+    let fd = unsafe { AsyncFd::register(owner) };
     fd.map_err(io::Error::from)
 }
 

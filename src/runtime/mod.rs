@@ -21,6 +21,7 @@ pub mod container;
 mod control;
 pub mod fdpass;
 pub mod logs;
+mod phases;
 pub mod pool;
 pub mod reaper;
 pub mod reuse;
@@ -256,6 +257,8 @@ pub struct Runtime {
     pub(crate) starts: Semaphore,
     /// This faasd's cgroup directory (see `cgroup`).
     pub(crate) cgroup_scope: String,
+    /// When runc finished starting each container (see `phases`).
+    pub(crate) start_times: Option<Arc<phases::StartTimes>>,
 }
 
 impl Runtime {
@@ -279,6 +282,9 @@ impl Runtime {
             std::fs::create_dir_all(config.state_dir.join(dir))
                 .map_err(io("creating state directories"))?;
         }
+        let start_times = phases::watch(runc_root.clone())
+            .map_err(|e| tracing::warn!(error = %e, "cold-start phases will not be split"))
+            .ok();
         let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper);
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(Self {
@@ -289,6 +295,7 @@ impl Runtime {
             stopping,
             starts: Semaphore::new(config.max_concurrent_starts.max(1)),
             cgroup_scope: cgroup::scope(&config.state_dir),
+            start_times,
             config,
         }))
     }
