@@ -144,6 +144,11 @@ async fn accept_loop(
                             dispatch::dispatch(stream, accepted, &served, &ctx);
                         }
                         if *release.borrow() {
+                            // Moved to another core: a connection held back
+                            // here is served rather than dropped.
+                            if let Some(h) = held.take() {
+                                dispatch::dispatch(h.stream, h.accepted, &served, &ctx);
+                            }
                             return;
                         }
                     }
