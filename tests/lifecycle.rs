@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use faasd::api::DeployOptions;
@@ -52,7 +52,7 @@ fn shutdown_removes_addresses_and_restart_restores_them() {
 }
 
 /// Deploys a handler that takes its connection and never answers, sends
-/// it a request, and returns once its container runs.
+/// it a request, and returns once the handler has the connection.
 fn hang_a_request(d: &Daemon) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
     let slow = DeployOptions {
         warm: 0,
@@ -62,14 +62,12 @@ fn hang_a_request(d: &Daemon) -> std::thread::JoinHandle<std::io::Result<(u16, S
     let ip = d.deploy("hang", &probe_image("hang", &[]), &slow).ip;
     let client =
         std::thread::spawn(move || http_get_timeout(&ip.to_string(), "/", Duration::from_secs(30)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.runc_containers().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the hanging container never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Not just started: a container whose handler has not connected yet
+    // ends by itself if faasd dies (its control socket goes with faasd).
+    d.wait_for("hang", Duration::from_secs(10), "the hand-over", |i| {
+        i.stats.handed_over == 1
+    });
+    assert_eq!(d.runc_containers().len(), 1);
     client
 }
 
