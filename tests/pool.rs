@@ -47,7 +47,13 @@ fn warm_pool_serves_from_started_containers_and_refills() {
     assert_eq!(info.stats.warm_starts + info.stats.cold_starts, 11);
     assert!(info.stats.warm_starts >= 3, "{:?}", info.stats);
     // The pool is exactly its target: three waiting containers, no more.
-    std::thread::sleep(Duration::from_millis(500));
+    // (the burst's cold containers are gone once they answered).
+    assert!(
+        d.wait_quiet_but_pool(Duration::from_secs(10), 3),
+        "{:?}",
+        d.runc_containers()
+    );
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.runc_containers().len(), 3, "{:?}", d.runc_containers());
 }
 

@@ -26,6 +26,9 @@ use super::{cgroup, logs};
 use super::{fdpass, Function, Lease, Runc, Runtime, RuntimeError};
 use crate::metrics::Phase;
 
+/// How long a supervisor waits for the start watcher's event.
+const PHASE_WAIT_STEP: Duration = Duration::from_millis(5);
+const PHASE_WAIT_STEPS: u32 = 40;
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -49,7 +52,17 @@ struct Guard {
     exit: Option<oneshot::Receiver<Exit>>,
     /// When `runc run` was spawned and when the handler connected, for the
     /// cold-start phases recorded once the hand-over is done.
-    started: Option<(SystemTime, SystemTime)>,
+    started: Option<Started>,
+}
+
+/// Moments of a container's start, for its phase metrics.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    spawned: SystemTime,
+    /// runc's own creation time, read from its state at connect (a
+    /// container that answers fast may be gone before anything later).
+    created: Option<SystemTime>,
+    connected: SystemTime,
 }
 
 /// Why a supervisor stopped following its container.
@@ -142,7 +155,11 @@ impl Guard {
                 secs: connect_timeout.as_secs_f64(),
             }),
         };
-        self.started = Some((spawned, spawned + t2.elapsed()));
+        self.started = Some(Started {
+            spawned,
+            created: self.created_at(),
+            connected: spawned + t2.elapsed(),
+        });
         // One-shot: the listener goes, so a second connect is refused.
         let listener = self.func.options.reuse.then_some(listener);
         Ok((control, listener))
@@ -326,7 +343,7 @@ impl Ready {
             None => {
                 let watch = offer(&func, control);
                 tokio::spawn(async move {
-                    guard.record_phases();
+                    guard.record_phases().await;
                     match wait_in_pool(&mut guard, &func, watch).await {
                         Parked::Handed(lease) => supervise_once(guard, lease).await,
                         Parked::Gone(end) => guard.finish(end).await,
@@ -343,25 +360,39 @@ impl Ready {
 }
 
 impl Guard {
-    /// Splits the start at two moments runc leaves behind, read while the
-    /// container still runs (off the request path): the `created` time in
-    /// its `state.json`, and the removal of its `exec.fifo` (`phases`).
-    fn record_phases(&mut self) {
-        let Some((spawned, connected)) = self.started.take() else {
+    /// runc's creation time from its `state.json` (one small read).
+    fn created_at(&self) -> Option<SystemTime> {
+        let state = std::fs::read(self.rt.runc.root().join(&self.id).join("state.json")).ok()?;
+        let v = serde_json::from_slice::<serde_json::Value>(&state).ok()?;
+        v["created"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    }
+
+    /// Splits the start at the moments runc leaves behind: its `created`
+    /// time, and the removal of `exec.fifo` (seen by `phases`, whose task
+    /// may not have read the event yet: we give it a little while).
+    async fn record_phases(&mut self) {
+        let Some(Started {
+            spawned,
+            created: Some(created),
+            connected,
+        }) = self.started.take()
+        else {
             return;
         };
-        let started = self.rt.start_times.as_ref().and_then(|t| t.take(&self.id));
-        let created = std::fs::read(self.rt.runc.root().join(&self.id).join("state.json"))
-            .ok()
-            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
-            .and_then(|v| {
-                v["created"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339(t).ok())
-            });
-        let (Some(created), Some(started)) = (created, started) else {
+        let Some(times) = self.rt.start_times.clone() else {
             return;
         };
+        let mut started = times.take(&self.id);
+        for _ in 0..PHASE_WAIT_STEPS {
+            if started.is_some() {
+                break;
+            }
+            tokio::time::sleep(PHASE_WAIT_STEP).await;
+            started = times.take(&self.id);
+        }
+        let Some(started) = started else { return };
         // The watcher stamps the removal when it reads the event; the
         // handler may have connected first.
         let started = started.min(connected);
@@ -420,8 +451,8 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
 /// A one-shot container with a connection: served until it ends, or killed
 /// at the function's timeout.
 async fn supervise_once(mut guard: Guard, lease: Lease) {
-    guard.record_phases();
     let deadline = Instant::now() + Duration::from_secs(guard.func.options.timeout_secs);
+    guard.record_phases().await;
     let end = guard.wait_exit(Some(deadline)).await;
     drop(lease);
     guard.finish(end).await;
@@ -431,7 +462,7 @@ async fn supervise_once(mut guard: Guard, lease: Lease) {
 /// in `reuse::await_next`; this only wakes when the container ends or must
 /// be killed (timeout, retired, shutdown).
 async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
-    guard.record_phases();
+    guard.record_phases().await;
     let end = tokio::select! {
         end = guard.wait_exit(None) => end,
         _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
