@@ -19,6 +19,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::dispatch;
 use super::{rawfd, Command, Ctx, Served};
+use crate::runtime::container::sleep_until_opt;
 
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
 const FD_BACKOFF: Duration = Duration::from_millis(100);
@@ -226,13 +227,6 @@ async fn poll_opt(
 ) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
     match fut.as_mut() {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
 }

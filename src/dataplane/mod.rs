@@ -215,11 +215,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The function's shared state, if it is served.
-    pub fn served(&self, name: &FunctionName) -> Option<Arc<Served>> {
-        self.lock().get(name).map(|e| Arc::clone(&e.served))
-    }
-
     /// Stops accepting for `name`. Connections already accepted finish;
     /// those still in the kernel's backlog are refused.
     pub fn stop(&self, name: &FunctionName) -> Option<Ipv4Addr> {
@@ -247,11 +242,6 @@ impl Dataplane {
                 let _ = t.join();
             }
         }
-    }
-
-    /// Listeners per core (for `faas inspect` and tests).
-    pub fn load(&self) -> Vec<usize> {
-        core_loads(&self.lock(), self.cores.len())
     }
 
     /// Moves one single-core listener from the fullest to the emptiest core

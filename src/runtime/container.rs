@@ -474,7 +474,8 @@ async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
     reuse.end();
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or forever without one (for `select!`).
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,

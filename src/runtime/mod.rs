@@ -266,10 +266,6 @@ impl Runtime {
         self.config.state_dir.join("bundles")
     }
 
-    pub fn runc_root(&self) -> PathBuf {
-        self.config.state_dir.join("runc")
-    }
-
     pub fn logs_dir(&self) -> PathBuf {
         self.config.state_dir.join("logs")
     }

@@ -169,10 +169,6 @@ impl Pool {
         }
     }
 
-    pub fn target(&self) -> u32 {
-        self.target
-    }
-
     /// Containers waiting right now.
     pub fn ready(&self) -> u32 {
         self.ready.load(Ordering::Acquire)
@@ -197,7 +193,7 @@ impl Pool {
     }
 
     /// Records traffic, so an idle-shrunk pool fills again.
-    pub fn touch(&self) {
+    fn touch(&self) {
         self.last_used_ms.store(self.now_ms(), Ordering::Release);
         if self.ready() == 0 && self.target > 0 {
             self.wake.notify_one();

@@ -114,9 +114,4 @@ impl Reaper {
     pub fn forget(&self, pid: i32) {
         self.lock().waiters.remove(&pid);
     }
-
-    /// Number of processes we are waiting for.
-    pub fn watched(&self) -> usize {
-        self.lock().waiters.len()
-    }
 }
