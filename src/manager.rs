@@ -160,7 +160,7 @@ impl Manager {
             logs: log,
             stats,
             metrics: FunctionMetrics::new(record.name.as_str()),
-            pool: WarmPool::new(record.options.warm),
+            pool: WarmPool::new(record.options.warm, record.options.reuse),
         });
         tokio::spawn(pool::refill(Arc::clone(&self.runtime), Arc::clone(&func)));
         Ok(func)

@@ -266,3 +266,34 @@ fn all_cores_function_is_served() {
     assert_eq!(info.ip, ip);
     assert_eq!(call(ip).expect("request").0, 200);
 }
+
+#[test]
+fn a_reuse_burst_waits_for_busy_containers_instead_of_starting_one_each() {
+    let d = Daemon::start();
+    let options = DeployOptions {
+        warm: 1,
+        reuse: true,
+        ..Default::default()
+    };
+    let ip = d.deploy("burst", &hello_image(), &options).ip;
+    d.wait_for("burst", Duration::from_secs(20), "pool of 1", |i| {
+        i.stats.warm_ready >= 1
+    });
+    // Sixteen clients back to back: each mostly finds the container busy.
+    let threads: Vec<_> = (0..16)
+        .map(|_| std::thread::spawn(move || (0..10).map(|_| call(ip)).collect::<Vec<_>>()))
+        .collect();
+    for t in threads {
+        for r in t.join().expect("client thread") {
+            assert_eq!(r.expect("request").0, 200);
+        }
+    }
+    let stats = d.client().inspect("burst").expect("inspect").stats;
+    assert_eq!(stats.handed_over, 160, "{stats:?}");
+    // One container per missed take would be 15 or more cold starts.
+    assert!(
+        stats.cold_starts <= 8,
+        "{} cold starts for 160 connections: busy containers were not waited for",
+        stats.cold_starts
+    );
+}

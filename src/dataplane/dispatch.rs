@@ -1,7 +1,8 @@
 //! What happens to an accepted connection: the hot path (take a waiting
 //! container from the pool, one `sendmsg`, close ours) runs right here on
-//! the core; anything slow — a cold start when the pool is empty, writing
-//! faasd's own error answer — is sent to the control runtime.
+//! the core, as does waiting briefly for a busy reuse-mode container;
+//! anything slow — a cold start, writing faasd's own error answer — is
+//! sent to the control runtime.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -13,36 +14,77 @@ use tokio_uring::net::TcpStream as UringStream;
 use super::respond::{self, Status};
 use super::{rawfd, Ctx, Inflight, Served};
 use crate::metrics::Outcome;
+use crate::runtime::handoff::{self, Waiting};
 use crate::runtime::{reuse, Function, HandedOver, Lease, Runtime, RuntimeError};
 
 /// Serves one accepted connection (accepted at `accepted`).
 pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     let func = served.func.load_full();
-    let stats = &func.stats;
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let mut lease: Lease = Box::new(Inflight::new(served));
-    while let Some(slot) = func.pool.take() {
-        match slot.hand_over(stream.as_raw_fd(), lease) {
-            Ok(next) => {
-                if let HandedOver::AwaitNext(reuse, lease) = next {
-                    tokio_uring::spawn(reuse::await_next(reuse, lease, Arc::clone(&func)));
-                }
-                let took = accepted.elapsed();
-                stats.warm_starts.fetch_add(1, Ordering::Relaxed);
-                stats.handed_over.fetch_add(1, Ordering::Relaxed);
-                stats.latency.record(took);
-                func.metrics.handed_over(took, true);
-                // Dropping `stream` closes our copy; the handler has its own.
-                return;
-            }
-            // That handler died while waiting; its supervisor replaces it.
-            Err((back, e)) => {
-                tracing::debug!(function = %func.name, error = %e, "warm container gone");
-                lease = back;
-            }
+    func.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let lease: Lease = Box::new(Inflight::new(served));
+    let lease = match handoff::from_pool(&func, stream.as_raw_fd(), accepted, lease) {
+        Ok(next) => {
+            await_next(next, func);
+            // Dropping `stream` closes our copy; the handler has its own.
+            return;
         }
+        Err(lease) => lease,
+    };
+    let Some(client) = to_std(&stream) else {
+        func.stats.failed.fetch_add(1, Ordering::Relaxed);
+        func.metrics.outcome(Outcome::HandlerError);
+        return;
+    };
+    drop(stream);
+    let waiting = Waiting {
+        client,
+        accepted,
+        lease,
+    };
+    if func.pool.expects_returns() {
+        wait_for_return(waiting, func, served, ctx);
+    } else {
+        cold(waiting, func, ctx);
     }
-    cold(stream, accepted, func, lease, ctx);
+}
+
+/// Reuse mode, every container busy: the connection waits for the first
+/// to come back, or goes cold after `SCALE_OUT_AFTER`.
+fn wait_for_return(waiting: Waiting, func: Arc<Function>, served: &Arc<Served>, ctx: &Arc<Ctx>) {
+    let (ticket, next) = handoff::wait(&func, waiting);
+    await_next(next, Arc::clone(&func));
+    let served = Arc::clone(served);
+    let ctx = Arc::clone(ctx);
+    tokio_uring::spawn(async move {
+        tokio::time::sleep(handoff::SCALE_OUT_AFTER).await;
+        let Some(waiting) = ticket.take() else { return };
+        // The current version: a redeploy may have retired `func`.
+        let func = served.func.load_full();
+        let Waiting {
+            client,
+            accepted,
+            lease,
+        } = waiting;
+        match handoff::from_pool(&func, client.as_raw_fd(), accepted, lease) {
+            Ok(next) => await_next(next, func),
+            Err(lease) => cold(
+                Waiting {
+                    client,
+                    accepted,
+                    lease,
+                },
+                func,
+                &ctx,
+            ),
+        }
+    });
+}
+
+/// Reuse mode: waits on this core for the handler's next connect.
+fn await_next(next: Option<handoff::Next>, func: Arc<Function>) {
+    if let Some((reuse, lease)) = next {
+        tokio_uring::spawn(reuse::await_next(reuse, lease, func));
+    }
 }
 
 /// Answers 503: the connection waited past the queue deadline.
@@ -66,34 +108,32 @@ pub fn reject(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     });
 }
 
-/// The pool was empty: start a container on the control runtime.
-fn cold(stream: UringStream, accepted: Instant, func: Arc<Function>, lease: Lease, ctx: &Arc<Ctx>) {
-    let Some(client) = to_tokio_std(&stream) else {
-        func.stats.failed.fetch_add(1, Ordering::Relaxed);
-        func.metrics.outcome(Outcome::HandlerError);
-        return;
-    };
-    drop(stream);
+/// No container to take: start one on the control runtime.
+fn cold(waiting: Waiting, func: Arc<Function>, ctx: &Arc<Ctx>) {
     let rt = Arc::clone(&ctx.rt);
-    ctx.control
-        .spawn(serve_cold(rt, func, client, accepted, lease));
+    ctx.control.spawn(serve_cold(rt, func, waiting));
 }
 
-/// A std stream (non-blocking, for tokio) sharing the connection.
+/// A std stream sharing the connection, left blocking: handlers expect
+/// that, and it is the same open file they receive.
+fn to_std(stream: &UringStream) -> Option<std::net::TcpStream> {
+    rawfd::dup(stream).ok().map(std::net::TcpStream::from)
+}
+
+/// A std stream (non-blocking, for tokio) sharing the connection, for
+/// faasd's own answers only.
 fn to_tokio_std(stream: &UringStream) -> Option<std::net::TcpStream> {
-    let fd = rawfd::dup(stream).ok()?;
-    let std = std::net::TcpStream::from(fd);
+    let std = to_std(stream)?;
     std.set_nonblocking(true).ok()?;
     Some(std)
 }
 
-async fn serve_cold(
-    rt: Arc<Runtime>,
-    func: Arc<Function>,
-    client: std::net::TcpStream,
-    accepted: Instant,
-    lease: Lease,
-) {
+async fn serve_cold(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
+    let Waiting {
+        client,
+        accepted,
+        lease,
+    } = waiting;
     let stats = Arc::clone(&func.stats);
     let result = match rt.start(&func).await {
         Ok(ready) => {
@@ -121,7 +161,10 @@ async fn serve_cold(
                 _ => (Status::BadGateway, Outcome::HandlerError),
             };
             func.metrics.outcome(outcome);
-            if let Ok(client) = tokio::net::TcpStream::from_std(client) {
+            let client = client
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(client));
+            if let Ok(client) = client {
                 respond::error(client, status, e.public_reason()).await;
             }
             drop(lease);

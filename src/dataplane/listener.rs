@@ -7,6 +7,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Kernel accept queue per listener; connections wait here while the
 /// function is at its concurrency limit.
 const BACKLOG: i32 = 1024;
+/// A connection that has sent nothing yet stays in the kernel up to about
+/// this long before it is accepted anyway: a handler is handed a request
+/// to read, not a socket to wait on.
+const DEFER_ACCEPT_SECS: u32 = 5;
 
 /// A close-on-exec listener on `addr` with SO_REUSEADDR (a restarted faasd
 /// rebinds at once) and, for all-cores functions, SO_REUSEPORT. Left in
@@ -18,6 +22,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
+    super::rawfd::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())

@@ -1,5 +1,6 @@
 //! The data plane's only `unsafe`: tokio-uring's sockets expose raw fds
-//! only, and the queue deadline needs TCP_INFO, which nix does not wrap.
+//! only, and the queue deadline needs TCP_INFO and listeners need
+//! TCP_DEFER_ACCEPT, which neither nix nor socket2 wraps.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -35,6 +36,28 @@ pub fn idle_in_kernel(sock: &impl AsRawFd) -> Option<Duration> {
         )
     };
     (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+}
+
+/// Completes accepts only once the client has sent something (or after
+/// about `secs`), so a handler never waits for the request it was given.
+pub fn defer_accept(sock: &impl AsRawFd, secs: u32) -> io::Result<()> {
+    let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `secs` is a readable c_int of the length passed; the fd is
+    // open (borrowed from `sock`).
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn tcp_info_zeroed() -> libc::tcp_info {

@@ -406,8 +406,11 @@ impl Guard {
         m.phase(Phase::HandlerConnect, between(started, connected));
     }
 
+    /// Makes this a reuse-mode container, counted live until
+    /// `supervise_reuse` ends.
     fn reuse(&self, listener: ControlListener) -> Arc<Reuse> {
         let options = &self.func.options;
+        self.func.pool.reuse_started();
         Reuse::new(
             listener.into_inner(),
             options.max_requests,
@@ -470,8 +473,10 @@ async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
     if reuse.withdraw() {
         guard.func.pool.withdrawn();
     }
+    let func = Arc::clone(&guard.func);
     guard.finish(end).await;
     reuse.end();
+    func.pool.reuse_ended();
 }
 
 /// Sleeps until `deadline`, or forever without one (for `select!`).

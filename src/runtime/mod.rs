@@ -1,8 +1,8 @@
 //! Containers for functions: the OCI spec (`spec`), the runc command line
 //! (`runc`), child reaping (`reaper`), passing the client socket
 //! (`fdpass`), one container's life and its supervisor (`container`), the
-//! warm pool and its refiller (`pool`), reuse mode's per-connection cycle
-//! (`reuse`), per-container cgroup usage (`cgroup`) and handler output
+//! warm pool and its refiller (`pool`), handing connections to running
+//! containers (`handoff`), reuse mode's per-connection cycle (`reuse`), per-container cgroup usage (`cgroup`) and handler output
 //! (`logs`).
 
 use std::path::PathBuf;
@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod container;
 mod control;
 pub mod fdpass;
+pub mod handoff;
 pub mod logs;
 mod phases;
 pub mod pool;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::SegQueue;
 use tokio::sync::{oneshot, Notify};
 
+use super::handoff::Waiters;
 use super::reuse::Reuse;
 use super::{fdpass, Function, Lease, Runtime};
 
@@ -135,9 +136,16 @@ impl SlotWatch {
 /// Warm containers of one function version.
 pub struct Pool {
     target: u32,
+    /// Reuse mode: containers come back by themselves, so taking one does
+    /// not call for a new start; the target counts live containers.
+    reuse: bool,
     slots: SegQueue<Slot>,
     ready: AtomicU32,
     starting: AtomicU32,
+    /// Reuse mode: containers alive, parked or serving.
+    live: AtomicU32,
+    /// Reuse mode: connections waiting for a busy container to come back.
+    pub(super) waiters: Waiters,
     failures: AtomicU32,
     closed: AtomicBool,
     wake: Notify,
@@ -155,12 +163,15 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(target: u32) -> Self {
+    pub fn new(target: u32, reuse: bool) -> Self {
         Self {
             target,
+            reuse,
             slots: SegQueue::new(),
             ready: AtomicU32::new(0),
             starting: AtomicU32::new(0),
+            live: AtomicU32::new(0),
+            waiters: Waiters::default(),
             failures: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
@@ -184,7 +195,10 @@ impl Pool {
         while let Some(slot) = self.slots.pop() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
-                self.wake.notify_one();
+                if !self.reuse {
+                    // Its replacement starts now.
+                    self.wake.notify_one();
+                }
                 return Some(slot);
             }
             // Withdrawn by its supervisor (dead or retired): skip it.
@@ -195,9 +209,35 @@ impl Pool {
     /// Records traffic, so an idle-shrunk pool fills again.
     fn touch(&self) {
         self.last_used_ms.store(self.now_ms(), Ordering::Release);
-        if self.ready() == 0 && self.target > 0 {
+        if self.target > 0 && self.have() == 0 {
             self.wake.notify_one();
         }
+    }
+
+    /// What counts against the target: waiting containers, or in reuse
+    /// mode every live one (busy ones come back).
+    fn have(&self) -> u32 {
+        if self.reuse {
+            self.live.load(Ordering::Acquire)
+        } else {
+            self.ready()
+        }
+    }
+
+    /// Reuse mode: some containers are serving and will come back.
+    pub fn expects_returns(&self) -> bool {
+        self.reuse && self.live.load(Ordering::Acquire) > self.ready()
+    }
+
+    /// A reuse-mode container started (`Guard::reuse`).
+    pub fn reuse_started(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A reuse-mode container ended; below the target, another starts.
+    pub fn reuse_ended(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
     }
 
     /// Offers a waiting container. Refused (and so dropped, which retires
@@ -279,7 +319,7 @@ pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
                 .min(MAX_BACKOFF);
             tokio::time::sleep(backoff).await;
         }
-        let have = pool.ready() + pool.starting.load(Ordering::Acquire);
+        let have = pool.have() + pool.starting.load(Ordering::Acquire);
         for _ in have..want {
             pool.starting.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(start_one(Arc::clone(&rt), Arc::clone(&func)));

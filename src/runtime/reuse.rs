@@ -6,7 +6,9 @@
 //! timeout, lets it go. The container's supervisor only hears of the rare
 //! events (kill, end), so a reused connection costs it no wake-up.
 
+use std::future::Future;
 use std::os::unix::net::UnixListener;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 use super::control::register;
+use super::handoff::{self, Returned};
 use super::pool::Slot;
 use super::{Function, Lease};
 
@@ -91,17 +94,39 @@ impl Reuse {
 }
 
 /// Waits for the handler to ask for its next connection, holding `lease`
-/// (the connection just handed over) until then.
-pub async fn await_next(reuse: Arc<Reuse>, lease: Lease, func: Arc<Function>) {
-    let next = wait_reconnect(&reuse).await;
-    // The handler is done with the connection (or gone): free its slot.
-    drop(lease);
-    let Some(control) = next else { return };
-    if reuse.at_limit() || func.pool.is_closed() || reuse.retired().is_some() {
-        // Closing its control connection unanswered tells the handler to exit.
-        return;
+/// (the connection just handed over) until then; gives it a connection
+/// that waits for it, or parks it.
+pub fn await_next(
+    reuse: Arc<Reuse>,
+    lease: Lease,
+    func: Arc<Function>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Boxed: it spawns itself for another container.
+    Box::pin(cycle(reuse, lease, func))
+}
+
+async fn cycle(reuse: Arc<Reuse>, mut lease: Lease, func: Arc<Function>) {
+    loop {
+        let next = wait_reconnect(&reuse).await;
+        // The handler is done with the connection (or gone): free its slot.
+        drop(lease);
+        let Some(control) = next else { return };
+        if reuse.at_limit() || func.pool.is_closed() || reuse.retired().is_some() {
+            // Closing its control connection unanswered tells the handler to exit.
+            return;
+        }
+        match handoff::to_waiter(Slot::reuse(control, Arc::clone(&reuse)), &func) {
+            Returned::Served(Some((_, next_lease))) => lease = next_lease,
+            Returned::Served(None) | Returned::Gone => return,
+            Returned::Idle(slot) => {
+                func.pool.push(slot);
+                if let Some((other, lease)) = handoff::match_waiting(&func) {
+                    tokio::spawn(await_next(other, lease, func));
+                }
+                return;
+            }
+        }
     }
-    func.pool.push(Slot::reuse(control, reuse));
 }
 
 /// The handler's next connect; `None` at its timeout or end.
