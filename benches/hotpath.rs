@@ -46,6 +46,7 @@ fn spec(c: &mut Criterion) {
                 image: &image,
                 options: &options,
                 cgroup: "/faasd/bench-1",
+                id_base: 1 << 30,
             });
             let bytes = serde_json::to_vec(&spec).expect("json");
             std::fs::write(bundle.join("config.json"), bytes).expect("write");

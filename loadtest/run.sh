@@ -24,6 +24,7 @@ cargo build --quiet --release --bins --example plain_server
 handlers=$(scripts/build-handlers.sh)
 out=loadtest/out; mkdir -p "$out"
 work=$(mktemp -d /tmp/faasd-load.XXXXXX)
+chmod 711 "$work" # containers (unprivileged host ids) pass through to their rootfs
 port=18181; pool=127.251.0.0/24; plain_addr=127.0.0.1:18190
 faasd_pid=; plain_pid=
 stop_faasd() {

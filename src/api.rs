@@ -205,6 +205,25 @@ pub struct FunctionInfo {
     pub working_dir: String,
     pub user: String,
     pub stats: FunctionStats,
+    /// The isolation its containers run with.
+    #[serde(default)]
+    pub sandbox: Sandbox,
+}
+
+/// The isolation of a function's containers: all of it applies by
+/// default; only memory and the timeout are set per function.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// Host uids and gids that container ids 0..65535 map to.
+    pub host_ids: String,
+    pub seccomp: String,
+    pub capabilities: Vec<String>,
+    pub no_new_privileges: bool,
+    pub rootfs: String,
+    pub network: String,
+    pub memory_bytes: u64,
+    pub pids: i64,
+    pub cpus: f64,
 }
 
 /// Body of every error answer.

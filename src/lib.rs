@@ -38,8 +38,12 @@ pub mod metrics;
 pub mod name;
 /// Function IP addresses: the pool allocator and the loopback addresses.
 pub mod net;
+/// Raw socket descriptors: the syscalls std, nix and socket2 lack.
+pub mod rawfd;
 /// Persistent record of deployed functions.
 pub mod registry;
+/// HTTP error answers faasd writes itself.
+pub mod respond;
 /// Containers: OCI spec, runc, child reaping, fd passing, lifecycle.
 pub mod runtime;
 /// Human sizes ("64M") and durations for flags and the API.

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::api::{DeployOptions, FunctionInfo};
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
-use crate::image::{unpack_image, ImageError, Limits};
+use crate::image::{owners, unpack_image, ImageError, Limits};
 use crate::metrics::FunctionMetrics;
 use crate::name::FunctionName;
 use crate::net::{Added, NetError, Netlink, Pool, LABEL};
@@ -64,6 +64,19 @@ pub struct Manager {
     sinks: Mutex<HashMap<FunctionName, Arc<LogSink>>>,
 }
 
+/// Gives the unpacked rootfs at `root` to the function's id range.
+async fn shift_owners(root: PathBuf, slot: u32) -> Result<(), ManagerError> {
+    tokio::task::spawn_blocking(move || owners::shift_tree(&root, owners::base(slot)))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map(|_| ())
+        .map_err(|source| ManagerError::Io {
+            op: "giving the rootfs to the function's id range".into(),
+            source,
+        })
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,7 +125,8 @@ impl Manager {
                 "deleted containers left by an earlier run"
             );
         }
-        let registry = self.registry.lock().await;
+        let mut registry = self.registry.lock().await;
+        self.assign_id_ranges(&mut registry).await?;
         let wanted: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
         // Only our own pool: another faasd on this host (another state
         // directory, another pool) labels its addresses the same way.
@@ -161,9 +175,29 @@ impl Manager {
             stats,
             metrics: FunctionMetrics::new(record.name.as_str()),
             pool: WarmPool::new(record.options.warm, record.options.reuse),
+            id_base: owners::base(record.id_slot.unwrap_or_default()),
         });
         tokio::spawn(pool::refill(Arc::clone(&self.runtime), Arc::clone(&func)));
         Ok(func)
+    }
+
+    /// Gives functions recorded before id ranges existed a range, and
+    /// their rootfs to it.
+    async fn assign_id_ranges(&self, registry: &mut Registry) -> Result<(), ManagerError> {
+        let unassigned: Vec<FunctionRecord> = registry
+            .list()
+            .filter(|r| r.id_slot.is_none())
+            .cloned()
+            .collect();
+        for mut record in unassigned {
+            let slot = registry.free_id_slot();
+            let rootfs = self.store.path(record.name.as_str(), record.version);
+            shift_owners(rootfs, slot).await?;
+            record.id_slot = Some(slot);
+            tracing::info!(function = %record.name, slot, "assigned a host id range");
+            registry.put(record)?;
+        }
+        Ok(())
     }
 
     pub fn log_path(&self, name: &FunctionName) -> PathBuf {
@@ -206,6 +240,11 @@ impl Manager {
         let mut registry = self.registry.lock().await;
         let previous = registry.get(&name).cloned();
         let version = registry.next_version();
+        let id_slot = previous
+            .as_ref()
+            .and_then(|p| p.id_slot)
+            .unwrap_or_else(|| registry.free_id_slot());
+        shift_owners(staging.path().to_path_buf(), id_slot).await?;
         let store = self.store.clone();
         let commit_name = name.clone();
         let rootfs = tokio::task::spawn_blocking(move || {
@@ -232,6 +271,7 @@ impl Manager {
             image: unpacked.config.clone(),
             options,
             deployed_at: now_secs(),
+            id_slot: Some(id_slot),
         };
         let undo = |this: &Self| {
             RootfsDir::new(rootfs.clone()).retire();
@@ -379,6 +419,10 @@ impl Manager {
             working_dir: r.image.working_dir.clone(),
             user: r.image.user.clone(),
             stats,
+            sandbox: crate::runtime::spec::sandbox(
+                &r.options,
+                owners::base(r.id_slot.unwrap_or_default()),
+            ),
         }
     }
 

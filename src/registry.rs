@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,10 @@ pub struct FunctionRecord {
     pub image: ImageConfig,
     pub options: DeployOptions,
     pub deployed_at: u64,
+    /// Its host id range (`image::owners`); absent in records written
+    /// before ranges existed, assigned at the next start.
+    #[serde(default)]
+    pub id_slot: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -92,6 +97,14 @@ impl Registry {
         self.contents.functions.values()
     }
 
+    /// The lowest id range no function has.
+    pub fn free_id_slot(&self) -> u32 {
+        let taken: std::collections::HashSet<u32> = self.list().filter_map(|r| r.id_slot).collect();
+        (0..crate::image::owners::SLOTS)
+            .find(|s| !taken.contains(s))
+            .unwrap_or_default()
+    }
+
     /// A version number never used before (store directories are unique).
     pub fn next_version(&mut self) -> u64 {
         self.contents.next_version += 1;
@@ -123,7 +136,14 @@ impl Registry {
             source,
         };
         let bytes = serde_json::to_vec_pretty(&self.contents).map_err(|e| werr(e.into()))?;
-        let mut file = fs::File::create(&tmp).map_err(werr)?;
+        // Deploy options hold the functions' environment: private.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(werr)?;
         file.write_all(&bytes).map_err(werr)?;
         file.sync_all().map_err(werr)?;
         fs::rename(&tmp, &path).map_err(werr)?;
@@ -146,6 +166,7 @@ mod tests {
             image: ImageConfig::default(),
             options: DeployOptions::default(),
             deployed_at: 0,
+            id_slot: None,
         }
     }
 

@@ -289,6 +289,7 @@ fn a_reuse_burst_waits_for_busy_containers_instead_of_starting_one_each() {
         }
     }
     let stats = d.client().inspect("burst").expect("inspect").stats;
+    eprintln!("{stats:?}");
     assert_eq!(stats.handed_over, 160, "{stats:?}");
     // One container per missed take would be 15 or more cold starts.
     assert!(

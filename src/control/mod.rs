@@ -72,6 +72,10 @@ impl Control {
         // Uploads of a crashed run are garbage now.
         let _ = std::fs::remove_dir_all(&uploads);
         std::fs::create_dir_all(&uploads)?;
+        std::fs::set_permissions(
+            &uploads,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         Ok(Self {
             manager,
             metrics,

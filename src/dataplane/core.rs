@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::dispatch;
-use super::{rawfd, Command, Ctx, Served};
+use super::{Command, Ctx, Served};
+use crate::rawfd;
 use crate::runtime::container::sleep_until_opt;
 
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.

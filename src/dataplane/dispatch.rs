@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use tokio_uring::net::TcpStream as UringStream;
 
-use super::respond::{self, Status};
-use super::{rawfd, Ctx, Inflight, Served};
+use super::{Ctx, Inflight, Served};
 use crate::metrics::Outcome;
+use crate::rawfd;
+use crate::respond::{self, Status};
 use crate::runtime::handoff::{self, Waiting};
 use crate::runtime::{reuse, Function, HandedOver, Lease, Runtime, RuntimeError};
 
@@ -49,14 +50,24 @@ pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ct
 }
 
 /// Reuse mode, every container busy: the connection waits for the first
-/// to come back, or goes cold after `SCALE_OUT_AFTER`.
+/// to come back, or goes cold after `SCALE_OUT_AFTER` (if no other cold
+/// start for a waiter is under way; after `MAX_WAIT` regardless).
 fn wait_for_return(waiting: Waiting, func: Arc<Function>, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     let (ticket, next) = handoff::wait(&func, waiting);
     await_next(next, Arc::clone(&func));
     let served = Arc::clone(served);
     let ctx = Arc::clone(ctx);
+    let since = Instant::now();
     tokio_uring::spawn(async move {
-        tokio::time::sleep(handoff::SCALE_OUT_AFTER).await;
+        loop {
+            tokio::time::sleep(handoff::SCALE_OUT_AFTER).await;
+            if !ticket.waiting() {
+                return;
+            }
+            if handoff::should_scale_out(&func, since) {
+                break;
+            }
+        }
         let Some(waiting) = ticket.take() else { return };
         // The current version: a redeploy may have retired `func`.
         let func = served.func.load_full();
@@ -67,15 +78,19 @@ fn wait_for_return(waiting: Waiting, func: Arc<Function>, served: &Arc<Served>, 
         } = waiting;
         match handoff::from_pool(&func, client.as_raw_fd(), accepted, lease) {
             Ok(next) => await_next(next, func),
-            Err(lease) => cold(
-                Waiting {
+            Err(lease) => {
+                let waiting = Waiting {
                     client,
                     accepted,
                     lease,
-                },
-                func,
-                &ctx,
-            ),
+                };
+                let scaling = handoff::ScaleOut::new(Arc::clone(&func));
+                let rt = Arc::clone(&ctx.rt);
+                ctx.control.spawn(async move {
+                    let _scaling = scaling;
+                    serve_cold(rt, func, waiting).await;
+                });
+            }
         }
     });
 }

@@ -22,7 +22,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
-    super::rawfd::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
+    crate::rawfd::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())

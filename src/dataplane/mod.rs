@@ -26,8 +26,6 @@ use crate::runtime::{Function, Runtime};
 pub mod core;
 pub mod dispatch;
 pub mod listener;
-pub mod rawfd;
-pub mod respond;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

@@ -98,6 +98,13 @@ pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpa
         }
     }
     let (uid, gid) = user::resolve(&config.user, &root)?;
+    if uid.max(gid) >= super::owners::ID_RANGE {
+        return Err(ImageError::Invalid(format!(
+            "image user {:?} is {uid}:{gid}; containers have ids 0..{} only",
+            config.user,
+            super::owners::ID_RANGE - 1
+        )));
+    }
     config.uid = uid;
     config.gid = gid;
     Ok(Unpacked {

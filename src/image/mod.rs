@@ -9,6 +9,7 @@ pub mod build;
 pub mod config;
 pub mod fsops;
 pub mod layer;
+pub mod owners;
 pub mod store;
 pub mod user;
 

@@ -42,6 +42,9 @@ fn store_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
 impl Store {
     pub fn open(dir: PathBuf) -> Result<Self, ImageError> {
         fs::create_dir_all(&dir).map_err(store_err("creating", &dir))?;
+        // Containers (unprivileged host ids) pass through to their rootfs.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .map_err(store_err("chmod", &dir))?;
         Ok(Self { dir })
     }
 

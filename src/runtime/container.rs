@@ -6,7 +6,7 @@
 //! or is killed, and finally removes what is left. Every path out of here
 //! ends in that cleanup, so nothing is left behind.
 
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -18,13 +18,14 @@ use std::os::unix::net::{UnixListener as StdListener, UnixStream};
 use tokio::sync::oneshot;
 
 use super::control::ControlListener;
-use super::pool::{HandedOver, Slot, SlotWatch};
+use super::pool::{HandedOver, Slot, SlotWatch, Taken};
 use super::reaper::Exit;
 use super::reuse::Reuse;
 use super::spec::{render, SpecInput};
 use super::{cgroup, logs};
 use super::{fdpass, Function, Lease, Runc, Runtime, RuntimeError};
 use crate::metrics::Phase;
+use crate::respond::{self, Status};
 
 /// How long a supervisor waits for the start watcher's event.
 const PHASE_WAIT_STEP: Duration = Duration::from_millis(5);
@@ -50,6 +51,8 @@ struct Guard {
     pid: Option<i32>,
     /// runc's exit, which is the container's end.
     exit: Option<oneshot::Receiver<Exit>>,
+    /// How it ended, once it has (runc passes the handler's status on).
+    exited: Option<Exit>,
     /// When `runc run` was spawned and when the handler connected, for the
     /// cold-start phases recorded once the hand-over is done.
     started: Option<Started>,
@@ -96,6 +99,7 @@ impl Runtime {
             bundle,
             pid: None,
             exit: None,
+            exited: None,
             started: None,
         };
         match guard.launch().await {
@@ -184,6 +188,7 @@ impl Guard {
             image: &self.func.image,
             options: &self.func.options,
             cgroup: &cgroup,
+            id_base: self.func.id_base,
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| io("rendering spec")(e.into()))?;
         std::fs::write(self.bundle.join("config.json"), bytes)
@@ -258,13 +263,17 @@ impl Guard {
         let grace = self.rt.config.shutdown_grace;
         loop {
             tokio::select! {
-                _ = &mut *exit => { self.exit = None; return End::Exited },
+                exited = &mut *exit => {
+                    self.exit = None;
+                    self.exited = exited.ok();
+                    return End::Exited;
+                },
                 _ = sleep_until_opt(deadline) => return End::Kill("timeout"),
                 changed = stopping.changed() => {
                     if changed.is_err() || *stopping.borrow() {
-                        let ended = tokio::time::timeout(grace, &mut *exit).await.is_ok();
-                        if ended {
+                        if let Ok(exited) = tokio::time::timeout(grace, &mut *exit).await {
                             self.exit = None;
+                            self.exited = exited.ok();
                             return End::Exited;
                         }
                         return End::Kill("shutdown");
@@ -288,6 +297,7 @@ impl Drop for Guard {
             bundle: std::mem::take(&mut self.bundle),
             pid: self.pid.take(),
             exit: self.exit.take(),
+            exited: self.exited.take(),
             started: self.started.take(),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -318,7 +328,7 @@ impl Ready {
         drop(control);
         match listener {
             None => {
-                tokio::spawn(supervise_once(guard, lease));
+                tokio::spawn(supervise_once(guard, Taken::new(lease, client)));
                 Ok(HandedOver::Done)
             }
             Some(listener) => {
@@ -345,7 +355,7 @@ impl Ready {
                 tokio::spawn(async move {
                     guard.record_phases().await;
                     match wait_in_pool(&mut guard, &func, watch).await {
-                        Parked::Handed(lease) => supervise_once(guard, lease).await,
+                        Parked::Handed(taken) => supervise_once(guard, taken).await,
                         Parked::Gone(end) => guard.finish(end).await,
                     }
                 });
@@ -420,7 +430,7 @@ impl Guard {
 }
 
 enum Parked {
-    Handed(Lease),
+    Handed(Taken),
     Gone(End),
 }
 
@@ -436,7 +446,7 @@ fn offer(func: &Function, control: UnixStream) -> SlotWatch {
 async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWatch) -> Parked {
     tokio::select! {
         handed = &mut watch.handed => match handed {
-            Ok(lease) => Parked::Handed(lease),
+            Ok(taken) => Parked::Handed(taken),
             Err(_) => Parked::Gone(End::Kill("retired from the pool")),
         },
         end = guard.wait_exit(None) => {
@@ -453,12 +463,44 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
 
 /// A one-shot container with a connection: served until it ends, or killed
 /// at the function's timeout.
-async fn supervise_once(mut guard: Guard, lease: Lease) {
+async fn supervise_once(mut guard: Guard, taken: Taken) {
     let deadline = Instant::now() + Duration::from_secs(guard.func.options.timeout_secs);
     guard.record_phases().await;
     let end = guard.wait_exit(Some(deadline)).await;
+    let Taken { lease, client } = taken;
+    if let Some(client) = client {
+        answer_if_silent(&guard, &end, client);
+    }
     drop(lease);
     guard.finish(end).await;
+}
+
+/// A handler that failed or timed out without sending a byte leaves its
+/// client waiting for nothing: faasd answers in its place. (One that sent
+/// something has said what it had to say; its client sees the close.)
+fn answer_if_silent(guard: &Guard, end: &End, client: OwnedFd) {
+    let (status, reason) = match end {
+        End::Kill("timeout") => (Status::GatewayTimeout, "the function timed out"),
+        End::Exited if guard.exited.is_some_and(|e| !e.success()) => {
+            (Status::BadGateway, "the function's handler failed")
+        }
+        _ => return,
+    };
+    if crate::rawfd::bytes_sent(&client) != Some(0) {
+        return;
+    }
+    tracing::info!(
+        function = %guard.func.name,
+        id = %guard.id,
+        exit = ?guard.exited,
+        "handler ended without answering: {reason}"
+    );
+    let client = std::net::TcpStream::from(client);
+    if client.set_nonblocking(true).is_ok() {
+        if let Ok(client) = tokio::net::TcpStream::from_std(client) {
+            tokio::spawn(respond::error(client, status, reason));
+        }
+    }
 }
 
 /// A reuse-mode container for its whole life. The per-connection cycle runs

@@ -4,8 +4,10 @@
 //! within tens of microseconds, far sooner than a cold start (~30 ms), and
 //! without adding a container; a connection still waiting after
 //! `SCALE_OUT_AFTER` goes to a cold start after all (the load needs one
-//! more container). Fewer, busier handlers are also faster: each wakes
-//! with its caches warm.
+//! more container) — unless another waiter's cold start is already under
+//! way, which it then waits for too, up to `MAX_WAIT`: containers are
+//! added one at a time, not one per waiting connection. Fewer, busier
+//! handlers are also faster: each wakes with its caches warm.
 //!
 //! A connection that starts waiting and a container that comes back may
 //! each miss the other; both add themselves first and then look (with a
@@ -26,6 +28,9 @@ use super::{Function, Lease};
 /// How long a connection waits for a busy reuse-mode container before a
 /// cold start serves it instead.
 pub const SCALE_OUT_AFTER: Duration = Duration::from_millis(10);
+/// The longest a connection waits for a container before it gets one of
+/// its own, whatever else is starting.
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// A reuse-mode container that took a connection and is to be waited for.
 pub type Next = (Arc<Reuse>, Lease);
@@ -44,6 +49,11 @@ pub struct Waiting {
 pub struct Ticket(Arc<Mutex<Option<Waiting>>>);
 
 impl Ticket {
+    /// Still waiting (nobody took it yet).
+    pub fn waiting(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     pub fn take(&self) -> Option<Waiting> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
@@ -77,6 +87,29 @@ impl Waiters {
         }
         None
     }
+}
+
+/// A cold start adding a container for waiting connections; counted in
+/// the pool until dropped (when the start is over, either way).
+pub struct ScaleOut(Arc<Function>);
+
+impl ScaleOut {
+    pub fn new(func: Arc<Function>) -> Self {
+        func.pool.scaling.fetch_add(1, Ordering::AcqRel);
+        Self(func)
+    }
+}
+
+impl Drop for ScaleOut {
+    fn drop(&mut self) {
+        self.0.pool.scaling.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a waiting connection that has waited since `since` should
+/// start a container of its own now.
+pub fn should_scale_out(func: &Function, since: Instant) -> bool {
+    func.pool.scaling.load(Ordering::Acquire) == 0 || since.elapsed() >= MAX_WAIT
 }
 
 /// Hands `client` to a container waiting in the pool and records the hit;

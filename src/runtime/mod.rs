@@ -27,6 +27,7 @@ pub mod pool;
 pub mod reaper;
 pub mod reuse;
 pub mod runc;
+mod seccomp;
 pub mod spec;
 
 pub use container::Ready;
@@ -232,6 +233,8 @@ pub struct Function {
     pub metrics: crate::metrics::FunctionMetrics,
     /// Containers of this version started ahead and waiting.
     pub pool: Pool,
+    /// First host id of the function's range (its container root).
+    pub id_base: u32,
 }
 
 impl Function {
@@ -275,9 +278,13 @@ impl Runtime {
     pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Arc<Self>, RuntimeError> {
         let io = |op| move |source| RuntimeError::Io { op, source };
         let runc_root = config.state_dir.join("runc");
-        for dir in ["bundles", "runc", "logs"] {
-            std::fs::create_dir_all(config.state_dir.join(dir))
-                .map_err(io("creating state directories"))?;
+        // Containers (unprivileged host ids) pass through `bundles` to
+        // their control socket; runc's state and the logs are private.
+        for (dir, mode) in [("bundles", 0o711), ("runc", 0o700), ("logs", 0o700)] {
+            let path = config.state_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(io("creating state directories"))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(io("chmod state directories"))?;
         }
         let start_times = phases::watch(runc_root.clone())
             .map_err(|e| tracing::warn!(error = %e, "cold-start phases will not be split"))

@@ -6,7 +6,7 @@
 //! backs off when containers fail to start.
 
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,8 +31,8 @@ pub struct Slot {
 }
 
 enum Kind {
-    /// One-shot: the supervisor waits for the connection's lease.
-    Once(oneshot::Sender<Lease>),
+    /// One-shot: the supervisor waits for the connection.
+    Once(oneshot::Sender<Taken>),
     /// Reuse mode: whoever hands over keeps the lease until the handler
     /// asks for the next connection (see `reuse::await_next`); the
     /// supervisor is not woken per connection. `None` once used.
@@ -47,9 +47,28 @@ pub enum HandedOver {
     AwaitNext(Arc<Reuse>, Lease),
 }
 
+/// What a one-shot container's supervisor holds while it serves.
+pub struct Taken {
+    pub lease: Lease,
+    /// Our own copy of the connection (the handler has the same socket),
+    /// to answer the client if the handler dies having sent nothing.
+    pub client: Option<OwnedFd>,
+}
+
+impl Taken {
+    /// Keeps a copy of `client` (not kept if that fails: only the
+    /// answer to a silent death is lost).
+    pub fn new(lease: Lease, client: RawFd) -> Self {
+        Self {
+            lease,
+            client: crate::rawfd::dup(&client).ok(),
+        }
+    }
+}
+
 /// The supervisor's side of a one-shot slot.
 pub struct SlotWatch {
-    pub handed: oneshot::Receiver<Lease>,
+    pub handed: oneshot::Receiver<Taken>,
     claimed: Arc<AtomicBool>,
 }
 
@@ -100,7 +119,7 @@ impl Slot {
                 if let Kind::Once(tx) = std::mem::replace(&mut self.kind, Kind::Reuse(None)) {
                     // The supervisor may be gone only if the container already
                     // ended; the handler has the socket either way.
-                    let _ = tx.send(lease);
+                    let _ = tx.send(Taken::new(lease, client));
                 }
                 Ok(HandedOver::Done)
             }
@@ -146,6 +165,8 @@ pub struct Pool {
     live: AtomicU32,
     /// Reuse mode: connections waiting for a busy container to come back.
     pub(super) waiters: Waiters,
+    /// Reuse mode: cold starts under way for waiting connections.
+    pub(super) scaling: AtomicU32,
     failures: AtomicU32,
     closed: AtomicBool,
     wake: Notify,
@@ -172,6 +193,7 @@ impl Pool {
             starting: AtomicU32::new(0),
             live: AtomicU32::new(0),
             waiters: Waiters::default(),
+            scaling: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             wake: Notify::new(),

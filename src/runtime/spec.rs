@@ -1,14 +1,18 @@
 //! The OCI runtime spec (`config.json`) of a function container, rendered
 //! as a pure function of the function's settings: read-only shared rootfs,
-//! its own pid/mount/ipc/uts/cgroup/network namespaces, no capabilities,
-//! no new privileges, masked /proc paths, resource limits, tmpfs /tmp and
-//! the control socket bind-mounted at `/control.sock`.
+//! its own user (root mapped to the function's unprivileged host id
+//! range), pid, mount, ipc, uts, cgroup and network namespaces, no
+//! capabilities, no new privileges, the default seccomp allowlist, masked
+//! /proc paths, resource limits, tmpfs /tmp and the control socket
+//! bind-mounted at `/control.sock`.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::api::DeployOptions;
+use super::seccomp;
+use crate::api::{DeployOptions, Sandbox};
+use crate::image::owners::ID_RANGE;
 use crate::image::ImageConfig;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -39,6 +43,24 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// What `render` applies, for `faas inspect`.
+pub fn sandbox(options: &DeployOptions, id_base: u32) -> Sandbox {
+    Sandbox {
+        host_ids: format!("{id_base}-{}", u64::from(id_base) + u64::from(ID_RANGE) - 1),
+        seccomp: "default allowlist (anything else: EPERM)".into(),
+        capabilities: Vec::new(),
+        no_new_privileges: true,
+        rootfs: format!(
+            "read-only; /tmp tmpfs {}",
+            TMP_SIZE.trim_start_matches("size=")
+        ),
+        network: "none: only the connection handed over".into(),
+        memory_bytes: options.memory,
+        pids: PIDS_LIMIT,
+        cpus: CPU_QUOTA_US as f64 / CPU_PERIOD_US as f64,
+    }
+}
+
 /// What a container's spec is made from.
 #[derive(Debug, Clone, Copy)]
 pub struct SpecInput<'a> {
@@ -48,6 +70,8 @@ pub struct SpecInput<'a> {
     pub image: &'a ImageConfig,
     pub options: &'a DeployOptions,
     pub cgroup: &'a str,
+    /// First host uid/gid of the function's range: container root.
+    pub id_base: u32,
 }
 
 /// The container's environment: image Env, then the deploy's `--env`
@@ -82,7 +106,9 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         image,
         options,
         cgroup,
+        id_base,
     } = *input;
+    let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
     let no_caps: Vec<&str> = Vec::new();
     json!({
         "ociVersion": "1.0.2",
@@ -124,9 +150,12 @@ pub fn render(input: &SpecInput<'_>) -> Value {
                 "pids": { "limit": PIDS_LIMIT },
             },
             "namespaces": [
-                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "user" }, { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
                 { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
             ],
+            "uidMappings": ids,
+            "gidMappings": ids,
+            "seccomp": seccomp::profile(),
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY,
         },
@@ -174,6 +203,7 @@ mod tests {
             image: &img,
             options: &options,
             cgroup: "/faasd/f-1",
+            id_base: 1 << 30,
         });
         assert_eq!(spec["root"]["readonly"], true);
         assert_eq!(spec["process"]["noNewPrivileges"], true);
@@ -188,9 +218,13 @@ mod tests {
             .iter()
             .filter_map(|n| n["type"].as_str())
             .collect();
-        for want in ["pid", "network", "ipc", "uts", "mount", "cgroup"] {
+        for want in ["user", "pid", "network", "ipc", "uts", "mount", "cgroup"] {
             assert!(ns.contains(&want), "{want} namespace missing");
         }
+        let map = json!([{ "containerID": 0, "hostID": 1 << 30, "size": 65536 }]);
+        assert_eq!(spec["linux"]["uidMappings"], map);
+        assert_eq!(spec["linux"]["gidMappings"], map);
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let mounts = spec["mounts"].as_array().expect("mounts");
         assert!(mounts.iter().any(|m| m["destination"] == "/control.sock"
             && m["source"] == "/state/bundles/f-1/control.sock"));

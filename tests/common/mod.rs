@@ -169,6 +169,13 @@ impl Daemon {
             .prefix("faasd-test-")
             .tempdir()
             .expect("tempdir");
+        // Containers run as unprivileged host ids: faasd wants its state
+        // directory's ancestors passable (o+x).
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod tempdir");
         let state = tmp.path().join("state");
         let (pool, net) = unique_pool();
         let port = free_port();

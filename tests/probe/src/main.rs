@@ -9,6 +9,11 @@
 //! - `close`: take the connection, close it without answering
 //! - `print`: print a line to stdout and stderr, then answer like `hello`
 //! - `slow`: answer like `hello` after PROBE_SLEEP_MS (default 300) ms
+//! - `forkbomb`: take the connection, fork sleeping children until that
+//!   fails, answer `forked=N` and `error=ERRNO`
+//! - `memhog`: take the connection, touch memory until killed
+//! - `memhog-early`: touch memory until killed, before connecting
+//! - `spin`: take the connection, spin on the CPU forever
 //!
 //! With FAAS_REUSE set it connects again after each connection; `inspect`
 //! then reports the same `instance` and a growing `served`.
@@ -26,6 +31,7 @@ fn main() {
     let reuse = std::env::var_os("FAAS_REUSE").is_some();
     match mode.as_str() {
         "crash" => std::process::exit(3),
+        "memhog-early" => hog_memory(),
         "noconnect" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
@@ -45,6 +51,15 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(3600));
             },
             "close" => return,
+            "memhog" => hog_memory(),
+            "spin" => loop {
+                std::hint::spin_loop();
+            },
+            "forkbomb" => {
+                let _ = read_request_head(&mut conn);
+                let (forked, error) = fork_until_refused();
+                answer(&mut conn, &format!("forked={forked}\nerror={error}\n"));
+            }
             "inspect" => {
                 let _ = read_request_head(&mut conn);
                 answer(
@@ -119,6 +134,25 @@ fn inspect() -> String {
     out += &format!("rootfs_write={}\n", try_write("/probe-write"));
     out += &format!("tmp_write={}\n", try_write("/tmp/probe-write"));
     out += &format!("egress={}\n", try_egress());
+    out += &format!("mount={}\n", try_mount());
+    out += &format!("module={}\n", errno_of(try_load_module()));
+    out += &format!("keyctl={}\n", errno_of(try_keyctl()));
+    out += &format!("unshare_user={}\n", errno_of(try_unshare_user()));
+    out += &format!("procs={}\n", visible_processes());
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    out += &format!(
+        "uid_map={}\n",
+        uid_map.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for field in ["CapEff", "NoNewPrivs", "Seccomp"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(str::trim)
+            .unwrap_or("<absent>");
+        out += &format!("{field}={value}\n");
+    }
     for name in list_var("PROBE_ENV") {
         out += &format!(
             "env.{name}={}\n",
@@ -132,6 +166,97 @@ fn inspect() -> String {
         out += &format!("file.{path}={content}\n");
     }
     out
+}
+
+fn errno_of(r: nix::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("denied({})", e as i32),
+    }
+}
+
+fn try_mount() -> String {
+    let target = "/tmp/probe-mount";
+    let _ = std::fs::create_dir_all(target);
+    errno_of(nix::mount::mount(
+        Some("none"),
+        target,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    ))
+}
+
+/// `init_module` with an empty image: EPERM without CAP_SYS_MODULE (or
+/// seccomp), EINVAL/ENOEXEC if the kernel got as far as reading it.
+fn try_load_module() -> nix::Result<()> {
+    let image = [0u8; 64];
+    // SAFETY: a valid buffer of the given length and a NUL-terminated
+    // parameter string; the kernel only reads them.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_init_module,
+            image.as_ptr(),
+            image.len(),
+            c"".as_ptr(),
+        )
+    };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
+/// `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, create)`: any
+/// user may, unless seccomp forbids the kernel keyrings.
+fn try_keyctl() -> nix::Result<()> {
+    // SAFETY: integer arguments only.
+    #[allow(unsafe_code)]
+    let rc = unsafe { nix::libc::syscall(nix::libc::SYS_keyctl, 0, -3, 1) };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
+/// A nested user namespace needs no capability, only seccomp stops it.
+fn try_unshare_user() -> nix::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+}
+
+/// Processes this handler can see in /proc.
+fn visible_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Forks children that sleep until the container ends, until refused.
+fn fork_until_refused() -> (u32, i32) {
+    let mut forked = 0;
+    loop {
+        // SAFETY: the child only sleeps and never returns into Rust code
+        // that could touch state shared with the parent's threads.
+        #[allow(unsafe_code)]
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            Ok(nix::unistd::ForkResult::Parent { .. }) => forked += 1,
+            Err(e) => return (forked, e as i32),
+        }
+        if forked >= 10_000 {
+            return (forked, 0);
+        }
+    }
+}
+
+/// Touches memory in 8 MiB steps until the kernel kills us.
+fn hog_memory() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 8 << 20]);
+        std::hint::black_box(&hoard);
+    }
 }
 
 fn list_var(name: &str) -> Vec<String> {

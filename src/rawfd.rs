@@ -1,5 +1,6 @@
-//! The data plane's only `unsafe`: tokio-uring's sockets expose raw fds
-//! only, and the queue deadline needs TCP_INFO and listeners need
+//! Raw socket descriptors, this crate's one place for their `unsafe`:
+//! tokio-uring's sockets expose raw fds only; the queue deadline and the
+//! answer to a handler that died silent need TCP_INFO, and listeners
 //! TCP_DEFER_ACCEPT, which neither nix nor socket2 wraps.
 #![allow(unsafe_code)]
 
@@ -22,6 +23,15 @@ pub fn dup(sock: &impl AsRawFd) -> io::Result<OwnedFd> {
 /// How long an accepted connection sat since the kernel last heard from
 /// the client (established, or its request arrived): its queueing time.
 pub fn idle_in_kernel(sock: &impl AsRawFd) -> Option<Duration> {
+    tcp_info(sock).map(|info| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+}
+
+/// Bytes sent on the connection so far (by whoever holds it).
+pub fn bytes_sent(sock: &impl AsRawFd) -> Option<u64> {
+    tcp_info(sock).map(|info| info.tcpi_bytes_sent)
+}
+
+fn tcp_info(sock: &impl AsRawFd) -> Option<libc::tcp_info> {
     let mut info: libc::tcp_info = tcp_info_zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` is a writable tcp_info of `len` bytes; the fd is open
@@ -35,7 +45,7 @@ pub fn idle_in_kernel(sock: &impl AsRawFd) -> Option<Duration> {
             &mut len,
         )
     };
-    (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+    (rc == 0).then_some(info)
 }
 
 /// Completes accepts only once the client has sent something (or after
