@@ -9,8 +9,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
 
-/// After the limit we keep reading (and discarding) this much more, so an
-/// ordinary client finishes sending and can read our 413.
+/// After the limit, or a write that failed (a full disk), we keep reading
+/// (and discarding) up to this much more, so an ordinary client finishes
+/// sending and can read our 413 or 507.
 const DRAIN_AFTER_LIMIT: u64 = 256 << 20;
 
 /// A received upload; the file is deleted on drop.
@@ -48,7 +49,11 @@ pub async fn receive(mut body: Incoming, path: &Path, limit: u64) -> Result<Uplo
                 .await;
                 return Err(ApiError::TooLarge(limit));
             }
-            out.write_all(&data).await.map_err(ApiError::Storage)?;
+            if let Err(e) = out.write_all(&data).await {
+                drop(out);
+                drain(body, limit - upload.bytes + DRAIN_AFTER_LIMIT).await;
+                return Err(ApiError::Storage(e));
+            }
         }
     }
     out.flush().await.map_err(ApiError::Storage)?;

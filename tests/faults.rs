@@ -1,0 +1,226 @@
+//! Faults around faasd: killed mid-deploy, a full filesystem, a missing or
+//! failing runc. Each must end in a clear error and leave what serves
+//! serving.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use faasd::image::build::{Entry, ImageSpec, Layer};
+
+/// A probe image with `extra` bytes of incompressible filler beside it.
+fn padded_probe(extra: usize) -> ImageSpec {
+    let mut spec = probe_image("hello", &[]);
+    let mut filler = vec![0u8; extra];
+    let mut x: u32 = 0x9E37_79B9;
+    for b in filler.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    spec.layers.push(Layer {
+        entries: vec![Entry::file("filler", filler)],
+        gzip: false,
+    });
+    spec
+}
+
+/// Directories in the rootfs store other than `keep`.
+fn store_extras(d: &Daemon, keep: &str) -> Vec<String> {
+    std::fs::read_dir(d.state.join("rootfs"))
+        .expect("store")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != keep)
+        .collect()
+}
+
+fn uploads_left(d: &Daemon) -> usize {
+    std::fs::read_dir(d.state.join("uploads"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn killed_during_a_deploy_the_previous_version_serves_and_nothing_partial_stays() {
+    let mut d = Daemon::start();
+    let v1 = d.deploy("fn", &probe_image("hello", &[]), &opts());
+    let big = image_bytes(&padded_probe(256 << 20));
+    let url = d.url.clone();
+    let uploader = std::thread::spawn(move || {
+        let _ = faasd::client::Client::new(&url).deploy("fn", &opts(), big.as_slice());
+    });
+    // Kill it while it unpacks the new version into a staging directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store_extras(&d, &format!("fn-v{}", v1.version)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never started unpacking"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.crash();
+    let _ = uploader.join();
+    d.spawn();
+    let info = d.client().inspect("fn").expect("inspect");
+    assert_eq!(
+        info.version, v1.version,
+        "the old version is the one recorded"
+    );
+    assert_eq!(call(v1.ip).expect("serves").0, 200);
+    assert_eq!(
+        store_extras(&d, &format!("fn-v{}", v1.version)),
+        Vec::<String>::new(),
+        "partial rootfs left"
+    );
+    assert_eq!(uploads_left(&d), 0, "partial upload left");
+}
+
+/// A daemon whose state directory is a small tmpfs; unmounted after the
+/// daemon has stopped, even if the test fails.
+struct SmallFs {
+    daemon: Option<Daemon>,
+    mount: PathBuf,
+}
+
+impl SmallFs {
+    fn start(size: &str) -> Self {
+        let mut d = Daemon::start();
+        d.crash();
+        std::fs::remove_dir_all(&d.state).expect("clear state");
+        std::fs::create_dir(&d.state).expect("state dir");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "faasd-test"])
+            .arg(&d.state)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting a tmpfs");
+        let mount = d.state.clone();
+        d.spawn();
+        Self {
+            daemon: Some(d),
+            mount,
+        }
+    }
+
+    fn d(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon")
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+#[test]
+fn a_full_filesystem_fails_the_deploy_clearly_and_serving_goes_on() {
+    let fs = SmallFs::start("24m");
+    let d = fs.d();
+    let v1 = d.deploy("fn", &probe_image("hello", &[]), &opts());
+    // Too big to upload, then small enough to upload but not to unpack too.
+    for (label, extra) in [("upload", 30 << 20), ("unpack", 8 << 20)] {
+        let err = d
+            .client()
+            .deploy("fn", &opts(), image_bytes(&padded_probe(extra)).as_slice())
+            .expect_err(label);
+        let msg = err.to_string();
+        eprintln!("{label}: {msg}");
+        assert!(msg.contains("HTTP 507"), "{label}: {msg}");
+        assert!(msg.contains("No space left"), "{label}: {msg}");
+        assert_eq!(call(v1.ip).expect("still serving").0, 200, "{label}");
+        assert_eq!(
+            d.client().inspect("fn").expect("inspect").version,
+            v1.version
+        );
+        assert_eq!(
+            store_extras(d, &format!("fn-v{}", v1.version)),
+            Vec::<String>::new(),
+            "{label}: partial rootfs left"
+        );
+        assert_eq!(uploads_left(d), 0, "{label}: partial upload left");
+    }
+}
+
+#[test]
+fn a_missing_runtime_is_a_clear_startup_error() {
+    require_host();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let out = Command::new(env!("CARGO_BIN_EXE_faasd"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(["--listen", "127.0.0.1:0", "--runtime", "/nonexistent/runc"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("faasd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/runc") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
+/// A runtime that is runc for everything but `run`, which fails.
+fn failing_runtime(dir: &Path) -> PathBuf {
+    let runc = which("runc");
+    let path = dir.join("runc-fails");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = run ]; then echo 'simulated runtime failure' >&2; exit 1; fi\ndone\nexec {} \"$@\"\n",
+            runc.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+fn which(binary: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .expect("sh");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn a_failing_runtime_answers_502_promptly_and_says_why_in_the_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let runtime = failing_runtime(tmp.path());
+    let runtime = runtime.to_string_lossy().into_owned();
+    let d = Daemon::start_with(&["--runtime", &runtime]);
+    let cold = d.deploy("cold", &probe_image("hello", &[]), &opts()).ip;
+    let warm = faasd::api::DeployOptions {
+        warm: 2,
+        ..Default::default()
+    };
+    let pooled = d.deploy("pooled", &probe_image("hello", &[]), &warm).ip;
+    for ip in [cold, pooled, cold] {
+        let t0 = Instant::now();
+        let (status, body) = call(ip).expect("answered");
+        assert_eq!(status, 502, "{body}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+    // faasd's log names the failure; what the runtime said is in the
+    // function's log, beside its handlers' output.
+    assert!(
+        d.log_text()
+            .contains("exited (exit code 1) before taking a connection"),
+        "{}",
+        d.log_text()
+    );
+    let logs = d.faas(&["logs", "cold"], None);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("simulated runtime failure"), "{logs}");
+    assert!(d.wait_quiet(Duration::from_secs(10)), "containers left");
+}
