@@ -201,3 +201,93 @@ fn the_operators_addresses_are_left_alone() {
     assert!(left[0].contains(&format!("inet {theirs}/32")), "{left:?}");
     // Drop removes it (it is in the test's range).
 }
+
+/// Directories under /sys/fs/cgroup named like one of `ids`.
+fn cgroups_named(ids: &[String]) -> Vec<String> {
+    let out = Command::new("find")
+        .args(["/sys/fs/cgroup", "-type", "d"])
+        .output()
+        .expect("find");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            ids.iter()
+                .any(|id| l.ends_with(&format!("/{id}")) || l.contains(&format!("/{id}/")))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn killed_under_load_a_restart_leaves_no_orphans_and_serves_everything() {
+    let mut d = Daemon::start();
+    let pooled = DeployOptions {
+        warm: 2,
+        ..Default::default()
+    };
+    let reused = DeployOptions {
+        warm: 2,
+        reuse: true,
+        ..Default::default()
+    };
+    let ips = [
+        d.deploy("pooled", &hello_image(), &pooled).ip,
+        d.deploy("reused", &hello_image(), &reused).ip,
+        d.deploy("cold", &probe_image("slow", &[]), &opts()).ip,
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let ip = ips[i % ips.len()];
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = http_get_timeout(&ip.to_string(), "/", Duration::from_secs(5));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = d.runc_containers();
+    assert!(!before.is_empty(), "load should have containers running");
+    d.crash();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+
+    d.spawn();
+    let survivors: Vec<String> = d
+        .runc_containers()
+        .into_iter()
+        .filter(|id| before.contains(id))
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "containers of the crashed run: {survivors:?}"
+    );
+    let bundles: Vec<String> = d
+        .bundles()
+        .into_iter()
+        .filter(|b| before.contains(b))
+        .collect();
+    assert!(
+        bundles.is_empty(),
+        "bundles of the crashed run: {bundles:?}"
+    );
+    assert_eq!(
+        cgroups_named(&before),
+        Vec::<String>::new(),
+        "cgroups of the crashed run"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let state = d.state.to_string_lossy().into_owned();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&state)),
+        "mounts under the state directory"
+    );
+    assert_eq!(d.lo_addresses().len(), 3, "{:?}", d.lo_addresses());
+    for ip in ips {
+        assert_eq!(call(ip).expect("serves after the restart").0, 200);
+    }
+}

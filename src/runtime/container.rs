@@ -89,7 +89,7 @@ impl Runtime {
             return Err(RuntimeError::ShuttingDown);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{seq}", func.name);
+        let id = format!("{}-{}-{seq}", func.name, self.run);
         let bundle = self.bundles_dir().join(&id);
         self.live.fetch_add(1, Ordering::AcqRel);
         let mut guard = Guard {

@@ -250,10 +250,28 @@ impl Function {
 /// served (its concurrency slot); dropped when the container is done with it.
 pub type Lease = Box<dyn std::any::Any + Send>;
 
+/// This start's time in ms, base 36 (eight characters until 2059).
+fn run_id() -> String {
+    let mut ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let mut digits = Vec::new();
+    while ms > 0 || digits.is_empty() {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(ms % 36) as usize]);
+        ms /= 36;
+    }
+    digits.reverse();
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
 /// The container runtime of the node.
 pub struct Runtime {
     pub(crate) config: RuntimeConfig,
     pub(crate) runc: Runc,
+    /// Container ids are `<function>-<run>-<seq>`: `run` (this start's
+    /// time) keeps a restarted faasd's ids apart from a crashed run's.
+    pub(crate) run: String,
     pub(crate) seq: AtomicU64,
     pub(crate) live: AtomicUsize,
     pub(crate) idle: Notify,
@@ -293,6 +311,7 @@ impl Runtime {
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(Self {
             runc,
+            run: run_id(),
             seq: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             idle: Notify::new(),

@@ -268,8 +268,13 @@ impl Pool {
         if self.is_closed() {
             return;
         }
-        self.ready.fetch_add(1, Ordering::AcqRel);
+        let before = self.ready.fetch_add(1, Ordering::AcqRel);
         self.slots.push(slot);
+        if self.reuse && before == self.target {
+            // The first container beyond the target: the refiller times
+            // the surplus's retirement (once per surge, not per request).
+            self.wake.notify_one();
+        }
         self.failures.store(0, Ordering::Release);
     }
 

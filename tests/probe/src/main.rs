@@ -1,5 +1,5 @@
-//! Test handler for faasd's integration tests. `probe MODE` speaks the
-//! handler protocol and behaves as MODE says:
+//! Test handler for faasd's integration tests. `probe MODE` (or MODE in
+//! PROBE_MODE) speaks the handler protocol and behaves as MODE says:
 //!
 //! - `hello`: answer "probe ok"
 //! - `inspect`: answer `key=value` lines describing the sandbox it runs in
@@ -27,7 +27,10 @@ use std::time::Duration;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_else(|| "hello".into());
+    let mode = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("PROBE_MODE").ok())
+        .unwrap_or_else(|| "hello".into());
     let reuse = std::env::var_os("FAAS_REUSE").is_some();
     match mode.as_str() {
         "crash" => std::process::exit(3),
