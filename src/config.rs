@@ -47,6 +47,9 @@ pub struct Args {
     /// Most layers an image may have.
     #[arg(long, default_value_t = 128)]
     pub max_layers: usize,
+    /// Deepest path (in directories) an image may unpack.
+    #[arg(long, default_value_t = 64)]
+    pub max_path_depth: usize,
     /// Seconds a new handler may take to connect to /control.sock.
     #[arg(long, default_value_t = 5.0)]
     pub connect_timeout: f64,
@@ -156,7 +159,7 @@ impl Args {
                 max_layers: self.max_layers,
                 max_extracted_bytes: self.max_extracted,
                 max_files: self.max_files,
-                ..Limits::default()
+                max_path_depth: self.max_path_depth,
             },
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             max_concurrent_starts: self.max_concurrent_starts,

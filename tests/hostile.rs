@@ -305,3 +305,55 @@ fn first_layer(archive: &[u8]) -> String {
     }
     panic!("no manifest.json");
 }
+
+#[test]
+fn every_image_limit_is_a_4xx_naming_it() {
+    let d = Daemon::start_with(&[
+        "--max-layers",
+        "3",
+        "--max-files",
+        "20",
+        "--max-path-depth",
+        "6",
+        "--max-extracted",
+        "8M",
+        "--max-upload",
+        "16M",
+    ]);
+    let victim = d.deploy("victim", &probe_image("hello", &[]), &opts()).ip;
+    let many_layers = ImageSpec {
+        layers: (0..4)
+            .map(|i| Layer {
+                entries: vec![Entry::file(&format!("f{i}"), "x")],
+                gzip: false,
+            })
+            .collect(),
+        ..image(Vec::new(), false)
+    };
+    let many_files = image(
+        (0..30)
+            .map(|i| Entry::file(&format!("f{i}"), "x"))
+            .collect(),
+        false,
+    );
+    let deep = image(vec![Entry::file("a/b/c/d/e/f/g/h", "x")], false);
+    let big = image(vec![Entry::file("big", vec![1u8; 9 << 20])], true);
+    let huge_upload = image(vec![Entry::file("huge", vec![2u8; 17 << 20])], false);
+    let cases: Vec<(&str, ImageSpec, &str, &str)> = vec![
+        ("layers", many_layers, "HTTP 413", "layer count"),
+        ("files", many_files, "HTTP 413", "file"),
+        ("depth", deep, "HTTP 413", "path depth"),
+        ("extracted", big, "HTTP 413", "extracted bytes"),
+        ("upload", huge_upload, "HTTP 413", "limit"),
+    ];
+    for (name, spec, status, limit) in cases {
+        let err = d
+            .client()
+            .deploy(name, &opts(), image_bytes(&spec).as_slice())
+            .expect_err(name);
+        let msg = err.to_string();
+        eprintln!("{name}: {msg}");
+        assert!(msg.contains(status) && msg.contains(limit), "{name}: {msg}");
+        assert_eq!(call(victim).expect("victim").0, 200, "after {name}");
+    }
+}
