@@ -115,8 +115,13 @@ impl SmallFs {
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
+        // The daemon's own clean-up cannot remove a mount point: its
+        // temporary directory goes here, once the tmpfs is unmounted.
         drop(self.daemon.take());
         let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        if let Some(tmp) = self.mount.parent() {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
     }
 }
 
