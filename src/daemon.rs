@@ -48,12 +48,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path} (mode {mode:o}) cannot be passed through by other users, but containers run as \
-         unprivileged host ids and must reach their rootfs through it: chmod o+x it, or choose \
-         another --state-dir"
-    )]
-    NotSearchable { path: PathBuf, mode: u32 },
     #[error("token file {0} is empty")]
     EmptyToken(PathBuf),
     #[error("installing the metrics recorder: {0}")]
@@ -103,7 +97,7 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
     // Containers run as unprivileged host ids (user namespaces) and must
     // reach their rootfs and control socket: others may pass through the
     // state directory, never list it; what is private inside is 0700/0600.
-    searchable_ancestors(state)?;
+    // (Directories above it are the operator's: see `runtime::view`.)
     fs::set_permissions(state, fs::Permissions::from_mode(0o711)).map_err(|source| {
         DaemonError::Io {
             op: "chmod",
@@ -259,31 +253,4 @@ fn find_binary(name: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-/// Checks that every directory above the state directory lets other users
-/// through (o+x).
-fn searchable_ancestors(state: &Path) -> Result<(), DaemonError> {
-    let state = state.canonicalize().map_err(|source| DaemonError::Io {
-        op: "resolving",
-        path: state.to_path_buf(),
-        source,
-    })?;
-    for dir in state.ancestors().skip(1) {
-        let mode = fs::metadata(dir)
-            .map_err(|source| DaemonError::Io {
-                op: "inspecting",
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .permissions()
-            .mode();
-        if mode & 0o001 == 0 {
-            return Err(DaemonError::NotSearchable {
-                path: dir.to_path_buf(),
-                mode: mode & 0o7777,
-            });
-        }
-    }
-    Ok(())
 }

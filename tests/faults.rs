@@ -229,3 +229,36 @@ fn a_failing_runtime_answers_502_promptly_and_says_why_in_the_log() {
     assert!(logs.contains("simulated runtime failure"), "{logs}");
     assert!(d.wait_quiet(Duration::from_secs(10)), "containers left");
 }
+
+fn view_mounted(scope: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&format!("/run/faasd/{scope}")))
+}
+
+#[test]
+fn a_state_directory_behind_a_closed_directory_still_serves() {
+    let mut d = Daemon::start();
+    d.crash();
+    // As `mktemp -d` makes it: other users may not pass. Containers (an
+    // unprivileged host uid) could not reach their rootfs through it.
+    let closed = d.state.parent().expect("parent").to_path_buf();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    d.spawn();
+    let scope = faasd::runtime::cgroup::scope(&d.state);
+    assert!(view_mounted(&scope), "the state view is mounted");
+    let info = d.deploy("behind", &probe_image("hello", &[]), &opts());
+    assert_eq!(call(info.ip).expect("serves").0, 200);
+    let mode = std::fs::metadata(&closed)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the operator's directory is left as it was");
+    drop(d);
+    assert!(
+        !view_mounted(&scope),
+        "the state view is unmounted at shutdown"
+    );
+}

@@ -183,8 +183,8 @@ impl Guard {
         let cgroup = cgroup::runc_path(&self.rt.cgroup_scope, &self.id);
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
-            rootfs: &self.func.rootfs.path,
-            control_sock: &sock,
+            rootfs: &self.rt.view.path(&self.func.rootfs.path),
+            control_sock: &self.rt.view.path(&sock),
             image: &self.func.image,
             options: &self.func.options,
             cgroup: &cgroup,

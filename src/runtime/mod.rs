@@ -29,6 +29,7 @@ pub mod reuse;
 pub mod runc;
 mod seccomp;
 pub mod spec;
+mod view;
 
 pub use container::Ready;
 pub use pool::{HandedOver, Pool, Slot};
@@ -277,6 +278,8 @@ pub struct Runtime {
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) starts: Semaphore,
+    /// Where containers reach the state directory (see `view`).
+    pub(crate) view: view::StateView,
     /// This faasd's cgroup directory (see `cgroup`).
     pub(crate) cgroup_scope: String,
     /// When runc finished starting each container (see `phases`).
@@ -309,6 +312,9 @@ impl Runtime {
             .ok();
         let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper);
         let (stopping, _) = watch::channel(false);
+        let cgroup_scope = cgroup::scope(&config.state_dir);
+        let view = view::StateView::open(&config.state_dir, &cgroup_scope)
+            .map_err(io("making the state directory reachable for containers"))?;
         Ok(Arc::new(Self {
             runc,
             run: run_id(),
@@ -317,7 +323,8 @@ impl Runtime {
             idle: Notify::new(),
             stopping,
             starts: Semaphore::new(config.max_concurrent_starts.max(1)),
-            cgroup_scope: cgroup::scope(&config.state_dir),
+            cgroup_scope,
+            view,
             start_times,
             config,
         }))
@@ -367,6 +374,7 @@ impl Runtime {
         if self.live() == 0 {
             cgroup::release(&self.cgroup_scope);
         }
+        self.view.close();
         self.live()
     }
 }

@@ -1,0 +1,128 @@
+//! Where containers reach the state directory. Their root is an
+//! unprivileged host uid (user namespaces), so every directory on the way
+//! to their rootfs and control socket must let other users pass (o+x).
+//! When one above `--state-dir` does not (a `mktemp -d` directory, a home
+//! directory), faasd changes nothing of the operator's: it bind-mounts the
+//! state directory at `/run/faasd/<scope>` (0711 all the way) and gives
+//! runc paths through that. The mount is removed at shutdown; one left by
+//! a crashed run is found in mountinfo and used again.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+const RUN_DIR: &str = "/run/faasd";
+
+#[derive(Debug)]
+pub struct StateView {
+    /// The state directory as faasd names it (its paths start so).
+    state: PathBuf,
+    view: PathBuf,
+    mounted: bool,
+}
+
+impl StateView {
+    /// The view of `state` (canonical) for this faasd (`scope` names it).
+    pub fn open(given: &Path, scope: &str) -> io::Result<Self> {
+        let state = given.canonicalize()?;
+        if passable(&state)? {
+            return Ok(Self {
+                state: given.to_path_buf(),
+                view: given.to_path_buf(),
+                mounted: false,
+            });
+        }
+        let view = Path::new(RUN_DIR).join(scope);
+        std::fs::create_dir_all(&view)?;
+        std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o711))?;
+        if !mounted_at(&view)? {
+            mount(
+                Some(&state),
+                &view,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)?;
+        }
+        tracing::info!(
+            state = %state.display(),
+            view = %view.display(),
+            "an ancestor of the state directory keeps other users out: containers reach it through a bind mount"
+        );
+        Ok(Self {
+            state: given.to_path_buf(),
+            view,
+            mounted: true,
+        })
+    }
+
+    /// `path` (under the state directory) as containers' runc sees it.
+    pub fn path(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.state) {
+            Ok(rest) if self.mounted => self.view.join(rest),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Removes the bind mount, if there is one.
+    pub fn close(&self) {
+        if self.mounted {
+            if let Err(e) = umount2(&self.view, MntFlags::MNT_DETACH) {
+                tracing::warn!(view = %self.view.display(), error = %e, "unmounting the state view");
+            }
+            let _ = std::fs::remove_dir(&self.view);
+        }
+    }
+}
+
+/// Whether every directory above `dir` lets other users through.
+fn passable(dir: &Path) -> io::Result<bool> {
+    for ancestor in dir.ancestors().skip(1) {
+        if std::fs::metadata(ancestor)?.permissions().mode() & 0o001 == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether something is mounted at `path` (mountinfo's fifth field).
+fn mounted_at(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = path.to_string_lossy();
+    Ok(info
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_ref())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_when_the_way_is_open() {
+        let view = StateView {
+            state: "/var/lib/faasd".into(),
+            view: "/var/lib/faasd".into(),
+            mounted: false,
+        };
+        let p = Path::new("/var/lib/faasd/rootfs/f-v1");
+        assert_eq!(view.path(p), p);
+    }
+
+    #[test]
+    fn translates_under_a_mount() {
+        let view = StateView {
+            state: "/tmp/tmp.x/state".into(),
+            view: "/run/faasd/faasd-abc".into(),
+            mounted: true,
+        };
+        assert_eq!(
+            view.path(Path::new("/tmp/tmp.x/state/bundles/f-1/control.sock")),
+            Path::new("/run/faasd/faasd-abc/bundles/f-1/control.sock")
+        );
+        assert_eq!(view.path(Path::new("/elsewhere")), Path::new("/elsewhere"));
+    }
+}
