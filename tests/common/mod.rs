@@ -169,8 +169,9 @@ impl Daemon {
             .prefix("faasd-test-")
             .tempdir()
             .expect("tempdir");
-        // Containers run as unprivileged host ids: faasd wants its state
-        // directory's ancestors passable (o+x).
+        // Containers run as unprivileged host ids: with the ancestors
+        // passable (o+x) they reach the state directory directly (a closed
+        // one is covered in faults.rs).
         std::fs::set_permissions(
             tmp.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
