@@ -1,8 +1,9 @@
 //! Reuse mode's per-connection cycle, kept off the control runtime: after
 //! a hand-over, the thread that made it (a data-plane core, or the control
 //! runtime after a cold start) waits for the handler to connect to
-//! `/control.sock` again, frees the connection's concurrency slot, and puts
-//! the container back into the pool — or, past `--max-requests` or its
+//! `/control.sock` again, frees the connection's concurrency slot, and
+//! gives the container the oldest connection waiting for one (`handoff`)
+//! or puts it back into the pool — or, past `--max-requests` or its
 //! timeout, lets it go. The container's supervisor only hears of the rare
 //! events (kill, end), so a reused connection costs it no wake-up.
 
