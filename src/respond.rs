@@ -38,6 +38,17 @@ pub fn render(status: Status, reason: &str) -> String {
     )
 }
 
+/// `error` on a std stream (made non-blocking here: it may be the same
+/// open file a handler was given, which must stay blocking until then).
+pub async fn error_std(client: std::net::TcpStream, status: Status, reason: &str) {
+    let client = client
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(client));
+    if let Ok(client) = client {
+        error(client, status, reason).await;
+    }
+}
+
 pub async fn error(mut client: TcpStream, status: Status, reason: &str) {
     let response = render(status, reason);
     if tokio::time::timeout(WRITE, client.write_all(response.as_bytes()))

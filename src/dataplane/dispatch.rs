@@ -45,7 +45,7 @@ pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ct
     if func.pool.expects_returns() {
         wait_for_return(waiting, func, served, ctx);
     } else {
-        cold(waiting, func, ctx);
+        cold(waiting, func, ctx, None);
     }
 }
 
@@ -53,11 +53,11 @@ pub fn dispatch(stream: UringStream, accepted: Instant, served: &Arc<Served>, ct
 /// to come back, or goes cold after `SCALE_OUT_AFTER` (if no other cold
 /// start for a waiter is under way; after `MAX_WAIT` regardless).
 fn wait_for_return(waiting: Waiting, func: Arc<Function>, served: &Arc<Served>, ctx: &Arc<Ctx>) {
+    let since = waiting.accepted;
     let (ticket, next) = handoff::wait(&func, waiting);
     await_next(next, Arc::clone(&func));
     let served = Arc::clone(served);
     let ctx = Arc::clone(ctx);
-    let since = Instant::now();
     tokio_uring::spawn(async move {
         loop {
             tokio::time::sleep(handoff::SCALE_OUT_AFTER).await;
@@ -71,25 +71,11 @@ fn wait_for_return(waiting: Waiting, func: Arc<Function>, served: &Arc<Served>, 
         let Some(waiting) = ticket.take() else { return };
         // The current version: a redeploy may have retired `func`.
         let func = served.func.load_full();
-        let Waiting {
-            client,
-            accepted,
-            lease,
-        } = waiting;
-        match handoff::from_pool(&func, client.as_raw_fd(), accepted, lease) {
+        match waiting.from_pool(&func) {
             Ok(next) => await_next(next, func),
-            Err(lease) => {
-                let waiting = Waiting {
-                    client,
-                    accepted,
-                    lease,
-                };
+            Err(waiting) => {
                 let scaling = handoff::ScaleOut::new(Arc::clone(&func));
-                let rt = Arc::clone(&ctx.rt);
-                ctx.control.spawn(async move {
-                    let _scaling = scaling;
-                    serve_cold(rt, func, waiting).await;
-                });
+                cold(waiting, func, &ctx, Some(scaling));
             }
         }
     });
@@ -108,39 +94,30 @@ pub fn reject(stream: UringStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     func.stats.requests.fetch_add(1, Ordering::Relaxed);
     func.stats.rejected.fetch_add(1, Ordering::Relaxed);
     func.metrics.outcome(Outcome::Rejected);
-    let Some(client) = to_tokio_std(&stream) else {
+    let Some(client) = to_std(&stream) else {
         return;
     };
-    ctx.control.spawn(async move {
-        if let Ok(client) = tokio::net::TcpStream::from_std(client) {
-            respond::error(
-                client,
-                Status::ServiceUnavailable,
-                "function is at its concurrency limit; try again",
-            )
-            .await;
-        }
-    });
+    ctx.control.spawn(respond::error_std(
+        client,
+        Status::ServiceUnavailable,
+        "function is at its concurrency limit; try again",
+    ));
 }
 
-/// No container to take: start one on the control runtime.
-fn cold(waiting: Waiting, func: Arc<Function>, ctx: &Arc<Ctx>) {
+/// No container to take: start one on the control runtime (counted as a
+/// scale-out for waiting connections while `scaling` lives).
+fn cold(waiting: Waiting, func: Arc<Function>, ctx: &Arc<Ctx>, scaling: Option<handoff::ScaleOut>) {
     let rt = Arc::clone(&ctx.rt);
-    ctx.control.spawn(serve_cold(rt, func, waiting));
+    ctx.control.spawn(async move {
+        let _scaling = scaling;
+        serve_cold(rt, func, waiting).await;
+    });
 }
 
 /// A std stream sharing the connection, left blocking: handlers expect
 /// that, and it is the same open file they receive.
 fn to_std(stream: &UringStream) -> Option<std::net::TcpStream> {
     rawfd::dup(stream).ok().map(std::net::TcpStream::from)
-}
-
-/// A std stream (non-blocking, for tokio) sharing the connection, for
-/// faasd's own answers only.
-fn to_tokio_std(stream: &UringStream) -> Option<std::net::TcpStream> {
-    let std = to_std(stream)?;
-    std.set_nonblocking(true).ok()?;
-    Some(std)
 }
 
 async fn serve_cold(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
@@ -176,12 +153,7 @@ async fn serve_cold(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
                 _ => (Status::BadGateway, Outcome::HandlerError),
             };
             func.metrics.outcome(outcome);
-            let client = client
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpStream::from_std(client));
-            if let Ok(client) = client {
-                respond::error(client, status, e.public_reason()).await;
-            }
+            respond::error_std(client, status, e.public_reason()).await;
             drop(lease);
         }
     }

@@ -495,12 +495,7 @@ fn answer_if_silent(guard: &Guard, end: &End, client: OwnedFd) {
         exit = ?guard.exited,
         "handler ended without answering: {reason}"
     );
-    let client = std::net::TcpStream::from(client);
-    if client.set_nonblocking(true).is_ok() {
-        if let Ok(client) = tokio::net::TcpStream::from_std(client) {
-            tokio::spawn(respond::error(client, status, reason));
-        }
-    }
+    tokio::spawn(respond::error_std(client.into(), status, reason));
 }
 
 /// A reuse-mode container for its whole life. The per-connection cycle runs

@@ -43,6 +43,23 @@ pub struct Waiting {
     pub lease: Lease,
 }
 
+impl Waiting {
+    /// Hands this connection to a container waiting in the pool; itself
+    /// back if none is.
+    pub fn from_pool(self, func: &Function) -> Result<Option<Next>, Waiting> {
+        let Waiting {
+            client,
+            accepted,
+            lease,
+        } = self;
+        from_pool(func, client.as_raw_fd(), accepted, lease).map_err(|lease| Waiting {
+            client,
+            accepted,
+            lease,
+        })
+    }
+}
+
 /// A waiting connection, shared by the queue and its scale-out timer:
 /// whoever takes it out serves it.
 #[derive(Clone)]

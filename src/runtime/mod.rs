@@ -1,9 +1,11 @@
-//! Containers for functions: the OCI spec (`spec`), the runc command line
-//! (`runc`), child reaping (`reaper`), passing the client socket
-//! (`fdpass`), one container's life and its supervisor (`container`), the
-//! warm pool and its refiller (`pool`), handing connections to running
-//! containers (`handoff`), reuse mode's per-connection cycle (`reuse`), per-container cgroup usage (`cgroup`) and handler output
-//! (`logs`).
+//! Containers for functions: the OCI spec (`spec`) and its seccomp
+//! profile (`seccomp`), the runc command line (`runc`), child reaping
+//! (`reaper`), passing the client socket (`fdpass`), one container's life
+//! and its supervisor (`container`), the warm pool and its refiller
+//! (`pool`), handing connections to running containers (`handoff`), reuse
+//! mode's per-connection cycle (`reuse`), per-container cgroup usage
+//! (`cgroup`), handler output (`logs`) and the path containers reach the
+//! state directory by (`view`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
