@@ -11,7 +11,7 @@
 //!   the uring accept is what `loadtest/` measures end to end)
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -19,8 +19,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use faasd::api::DeployOptions;
 use faasd::image::ImageConfig;
 use faasd::runtime::fdpass::{recv_fd, send_fd};
-use faasd::runtime::spec::{render, SpecInput};
-use faasd::runtime::{Pool, Slot};
+use faasd::runtime::sandbox::spec::{render, SpecInput};
+use faasd::runtime::{Slot, WarmPool};
 
 fn receive(conn: &UnixStream) -> std::os::fd::OwnedFd {
     recv_fd(conn.as_fd()).expect("recvmsg").expect("an fd")
@@ -59,7 +59,7 @@ fn handoff(c: &mut Criterion) {
     let (_a, b) = UnixStream::pair().expect("payload");
     c.bench_function("handoff/scm_rights_round_trip", |bench| {
         bench.iter(|| {
-            send_fd(ours.as_fd(), b.as_raw_fd()).expect("send");
+            send_fd(ours.as_fd(), b.as_fd()).expect("send");
             drop(receive(&theirs));
         })
     });
@@ -68,7 +68,7 @@ fn handoff(c: &mut Criterion) {
 fn warm(c: &mut Criterion) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let pool = Pool::new(1, false);
+    let pool = WarmPool::new(1, false);
     c.bench_function("warm/accept_to_handoff", |bench| {
         bench.iter(|| {
             // A "container" waiting on its control socket.
@@ -78,9 +78,12 @@ fn warm(c: &mut Criterion) {
             let client = TcpStream::connect(addr).expect("connect");
             let (accepted, _) = listener.accept().expect("accept");
             let slot = pool.take().expect("slot");
-            slot.hand_over(accepted.as_raw_fd(), Box::new(()))
+            let handed = slot
+                .hand_over(accepted.as_fd(), Box::new(()))
                 .map_err(|(_, e)| e)
                 .expect("hand over");
+            // One-shot: nothing follows the hand-over.
+            drop(handed);
             drop(accepted);
             drop(receive(&handler));
             drop(client);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::image::Limits;
-use crate::net::Pool;
+use crate::net::AddressPool;
 use crate::units::parse_size;
 
 #[derive(Debug, Parser)]
@@ -89,7 +89,7 @@ pub enum LogFormat {
 pub struct Config {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
-    pub pool: Pool,
+    pub pool: AddressPool,
     pub cores: usize,
     pub runtime: PathBuf,
     pub port: u16,
@@ -106,7 +106,7 @@ pub struct Config {
 
 impl Args {
     pub fn validate(self) -> Result<Config, String> {
-        let pool = Pool::parse(&self.ip_pool).map_err(|e| e.to_string())?;
+        let pool = AddressPool::parse(&self.ip_pool).map_err(|e| e.to_string())?;
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);

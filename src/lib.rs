@@ -38,13 +38,15 @@ pub mod metrics;
 pub mod name;
 /// Function IP addresses: the pool allocator and the loopback addresses.
 pub mod net;
-/// Raw socket descriptors: the syscalls std, nix and socket2 lack.
+/// Socket descriptors: the io_uring stream's typed borrow, TCP options std lacks.
 pub mod rawfd;
 /// Persistent record of deployed functions.
 pub mod registry;
 /// HTTP error answers faasd writes itself.
 pub mod respond;
-/// Containers: OCI spec, runc, child reaping, fd passing, lifecycle.
+/// Containers: sandbox, one container's life, the warm pool, the cold path.
 pub mod runtime;
+/// Optional deadlines for `select!`.
+pub mod timer;
 /// Human sizes ("64M") and durations for flags and the API.
 pub mod units;

@@ -13,12 +13,11 @@ use crate::api::{DeployOptions, FunctionInfo};
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{owners, unpack_image, ImageError, Limits};
-use crate::metrics::FunctionMetrics;
 use crate::name::FunctionName;
-use crate::net::{Added, NetError, Netlink, Pool, LABEL};
+use crate::net::{Added, AddressPool, NetError, Netlink, LABEL};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
-use crate::runtime::{pool, Function, Pool as WarmPool, RootfsDir, Runtime, Stats};
+use crate::runtime::{pool, Function, Ledger, RootfsDir, Runtime, Stats, WarmPool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -56,7 +55,7 @@ pub struct Manager {
     logs: PathBuf,
     registry: tokio::sync::Mutex<Registry>,
     net: Netlink,
-    pool: Pool,
+    pool: AddressPool,
     runtime: Arc<Runtime>,
     dataplane: Dataplane,
     limits: Limits,
@@ -90,7 +89,7 @@ impl Manager {
         state_dir: &Path,
         registry: Registry,
         net: Netlink,
-        pool: Pool,
+        pool: AddressPool,
         runtime: Arc<Runtime>,
         dataplane: Dataplane,
         limits: Limits,
@@ -172,8 +171,7 @@ impl Manager {
             image: record.image.clone(),
             options: record.options.clone(),
             logs: log,
-            stats,
-            metrics: FunctionMetrics::new(record.name.as_str()),
+            ledger: Ledger::new(record.name.as_str(), stats),
             pool: WarmPool::new(record.options.warm, record.options.reuse),
             id_base: owners::base(record.id_slot.unwrap_or_default()),
         });
@@ -404,7 +402,7 @@ impl Manager {
             .get(&r.name)
             .map(|l| {
                 let func = l.served.func.load();
-                l.stats
+                func.ledger
                     .snapshot(u64::from(func.pool.ready()), u64::from(l.served.inflight()))
             })
             .unwrap_or_default();
@@ -419,7 +417,7 @@ impl Manager {
             working_dir: r.image.working_dir.clone(),
             user: r.image.user.clone(),
             stats,
-            sandbox: crate::runtime::spec::sandbox(
+            sandbox: crate::runtime::sandbox::spec::sandbox(
                 &r.options,
                 owners::base(r.id_slot.unwrap_or_default()),
             ),

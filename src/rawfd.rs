@@ -1,41 +1,39 @@
-//! Raw socket descriptors, this crate's one place for their `unsafe`:
-//! tokio-uring's sockets expose raw fds only; the queue deadline and the
-//! answer to a handler that died silent need TCP_INFO, and listeners
-//! TCP_DEFER_ACCEPT, which neither nix nor socket2 wraps.
+//! Socket descriptors where std, nix and socket2 stop: the one place that
+//! turns an io_uring stream's raw descriptor into a typed borrow, and the
+//! TCP options neither nix nor socket2 wraps (TCP_INFO for the queue
+//! deadline and the answer to a handler that died silent,
+//! TCP_DEFER_ACCEPT for listeners).
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-/// A borrowed view of `sock`'s descriptor.
-pub fn borrow(sock: &impl AsRawFd) -> BorrowedFd<'_> {
-    // SAFETY: `sock` owns an open descriptor and outlives the borrow, which
-    // is tied to `&sock`'s lifetime.
-    unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) }
-}
-
-/// A close-on-exec duplicate of `sock`'s descriptor.
-pub fn dup(sock: &impl AsRawFd) -> io::Result<OwnedFd> {
-    borrow(sock).try_clone_to_owned()
+/// The connection behind an accepted io_uring stream, as a typed borrow:
+/// tokio-uring exposes only `as_raw_fd`, so this is where raw becomes
+/// typed, once, for everything downstream.
+pub fn uring_stream(stream: &tokio_uring::net::TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the stream owns an open descriptor until it is dropped, and
+    // the borrow cannot outlive `stream` (same lifetime).
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
 }
 
 /// How long an accepted connection sat since the kernel last heard from
 /// the client (established, or its request arrived): its queueing time.
-pub fn idle_in_kernel(sock: &impl AsRawFd) -> Option<Duration> {
+pub fn idle_in_kernel(sock: BorrowedFd<'_>) -> Option<Duration> {
     tcp_info(sock).map(|info| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
 }
 
 /// Bytes sent on the connection so far (by whoever holds it).
-pub fn bytes_sent(sock: &impl AsRawFd) -> Option<u64> {
+pub fn bytes_sent(sock: BorrowedFd<'_>) -> Option<u64> {
     tcp_info(sock).map(|info| info.tcpi_bytes_sent)
 }
 
-fn tcp_info(sock: &impl AsRawFd) -> Option<libc::tcp_info> {
+fn tcp_info(sock: BorrowedFd<'_>) -> Option<libc::tcp_info> {
     let mut info: libc::tcp_info = tcp_info_zeroed();
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a writable tcp_info of `len` bytes; the fd is open
-    // (borrowed from `sock`); the kernel writes at most `len` bytes.
+    // SAFETY: `info` is a writable tcp_info of `len` bytes; the descriptor
+    // is open for the borrow's lifetime; the kernel writes at most `len`.
     let rc = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
@@ -50,13 +48,13 @@ fn tcp_info(sock: &impl AsRawFd) -> Option<libc::tcp_info> {
 
 /// Completes accepts only once the client has sent something (or after
 /// about `secs`), so a handler never waits for the request it was given.
-pub fn defer_accept(sock: &impl AsRawFd, secs: u32) -> io::Result<()> {
+pub fn defer_accept(sock: &impl AsFd, secs: u32) -> io::Result<()> {
     let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `secs` is a readable c_int of the length passed; the fd is
-    // open (borrowed from `sock`).
+    // SAFETY: `secs` is a readable c_int of the length passed; the
+    // descriptor is open (borrowed from `sock` for the call).
     let rc = unsafe {
         libc::setsockopt(
-            sock.as_raw_fd(),
+            sock.as_fd().as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_DEFER_ACCEPT,
             (&secs as *const libc::c_int).cast(),

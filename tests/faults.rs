@@ -246,7 +246,7 @@ fn a_state_directory_behind_a_closed_directory_still_serves() {
     let closed = d.state.parent().expect("parent").to_path_buf();
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     d.spawn();
-    let scope = faasd::runtime::cgroup::scope(&d.state);
+    let scope = faasd::runtime::sandbox::cgroup::scope(&d.state);
     assert!(view_mounted(&scope), "the state view is mounted");
     let info = d.deploy("behind", &probe_image("hello", &[]), &opts());
     assert_eq!(call(info.ip).expect("serves").0, 200);

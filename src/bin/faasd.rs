@@ -1,5 +1,7 @@
 //! `faasd`: parse the command line, set up logging, run the daemon.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use faasd::config::{Args, LogFormat};
 
@@ -13,8 +15,11 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAASD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into a file or
+    // the journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
@@ -23,13 +28,9 @@ fn main() -> std::process::ExitCode {
     match faasd::daemon::run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("faasd: {msg}");
+            // Our errors' messages already name their cause (down to the OS
+            // error); walking `source()` as well would print it twice.
+            eprintln!("faasd: {e}");
             std::process::ExitCode::FAILURE
         }
     }

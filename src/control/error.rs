@@ -29,6 +29,10 @@ pub enum ApiError {
     Name(#[from] NameError),
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// A fault of faasd's own (a task that died, a body that would not
+    /// encode).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -42,6 +46,7 @@ impl ApiError {
             ApiError::Upload(_) => StatusCode::BAD_REQUEST,
             ApiError::Storage(e) => io_status(e),
             ApiError::Manager(m) => manager_status(m),
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Response, StatusCode};
 
-use super::routes::{text, Reply};
+use super::reply::{text, Reply};
 use super::{ApiError, Control};
 use crate::name::FunctionName;
 use crate::runtime::logs::LogSink;
@@ -45,7 +45,7 @@ pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     let p = path.clone();
     let (head, offset) = tokio::task::spawn_blocking(move || last_lines(&p, tail))
         .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| ApiError::Internal(format!("reading the log: {e}")))?;
     if !follow {
         return Ok(text(StatusCode::OK, head));
     }

@@ -7,14 +7,17 @@
 //! - `GET /healthz`: 200 once faasd serves
 //! - `GET /metrics`: Prometheus text
 //! - `GET /v1/functions`: every function (JSON list of `FunctionInfo`)
-//! - `PUT|POST /v1/functions/NAME?warm=&memory=&timeout=&env=K=V`: deploy;
-//!   the body is the image archive, streamed to disk
+//! - `PUT|POST /v1/functions/NAME?OPTIONS`: deploy; the body is the image
+//!   archive, streamed to disk. Options (`api::DeployOptions`): `warm=N`,
+//!   `env=K=V` (repeated), `memory=SIZE`, `timeout=SECS`, `reuse=BOOL`,
+//!   `max_requests=N`, `idle_timeout=SECS`, `concurrency=N`,
+//!   `all_cores=BOOL`
 //! - `GET /v1/functions/NAME`: one function
 //! - `DELETE /v1/functions/NAME`: remove it
 //! - `GET /v1/functions/NAME/logs?tail=N&follow=true`: the end of its
 //!   handler log, then (with `follow`) new lines as they come
-//! - original tool: `POST /api/new` (name in `X-Image-Name`),
-//!   `GET /api/ip/NAME`, `GET /api/list`
+//! - original tool: `POST /api/new` (name in `X-Image-Name`, the same
+//!   options in the query string), `GET /api/ip/NAME`, `GET /api/list`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use crate::manager::Manager;
 
 pub mod error;
 pub mod logs;
+pub mod reply;
 pub mod routes;
 pub mod upload;
 

@@ -4,17 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
 
-use super::{full, logs, upload, ApiError, Body, Control};
+use super::reply::{json, text, Reply};
+use super::{logs, upload, ApiError, Body, Control};
 use crate::api::DeployOptions;
 use crate::manager::ManagerError;
 use crate::metrics;
 use crate::name::FunctionName;
-
-pub(super) type Reply = Result<Response<Body>, ApiError>;
 
 pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
@@ -54,26 +52,6 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Bod
             e.response()
         }
     }
-}
-
-pub(super) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("text/plain"),
-    );
-    r
-}
-
-fn json<T: Serialize>(value: &T) -> Reply {
-    let body = serde_json::to_vec_pretty(value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut r = Response::new(full(body));
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(r)
 }
 
 async fn inspect(control: &Control, name: &str) -> Reply {

@@ -1,7 +1,11 @@
 //! One data-plane core: a thread running its own io_uring runtime
 //! (tokio-uring, current-thread; its types are `!Send`, hence one per
-//! core). It owns the accept loops of the listeners sharded to it and
-//! takes commands from the control side over a channel.
+//! core). It owns the accept loops of the listeners sharded to it, takes
+//! commands from the control side over a channel, and hands each accepted
+//! connection to the runtime (`dispatch`: the hot path is
+//! `pool::handoff::deliver`, one `sendmsg` to a waiting container; a
+//! connection no container can take goes to a cold start on the control
+//! runtime).
 //!
 //! The accept loop enforces the function's concurrency limit: at the limit
 //! it stops taking connections, so they wait in the kernel's backlog; one
@@ -17,10 +21,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::dispatch;
-use super::{Command, Ctx, Served};
+use super::{Command, Ctx, Inflight, Served};
+use crate::metrics::Outcome;
 use crate::rawfd;
-use crate::runtime::container::sleep_until_opt;
+use crate::respond::{self, Status};
+use crate::runtime::pool::handoff::{self, Delivery};
+use crate::runtime::Lease;
+use crate::timer::sleep_until_opt;
 
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
 const FD_BACKOFF: Duration = Duration::from_millis(100);
@@ -126,7 +133,7 @@ async fn accept_loop(
         let queued_recently = last_saturated.is_some_and(|t| t.elapsed() < ctx.queue_timeout);
         if !saturated {
             if let Some(h) = held.take() {
-                dispatch::dispatch(h.stream, h.accepted, &served, &ctx);
+                dispatch(h.stream, h.accepted, &served, &ctx);
                 continue;
             }
         }
@@ -143,13 +150,13 @@ async fn accept_loop(
                         accepts.increment(1);
                         let accepted = Instant::now();
                         if let Some(stream) = admit(stream, saturated, queued_recently, &mut held, &served, &ctx) {
-                            dispatch::dispatch(stream, accepted, &served, &ctx);
+                            dispatch(stream, accepted, &served, &ctx);
                         }
                         if *release.borrow() {
                             // Moved to another core: a connection held back
                             // here is served rather than dropped.
                             if let Some(h) = held.take() {
-                                dispatch::dispatch(h.stream, h.accepted, &served, &ctx);
+                                dispatch(h.stream, h.accepted, &served, &ctx);
                             }
                             return;
                         }
@@ -158,7 +165,7 @@ async fn accept_loop(
                         if !accept_failed(&e).await {
                             // The socket was closed for good (rm, shutdown).
                             if let Some(h) = held.take() {
-                                dispatch::reject(h.stream, &served, &ctx);
+                                reject(h.stream, &served, &ctx);
                             }
                             return;
                         }
@@ -169,7 +176,7 @@ async fn accept_loop(
             _ = tokio::time::sleep(RECHECK), if saturated => {}
             _ = sleep_until_opt(held_deadline), if held_deadline.is_some() => {
                 if let Some(h) = held.take() {
-                    dispatch::reject(h.stream, &served, &ctx);
+                    reject(h.stream, &served, &ctx);
                 }
             }
         }
@@ -188,12 +195,12 @@ fn admit(
     ctx: &Arc<Ctx>,
 ) -> Option<TcpStream> {
     let waited = if saturated || queued_recently {
-        rawfd::idle_in_kernel(&stream).unwrap_or_default()
+        rawfd::idle_in_kernel(rawfd::uring_stream(&stream)).unwrap_or_default()
     } else {
         Duration::ZERO
     };
     if waited >= ctx.queue_timeout {
-        dispatch::reject(stream, served, ctx);
+        reject(stream, served, ctx);
         return None;
     }
     if saturated {
@@ -205,6 +212,34 @@ fn admit(
         return None;
     }
     Some(stream)
+}
+
+/// Serves one accepted connection (accepted at `accepted`).
+fn dispatch(stream: TcpStream, accepted: Instant, served: &Arc<Served>, ctx: &Arc<Ctx>) {
+    let func = served.func.load_full();
+    func.ledger.accepted();
+    let lease: Lease = Box::new(Inflight::new(served));
+    let conn = rawfd::uring_stream(&stream);
+    if let Delivery::Cold(waiting) = handoff::deliver(&ctx.rt, &func, conn, accepted, lease) {
+        ctx.rt.serve_cold(func, waiting, None);
+    }
+    // Dropping `stream` closes our copy; the handler (or the cold start)
+    // has its own.
+}
+
+/// Answers 503: the connection waited past the queue deadline.
+fn reject(stream: TcpStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
+    let func = served.func.load();
+    func.ledger.accepted();
+    func.ledger.failed(Outcome::Rejected);
+    let Ok(client) = rawfd::uring_stream(&stream).try_clone_to_owned() else {
+        return;
+    };
+    ctx.control.spawn(respond::error_std(
+        client.into(),
+        Status::ServiceUnavailable,
+        "function is at its concurrency limit; try again",
+    ));
 }
 
 /// Handles an accept error; false when the listener is finished.

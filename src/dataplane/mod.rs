@@ -1,9 +1,9 @@
 //! The data plane: `--cores N` threads, each its own io_uring runtime
 //! (tokio-uring), owning the listeners of the function addresses sharded
 //! to it. The control side talks to them through channels only: it binds
-//! listeners and sends them over; the cores accept and hand connections
-//! to waiting containers (`dispatch`). Knows nothing about images, HTTP
-//! routing or netlink.
+//! listeners (`listener`) and sends them over; the cores accept and route
+//! each connection to the runtime (`core`). Knows nothing about images,
+//! HTTP routing or netlink.
 //!
 //! Sharding: a function's listener lives on the core with the fewest
 //! listeners; when functions go, one listener moves from the fullest core
@@ -24,7 +24,6 @@ use crate::name::FunctionName;
 use crate::runtime::{Function, Runtime};
 
 pub mod core;
-pub mod dispatch;
 pub mod listener;
 
 #[derive(Debug, thiserror::Error)]

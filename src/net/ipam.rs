@@ -9,11 +9,11 @@ use ipnet::Ipv4Net;
 use super::NetError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pool {
+pub struct AddressPool {
     net: Ipv4Net,
 }
 
-impl Pool {
+impl AddressPool {
     pub fn parse(cidr: &str) -> Result<Self, NetError> {
         let net: Ipv4Net = cidr
             .parse()
@@ -46,7 +46,7 @@ impl Pool {
     }
 }
 
-impl std::fmt::Display for Pool {
+impl std::fmt::Display for AddressPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.net.fmt(f)
     }
@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn allocates_lowest_free_skipping_network_and_broadcast() {
-        let pool = Pool::parse("127.10.0.0/30").expect("pool");
+        let pool = AddressPool::parse("127.10.0.0/30").expect("pool");
         let mut taken = HashSet::new();
         let a = pool.allocate(&taken).expect("first");
         assert_eq!(a, Ipv4Addr::new(127, 10, 0, 1));
@@ -73,11 +73,13 @@ mod tests {
 
     #[test]
     fn refuses_bad_pools() {
-        assert!(Pool::parse("10.0.0.0/16").is_err());
-        assert!(Pool::parse("127.0.0.1/32").is_err());
-        assert!(Pool::parse("nonsense").is_err());
+        assert!(AddressPool::parse("10.0.0.0/16").is_err());
+        assert!(AddressPool::parse("127.0.0.1/32").is_err());
+        assert!(AddressPool::parse("nonsense").is_err());
         assert_eq!(
-            Pool::parse("127.10.1.7/16").map(|p| p.to_string()).ok(),
+            AddressPool::parse("127.10.1.7/16")
+                .map(|p| p.to_string())
+                .ok(),
             Some("127.10.0.0/16".into())
         );
     }

@@ -4,7 +4,7 @@
 pub mod ipam;
 pub mod netlink;
 
-pub use ipam::Pool;
+pub use ipam::AddressPool;
 pub use netlink::{Added, Netlink};
 
 /// The label marking the addresses faasd added (`ip addr show label lo:faas`).

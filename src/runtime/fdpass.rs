@@ -10,10 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// Sends `fd` (plus one data byte, which SCM_RIGHTS needs) over `conn`.
-/// `fd` is raw because the io_uring streams of the data plane expose no
-/// `AsFd`; the caller keeps it open for the duration of the call.
-pub fn send_fd(conn: BorrowedFd<'_>, fd: RawFd) -> io::Result<()> {
-    let fds = [fd];
+pub fn send_fd(conn: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fds = [fd.as_raw_fd()];
     let payload = [b'F'];
     let iov = [IoSlice::new(&payload)];
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -62,14 +60,14 @@ mod tests {
         let (ours, theirs) = StdUnix::pair().expect("pair");
         drop(theirs);
         let (_a, b) = StdUnix::pair().expect("payload pair");
-        assert!(send_fd(ours.as_fd(), b.as_raw_fd()).is_err());
+        assert!(send_fd(ours.as_fd(), b.as_fd()).is_err());
     }
 
     #[test]
     fn passes_a_working_socket() {
         let (ours, theirs) = StdUnix::pair().expect("pair");
         let (mut a, b) = StdUnix::pair().expect("payload pair");
-        send_fd(ours.as_fd(), b.as_raw_fd()).expect("send");
+        send_fd(ours.as_fd(), b.as_fd()).expect("send");
         drop(b);
         let received = recv_fd(theirs.as_fd()).expect("recvmsg").expect("an fd");
         let mut received = StdUnix::from(received);

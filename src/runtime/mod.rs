@@ -1,11 +1,11 @@
-//! Containers for functions: the OCI spec (`spec`) and its seccomp
-//! profile (`seccomp`), the runc command line (`runc`), child reaping
-//! (`reaper`), passing the client socket (`fdpass`), one container's life
-//! and its supervisor (`container`), the warm pool and its refiller
-//! (`pool`), handing connections to running containers (`handoff`), reuse
-//! mode's per-connection cycle (`reuse`), per-container cgroup usage
-//! (`cgroup`), handler output (`logs`) and the path containers reach the
-//! state directory by (`view`).
+//! Containers for functions, in three wings: what a container may do and
+//! see (`sandbox`: OCI spec, seccomp, cgroups, the state view), one
+//! container's life (`container`: start-up, supervision, cleanup) and the
+//! containers waiting for connections (`pool`: warm slots, the hand-over,
+//! reuse mode's cycle). Beside them: the cold path (`cold`), the runc
+//! command line (`runc`), child reaping (`reaper`), passing the client
+//! socket (`fdpass`), handler output (`logs`) and each function's ledger
+//! of outcomes (`ledger`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,29 +14,27 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::api::{DeployOptions, FunctionStats};
+use crate::api::DeployOptions;
 use crate::image::ImageConfig;
 use crate::name::FunctionName;
 
-pub mod cgroup;
+mod cold;
 pub mod container;
-mod control;
 pub mod fdpass;
-pub mod handoff;
+pub mod ledger;
 pub mod logs;
-mod phases;
 pub mod pool;
 pub mod reaper;
-pub mod reuse;
 pub mod runc;
-mod seccomp;
-pub mod spec;
-mod view;
+pub mod sandbox;
 
+use container::phases;
 pub use container::Ready;
-pub use pool::{HandedOver, Pool, Slot};
+pub use ledger::{Ledger, Stats};
+pub use pool::{Slot, WarmPool};
 pub use reaper::{Exit, Reaper};
 pub use runc::Runc;
+use sandbox::{cgroup, view};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -147,83 +145,6 @@ impl Drop for RootfsDir {
     }
 }
 
-/// Counters of one function, kept across redeploys.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Accept → hand-over times, for `faas inspect`'s percentiles.
-    pub latency: LatencyHist,
-    pub requests: AtomicU64,
-    pub handed_over: AtomicU64,
-    pub failed: AtomicU64,
-    pub cold_starts: AtomicU64,
-    pub warm_starts: AtomicU64,
-    pub rejected: AtomicU64,
-}
-
-impl Stats {
-    pub fn snapshot(&self, warm_ready: u64, inflight: u64) -> FunctionStats {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        FunctionStats {
-            warm_ready,
-            rejected: get(&self.rejected),
-            requests: get(&self.requests),
-            handed_over: get(&self.handed_over),
-            failed: get(&self.failed),
-            cold_starts: get(&self.cold_starts),
-            warm_starts: get(&self.warm_starts),
-            inflight,
-            latency_p50_ms: self.latency.quantile_ms(0.5),
-            latency_p90_ms: self.latency.quantile_ms(0.9),
-            latency_p99_ms: self.latency.quantile_ms(0.99),
-        }
-    }
-}
-
-/// Power-of-two buckets of microseconds (1 µs to ~36 min): one relaxed
-/// atomic add per request; quantiles are bucket upper bounds.
-#[derive(Debug)]
-pub struct LatencyHist {
-    buckets: [AtomicU64; 32],
-}
-
-impl Default for LatencyHist {
-    fn default() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-impl LatencyHist {
-    pub fn record(&self, took: Duration) {
-        let us = took.as_micros().max(1) as u64;
-        let i = (63 - us.leading_zeros() as usize).min(31);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The bucket bound below which `q` of the samples lie, in ms.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let want = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= want {
-                return Some((2u64 << i) as f64 / 1000.0);
-            }
-        }
-        None
-    }
-}
-
 /// One deployed version of a function, as the runtime needs it.
 #[derive(Debug)]
 pub struct Function {
@@ -232,10 +153,10 @@ pub struct Function {
     pub image: ImageConfig,
     pub options: DeployOptions,
     pub logs: Arc<logs::LogSink>,
-    pub stats: Arc<Stats>,
-    pub metrics: crate::metrics::FunctionMetrics,
+    /// Where every connection's outcome is recorded.
+    pub ledger: Ledger,
     /// Containers of this version started ahead and waiting.
-    pub pool: Pool,
+    pub pool: WarmPool,
     /// First host id of the function's range (its container root).
     pub id_base: u32,
 }
@@ -286,6 +207,8 @@ pub struct Runtime {
     pub(crate) cgroup_scope: String,
     /// When runc finished starting each container (see `phases`).
     pub(crate) start_times: Option<Arc<phases::StartTimes>>,
+    /// The control runtime, where cold starts and supervisors run.
+    pub(crate) control: tokio::runtime::Handle,
 }
 
 impl Runtime {
@@ -297,7 +220,8 @@ impl Runtime {
         self.config.state_dir.join("logs")
     }
 
-    /// Sets up the runtime; `reaper` must already run.
+    /// Sets up the runtime on the current (control) runtime; `reaper` must
+    /// already run.
     pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Arc<Self>, RuntimeError> {
         let io = |op| move |source| RuntimeError::Io { op, source };
         let runc_root = config.state_dir.join("runc");
@@ -328,6 +252,7 @@ impl Runtime {
             cgroup_scope,
             view,
             start_times,
+            control: tokio::runtime::Handle::current(),
             config,
         }))
     }

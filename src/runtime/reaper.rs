@@ -109,9 +109,4 @@ impl Reaper {
         state.waiters.insert(pid, tx);
         Ok((pid, rx))
     }
-
-    /// Stops waiting for `pid` (its exit will be reaped and dropped).
-    pub fn forget(&self, pid: i32) {
-        self.lock().waiters.remove(&pid);
-    }
 }

@@ -6,6 +6,15 @@
 //! or puts it back into the pool — or, past `--max-requests` or its
 //! timeout, lets it go. The container's supervisor only hears of the rare
 //! events (kill, end), so a reused connection costs it no wake-up.
+//!
+//! The cycle, for one container:
+//!
+//! ```text
+//!   parked in the pool ──deliver()──▶ serving ──handler reconnects──┐
+//!        ▲                                                         │
+//!        └──── nobody waits ◀── a connection waits? ──yes──▶ serving
+//!   (max requests, timeout, retired or gone: the container ends)
+//! ```
 
 use std::future::Future;
 use std::os::unix::net::UnixListener;
@@ -17,10 +26,10 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use super::control::register;
-use super::handoff::{self, Returned};
-use super::pool::Slot;
-use super::{Function, Lease};
+use super::handoff;
+use super::slot::{Handed, Slot};
+use crate::runtime::container::control::register;
+use crate::runtime::{Function, Lease};
 
 /// A reuse-mode container, shared by its supervisor and whoever serves it.
 pub struct Reuse {
@@ -30,7 +39,7 @@ pub struct Reuse {
     /// first waits and kept: re-registering per connection costs four
     /// syscalls. Taken out while waited on (one wait at a time).
     watcher: Mutex<Option<AsyncFd<UnixListener>>>,
-    pub(super) served: AtomicU32,
+    pub(in crate::runtime) served: AtomicU32,
     max: u32,
     timeout: Duration,
     /// The claim flag of its slot in the pool, if it is there.
@@ -38,7 +47,7 @@ pub struct Reuse {
     /// Set with a reason when the container must be killed.
     retired: Mutex<Option<&'static str>>,
     /// Wakes the supervisor (retired).
-    pub(super) kill: Notify,
+    pub(in crate::runtime) kill: Notify,
     /// The container ended: whoever waits for its reconnect stops.
     gone: AtomicBool,
     ended: Notify,
@@ -60,12 +69,12 @@ impl Reuse {
         })
     }
 
-    pub(super) fn set_claim(&self, claim: Arc<AtomicBool>) {
+    pub(in crate::runtime) fn set_claim(&self, claim: Arc<AtomicBool>) {
         *self.claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim);
     }
 
     /// Takes its slot out of the pool if it is still there; true if so.
-    pub(super) fn withdraw(&self) -> bool {
+    pub(in crate::runtime) fn withdraw(&self) -> bool {
         let claim = self.claim.lock().unwrap_or_else(|p| p.into_inner()).take();
         claim.is_some_and(|c| !c.swap(true, Ordering::AcqRel))
     }
@@ -79,12 +88,12 @@ impl Reuse {
         self.kill.notify_one();
     }
 
-    pub(super) fn retired(&self) -> Option<&'static str> {
+    pub(in crate::runtime) fn retired(&self) -> Option<&'static str> {
         *self.retired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The container ended (called by its supervisor).
-    pub(super) fn end(&self) {
+    pub(in crate::runtime) fn end(&self) {
         self.gone.store(true, Ordering::Release);
         self.ended.notify_waiters();
     }
@@ -117,13 +126,12 @@ async fn cycle(reuse: Arc<Reuse>, mut lease: Lease, func: Arc<Function>) {
             return;
         }
         match handoff::to_waiter(Slot::reuse(control, Arc::clone(&reuse)), &func) {
-            Returned::Served(Some((_, next_lease))) => lease = next_lease,
-            Returned::Served(None) | Returned::Gone => return,
-            Returned::Idle(slot) => {
+            // Served a waiting connection: wait for this one in turn.
+            Ok(Handed::AwaitNext(_, next_lease)) => lease = next_lease,
+            Ok(Handed::Done) => return,
+            Err(slot) => {
                 func.pool.push(slot);
-                if let Some((other, lease)) = handoff::match_waiting(&func) {
-                    tokio::spawn(await_next(other, lease, func));
-                }
+                handoff::match_waiting(&func);
                 return;
             }
         }

@@ -1,159 +1,33 @@
 //! The warm pool of one function version: containers already started whose
-//! handler is connected to `/control.sock` and waiting. The data plane
-//! takes a slot (lock-free) and hands its client socket over with one
-//! `sendmsg`; a refiller task on the control runtime keeps the pool at its
-//! target, shrinks it to nothing after `pool_idle` without traffic, and
-//! backs off when containers fail to start.
+//! handler is connected to `/control.sock` and waiting (`slot`). The data
+//! plane hands a connection to one of them (`handoff`), in reuse mode
+//! waiting briefly for a busy one; reuse-mode containers come back after
+//! each connection (`reuse`). A refiller task on the control runtime keeps
+//! the pool at its target, shrinks it to nothing after `pool_idle` without
+//! traffic, and backs off when containers fail to start.
 
-use std::io;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::SegQueue;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
-use super::handoff::Waiters;
-use super::reuse::Reuse;
-use super::{fdpass, Function, Lease, Runtime};
+use super::{Function, Runtime};
+
+pub mod handoff;
+pub mod reuse;
+pub mod slot;
+
+use handoff::Waiters;
+pub use slot::{Handed, Slot, SlotWatch, Taken};
 
 /// Longest pause between start attempts of a function whose containers fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A waiting container, as the data plane sees it.
-pub struct Slot {
-    control: UnixStream,
-    kind: Kind,
-    claimed: Arc<AtomicBool>,
-}
-
-enum Kind {
-    /// One-shot: the supervisor waits for the connection.
-    Once(oneshot::Sender<Taken>),
-    /// Reuse mode: whoever hands over keeps the lease until the handler
-    /// asks for the next connection (see `reuse::await_next`); the
-    /// supervisor is not woken per connection. `None` once used.
-    Reuse(Option<Arc<Reuse>>),
-}
-
-/// What `hand_over` leaves to the caller.
-pub enum HandedOver {
-    /// Nothing: the container's supervisor has the lease.
-    Done,
-    /// Reuse mode: run `reuse::await_next` with these on the caller's runtime.
-    AwaitNext(Arc<Reuse>, Lease),
-}
-
-/// What a one-shot container's supervisor holds while it serves.
-pub struct Taken {
-    pub lease: Lease,
-    /// Our own copy of the connection (the handler has the same socket),
-    /// to answer the client if the handler dies having sent nothing.
-    pub client: Option<OwnedFd>,
-}
-
-impl Taken {
-    /// Keeps a copy of `client` (not kept if that fails: only the
-    /// answer to a silent death is lost).
-    pub fn new(lease: Lease, client: RawFd) -> Self {
-        Self {
-            lease,
-            client: crate::rawfd::dup(&client).ok(),
-        }
-    }
-}
-
-/// The supervisor's side of a one-shot slot.
-pub struct SlotWatch {
-    pub handed: oneshot::Receiver<Taken>,
-    claimed: Arc<AtomicBool>,
-}
-
-impl Slot {
-    /// Wraps a connected one-shot handler; the watch tells its supervisor
-    /// when the slot is used (`Ok(lease)`) or dropped unused (`Err`).
-    pub fn new(control: UnixStream) -> (Slot, SlotWatch) {
-        let (tx, rx) = oneshot::channel();
-        let claimed = Arc::new(AtomicBool::new(false));
-        let slot = Slot {
-            control,
-            kind: Kind::Once(tx),
-            claimed: Arc::clone(&claimed),
-        };
-        (
-            slot,
-            SlotWatch {
-                handed: rx,
-                claimed,
-            },
-        )
-    }
-
-    /// Wraps a connected reuse-mode handler. Dropped unused, it retires the
-    /// container.
-    pub fn reuse(control: UnixStream, reuse: Arc<Reuse>) -> Slot {
-        let claimed = Arc::new(AtomicBool::new(false));
-        reuse.set_claim(Arc::clone(&claimed));
-        Slot {
-            control,
-            kind: Kind::Reuse(Some(reuse)),
-            claimed,
-        }
-    }
-
-    /// Sends `client` to the waiting handler: the hot path's one syscall.
-    /// On failure (the handler died) the lease comes back.
-    pub fn hand_over(
-        mut self,
-        client: RawFd,
-        lease: Lease,
-    ) -> Result<HandedOver, (Lease, io::Error)> {
-        if let Err(e) = fdpass::send_fd(self.control.as_fd(), client) {
-            return Err((lease, e));
-        }
-        match &mut self.kind {
-            Kind::Once(_) => {
-                if let Kind::Once(tx) = std::mem::replace(&mut self.kind, Kind::Reuse(None)) {
-                    // The supervisor may be gone only if the container already
-                    // ended; the handler has the socket either way.
-                    let _ = tx.send(Taken::new(lease, client));
-                }
-                Ok(HandedOver::Done)
-            }
-            Kind::Reuse(reuse) => match reuse.take() {
-                Some(reuse) => {
-                    reuse.served.fetch_add(1, Ordering::AcqRel);
-                    Ok(HandedOver::AwaitNext(reuse, lease))
-                }
-                None => Ok(HandedOver::Done),
-            },
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // A reuse slot dropped unused (pool drained, hand-over failed): the
-        // container is retired. (A one-shot's supervisor sees its channel close.)
-        if let Kind::Reuse(Some(reuse)) = &self.kind {
-            reuse.retire("retired from the pool");
-        }
-    }
-}
-
-impl SlotWatch {
-    /// Takes the slot back from the pool (the container died or is retired
-    /// while waiting). False when the data plane took it first.
-    pub fn withdraw(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
-    }
-}
-
 /// Warm containers of one function version.
-pub struct Pool {
+pub struct WarmPool {
     target: u32,
     /// Reuse mode: containers come back by themselves, so taking one does
     /// not call for a new start; the target counts live containers.
@@ -164,9 +38,9 @@ pub struct Pool {
     /// Reuse mode: containers alive, parked or serving.
     live: AtomicU32,
     /// Reuse mode: connections waiting for a busy container to come back.
-    pub(super) waiters: Waiters,
+    waiters: Waiters,
     /// Reuse mode: cold starts under way for waiting connections.
-    pub(super) scaling: AtomicU32,
+    scaling: AtomicU32,
     failures: AtomicU32,
     closed: AtomicBool,
     wake: Notify,
@@ -174,16 +48,16 @@ pub struct Pool {
     last_used_ms: AtomicU64,
 }
 
-impl std::fmt::Debug for Pool {
+impl std::fmt::Debug for WarmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
+        f.debug_struct("WarmPool")
             .field("target", &self.target)
             .field("ready", &self.ready())
             .finish()
     }
 }
 
-impl Pool {
+impl WarmPool {
     pub fn new(target: u32, reuse: bool) -> Self {
         Self {
             target,

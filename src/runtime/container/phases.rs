@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -22,6 +22,12 @@ const MAX_REMEMBERED: usize = 4096;
 
 /// Inotify as an owner of its descriptor, for the reactor.
 struct Owned(Inotify);
+
+impl AsFd for Owned {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 impl AsRawFd for Owned {
     fn as_raw_fd(&self) -> RawFd {

@@ -1,12 +1,14 @@
-//! Descriptors on the reactor (the runtime's only `unsafe`): a container's
-//! `/control.sock` listener, and the inotify watch of `phases`. Accepted
+//! Descriptors on the reactor (`unsafe` because tokio cannot check that a
+//! raw descriptor stays what it was; the bound on `AsFd` makes the types
+//! prove it): a container's `/control.sock` listener, and the inotify
+//! watch of `phases`. Accepted
 //! connections stay plain std sockets: each is only ever used for one
 //! non-blocking `sendmsg`, so registering it with the reactor (two
 //! `epoll_ctl` per connection in reuse mode) would be waste.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use tokio::io::unix::AsyncFd;
@@ -19,10 +21,10 @@ pub fn register(listener: UnixListener) -> io::Result<AsyncFd<UnixListener>> {
 }
 
 /// Registers a non-blocking descriptor owner with the current reactor.
-pub fn register_owned<T: AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: callers pass types that own their descriptor (UnixListener,
-    // nix's Inotify), keep it open and return the same one from
-    // `as_raw_fd` until the AsyncFd drops them.
+pub fn register_owned<T: AsFd + AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `AsFd` (I/O safety) means `owner` owns or borrows an open
+    // descriptor for as long as it lives; the AsyncFd owns `owner`, so the
+    // descriptor stays open and the same until the AsyncFd is dropped.
     let fd = unsafe { AsyncFd::register(owner) };
     fd.map_err(io::Error::from)
 }

@@ -1,0 +1,30 @@
+//! Building answers: plain text and JSON bodies, and the `Reply` every
+//! route returns (errors become answers through `ApiError`'s table).
+
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use super::{full, ApiError, Body};
+
+pub type Reply = Result<Response<Body>, ApiError>;
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+pub fn json<T: Serialize>(value: &T) -> Reply {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}

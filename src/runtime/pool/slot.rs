@@ -1,0 +1,150 @@
+//! A waiting container as the data plane sees it: its handler's
+//! `/control.sock` connection and what to do once a client socket went
+//! down it. `Slot::hand_over` is the hot path's one syscall.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::reuse::{self, Reuse};
+use crate::runtime::{fdpass, Function, Lease};
+
+/// A container waiting in the pool.
+pub struct Slot {
+    control: UnixStream,
+    kind: Kind,
+    /// Set by whoever takes the slot out of the pool first: the data plane
+    /// (to use it) or its supervisor (it died or is retired).
+    pub(super) claimed: Arc<AtomicBool>,
+}
+
+enum Kind {
+    /// One-shot: the supervisor waits for the connection.
+    Once(oneshot::Sender<Taken>),
+    /// Reuse mode: whoever hands over keeps the lease until the handler
+    /// asks for the next connection (`reuse::await_next`); the supervisor
+    /// is not woken per connection. `None` once used.
+    Reuse(Option<Arc<Reuse>>),
+}
+
+/// What is left to do after a hand-over.
+#[must_use = "a reuse-mode container must be followed to its next request"]
+pub enum Handed {
+    /// Nothing: the container's supervisor holds the lease.
+    Done,
+    /// Reuse mode: wait for the handler's next request, holding the lease.
+    AwaitNext(Arc<Reuse>, Lease),
+}
+
+impl Handed {
+    /// Starts whatever follows the hand-over on the current runtime (a
+    /// data-plane core, or the control runtime after a cold start).
+    pub fn follow(self, func: &Arc<Function>) {
+        if let Handed::AwaitNext(reuse, lease) = self {
+            tokio::spawn(reuse::await_next(reuse, lease, Arc::clone(func)));
+        }
+    }
+}
+
+/// What a one-shot container's supervisor holds while it serves.
+pub struct Taken {
+    pub lease: Lease,
+    /// Our own copy of the connection (the handler has the same socket),
+    /// to answer the client if the handler dies having sent nothing.
+    pub client: Option<OwnedFd>,
+}
+
+impl Taken {
+    /// Keeps a copy of `client` (not kept if that fails: only the
+    /// answer to a silent death is lost).
+    pub fn new(lease: Lease, client: BorrowedFd<'_>) -> Self {
+        Self {
+            lease,
+            client: client.try_clone_to_owned().ok(),
+        }
+    }
+}
+
+/// The supervisor's side of a one-shot slot.
+pub struct SlotWatch {
+    pub handed: oneshot::Receiver<Taken>,
+    claimed: Arc<AtomicBool>,
+}
+
+impl SlotWatch {
+    /// Takes the slot back from the pool (the container died or is retired
+    /// while waiting). False when the data plane took it first.
+    pub fn withdraw(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl Slot {
+    /// Wraps a connected one-shot handler; the watch tells its supervisor
+    /// when the slot is used (`Ok(taken)`) or dropped unused (`Err`).
+    pub fn new(control: UnixStream) -> (Slot, SlotWatch) {
+        let (tx, rx) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(false));
+        let slot = Slot {
+            control,
+            kind: Kind::Once(tx),
+            claimed: Arc::clone(&claimed),
+        };
+        let watch = SlotWatch {
+            handed: rx,
+            claimed,
+        };
+        (slot, watch)
+    }
+
+    /// Wraps a connected reuse-mode handler. Dropped unused, it retires the
+    /// container.
+    pub fn reuse(control: UnixStream, reuse: Arc<Reuse>) -> Slot {
+        let claimed = Arc::new(AtomicBool::new(false));
+        reuse.set_claim(Arc::clone(&claimed));
+        Slot {
+            control,
+            kind: Kind::Reuse(Some(reuse)),
+            claimed,
+        }
+    }
+
+    /// Sends `client` to the waiting handler. On failure (the handler
+    /// died) the lease comes back.
+    pub fn hand_over(
+        mut self,
+        client: BorrowedFd<'_>,
+        lease: Lease,
+    ) -> Result<Handed, (Lease, io::Error)> {
+        if let Err(e) = fdpass::send_fd(self.control.as_fd(), client) {
+            return Err((lease, e));
+        }
+        match std::mem::replace(&mut self.kind, Kind::Reuse(None)) {
+            Kind::Once(tx) => {
+                // The supervisor may be gone only if the container already
+                // ended; the handler has the socket either way.
+                let _ = tx.send(Taken::new(lease, client));
+                Ok(Handed::Done)
+            }
+            Kind::Reuse(Some(reuse)) => {
+                reuse.served.fetch_add(1, Ordering::AcqRel);
+                Ok(Handed::AwaitNext(reuse, lease))
+            }
+            Kind::Reuse(None) => Ok(Handed::Done),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A reuse slot dropped unused (pool drained, hand-over failed): the
+        // container is retired. (A one-shot's supervisor sees its channel close.)
+        if let Kind::Reuse(Some(reuse)) = &self.kind {
+            reuse.retire("retired from the pool");
+        }
+    }
+}
