@@ -18,7 +18,8 @@ use crate::dataplane::{Ctx, Dataplane, DataplaneError};
 use crate::manager::{Manager, ManagerError};
 use crate::net::{NetError, Netlink};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{Reaper, Runtime, RuntimeConfig, RuntimeError};
+use crate::runtime::sandbox::cgroup;
+use crate::runtime::{Flavor, Reaper, Runtime, RuntimeConfig, RuntimeError};
 
 /// In-flight containers get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -74,6 +75,23 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     check_io_uring()?;
     let runtime_binary = find_binary(&config.runtime)
         .ok_or_else(|| DaemonError::NoRuntime(config.runtime.clone()))?;
+    let flavor = Flavor::detect(&runtime_binary).map_err(|source| DaemonError::Io {
+        op: "asking the runtime its version",
+        path: runtime_binary.clone(),
+        source,
+    })?;
+    // Still single-threaded here, as unsharing the mount namespace needs.
+    if flavor == Flavor::Crun {
+        let hidden =
+            cgroup::hide_v2_controllers_from_runtime().map_err(|source| DaemonError::Io {
+                op: "hiding the v2 cgroup controllers from crun (hybrid host)",
+                path: PathBuf::from("/sys/fs/cgroup/unified"),
+                source,
+            })?;
+        if hidden {
+            tracing::info!("hybrid cgroup host: crun runs in faasd's own mount namespace, where the v2 hierarchy lists no controller");
+        }
+    }
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.cores.max(2))
         .enable_all()
@@ -84,10 +102,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             path: PathBuf::new(),
             source,
         })?;
-    tokio_rt.block_on(serve(config, runtime_binary))
+    tokio_rt.block_on(serve(config, runtime_binary, flavor))
 }
 
-async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonError> {
+async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Result<(), DaemonError> {
     let state = &config.state_dir;
     fs::create_dir_all(state).map_err(|source| DaemonError::Io {
         op: "creating",
@@ -133,6 +151,7 @@ async fn serve(config: Config, runtime_binary: PathBuf) -> Result<(), DaemonErro
     let runtime = Runtime::new(
         RuntimeConfig {
             runtime_binary,
+            flavor,
             state_dir: state.clone(),
             connect_timeout: config.connect_timeout,
             shutdown_grace: SHUTDOWN_GRACE,

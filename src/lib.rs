@@ -46,6 +46,8 @@ pub mod registry;
 pub mod respond;
 /// Containers: sandbox, one container's life, the warm pool, the cold path.
 pub mod runtime;
+/// Process syscalls std and nix lack: pidfds, scheduling priorities.
+pub mod sys;
 /// Optional deadlines for `select!`.
 pub mod timer;
 /// Human sizes ("64M") and durations for flags and the API.

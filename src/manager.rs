@@ -17,7 +17,8 @@ use crate::name::FunctionName;
 use crate::net::{Added, AddressPool, NetError, Netlink, LABEL};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
-use crate::runtime::{pool, Function, Ledger, RootfsDir, Runtime, Stats, WarmPool};
+use crate::runtime::{Function, Ledger, RootfsDir, Runtime, RuntimeError, Stats, WarmPool};
+use crate::sys::Priority;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -39,6 +40,8 @@ pub enum ManagerError {
     },
     #[error("faasd is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// A function being served right now.
@@ -65,15 +68,31 @@ pub struct Manager {
 
 /// Gives the unpacked rootfs at `root` to the function's id range.
 async fn shift_owners(root: PathBuf, slot: u32) -> Result<(), ManagerError> {
-    tokio::task::spawn_blocking(move || owners::shift_tree(&root, owners::base(slot)))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map(|_| ())
-        .map_err(|source| ManagerError::Io {
-            op: "giving the rootfs to the function's id range".into(),
-            source,
-        })
+    tokio::task::spawn_blocking(move || {
+        background(|| owners::shift_tree(&root, owners::base(slot)))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r)
+    .map(|_| ())
+    .map_err(|source| ManagerError::Io {
+        op: "giving the rootfs to the function's id range".into(),
+        source,
+    })
+}
+
+/// Runs `work` on this (blocking-pool) thread at low priority, so an
+/// unpack never takes the CPU from a connection, yet ends on a saturated
+/// node too.
+fn background<T>(work: impl FnOnce() -> T) -> T {
+    let lowered = crate::sys::set_priority(0, Priority::Low).is_ok();
+    let out = work();
+    if lowered {
+        if let Err(e) = crate::sys::set_priority(0, Priority::Normal) {
+            tracing::warn!(error = %e, "restoring a blocking thread's priority");
+        }
+    }
+    out
 }
 
 fn now_secs() -> u64 {
@@ -152,13 +171,15 @@ impl Manager {
         }
         for record in registry.list() {
             let added = self.net.add(record.ip).await?;
-            self.start_serving(record, Some(added))?;
+            let func = self.function(record, Arc::default())?;
+            self.runtime.refill(&func);
+            self.start_serving(record, func, Some(added))?;
             tracing::info!(function = %record.name, ip = %record.ip, "serving");
         }
         Ok(())
     }
 
-    /// The runtime's view of a deployed version; its pool starts filling.
+    /// The runtime's view of a deployed version (its pool not filling yet).
     fn function(
         &self,
         record: &FunctionRecord,
@@ -175,7 +196,6 @@ impl Manager {
             pool: WarmPool::new(record.options.warm, record.options.reuse),
             id_base: owners::base(record.id_slot.unwrap_or_default()),
         });
-        tokio::spawn(pool::refill(Arc::clone(&self.runtime), Arc::clone(&func)));
         Ok(func)
     }
 
@@ -228,12 +248,14 @@ impl Manager {
         let staging = self.store.staging(name.as_str())?;
         let dest = staging.path().to_path_buf();
         let limits = self.limits.clone();
-        let unpacked = tokio::task::spawn_blocking(move || unpack_image(&archive, &dest, &limits))
-            .await
-            .map_err(|e| ManagerError::Io {
-                op: "unpacking image".into(),
-                source: std::io::Error::other(e),
-            })??;
+        let unpacked = tokio::task::spawn_blocking(move || {
+            background(|| unpack_image(&archive, &dest, &limits))
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            op: "unpacking image".into(),
+            source: std::io::Error::other(e),
+        })??;
 
         let mut registry = self.registry.lock().await;
         let previous = registry.get(&name).cloned();
@@ -278,26 +300,45 @@ impl Manager {
                 tokio::spawn(async move { net.remove(ip).await });
             }
         };
-        if let Err(e) = registry.put(record.clone()) {
-            undo(self);
-            return Err(e.into());
-        }
         let existing = self
             .live()
             .get(&name)
             .map(|l| (Arc::clone(&l.served), Arc::clone(&l.stats)));
+        let stats = existing
+            .as_ref()
+            .map(|e| Arc::clone(&e.1))
+            .unwrap_or_default();
+        let func = match self.function(&record, stats) {
+            Ok(f) => f,
+            Err(e) => {
+                undo(self);
+                return Err(e);
+            }
+        };
+        // The runtime must be able to start it before it replaces anything.
+        if let Err(e) = self.runtime.first_start(&func).await {
+            func.retire();
+            undo(self);
+            return Err(e.into());
+        }
+        if let Err(e) = registry.put(record.clone()) {
+            func.retire();
+            undo(self);
+            return Err(e.into());
+        }
         let same_listeners =
             previous.as_ref().map(|p| p.options.all_cores) == Some(record.options.all_cores);
         let result = match existing {
-            Some((served, stats)) if same_listeners => self.function(&record, stats).map(|func| {
+            Some((served, _)) if same_listeners => {
                 // Connections accepted before the swap finish on the old version.
                 served.func.swap(func).retire();
-            }),
+                Ok(())
+            }
             Some((served, _)) => {
                 served.func.load().retire();
-                self.start_serving(&record, None)
+                self.start_serving(&record, func, None)
             }
-            None => self.start_serving(&record, newly_added),
+            None => self.start_serving(&record, func, newly_added),
         };
         if let Err(e) = result {
             match previous {
@@ -316,6 +357,7 @@ impl Manager {
     fn start_serving(
         &self,
         record: &FunctionRecord,
+        func: Arc<Function>,
         added: Option<Added>,
     ) -> Result<(), ManagerError> {
         let known = self
@@ -327,7 +369,6 @@ impl Manager {
             Some(a) => a != Added::Foreign,
             None => known.map(|k| k.1).unwrap_or(true),
         };
-        let func = self.function(record, Arc::clone(&stats))?;
         let served = Served::new(Arc::clone(&func));
         if let Err(e) = self.dataplane.serve(
             &record.name,

@@ -95,7 +95,7 @@ fn describe() {
         "Containers started and waiting for a connection."
     );
     describe_gauge!(INFLIGHT, "Connections being served right now.");
-    describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime_create (runc run until the container is created), runtime_start (until runc released the process to exec), handler_connect (until the handler connected to /control.sock).");
+    describe_histogram!(COLD_START_PHASE, Unit::Seconds, "Container start, by phase: bundle, start_slot (waiting for a start permit), runtime_create (the runtime's create), runtime_start (the container's process released to exec), handler_connect (until the handler connected to /control.sock).");
     describe_histogram!(
         CONTAINER_CPU,
         Unit::Seconds,
@@ -142,9 +142,9 @@ pub enum Phase {
     Bundle,
     /// Waiting for a start permit (`--max-concurrent-starts`).
     StartSlot,
-    /// `runc run` spawned until runc reports the container created.
+    /// The runtime's `create`, from spawn to exit.
     RuntimeCreate,
-    /// Created until runc released the process to exec.
+    /// Starting the created process (the exec fifo, or `start`).
     RuntimeStart,
     /// From then until the handler connected to `/control.sock`.
     HandlerConnect,

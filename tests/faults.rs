@@ -174,15 +174,32 @@ fn a_missing_runtime_is_a_clear_startup_error() {
     );
 }
 
-/// A runtime that is runc for everything but `run`, which fails.
+/// The suite's runtime, except that `create` fails while `dir/fail`
+/// exists: it says why on stderr (the container's output) and in its JSON
+/// log, as runc and crun do.
 fn failing_runtime(dir: &Path) -> PathBuf {
-    let runc = which("runc");
-    let path = dir.join("runc-fails");
+    let real = which(&common::runtime());
+    let path = dir.join("runtime-fails");
+    let fail = dir.join("fail");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = run ]; then echo 'simulated runtime failure' >&2; exit 1; fi\ndone\nexec {} \"$@\"\n",
-            runc.display()
+            r#"#!/bin/sh
+log=
+prev=
+for a in "$@"; do
+  [ "$prev" = --log ] && log=$a
+  if [ "$a" = create ] && [ -e {fail} ]; then
+    echo 'simulated runtime failure' >&2
+    [ -n "$log" ] && echo '{{"level":"error","msg":"simulated runtime failure"}}' >> "$log"
+    exit 1
+  fi
+  prev=$a
+done
+exec {real} "$@"
+"#,
+            fail = fail.display(),
+            real = real.display()
         ),
     )
     .expect("script");
@@ -199,7 +216,33 @@ fn which(binary: &str) -> PathBuf {
 }
 
 #[test]
-fn a_failing_runtime_answers_502_promptly_and_says_why_in_the_log() {
+fn a_runtime_that_cannot_start_the_function_fails_its_deploy_with_the_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let runtime = failing_runtime(tmp.path());
+    let runtime = runtime.to_string_lossy().into_owned();
+    let d = Daemon::start_with(&["--runtime", &runtime]);
+    std::fs::write(tmp.path().join("fail"), b"").expect("marker");
+    for warm in [0, 2] {
+        let out = d.faas(
+            &["deploy", "refused", "--warm", &warm.to_string()],
+            Some(&image_bytes(&probe_image("hello", &[]))),
+        );
+        assert!(!out.status.success(), "deploy --warm {warm} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("simulated runtime failure"), "{err}");
+        assert!(err.contains("HTTP 422"), "{err}");
+        assert!(d.client().inspect("refused").is_err(), "nothing registered");
+    }
+    assert!(
+        d.lo_addresses().is_empty(),
+        "no address kept: {:?}",
+        d.lo_addresses()
+    );
+    assert!(d.wait_quiet(Duration::from_secs(10)), "containers left");
+}
+
+#[test]
+fn a_runtime_failing_later_answers_502_promptly_and_says_why_in_the_log() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let runtime = failing_runtime(tmp.path());
     let runtime = runtime.to_string_lossy().into_owned();
@@ -210,17 +253,26 @@ fn a_failing_runtime_answers_502_promptly_and_says_why_in_the_log() {
         ..Default::default()
     };
     let pooled = d.deploy("pooled", &probe_image("hello", &[]), &warm).ip;
+    d.wait_for("pooled", Duration::from_secs(10), "a full pool", |i| {
+        i.stats.warm_ready == 2
+    });
+    // The runtime breaks after the deploys: the pool's two containers
+    // serve, then every start fails.
+    std::fs::write(tmp.path().join("fail"), b"").expect("marker");
+    for _ in 0..2 {
+        assert_eq!(call(pooled).expect("pooled").0, 200);
+    }
     for ip in [cold, pooled, cold] {
         let t0 = Instant::now();
         let (status, body) = call(ip).expect("answered");
         assert_eq!(status, 502, "{body}");
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     }
-    // faasd's log names the failure; what the runtime said is in the
-    // function's log, beside its handlers' output.
+    // faasd's log names the failure and the runtime's reason; what the
+    // runtime said on its output is in the function's log, beside its
+    // handlers' output.
     assert!(
-        d.log_text()
-            .contains("exited (exit code 1) before taking a connection"),
+        d.log_text().contains("simulated runtime failure"),
         "{}",
         d.log_text()
     );
@@ -230,9 +282,11 @@ fn a_failing_runtime_answers_502_promptly_and_says_why_in_the_log() {
     assert!(d.wait_quiet(Duration::from_secs(10)), "containers left");
 }
 
-fn view_mounted(scope: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
+/// Whether the state view is mounted where `pid` (faasd, or the test
+/// itself) sees mounts: faasd may run in a mount namespace of its own.
+fn view_mounted(pid: &str, scope: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(&format!("/run/faasd/{scope}")))
 }
@@ -247,7 +301,8 @@ fn a_state_directory_behind_a_closed_directory_still_serves() {
     std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     d.spawn();
     let scope = faasd::runtime::sandbox::cgroup::scope(&d.state);
-    assert!(view_mounted(&scope), "the state view is mounted");
+    let faasd = d.pid().to_string();
+    assert!(view_mounted(&faasd, &scope), "the state view is mounted");
     let info = d.deploy("behind", &probe_image("hello", &[]), &opts());
     assert_eq!(call(info.ip).expect("serves").0, 200);
     let mode = std::fs::metadata(&closed)
@@ -258,7 +313,7 @@ fn a_state_directory_behind_a_closed_directory_still_serves() {
     assert_eq!(mode, 0o700, "the operator's directory is left as it was");
     drop(d);
     assert!(
-        !view_mounted(&scope),
+        !view_mounted("self", &scope),
         "the state view is unmounted at shutdown"
     );
 }

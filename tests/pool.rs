@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -69,13 +68,18 @@ fn a_pool_container_killed_from_outside_is_replaced() {
     });
     let victims = d.runc_containers();
     assert_eq!(victims.len(), 2);
-    let root = d.state.join("runc");
-    let st = Command::new("runc")
-        .arg("--root")
-        .arg(&root)
-        .args(["kill", &victims[0], "KILL"])
-        .status();
-    assert!(st.expect("runc kill").success());
+    // Killed from outside, as an operator or the OOM killer would: the
+    // container's process, found through the pid file its runtime wrote.
+    let pid: i32 = std::fs::read_to_string(d.state.join("bundles").join(&victims[0]).join("pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
     let deadline = Instant::now() + Duration::from_secs(20);
     while d.runc_containers().contains(&victims[0]) || d.runc_containers().len() < 2 {
         assert!(
@@ -168,25 +172,32 @@ fn reuse_mode_serves_many_connections_per_container_up_to_max_requests() {
         max_requests: 5,
         ..Default::default()
     };
-    let ip = d.deploy("re", &probe_image("inspect", &[]), &options).ip;
-    d.wait_for("re", Duration::from_secs(20), "pool of 1", |i| {
-        i.stats.warm_ready >= 1
-    });
-    let mut per_instance: HashMap<String, u32> = HashMap::new();
-    for i in 0..12 {
-        let (status, body) = call(ip).unwrap_or_else(|e| panic!("request {i}: {e}"));
-        assert_eq!(status, 200, "{body}");
-        let v = kv(&body);
-        let served: u32 = v["served"].parse().expect("served");
-        let count = per_instance.entry(v["instance"].clone()).or_default();
-        *count += 1;
-        assert_eq!(served, *count, "the same process counts its connections");
-        assert!(served <= 5, "--max-requests 5 exceeded: {served}");
-        // Give the handler time to reconnect, as a sequential client would.
-        std::thread::sleep(Duration::from_millis(30));
+    // A handler that asks for the next connection on its control
+    // connection (faas-handler), and one that connects again each time.
+    for (name, env) in [("re", &[][..]), ("reconnects", &["PROBE_RECONNECT=1"][..])] {
+        let ip = d.deploy(name, &probe_image("inspect", env), &options).ip;
+        d.wait_for(name, Duration::from_secs(20), "pool of 1", |i| {
+            i.stats.warm_ready >= 1
+        });
+        let mut per_instance: HashMap<String, u32> = HashMap::new();
+        for i in 0..12 {
+            let (status, body) = call(ip).unwrap_or_else(|e| panic!("{name} request {i}: {e}"));
+            assert_eq!(status, 200, "{body}");
+            let v = kv(&body);
+            let served: u32 = v["served"].parse().expect("served");
+            let count = per_instance.entry(v["instance"].clone()).or_default();
+            *count += 1;
+            assert_eq!(served, *count, "the same process counts its connections");
+            assert!(served <= 5, "--max-requests 5 exceeded: {served}");
+            // Give the handler time to ask again, as a sequential client would.
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        assert!(
+            per_instance.values().any(|&n| n == 5),
+            "{name}: {per_instance:?}"
+        );
+        assert!(per_instance.len() <= 4, "{name}: {per_instance:?}");
     }
-    assert!(per_instance.values().any(|&n| n == 5), "{per_instance:?}");
-    assert!(per_instance.len() <= 4, "{per_instance:?}");
 }
 
 #[test]

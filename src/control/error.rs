@@ -8,6 +8,7 @@ use crate::image::{ImageError, LayerError};
 use crate::manager::ManagerError;
 use crate::name::NameError;
 use crate::net::NetError;
+use crate::runtime::RuntimeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -83,8 +84,14 @@ fn manager_status(e: &ManagerError) -> StatusCode {
         },
         ManagerError::Image(_) => StatusCode::BAD_REQUEST,
         ManagerError::Net(NetError::Exhausted(_)) => StatusCode::INSUFFICIENT_STORAGE,
-        ManagerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ManagerError::ShuttingDown | ManagerError::Runtime(RuntimeError::ShuttingDown) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        // The runtime cannot start the image (a missing entrypoint, a
+        // config it refuses): the deploy is refused, with its reason.
+        ManagerError::Runtime(RuntimeError::Start { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
         ManagerError::Net(_)
+        | ManagerError::Runtime(_)
         | ManagerError::Registry(_)
         | ManagerError::Dataplane(_)
         | ManagerError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

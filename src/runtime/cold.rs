@@ -9,6 +9,7 @@ use super::pool::handoff::{ScaleOut, Waiting};
 use super::{Function, Runtime, RuntimeError};
 use crate::metrics::Outcome;
 use crate::respond::{self, Status};
+use crate::sys::Priority;
 
 impl Runtime {
     /// Serves `waiting` with a fresh container, on the control runtime.
@@ -33,7 +34,7 @@ async fn serve(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
         accepted,
         lease,
     } = waiting;
-    let result = match rt.start(&func).await {
+    let result = match rt.start(&func, Priority::Normal).await {
         Ok(ready) => ready.hand_over(client.as_fd(), lease),
         Err(e) => Err((lease, e)),
     };

@@ -9,12 +9,28 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
+/// Most descriptors handed over in one message (a reuse handler's batch).
+pub const MAX_BATCH: usize = 16;
+
 /// Sends `fd` (plus one data byte, which SCM_RIGHTS needs) over `conn`.
 pub fn send_fd(conn: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let fds = [fd.as_raw_fd()];
+    send_raw(conn, &[fd.as_raw_fd()])
+}
+
+/// Sends up to `MAX_BATCH` descriptors in one message.
+pub fn send_fds(conn: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut raw = [0; MAX_BATCH];
+    let n = fds.len().min(MAX_BATCH);
+    for (r, fd) in raw.iter_mut().zip(fds) {
+        *r = fd.as_raw_fd();
+    }
+    send_raw(conn, &raw[..n])
+}
+
+fn send_raw(conn: BorrowedFd<'_>, fds: &[RawFd]) -> io::Result<()> {
     let payload = [b'F'];
     let iov = [IoSlice::new(&payload)];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
     let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
     sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, flags, None)
         .map(|_| ())

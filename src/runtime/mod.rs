@@ -2,8 +2,9 @@
 //! see (`sandbox`: OCI spec, seccomp, cgroups, the state view), one
 //! container's life (`container`: start-up, supervision, cleanup) and the
 //! containers waiting for connections (`pool`: warm slots, the hand-over,
-//! reuse mode's cycle). Beside them: the cold path (`cold`), the runc
-//! command line (`runc`), child reaping (`reaper`), passing the client
+//! reuse mode's cycle). Beside them: the cold path (`cold`), the OCI
+//! runtime's command line (`oci`: runc, crun or another), child reaping
+//! (`reaper`), cleanup at idle priority (`janitor`), passing the client
 //! socket (`fdpass`), handler output (`logs`) and each function's ledger
 //! of outcomes (`ledger`).
 
@@ -21,19 +22,20 @@ use crate::name::FunctionName;
 mod cold;
 pub mod container;
 pub mod fdpass;
+pub mod janitor;
 pub mod ledger;
 pub mod logs;
+pub mod oci;
 pub mod pool;
 pub mod reaper;
-pub mod runc;
 pub mod sandbox;
 
-use container::phases;
-pub use container::Ready;
+pub use container::{Ready, Starting};
+use janitor::Janitor;
 pub use ledger::{Ledger, Stats};
+pub use oci::{Flavor, Oci};
 pub use pool::{Slot, WarmPool};
 pub use reaper::{Exit, Reaper};
-pub use runc::Runc;
 use sandbox::{cgroup, view};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,7 @@ pub enum RuntimeError {
     },
     #[error("lost track of process {pid}")]
     Lost { pid: i32 },
-    #[error("runc (pid {pid}) did not finish in time and was killed")]
+    #[error("the runtime (pid {pid}) did not finish in time and was killed")]
     Hung { pid: i32 },
 }
 
@@ -98,6 +100,8 @@ impl RuntimeError {
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub runtime_binary: PathBuf,
+    /// Which runtime that is (`Flavor::detect`).
+    pub flavor: Flavor,
     pub state_dir: PathBuf,
     /// How long a new handler may take to connect to `/control.sock`.
     pub connect_timeout: Duration,
@@ -135,8 +139,10 @@ impl Drop for RootfsDir {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
             let path = std::mem::take(&mut self.path);
-            // Removing a tree is slow; never on whatever thread dropped us.
+            // Removing a tree is slow; never on whatever thread dropped us,
+            // and only on CPU time nothing else wants.
             std::thread::spawn(move || {
+                let _ = crate::sys::set_priority(0, crate::sys::Priority::Idle);
                 if let Err(e) = crate::image::store::remove_tree(&path) {
                     tracing::warn!(path = %path.display(), error = %e, "removing retired rootfs");
                 }
@@ -189,10 +195,31 @@ fn run_id() -> String {
     String::from_utf8_lossy(&digits).into_owned()
 }
 
+/// A current-thread runtime on its own thread at `SCHED_IDLE`, for the
+/// work no connection waits on (pool refills). It lives as long as the
+/// process.
+fn background_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("faasd-refill".into())
+        .spawn(move || {
+            if let Err(e) = crate::sys::set_priority(0, crate::sys::Priority::Idle) {
+                tracing::warn!(error = %e, "pool refills keep normal priority");
+            }
+            rt.block_on(std::future::pending::<()>());
+        })?;
+    Ok(handle)
+}
+
 /// The container runtime of the node.
 pub struct Runtime {
     pub(crate) config: RuntimeConfig,
-    pub(crate) runc: Runc,
+    pub(crate) oci: Oci,
+    pub(crate) reaper: Reaper,
+    pub(crate) janitor: Janitor,
     /// Container ids are `<function>-<run>-<seq>`: `run` (this start's
     /// time) keeps a restarted faasd's ids apart from a crashed run's.
     pub(crate) run: String,
@@ -200,15 +227,17 @@ pub struct Runtime {
     pub(crate) live: AtomicUsize,
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,
-    pub(crate) starts: Semaphore,
+    pub(crate) starts: Arc<Semaphore>,
     /// Where containers reach the state directory (see `view`).
     pub(crate) view: view::StateView,
     /// This faasd's cgroup directory (see `cgroup`).
     pub(crate) cgroup_scope: String,
-    /// When runc finished starting each container (see `phases`).
-    pub(crate) start_times: Option<Arc<phases::StartTimes>>,
     /// The control runtime, where cold starts and supervisors run.
     pub(crate) control: tokio::runtime::Handle,
+    /// A runtime on a thread at idle priority, where pool refills prepare
+    /// and start containers: nothing waits on them, so they only get CPU
+    /// time no connection wants.
+    pub(crate) background: tokio::runtime::Handle,
 }
 
 impl Runtime {
@@ -224,35 +253,43 @@ impl Runtime {
     /// already run.
     pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Arc<Self>, RuntimeError> {
         let io = |op| move |source| RuntimeError::Io { op, source };
-        let runc_root = config.state_dir.join("runc");
+        // The runtime's `--root` (named for runc, whichever runtime runs).
+        let runtime_root = config.state_dir.join("runc");
         // Containers (unprivileged host ids) pass through `bundles` to
-        // their control socket; runc's state and the logs are private.
+        // their control socket; the runtime's state and the logs are private.
         for (dir, mode) in [("bundles", 0o711), ("runc", 0o700), ("logs", 0o700)] {
             let path = config.state_dir.join(dir);
             std::fs::create_dir_all(&path).map_err(io("creating state directories"))?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
                 .map_err(io("chmod state directories"))?;
         }
-        let start_times = phases::watch(runc_root.clone())
-            .map_err(|e| tracing::warn!(error = %e, "cold-start phases will not be split"))
-            .ok();
-        let runc = Runc::new(config.runtime_binary.clone(), runc_root, reaper);
+        let oci = Oci::new(
+            config.runtime_binary.clone(),
+            config.flavor,
+            runtime_root,
+            reaper.clone(),
+        );
+        tracing::info!(runtime = %config.runtime_binary.display(), flavor = %oci.flavor(), "OCI runtime");
+        let (janitor, _thread) = Janitor::start().map_err(io("starting the cleanup thread"))?;
+        let background = background_runtime().map_err(io("starting the refill thread"))?;
         let (stopping, _) = watch::channel(false);
         let cgroup_scope = cgroup::scope(&config.state_dir);
         let view = view::StateView::open(&config.state_dir, &cgroup_scope)
             .map_err(io("making the state directory reachable for containers"))?;
         Ok(Arc::new(Self {
-            runc,
+            oci,
+            reaper,
+            janitor,
             run: run_id(),
             seq: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             idle: Notify::new(),
             stopping,
-            starts: Semaphore::new(config.max_concurrent_starts.max(1)),
+            starts: Arc::new(Semaphore::new(config.max_concurrent_starts.max(1))),
             cgroup_scope,
             view,
-            start_times,
             control: tokio::runtime::Handle::current(),
+            background,
             config,
         }))
     }
@@ -262,12 +299,19 @@ impl Runtime {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Removes what an earlier run left: containers in our runc root and
+    /// Keeps `func`'s warm pool filled (until it is closed), at idle priority.
+    pub fn refill(self: &Arc<Self>, func: &Arc<Function>) {
+        self.background
+            .spawn(pool::refill(Arc::clone(self), Arc::clone(func)));
+    }
+
+    /// Removes what an earlier run left: containers in the runtime's root
+    /// (the runtime's own `delete --force`, which kills them first) and
     /// bundle directories. Call before serving.
     pub async fn recover(&self) -> usize {
         let mut removed = 0;
-        for id in self.runc.list() {
-            match self.runc.delete(&id).await {
+        for id in self.oci.list() {
+            match self.oci.delete(&id).await {
                 Ok(_) => removed += 1,
                 Err(e) => tracing::warn!(%id, error = %e, "deleting leftover container"),
             }

@@ -1,18 +1,30 @@
 //! Child processes and their exit statuses. faasd is a child subreaper:
-//! should a `runc` die before its container, the container's processes are
-//! re-parented to us and reaped here (PID 1 on these hosts does not reap).
-//! One task answers SIGCHLD with `waitpid(-1)` and hands each status to
-//! whoever spawned that pid.
+//! a container's first process becomes our child when the `create` that
+//! made it exits, and whatever else is orphaned below us comes to us too
+//! (PID 1 on these hosts does not reap). One task answers SIGCHLD with
+//! `waitpid(-1)` and hands each status to whoever waits for that pid.
+//!
+//! A container's process is only known (from the runtime's pid file) after
+//! it became ours, so it may in rare cases (killed before its start) be
+//! reaped before anyone asks: such exits are kept for a while and handed
+//! to the first `claim` of that pid. A pid is only reused after the kernel
+//! has gone through every other one, far longer than that while.
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
+
+/// How long an exit nobody waited for is kept for a late `claim`.
+const KEEP_UNCLAIMED: Duration = Duration::from_secs(30);
+/// Bound on kept exits (orphans nobody will ever claim).
+const MAX_UNCLAIMED: usize = 4096;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +51,7 @@ impl std::fmt::Display for Exit {
 #[derive(Default)]
 struct State {
     waiters: HashMap<i32, oneshot::Sender<Exit>>,
+    unclaimed: HashMap<i32, (Exit, Instant)>,
 }
 
 /// Handle to the reaper; cheap to clone.
@@ -92,7 +105,7 @@ impl Reaper {
                 Some(tx) => {
                     let _ = tx.send(exit);
                 }
-                None => tracing::debug!(pid, %exit, "reaped an orphan"),
+                None => keep_unclaimed(&mut state, pid, exit),
             }
         }
     }
@@ -109,4 +122,33 @@ impl Reaper {
         state.waiters.insert(pid, tx);
         Ok((pid, rx))
     }
+
+    /// The future exit of `pid`, a process that became our child without
+    /// our spawning it (a container's first process).
+    pub fn claim(&self, pid: i32) -> oneshot::Receiver<Exit> {
+        let mut state = self.lock();
+        let (tx, rx) = oneshot::channel();
+        match state.unclaimed.remove(&pid) {
+            Some((exit, at)) if at.elapsed() < KEEP_UNCLAIMED => {
+                let _ = tx.send(exit);
+            }
+            _ => {
+                state.waiters.insert(pid, tx);
+            }
+        }
+        rx
+    }
+}
+
+fn keep_unclaimed(state: &mut State, pid: i32, exit: Exit) {
+    tracing::debug!(pid, %exit, "reaped a process nobody waits for yet");
+    if state.unclaimed.len() >= MAX_UNCLAIMED {
+        state
+            .unclaimed
+            .retain(|_, (_, at)| at.elapsed() < KEEP_UNCLAIMED);
+        if state.unclaimed.len() >= MAX_UNCLAIMED {
+            state.unclaimed.clear();
+        }
+    }
+    state.unclaimed.insert(pid, (exit, Instant::now()));
 }

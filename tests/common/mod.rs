@@ -25,8 +25,9 @@ pub fn require_host() {
         if !nix::unistd::geteuid().is_root() {
             missing.push("run as root (containers and loopback addresses need it)".to_string());
         }
-        if which("runc").is_none() {
-            missing.push("install runc: apt-get install -y runc".to_string());
+        let runtime = runtime();
+        if which(&runtime).is_none() {
+            missing.push(format!("install {runtime}: apt-get install -y {runtime}"));
         }
         let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
@@ -133,6 +134,23 @@ fn unique_pool() -> (String, Ipv4Addr) {
     )
 }
 
+/// The OCI runtime the suite runs with: FAASD_TEST_RUNTIME (runc or crun),
+/// runc by default.
+pub fn runtime() -> String {
+    std::env::var("FAASD_TEST_RUNTIME")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "runc".into())
+}
+
+/// `--runtime` for the suite's runtime, unless the test picks its own.
+fn runtime_arg(extra: &[String]) -> Vec<String> {
+    if extra.iter().any(|a| a == "--runtime") {
+        return Vec::new();
+    }
+    vec!["--runtime".into(), runtime()]
+}
+
 /// `--cores N` from FAASD_TEST_CORES, so the suite can run per core count.
 fn cores_arg() -> Vec<String> {
     match std::env::var("FAASD_TEST_CORES") {
@@ -214,6 +232,8 @@ impl Daemon {
                 "--connect-timeout",
                 "3",
             ])
+            .args(runtime_arg(&self.extra))
+            .args(cores_arg())
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -442,10 +462,11 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Whatever a failed test left: containers in our runc root, our addresses.
+        // Whatever a failed test left: containers in our runtime root, our
+        // addresses.
         let root = self.state.join("runc");
         for id in self.runc_containers() {
-            let _ = Command::new("runc")
+            let _ = Command::new(runtime())
                 .arg("--root")
                 .arg(&root)
                 .args(["delete", "--force", &id])

@@ -1,66 +1,20 @@
-//! Example faasd handler: receives one accepted TCP connection over
-//! `/control.sock` (SCM_RIGHTS), answers it with a greeting, and exits.
+//! Example faasd handler: answers every connection faasd hands over with a
+//! greeting (one, or with `--reuse` one after another), using the
+//! `faas-handler` crate for the control-socket protocol.
 //!
 //! Build it static so it runs in a `FROM scratch` image:
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p hello --target x86_64-unknown-linux-gnu`
 
-use std::io::{IoSliceMut, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 const BODY: &str = "Hello from FaaS handler!\n";
 
 fn main() {
-    let reuse = std::env::var_os("FAAS_REUSE").is_some();
-    loop {
-        let conn = match receive_connection() {
-            Ok(Some(conn)) => conn,
-            Ok(None) => return,
-            // After the first connection a refused reconnect just means
-            // faasd has no more work for us.
-            Err(_) if reuse => return,
-            Err(e) => {
-                eprintln!("hello: {e}");
-                std::process::exit(1);
-            }
-        };
-        if let Err(e) = serve(conn) {
-            eprintln!("hello: serving connection: {e}");
-        }
-        if !reuse {
-            return;
-        }
+    if let Err(e) = faas_handler::serve(serve) {
+        eprintln!("hello: {e}");
+        std::process::exit(1);
     }
-}
-
-/// Connects to faasd and waits for one connection; `None` when faasd has
-/// nothing more for us (it closed the control socket).
-fn receive_connection() -> std::io::Result<Option<TcpStream>> {
-    let control = UnixStream::connect("/control.sock")?;
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        control.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor for us; we own it.
-                #[allow(unsafe_code)]
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                return Ok(Some(TcpStream::from(owned)));
-            }
-        }
-    }
-    Ok(None)
 }
 
 fn serve(mut conn: TcpStream) -> std::io::Result<()> {

@@ -1,7 +1,7 @@
 //! Descriptors on the reactor (`unsafe` because tokio cannot check that a
 //! raw descriptor stays what it was; the bound on `AsFd` makes the types
-//! prove it): a container's `/control.sock` listener, and the inotify
-//! watch of `phases`. Accepted
+//! prove it): a container's `/control.sock` listener, and runc's exec
+//! fifo while a container starts (`oci`). Accepted
 //! connections stay plain std sockets: each is only ever used for one
 //! non-blocking `sendmsg`, so registering it with the reactor (two
 //! `epoll_ctl` per connection in reuse mode) would be waste.

@@ -1,26 +1,36 @@
-//! One container's life: start-up (`start`: bundle with config.json and
-//! the control socket, `runc run` in the foreground — so runc reaps and
-//! deletes it — and waiting for the handler to connect), then supervision
+//! One container's life: start-up (`start`: the bundle with config.json
+//! and the control socket, the runtime's `create`, our own start through
+//! its fifo, and waiting for the handler to connect), then supervision
 //! (`supervise`: waiting in the pool, serving a connection bounded by the
-//! function's timeout, in reuse mode waiting again) until it ends or is
-//! killed, and finally the removal of what is left. Every path out of
-//! here ends in that cleanup (`Guard`), so nothing is left behind.
+//! function's timeout, in reuse mode waiting again) until its process ends
+//! or is killed, and finally the removal of what is left. No runtime
+//! process lingers meanwhile: the container's process is our child (we are
+//! its subreaper), followed through the reaper and signalled through a
+//! pidfd. Every path out of here ends in that cleanup (`Guard`), so
+//! nothing is left behind.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::reaper::Exit;
 use super::{Function, Runtime, RuntimeError};
 use control::ControlListener;
 
 pub mod control;
-pub mod phases;
 mod start;
 mod supervise;
+
+/// A container whose process runs, waiting for its handler to connect.
+pub struct Starting {
+    guard: Guard,
+    listener: ControlListener,
+    /// Held until the handler is up, which is what starts cost.
+    _permit: OwnedSemaphorePermit,
+}
 
 /// A container whose handler is connected and waiting for a connection.
 pub struct Ready {
@@ -36,25 +46,25 @@ struct Guard {
     func: Arc<Function>,
     id: String,
     bundle: PathBuf,
-    /// runc's pid; runc lives as long as the container.
-    pid: Option<i32>,
-    /// runc's exit, which is the container's end.
-    exit: Option<oneshot::Receiver<Exit>>,
-    /// How it ended, once it has (runc passes the handler's status on).
+    /// The runtime was asked to create it: it may have state to remove.
+    created: bool,
+    /// The container's first process, once `create` made it.
+    process: Option<Process>,
+    /// How that process ended, once it has.
     exited: Option<Exit>,
-    /// When `runc run` was spawned and when the handler connected, for the
-    /// cold-start phases recorded once the hand-over is done.
-    started: Option<Started>,
+    /// This guard was made by `drop` of an unfinished one: if it is dropped
+    /// unfinished too (the control runtime is going away), it gives up.
+    adopted: bool,
 }
 
-/// Moments of a container's start, for its phase metrics.
-#[derive(Debug, Clone, Copy)]
-struct Started {
-    spawned: SystemTime,
-    /// runc's own creation time, read from its state at connect (a
-    /// container that answers fast may be gone before anything later).
-    created: Option<SystemTime>,
-    connected: SystemTime,
+/// A container's first process: our child since its `create` exited.
+struct Process {
+    pid: i32,
+    /// Signals go through this, never through the pid number, which the
+    /// kernel may give to another process once this one is reaped.
+    pidfd: Option<OwnedFd>,
+    /// Its exit, from the reaper; `None` once seen.
+    exit: Option<oneshot::Receiver<Exit>>,
 }
 
 /// Why a supervisor stopped following its container.
@@ -75,19 +85,22 @@ impl Drop for Guard {
         if self.bundle.as_os_str().is_empty() {
             return;
         }
+        if self.adopted {
+            // The runtime that ran our cleanup is shutting down; what is
+            // left is the next start's to remove (`Runtime::recover`).
+            return;
+        }
         // Dropped without `finish` (a task was cancelled): clean up anyway.
         let guard = Guard {
+            adopted: true,
             rt: Arc::clone(&self.rt),
             func: Arc::clone(&self.func),
             id: std::mem::take(&mut self.id),
             bundle: std::mem::take(&mut self.bundle),
-            pid: self.pid.take(),
-            exit: self.exit.take(),
+            created: self.created,
+            process: self.process.take(),
             exited: self.exited.take(),
-            started: self.started.take(),
         };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(guard.finish(End::Kill("dropped")));
-        }
+        self.rt.control.spawn(guard.finish(End::Kill("dropped")));
     }
 }

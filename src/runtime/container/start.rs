@@ -1,30 +1,43 @@
-//! Starting a container: its bundle (config.json, the control socket,
-//! the output pipe), `runc run`, and waiting until the handler connected
-//! to `/control.sock`; the cold-start phases are split from what runc
-//! leaves behind.
+//! Starting a container: its bundle (config.json, the control socket, the
+//! output pipe), the runtime's `create`, the start of its process, and
+//! waiting until the handler connected to `/control.sock`. Each step is
+//! timed as a cold-start phase.
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener as StdListener, UnixStream};
+use std::os::unix::net::UnixListener as StdListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use super::control::ControlListener;
-use super::{io, End, Guard, Ready, Started};
+use super::{io, End, Guard, Process, Ready, Starting};
 use crate::metrics::Phase;
-use crate::runtime::reaper::Exit;
+use crate::runtime::oci::{self, Oci};
 use crate::runtime::sandbox::cgroup;
 use crate::runtime::sandbox::spec::{render, SpecInput};
-use crate::runtime::{logs, Function, Runc, Runtime, RuntimeError};
-
-/// How long a supervisor waits for the start watcher's event.
-const PHASE_WAIT_STEP: Duration = Duration::from_millis(5);
-const PHASE_WAIT_STEPS: u32 = 40;
+use crate::runtime::{logs, Function, Runtime, RuntimeError};
+use crate::sys::{self, Priority};
 
 impl Runtime {
     /// Starts a fresh container for `func` and waits until its handler has
-    /// connected to `/control.sock`.
-    pub async fn start(self: &Arc<Self>, func: &Arc<Function>) -> Result<Ready, RuntimeError> {
+    /// connected to `/control.sock`. `priority` is that of the runtime
+    /// while it creates the container (the container itself always runs
+    /// at normal priority).
+    pub async fn start(
+        self: &Arc<Self>,
+        func: &Arc<Function>,
+        priority: Priority,
+    ) -> Result<Ready, RuntimeError> {
+        self.launch(func, priority).await?.connected().await
+    }
+
+    /// Creates and starts a container for `func`, without waiting for its
+    /// handler: what the runtime itself has to say about the function.
+    pub async fn launch(
+        self: &Arc<Self>,
+        func: &Arc<Function>,
+        priority: Priority,
+    ) -> Result<Starting, RuntimeError> {
         if *self.stopping.borrow() {
             return Err(RuntimeError::ShuttingDown);
         }
@@ -37,76 +50,94 @@ impl Runtime {
             func: Arc::clone(func),
             id,
             bundle,
-            pid: None,
-            exit: None,
+            created: false,
+            process: None,
             exited: None,
-            started: None,
+            adopted: false,
         };
-        match guard.launch().await {
-            Ok((control, listener)) => Ok(Ready {
-                guard,
-                control,
-                listener,
-            }),
-            Err(e) => {
-                tokio::spawn(guard.finish(End::Kill("start failed")));
-                Err(e)
-            }
+        let ledger = &func.ledger;
+        let t0 = Instant::now();
+        let prepared = guard.prepare_bundle().and_then(|listener| {
+            let (output, runtime_output) = logs::pipe().map_err(io("creating output pipe"))?;
+            Ok((listener, output, runtime_output))
+        });
+        let (listener, output, runtime_output) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Err(guard.fail(e)),
+        };
+        ledger.phase(Phase::Bundle, t0.elapsed());
+        // Bounded: a burst of runtime processes can exhaust memory.
+        let t1 = Instant::now();
+        let Ok(permit) = Arc::clone(&self.starts).acquire_owned().await else {
+            return Err(guard.fail(RuntimeError::ShuttingDown));
+        };
+        ledger.phase(Phase::StartSlot, t1.elapsed());
+        tokio::spawn(logs::collect(
+            output,
+            Arc::clone(&func.logs),
+            guard.id.clone(),
+        ));
+        if let Err(e) = guard.create(runtime_output, priority).await {
+            return Err(guard.fail(e));
         }
+        if let Err(e) = guard.start().await {
+            return Err(guard.fail(e));
+        }
+        Ok(Starting {
+            guard,
+            listener,
+            _permit: permit,
+        })
+    }
+}
+
+impl Starting {
+    /// Waits until the handler connected to `/control.sock`.
+    pub async fn connected(self) -> Result<Ready, RuntimeError> {
+        let Starting {
+            mut guard,
+            listener,
+            _permit,
+        } = self;
+        let t0 = Instant::now();
+        let connect_timeout = guard.rt.config.connect_timeout;
+        let id = guard.id.clone();
+        let connected = tokio::select! {
+            accepted = listener.accept() => accepted.map_err(io("accepting the handler")),
+            exit = guard.wait_process() => Err(RuntimeError::HandlerExited { id, exit }),
+            _ = tokio::time::sleep(connect_timeout) => Err(RuntimeError::ConnectTimeout {
+                id,
+                secs: connect_timeout.as_secs_f64(),
+            }),
+        };
+        let control = match connected {
+            Ok(c) => c,
+            Err(e) => return Err(guard.fail(e)),
+        };
+        guard.func.ledger.phase(Phase::HandlerConnect, t0.elapsed());
+        // One-shot: the listener goes, so a second connect is refused.
+        let listener = guard.func.options.reuse.then_some(listener);
+        Ok(Ready {
+            guard,
+            control,
+            listener,
+        })
+    }
+
+    /// Kills the container: it was only started to see that it can be.
+    pub fn discard(self) {
+        let rt = Arc::clone(&self.guard.rt);
+        rt.control.spawn(self.guard.finish(End::Kill("discarded")));
     }
 }
 
 impl Guard {
-    async fn launch(&mut self) -> Result<(UnixStream, Option<ControlListener>), RuntimeError> {
-        let ledger = &self.func.ledger;
-        let t0 = Instant::now();
-        let listener = self.prepare_bundle()?;
-        let (output, runc_output) = logs::pipe().map_err(io("creating output pipe"))?;
-        ledger.phase(Phase::Bundle, t0.elapsed());
-        // Bounded: a burst of runc processes can exhaust memory. The permit
-        // is held until the handler is up, which is what costs.
-        let t1 = Instant::now();
-        let _permit = self
-            .rt
-            .starts
-            .acquire()
-            .await
-            .map_err(|_| RuntimeError::ShuttingDown)?;
-        ledger.phase(Phase::StartSlot, t1.elapsed());
-        let t2 = Instant::now();
-        let spawned = SystemTime::now();
-        let (pid, exit) = self.rt.runc.run(&self.id, &self.bundle, runc_output)?;
-        tokio::spawn(logs::collect(
-            output,
-            Arc::clone(&self.func.logs),
-            self.id.clone(),
-        ));
-        self.pid = Some(pid);
-        let exit = self.exit.insert(exit);
-        let connect_timeout = self.rt.config.connect_timeout;
-        let control = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(io("accepting the handler"))?,
-            ended = exit => {
-                self.exit = None;
-                let exit = ended.unwrap_or(Exit::Signal(0));
-                return Err(match Runc::failure(&self.bundle) {
-                    Some(reason) => RuntimeError::Start { id: self.id.clone(), reason },
-                    None => RuntimeError::HandlerExited { id: self.id.clone(), exit },
-                });
-            },
-            _ = tokio::time::sleep(connect_timeout) => return Err(RuntimeError::ConnectTimeout {
-                id: self.id.clone(),
-                secs: connect_timeout.as_secs_f64(),
-            }),
-        };
-        self.started = Some(Started {
-            spawned,
-            created: self.created_at(),
-            connected: spawned + t2.elapsed(),
-        });
-        // One-shot: the listener goes, so a second connect is refused.
-        let listener = self.func.options.reuse.then_some(listener);
-        Ok((control, listener))
+    /// Schedules the cleanup of a container that failed to start, and
+    /// passes the error on.
+    fn fail(self, e: RuntimeError) -> RuntimeError {
+        let rt = Arc::clone(&self.rt);
+        rt.control.spawn(self.finish(End::Kill("start failed")));
+        e
     }
 
     fn prepare_bundle(&self) -> Result<ControlListener, RuntimeError> {
@@ -120,7 +151,7 @@ impl Guard {
             .set_nonblocking(true)
             .map_err(io("control socket"))?;
         let listener = ControlListener::new(listener).map_err(io("control socket"))?;
-        let cgroup = cgroup::runc_path(&self.rt.cgroup_scope, &self.id);
+        let cgroup = cgroup::runtime_path(&self.rt.cgroup_scope, &self.id);
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
             rootfs: &self.rt.view.path(&self.func.rootfs.path),
@@ -135,52 +166,67 @@ impl Guard {
             .map_err(io("writing config.json"))?;
         Ok(listener)
     }
-}
 
-impl Guard {
-    /// runc's creation time from its `state.json` (one small read).
-    fn created_at(&self) -> Option<SystemTime> {
-        let state = std::fs::read(self.rt.runc.root().join(&self.id).join("state.json")).ok()?;
-        let v = serde_json::from_slice::<serde_json::Value>(&state).ok()?;
-        v["created"]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    /// The runtime's `create`: on success the container's process waits to
+    /// be started, as our child.
+    async fn create(
+        &mut self,
+        output: std::os::fd::OwnedFd,
+        priority: Priority,
+    ) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
+        self.created = true;
+        let (pid, exit) = self
+            .rt
+            .oci
+            .create(&self.id, &self.bundle, output, priority)?;
+        let exit = oci::wait_bounded(pid, exit).await?;
+        if !exit.success() {
+            return Err(self.runtime_failure(format!("create: {exit}")));
+        }
+        let Some(pid) = Oci::created_pid(&self.bundle) else {
+            return Err(self.runtime_failure("create left no pid file".into()));
+        };
+        let exit = self.rt.reaper.claim(pid);
+        let pidfd = sys::pidfd_open(pid)
+            .map_err(|e| tracing::debug!(id = %self.id, pid, error = %e, "pidfd"))
+            .ok();
+        if priority != Priority::Normal {
+            // It inherited the runtime's priority; it serves at normal.
+            if let Err(e) = sys::set_process_priority(pid, Priority::Normal) {
+                tracing::warn!(id = %self.id, pid, error = %e, "raising the container's priority");
+            }
+        }
+        self.process = Some(Process {
+            pid,
+            pidfd,
+            exit: Some(exit),
+        });
+        self.func.ledger.phase(Phase::RuntimeCreate, t0.elapsed());
+        Ok(())
     }
 
-    /// Splits the start at the moments runc leaves behind: its `created`
-    /// time, and the removal of `exec.fifo` (seen by `phases`, whose task
-    /// may not have read the event yet: we give it a little while).
-    pub(super) async fn record_phases(&mut self) {
-        let Some(Started {
-            spawned,
-            created: Some(created),
-            connected,
-        }) = self.started.take()
-        else {
-            return;
-        };
-        let Some(times) = self.rt.start_times.clone() else {
-            return;
-        };
-        let mut started = times.take(&self.id);
-        for _ in 0..PHASE_WAIT_STEPS {
-            if started.is_some() {
-                break;
+    /// Lets the created process run the image's program.
+    async fn start(&mut self) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
+        let rt = Arc::clone(&self.rt);
+        let (id, bundle) = (self.id.clone(), self.bundle.clone());
+        tokio::select! {
+            started = rt.oci.start(&id, &bundle) => started?,
+            exit = self.wait_process() => {
+                let why = format!("the container's process ended before its start ({exit})");
+                return Err(self.runtime_failure(why));
             }
-            tokio::time::sleep(PHASE_WAIT_STEP).await;
-            started = times.take(&self.id);
         }
-        let Some(started) = started else { return };
-        // The watcher stamps the removal when it reads the event; the
-        // handler may have connected first.
-        let started = started.min(connected);
-        if !(spawned <= created && created <= started) {
-            return;
+        self.func.ledger.phase(Phase::RuntimeStart, t0.elapsed());
+        Ok(())
+    }
+
+    /// A start failure, in the runtime's words if its log has them.
+    fn runtime_failure(&self, fallback: String) -> RuntimeError {
+        RuntimeError::Start {
+            id: self.id.clone(),
+            reason: Oci::failure(&self.bundle).unwrap_or(fallback),
         }
-        let between = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default();
-        let m = &self.func.ledger;
-        m.phase(Phase::RuntimeCreate, between(spawned, created));
-        m.phase(Phase::RuntimeStart, between(created, started));
-        m.phase(Phase::HandlerConnect, between(started, connected));
     }
 }

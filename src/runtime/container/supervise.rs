@@ -1,8 +1,9 @@
 //! Following a started container to its end: the hand-over of its first
 //! connection (cold path) or its place in the pool, the function's timeout
 //! while it serves, the answer to a client whose handler died silent, and
-//! the cleanup once it ended (kill if asked, runc gone, container deleted,
-//! cgroup read and removed, bundle removed).
+//! the cleanup once its process ended (killed if asked; the runtime's
+//! state, the cgroups and the bundle removed at idle priority by the
+//! janitor, so none of it competes with a request).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -13,14 +14,20 @@ use std::time::{Duration, Instant};
 use super::control::ControlListener;
 use super::{End, Guard, Ready};
 use crate::respond::{self, Status};
+use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
 use crate::runtime::pool::{Handed, Slot, SlotWatch, Taken};
+use crate::runtime::reaper::Exit;
 use crate::runtime::sandbox::cgroup;
 use crate::runtime::{fdpass, Function, Lease, RuntimeError};
 use crate::timer::sleep_until_opt;
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// A one-shot handler still running this long after its hand-over is
+/// asked (TCP_INFO) whether it answered yet; most have ended long before.
+const FIRST_ANSWER_CHECK: Duration = Duration::from_millis(20);
+const ANSWER_CHECK: Duration = Duration::from_millis(250);
 
 impl Ready {
     /// Sends the client socket to the handler (the cold path); the
@@ -38,26 +45,31 @@ impl Ready {
         } = self;
         if let Err(source) = fdpass::send_fd(control.as_fd(), client) {
             let id = guard.id.clone();
-            tokio::spawn(guard.finish(End::Kill("hand-over failed")));
+            let rt = Arc::clone(&guard.rt);
+            rt.control
+                .spawn(guard.finish(End::Kill("hand-over failed")));
             return Err((lease, RuntimeError::Handoff { id, source }));
         }
-        drop(control);
+        let rt = Arc::clone(&guard.rt);
         match listener {
             None => {
-                tokio::spawn(supervise_once(guard, Taken::new(lease, client)));
+                drop(control);
+                rt.control
+                    .spawn(supervise_once(guard, Taken::new(lease, client)));
                 Ok(Handed::Done)
             }
             Some(listener) => {
-                let reuse = guard.reuse(listener);
+                let reuse = guard.reuse(listener, control);
                 reuse.served.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(supervise_reuse(guard, Arc::clone(&reuse)));
+                rt.control.spawn(supervise_reuse(guard, Arc::clone(&reuse)));
                 Ok(Handed::AwaitNext(reuse, lease))
             }
         }
     }
 
     /// Puts the container into its function's pool (before returning, so
-    /// the pool's count is right at once), supervised there.
+    /// the pool's count is right at once), supervised there on the control
+    /// runtime (whatever runtime started it).
     pub fn park(self) {
         let Ready {
             mut guard,
@@ -65,11 +77,11 @@ impl Ready {
             listener,
         } = self;
         let func = Arc::clone(&guard.func);
+        let rt = Arc::clone(&guard.rt);
         match listener {
             None => {
                 let watch = offer(&func, control);
-                tokio::spawn(async move {
-                    guard.record_phases().await;
+                rt.control.spawn(async move {
                     match wait_in_pool(&mut guard, &func, watch).await {
                         Parked::Handed(taken) => supervise_once(guard, taken).await,
                         Parked::Gone(end) => guard.finish(end).await,
@@ -77,109 +89,152 @@ impl Ready {
                 });
             }
             Some(listener) => {
-                let reuse = guard.reuse(listener);
-                func.pool.push(Slot::reuse(control, Arc::clone(&reuse)));
-                tokio::spawn(supervise_reuse(guard, reuse));
+                let reuse = guard.reuse(listener, control);
+                func.pool.push(Slot::reuse(Arc::clone(&reuse)));
+                rt.control.spawn(supervise_reuse(guard, reuse));
             }
         }
     }
 }
 
 impl Guard {
-    /// Kills the container if asked to, waits for runc to end, makes sure
-    /// the container is deleted, removes the bundle.
-    pub(super) async fn finish(mut self, end: End) {
-        if let End::Kill(reason) = end {
-            self.kill(reason).await;
+    /// Waits for the container's process to end and records how (at once
+    /// if it already has; never if there is none).
+    pub(super) async fn wait_process(&mut self) -> Exit {
+        if let Some(exit) = self.exited {
+            return exit;
         }
-        if let Some(exit) = self.exit.take() {
-            // Killed or about to end by itself; either way it is short.
-            if tokio::time::timeout(KILL_WAIT, exit).await.is_err() {
-                self.kill_runc().await;
-            }
+        let Some(rx) = self.process.as_mut().and_then(|p| p.exit.as_mut()) else {
+            return std::future::pending().await;
+        };
+        // The reaper only drops a waiter at shutdown, when it no longer matters.
+        let exit = rx.await.unwrap_or(Exit::Signal(0));
+        if let Some(p) = self.process.as_mut() {
+            p.exit = None;
         }
-        // runc deletes a container it ran to the end; anything else (runc
-        // killed, start failed half-way) is deleted here.
-        if self.rt.runc.exists(&self.id) {
-            if let Err(e) = self.rt.runc.delete(&self.id).await {
-                tracing::warn!(id = %self.id, error = %e, "runc delete");
-            }
-        }
-        if self.pid.is_some() {
-            if let Some(usage) = cgroup::usage(&self.rt.cgroup_scope, &self.id) {
-                self.func.ledger.usage(usage.cpu_seconds, usage.peak_bytes);
-            }
-            cgroup::remove(&self.rt.cgroup_scope, &self.id);
-        }
-        let bundle = std::mem::take(&mut self.bundle);
-        let removal =
-            tokio::task::spawn_blocking(move || crate::image::store::remove_tree(&bundle)).await;
-        if let Ok(Err(e)) = removal {
-            tracing::warn!(id = %self.id, error = %e, "removing bundle");
-        }
-        if self.rt.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.rt.idle.notify_waiters();
-        }
-    }
-
-    async fn kill(&mut self, reason: &'static str) {
-        if self.exit.is_none() {
-            return;
-        }
-        tracing::debug!(id = %self.id, reason, "killing container");
-        if let Err(e) = self.rt.runc.kill(&self.id, "KILL").await {
-            tracing::debug!(id = %self.id, error = %e, "runc kill");
-        }
-    }
-
-    /// runc itself is stuck: kill it; `finish` then deletes the container.
-    async fn kill_runc(&mut self) {
-        if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            tracing::warn!(id = %self.id, pid, "runc did not end; killed it");
-        }
+        self.exited = Some(exit);
+        exit
     }
 
     /// Waits for the container to end by itself until `deadline` (if any);
-    /// faasd stopping shortens that to the shutdown grace.
-    async fn wait_exit(&mut self, deadline: Option<Instant>) -> End {
-        let Some(exit) = self.exit.as_mut() else {
-            return End::Exited;
-        };
+    /// faasd stopping shortens that to the shutdown grace. `copy`, our copy
+    /// of a one-shot connection, is let go on the way once not needed.
+    async fn wait_exit(
+        &mut self,
+        deadline: Option<Instant>,
+        mut copy: Option<&mut ClientCopy>,
+    ) -> End {
         let mut stopping = self.rt.stopping.subscribe();
         let grace = self.rt.config.shutdown_grace;
         loop {
-            tokio::select! {
-                exited = &mut *exit => {
-                    self.exit = None;
-                    self.exited = exited.ok();
+            if *stopping.borrow_and_update() {
+                if tokio::time::timeout(grace, self.wait_process())
+                    .await
+                    .is_ok()
+                {
                     return End::Exited;
-                },
+                }
+                return End::Kill("shutdown");
+            }
+            let next_check = copy.as_deref().and_then(ClientCopy::next_check);
+            tokio::select! {
+                _ = self.wait_process() => return End::Exited,
                 _ = sleep_until_opt(deadline) => return End::Kill("timeout"),
                 changed = stopping.changed() => {
-                    if changed.is_err() || *stopping.borrow() {
-                        if let Ok(exited) = tokio::time::timeout(grace, &mut *exit).await {
-                            self.exit = None;
-                            self.exited = exited.ok();
-                            return End::Exited;
-                        }
+                    if changed.is_err() {
                         return End::Kill("shutdown");
+                    }
+                }
+                _ = sleep_until_opt(next_check) => {
+                    if let Some(copy) = copy.as_deref_mut() {
+                        copy.check();
                     }
                 }
             }
         }
     }
 
+    /// Kills the container if asked to, waits for its process to end, and
+    /// removes what is left: the runtime's state (runc and crun keep only a
+    /// directory, removed by us; others are asked to `delete`), the
+    /// cgroups (read for usage first) and the bundle.
+    pub(super) async fn finish(mut self, end: End) {
+        if let End::Kill(reason) = end {
+            self.kill(reason);
+        }
+        if self.exited.is_none() && self.process.is_some() {
+            // Killed or about to end by itself; either way it is short.
+            if tokio::time::timeout(KILL_WAIT, self.wait_process())
+                .await
+                .is_err()
+            {
+                tracing::warn!(id = %self.id, "container process did not end after SIGKILL");
+            }
+        }
+        let rt = Arc::clone(&self.rt);
+        let ended = self.exited.is_some() && rt.oci.flavor() != Flavor::Other;
+        if self.created && !ended {
+            if let Err(e) = rt.oci.delete(&self.id).await {
+                tracing::warn!(id = %self.id, error = %e, "runtime delete");
+            }
+        }
+        let id = std::mem::take(&mut self.id);
+        let bundle = std::mem::take(&mut self.bundle);
+        let forget = self.created && ended;
+        let had_cgroup = self.process.is_some();
+        let oci = rt.oci.clone();
+        let scope = rt.cgroup_scope.clone();
+        let cleanup = rt.janitor.run(move || {
+            if forget {
+                if let Err(e) = oci.forget_ended(&id) {
+                    tracing::warn!(%id, error = %e, "removing the runtime's state");
+                }
+            }
+            let usage = if had_cgroup {
+                let usage = cgroup::usage(&scope, &id);
+                cgroup::remove(&scope, &id);
+                usage
+            } else {
+                None
+            };
+            if let Err(e) = crate::image::store::remove_tree(&bundle) {
+                tracing::warn!(%id, error = %e, "removing bundle");
+            }
+            usage
+        });
+        if let Ok(Some(usage)) = cleanup.await {
+            self.func.ledger.usage(usage.cpu_seconds, usage.peak_bytes);
+        }
+        if rt.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            rt.idle.notify_waiters();
+        }
+    }
+
+    /// SIGKILL to the container's first process: its pid namespace goes
+    /// with it.
+    fn kill(&mut self, reason: &'static str) {
+        if self.exited.is_some() {
+            return;
+        }
+        let Some(process) = &self.process else { return };
+        tracing::debug!(id = %self.id, pid = process.pid, reason, "killing container");
+        if let Some(pidfd) = &process.pidfd {
+            if let Err(e) =
+                crate::sys::pidfd_send_signal(pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL)
+            {
+                tracing::debug!(id = %self.id, error = %e, "kill");
+            }
+        }
+    }
+
     /// Makes this a reuse-mode container, counted live until
     /// `supervise_reuse` ends.
-    fn reuse(&self, listener: ControlListener) -> Arc<Reuse> {
+    fn reuse(&self, listener: ControlListener, control: UnixStream) -> Arc<Reuse> {
         let options = &self.func.options;
         self.func.pool.reuse_started();
         Reuse::new(
             listener.into_inner(),
+            control,
             options.max_requests,
             Duration::from_secs(options.timeout_secs),
         )
@@ -206,7 +261,7 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
             Ok(taken) => Parked::Handed(taken),
             Err(_) => Parked::Gone(End::Kill("retired from the pool")),
         },
-        end = guard.wait_exit(None) => {
+        end = guard.wait_exit(None, None) => {
             // Died (or faasd stops) while waiting: out of the pool, so it
             // is replaced. If the data plane took it meanwhile, its send
             // failed and it went on with a cold start.
@@ -219,17 +274,50 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
 }
 
 /// A one-shot container with a connection: served until it ends, or killed
-/// at the function's timeout.
+/// at the function's timeout. Our copy of the connection (kept to answer a
+/// handler's silent death) holds the client's FIN back while we have it,
+/// so it goes as soon as it is not needed: when the process ends (we hear
+/// of that at once: it is our child), or when a check finds the handler
+/// has answered — for a handler that closes and then lingers.
 async fn supervise_once(mut guard: Guard, taken: Taken) {
     let deadline = Instant::now() + Duration::from_secs(guard.func.options.timeout_secs);
-    guard.record_phases().await;
-    let end = guard.wait_exit(Some(deadline)).await;
     let Taken { lease, client } = taken;
-    if let Some(client) = client {
+    let mut copy = ClientCopy {
+        fd: client,
+        check: Instant::now() + FIRST_ANSWER_CHECK,
+    };
+    let end = guard.wait_exit(Some(deadline), Some(&mut copy)).await;
+    if let Some(client) = copy.fd {
         answer_if_silent(&guard, &end, client);
     }
     drop(lease);
     guard.finish(end).await;
+}
+
+/// Our copy of a one-shot connection, kept to answer for a handler that
+/// dies silent, and let go once the handler has answered.
+struct ClientCopy {
+    fd: Option<OwnedFd>,
+    check: Instant,
+}
+
+impl ClientCopy {
+    fn next_check(&self) -> Option<Instant> {
+        self.fd.as_ref().map(|_| self.check)
+    }
+
+    /// Lets the copy go if the handler sent something (TCP_INFO).
+    fn check(&mut self) {
+        let answered = self
+            .fd
+            .as_ref()
+            .and_then(|fd| crate::rawfd::bytes_sent(fd.as_fd()))
+            .is_some_and(|sent| sent > 0);
+        if answered {
+            self.fd = None;
+        }
+        self.check = Instant::now() + ANSWER_CHECK;
+    }
 }
 
 /// A handler that failed or timed out without sending a byte leaves its
@@ -252,16 +340,18 @@ fn answer_if_silent(guard: &Guard, end: &End, client: OwnedFd) {
         exit = ?guard.exited,
         "handler ended without answering: {reason}"
     );
-    tokio::spawn(respond::error_std(client.into(), status, reason));
+    guard
+        .rt
+        .control
+        .spawn(respond::error_std(client.into(), status, reason));
 }
 
 /// A reuse-mode container for its whole life. The per-connection cycle runs
 /// in `reuse::await_next`; this only wakes when the container ends or must
 /// be killed (timeout, retired, shutdown).
 async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
-    guard.record_phases().await;
     let end = tokio::select! {
-        end = guard.wait_exit(None) => end,
+        end = guard.wait_exit(None, None) => end,
         _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
     };
     if reuse.withdraw() {

@@ -14,13 +14,12 @@
 //! each miss the other; both add themselves first and then look (with a
 //! fence between), so at least one of them sees the other.
 
+use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use crossbeam::queue::SegQueue;
 
 use super::slot::{Handed, Slot};
 use crate::metrics::Outcome;
@@ -92,7 +91,9 @@ fn from_pool(
     mut lease: Lease,
 ) -> Result<(), Lease> {
     while let Some(slot) = func.pool.take() {
-        match slot.hand_over(client, lease) {
+        let handed = slot.hand_over(client, lease);
+        func.pool.taken();
+        match handed {
             Ok(handed) => {
                 func.ledger.handed_over(accepted.elapsed(), true);
                 handed.follow(func);
@@ -109,33 +110,47 @@ fn from_pool(
 }
 
 /// Reuse mode, every container busy: the connection queues for the first
-/// to come back; a timer sends it to a cold start after
-/// `SCALE_OUT_AFTER` if no other waiter's cold start is under way, and
-/// after `MAX_WAIT` regardless.
+/// to come back. One watchdog per function (not a timer per connection)
+/// sends the oldest to a cold start once it has waited `SCALE_OUT_AFTER`
+/// with no other waiter's cold start under way, or `MAX_WAIT` regardless.
 fn wait_for_return(rt: &Arc<Runtime>, func: &Arc<Function>, waiting: Waiting) {
-    let since = waiting.accepted;
-    let ticket = func.pool.waiters.push(waiting);
+    let start_watchdog = func.pool.waiters.push(waiting);
     match_waiting(func);
-    let rt = Arc::clone(rt);
-    let func = Arc::clone(func);
-    tokio::spawn(async move {
-        loop {
+    if start_watchdog {
+        tokio::spawn(watchdog(Arc::clone(rt), Arc::clone(func)));
+    }
+}
+
+/// Runs while connections wait: scales out for the oldest when it has
+/// waited too long, and ends when the queue is empty.
+async fn watchdog(rt: Arc<Runtime>, func: Arc<Function>) {
+    let waiters = &func.pool.waiters;
+    loop {
+        let next = match waiters.oldest() {
+            Some(since) => since + SCALE_OUT_AFTER,
+            None => {
+                if waiters.stop_watching() {
+                    return;
+                }
+                continue;
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
+        let Some(waiting) = waiters
+            .pop_if(|since| since.elapsed() >= SCALE_OUT_AFTER && should_scale_out(&func, since))
+        else {
+            // Served meanwhile, or another scale-out is under way: look
+            // again in a while.
             tokio::time::sleep(SCALE_OUT_AFTER).await;
-            if !ticket.waiting() {
-                return;
-            }
-            if should_scale_out(&func, since) {
-                break;
-            }
-        }
-        let Some(waiting) = ticket.take() else { return };
+            continue;
+        };
         let client = waiting.client.as_fd();
         if let Err(lease) = from_pool(&func, client, waiting.accepted, waiting.lease) {
             let waiting = Waiting { lease, ..waiting };
             let scaling = ScaleOut::new(Arc::clone(&func));
-            rt.serve_cold(func, waiting, Some(scaling));
+            rt.serve_cold(Arc::clone(&func), waiting, Some(scaling));
         }
-    });
+    }
 }
 
 /// Whether a connection that has waited since `since` should start a
@@ -161,97 +176,149 @@ impl Drop for ScaleOut {
     }
 }
 
-/// A waiting connection, shared by the queue and its scale-out timer:
-/// whoever takes it out serves it.
-#[derive(Clone)]
-struct Ticket(Arc<Mutex<Option<Waiting>>>);
-
-impl Ticket {
-    /// Still waiting (nobody took it yet).
-    fn waiting(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-    }
-
-    fn take(&self) -> Option<Waiting> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    fn put_back(&self, waiting: Waiting) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(waiting);
-    }
-}
-
-/// Connections waiting for one of a function's reuse-mode containers.
+/// Connections waiting for one of a function's reuse-mode containers,
+/// oldest first. Served by returning containers and, past the scale-out
+/// wait, by the watchdog; almost always from one core, so the lock is
+/// uncontended.
 #[derive(Default)]
 pub struct Waiters {
-    queue: SegQueue<Ticket>,
+    queue: Mutex<VecDeque<Waiting>>,
+    /// Kept beside the queue, so an empty one is seen without the lock.
+    len: AtomicUsize,
+    /// A watchdog task runs.
+    watched: AtomicBool,
 }
 
 impl Waiters {
-    /// Queues `waiting`; the ticket lets its timer take it back.
-    fn push(&self, waiting: Waiting) -> Ticket {
-        let ticket = Ticket(Arc::new(Mutex::new(Some(waiting))));
-        self.queue.push(ticket.clone());
-        ticket
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The oldest connection still waiting, with its ticket.
-    fn pop(&self) -> Option<(Ticket, Waiting)> {
-        while let Some(ticket) = self.queue.pop() {
-            if let Some(waiting) = ticket.take() {
-                return Some((ticket, waiting));
-            }
-            // Its timer took it: already served cold.
+    /// Queues `waiting`; true when no watchdog runs yet (start one).
+    fn push(&self, waiting: Waiting) -> bool {
+        self.lock().push_back(waiting);
+        self.len.fetch_add(1, Ordering::AcqRel);
+        !self.watched.swap(true, Ordering::AcqRel)
+    }
+
+    fn push_front(&self, waiting: Waiting) {
+        self.lock().push_front(waiting);
+        self.len.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// The oldest connection still waiting.
+    fn pop(&self) -> Option<Waiting> {
+        if self.is_empty() {
+            return None;
         }
-        None
+        let popped = self.lock().pop_front();
+        if popped.is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+        popped
+    }
+
+    /// The oldest, if `due` says so of the moment it was accepted.
+    fn pop_if(&self, due: impl FnOnce(Instant) -> bool) -> Option<Waiting> {
+        let mut queue = self.lock();
+        let since = queue.front()?.accepted;
+        if !due(since) {
+            return None;
+        }
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        queue.pop_front()
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().front().map(|w| w.accepted)
+    }
+
+    /// The watchdog's end: true if the queue is still empty once it has
+    /// said it stops (a connection queued meanwhile started no other).
+    fn stop_watching(&self) -> bool {
+        self.watched.store(false, Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.is_empty() || self.watched.swap(true, Ordering::AcqRel)
     }
 }
 
-/// Gives a reuse-mode container that came back to the oldest waiting
-/// connection; the slot comes back if nobody waits.
+/// Gives a reuse-mode container that came back the oldest waiting
+/// connection — or, if its handler takes several at once, up to that
+/// many; the slot comes back if nobody waits.
 pub fn to_waiter(slot: Slot, func: &Arc<Function>) -> Result<Handed, Slot> {
-    let Some((ticket, waiting)) = func.pool.waiters.pop() else {
+    let Some(first) = func.pool.waiters.pop() else {
         return Err(slot);
     };
-    Ok(serve(slot, func, ticket, waiting))
+    let batch = slot.batch();
+    let mut taken = vec![first];
+    while taken.len() < batch {
+        match func.pool.waiters.pop() {
+            Some(next) => taken.push(next),
+            None => break,
+        }
+    }
+    Ok(serve(slot, func, taken))
 }
 
 /// Serves a waiting connection from the pool if both exist: the second
 /// look of whichever side just added itself.
 pub fn match_waiting(func: &Arc<Function>) {
     fence(Ordering::SeqCst);
-    if func.pool.waiters.queue.is_empty() {
+    if func.pool.waiters.is_empty() {
         return;
     }
     let Some(slot) = func.pool.take() else { return };
     match func.pool.waiters.pop() {
-        Some((ticket, waiting)) => serve(slot, func, ticket, waiting).follow(func),
+        Some(waiting) => serve(slot, func, vec![waiting]).follow(func),
         None => func.pool.push(slot),
     }
 }
 
-/// Hands `waiting` to `slot`'s handler. If that fails (the handler is
-/// gone) the connection goes back into the queue — its timer still holds
-/// the ticket — and nothing follows.
-fn serve(slot: Slot, func: &Arc<Function>, ticket: Ticket, waiting: Waiting) -> Handed {
-    let Waiting {
-        client,
-        accepted,
-        lease,
-    } = waiting;
-    match slot.hand_over(client.as_fd(), lease) {
+/// Hands `taken` (one or a batch of waiting connections) to `slot`'s
+/// handler in one message. If that fails (the handler is gone) they go
+/// back to the head of the queue and nothing follows.
+fn serve(slot: Slot, func: &Arc<Function>, taken: Vec<Waiting>) -> Handed {
+    let mut clients = Vec::with_capacity(taken.len());
+    let mut accepted = Vec::with_capacity(taken.len());
+    let mut leases = Vec::with_capacity(taken.len());
+    for w in taken {
+        clients.push(w.client);
+        accepted.push(w.accepted);
+        leases.push(w.lease);
+    }
+    let handed = {
+        let fds: Vec<BorrowedFd<'_>> = clients.iter().map(|c| c.as_fd()).collect();
+        match (fds.as_slice(), leases.pop()) {
+            ([fd], Some(lease)) if leases.is_empty() => slot
+                .hand_over(*fd, lease)
+                .map_err(|(lease, e)| (vec![lease], e)),
+            (_, last) => {
+                leases.extend(last);
+                slot.hand_over_batch(&fds, leases)
+            }
+        }
+    };
+    match handed {
         Ok(handed) => {
-            func.ledger.handed_over(accepted.elapsed(), true);
+            for at in accepted {
+                func.ledger.handed_over(at.elapsed(), true);
+            }
             handed
         }
-        Err((lease, e)) => {
+        Err((leases, e)) => {
             tracing::debug!(function = %func.name, error = %e, "returning container gone");
-            ticket.put_back(Waiting {
-                client,
-                accepted,
-                lease,
-            });
-            func.pool.waiters.queue.push(ticket);
+            let back = clients.into_iter().zip(accepted).zip(leases).rev();
+            for ((client, accepted), lease) in back {
+                func.pool.waiters.push_front(Waiting {
+                    client,
+                    accepted,
+                    lease,
+                });
+            }
             Handed::Done
         }
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::SegQueue;
 use tokio::sync::Notify;
 
-use super::{Function, Runtime};
+use super::{Function, Ready, Runtime, RuntimeError};
+use crate::sys::Priority;
 
 pub mod handoff;
 pub mod reuse;
@@ -85,21 +86,27 @@ impl WarmPool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// A waiting container, if any. Lock-free; never blocks.
+    /// A waiting container, if any. Lock-free; never blocks. Call `taken`
+    /// once the connection went down it.
     pub fn take(&self) -> Option<Slot> {
         self.touch();
         while let Some(slot) = self.slots.pop() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
-                if !self.reuse {
-                    // Its replacement starts now.
-                    self.wake.notify_one();
-                }
                 return Some(slot);
             }
             // Withdrawn by its supervisor (dead or retired): skip it.
         }
         None
+    }
+
+    /// A taken one-shot container is used (or turned out dead): its
+    /// replacement starts now — after the hand-over, so that waking the
+    /// refiller costs the connection nothing.
+    pub fn taken(&self) {
+        if !self.reuse {
+            self.wake.notify_one();
+        }
     }
 
     /// Records traffic, so an idle-shrunk pool fills again.
@@ -255,10 +262,15 @@ pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
 }
 
 async fn start_one(rt: Arc<Runtime>, func: Arc<Function>) {
-    match rt.start(&func).await {
-        Ok(ready) => {
-            ready.park();
-        }
+    // Nothing waits on a pool refill: the runtime works on idle CPU time.
+    let started = rt.start(&func, Priority::Idle).await;
+    parked(&func, started);
+}
+
+/// Parks a container started for the pool (counted in `starting` until now).
+fn parked(func: &Function, started: Result<Ready, RuntimeError>) {
+    match started {
+        Ok(ready) => ready.park(),
         Err(e) => {
             func.pool.failures.fetch_add(1, Ordering::AcqRel);
             tracing::warn!(function = %func.name, error = %e, "starting a warm container");
@@ -266,4 +278,27 @@ async fn start_one(rt: Arc<Runtime>, func: Arc<Function>) {
     }
     func.pool.starting.fetch_sub(1, Ordering::AcqRel);
     func.pool.wake.notify_one();
+}
+
+impl Runtime {
+    /// Starts a new version's first container — what the runtime says of
+    /// it decides whether the version is deployed at all — then keeps its
+    /// pool filled. The first container joins the pool, or is discarded
+    /// when the pool's target is zero. Its handler is not waited for: one
+    /// that fails is a request's 502, not a refused deploy.
+    pub async fn first_start(self: &Arc<Self>, func: &Arc<Function>) -> Result<(), RuntimeError> {
+        let starting = self.launch(func, Priority::Normal).await?;
+        if func.pool.target == 0 {
+            starting.discard();
+        } else {
+            func.pool.starting.fetch_add(1, Ordering::AcqRel);
+            let func = Arc::clone(func);
+            self.background.spawn(async move {
+                let connected = starting.connected().await;
+                parked(&func, connected);
+            });
+        }
+        self.refill(func);
+        Ok(())
+    }
 }

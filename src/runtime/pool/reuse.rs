@@ -1,44 +1,64 @@
 //! Reuse mode's per-connection cycle, kept off the control runtime: after
 //! a hand-over, the thread that made it (a data-plane core, or the control
-//! runtime after a cold start) waits for the handler to connect to
-//! `/control.sock` again, frees the connection's concurrency slot, and
-//! gives the container the oldest connection waiting for one (`handoff`)
-//! or puts it back into the pool — or, past `--max-requests` or its
-//! timeout, lets it go. The container's supervisor only hears of the rare
-//! events (kill, end), so a reused connection costs it no wake-up.
+//! runtime after a cold start) waits for the handler to ask for its next
+//! connection, frees the connection's concurrency slot, and gives the
+//! container the oldest connection waiting for one (`handoff`) or puts it
+//! back into the pool — or, past `--max-requests` or its timeout, lets it
+//! go. The container's supervisor only hears of the rare events (kill,
+//! end), so a reused connection costs it no wake-up.
+//!
+//! A handler asks for its next connection by writing one byte on the
+//! control connection it already has (`faas-handler` does), or by closing
+//! it and connecting to `/control.sock` again (the protocol's older form);
+//! both are watched, and the connection that asked is the one the next
+//! client socket goes down. The byte's value is how many connections the
+//! handler takes in one message (1 to 16; any other value means 1): when
+//! connections are waiting, a handler that takes several gets up to that
+//! many at once, and serves them in turn before asking again.
 //!
 //! The cycle, for one container:
 //!
 //! ```text
-//!   parked in the pool ──deliver()──▶ serving ──handler reconnects──┐
-//!        ▲                                                         │
+//!   parked in the pool ──deliver()──▶ serving ──handler ready──┐
+//!        ▲                                                     │
 //!        └──── nobody waits ◀── a connection waits? ──yes──▶ serving
 //!   (max requests, timeout, retired or gone: the container ends)
 //! ```
 
 use std::future::Future;
-use std::os::unix::net::UnixListener;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use nix::sys::socket::{recv, MsgFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
 use super::handoff;
 use super::slot::{Handed, Slot};
-use crate::runtime::container::control::register;
-use crate::runtime::{Function, Lease};
+use crate::runtime::container::control::register_owned;
+use crate::runtime::{fdpass, Function, Lease};
 
 /// A reuse-mode container, shared by its supervisor and whoever serves it.
 pub struct Reuse {
-    /// The container's `/control.sock` listener (non-blocking).
+    /// The container's `/control.sock` listener (non-blocking), for
+    /// handlers that connect again.
     listener: UnixListener,
     /// The listener on a reactor, registered once on whichever runtime
-    /// first waits and kept: re-registering per connection costs four
-    /// syscalls. Taken out while waited on (one wait at a time).
+    /// first waits and kept: re-registering per connection costs syscalls.
+    /// Taken out while waited on (one wait at a time).
     watcher: Mutex<Option<AsyncFd<UnixListener>>>,
+    /// The handler's control connection, kept between connections.
+    control: Mutex<Option<Kept>>,
+    /// Its ready byte was seen (peeked) but is still to be read: see `send`.
+    ready_unread: AtomicBool,
+    /// How many connections the handler takes at once, from its ready
+    /// byte (1 to `fdpass::MAX_BATCH`; anything else means 1).
+    batch: AtomicU8,
     pub(in crate::runtime) served: AtomicU32,
     max: u32,
     timeout: Duration,
@@ -48,16 +68,50 @@ pub struct Reuse {
     retired: Mutex<Option<&'static str>>,
     /// Wakes the supervisor (retired).
     pub(in crate::runtime) kill: Notify,
-    /// The container ended: whoever waits for its reconnect stops.
+    /// The container ended: whoever waits for its next request stops.
     gone: AtomicBool,
     ended: Notify,
 }
 
+/// A control connection, on a reactor once somebody waited on it.
+enum Kept {
+    Plain(UnixStream),
+    Watched(AsyncFd<UnixStream>),
+}
+
+impl Kept {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Kept::Plain(s) => s.as_fd(),
+            Kept::Watched(w) => w.get_ref().as_fd(),
+        }
+    }
+
+    fn watched(self) -> io::Result<AsyncFd<UnixStream>> {
+        match self {
+            Kept::Plain(s) => register_owned(s),
+            Kept::Watched(w) => Ok(w),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Reuse {
-    pub fn new(listener: UnixListener, max: u32, timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        listener: UnixListener,
+        control: UnixStream,
+        max: u32,
+        timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             listener,
             watcher: Mutex::new(None),
+            control: Mutex::new(Some(Kept::Plain(control))),
+            ready_unread: AtomicBool::new(false),
+            batch: AtomicU8::new(1),
             served: AtomicU32::new(0),
             max,
             timeout,
@@ -69,33 +123,59 @@ impl Reuse {
         })
     }
 
+    /// Sends `client` down the handler's control connection, then reads
+    /// the ready byte that asked for it. Not before: reading it frees the
+    /// handler's send buffer, which wakes everyone waiting on its socket —
+    /// the handler itself, blocked in `recvmsg`, for nothing; after the
+    /// send it is already awake and that wake-up costs nothing.
+    pub(in crate::runtime) fn send(&self, clients: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let control = lock(&self.control);
+        let Some(kept) = control.as_ref() else {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        };
+        fdpass::send_fds(kept.fd(), clients)?;
+        if self.ready_unread.swap(false, Ordering::AcqRel) {
+            let mut byte = [0u8; 1];
+            let _ = recv(kept.fd().as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT);
+        }
+        Ok(())
+    }
+
+    /// Closes the control connection: a handler waiting on it reads its
+    /// end and exits.
+    fn hang_up(&self) {
+        lock(&self.control).take();
+    }
+
     pub(in crate::runtime) fn set_claim(&self, claim: Arc<AtomicBool>) {
-        *self.claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(claim);
+        *lock(&self.claim) = Some(claim);
     }
 
     /// Takes its slot out of the pool if it is still there; true if so.
     pub(in crate::runtime) fn withdraw(&self) -> bool {
-        let claim = self.claim.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let claim = lock(&self.claim).take();
         claim.is_some_and(|c| !c.swap(true, Ordering::AcqRel))
     }
 
     /// Asks the supervisor to kill the container.
     pub fn retire(&self, reason: &'static str) {
-        self.retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(reason);
+        lock(&self.retired).get_or_insert(reason);
         self.kill.notify_one();
     }
 
     pub(in crate::runtime) fn retired(&self) -> Option<&'static str> {
-        *self.retired.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.retired)
     }
 
     /// The container ended (called by its supervisor).
     pub(in crate::runtime) fn end(&self) {
         self.gone.store(true, Ordering::Release);
         self.ended.notify_waiters();
+    }
+
+    /// How many connections to hand over at once.
+    pub(in crate::runtime) fn batch(&self) -> usize {
+        usize::from(self.batch.load(Ordering::Acquire))
     }
 
     fn at_limit(&self) -> bool {
@@ -117,15 +197,17 @@ pub fn await_next(
 
 async fn cycle(reuse: Arc<Reuse>, mut lease: Lease, func: Arc<Function>) {
     loop {
-        let next = wait_reconnect(&reuse).await;
+        let ready = wait_ready(&reuse).await;
         // The handler is done with the connection (or gone): free its slot.
         drop(lease);
-        let Some(control) = next else { return };
-        if reuse.at_limit() || func.pool.is_closed() || reuse.retired().is_some() {
-            // Closing its control connection unanswered tells the handler to exit.
+        if !ready {
             return;
         }
-        match handoff::to_waiter(Slot::reuse(control, Arc::clone(&reuse)), &func) {
+        if reuse.at_limit() || func.pool.is_closed() || reuse.retired().is_some() {
+            reuse.hang_up();
+            return;
+        }
+        match handoff::to_waiter(Slot::reuse(Arc::clone(&reuse)), &func) {
             // Served a waiting connection: wait for this one in turn.
             Ok(Handed::AwaitNext(_, next_lease)) => lease = next_lease,
             Ok(Handed::Done) => return,
@@ -138,57 +220,101 @@ async fn cycle(reuse: Arc<Reuse>, mut lease: Lease, func: Arc<Function>) {
     }
 }
 
-/// The handler's next connect; `None` at its timeout or end.
-async fn wait_reconnect(reuse: &Reuse) -> Option<std::os::unix::net::UnixStream> {
+/// Waits until the handler asks for its next connection (true), or its
+/// timeout passes or it ends (false).
+async fn wait_ready(reuse: &Reuse) -> bool {
     let ended = reuse.ended.notified();
     tokio::pin!(ended);
     ended.as_mut().enable();
     if reuse.gone.load(Ordering::Acquire) {
-        return None;
+        return false;
     }
-    let cached = reuse
-        .watcher
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let listener = match cached
+    let kept = lock(&reuse.control).take().map(Kept::watched).transpose();
+    let listener = lock(&reuse.watcher)
+        .take()
         .map(Ok)
-        .unwrap_or_else(|| reuse.listener.try_clone().and_then(register))
-    {
-        Ok(l) => l,
-        Err(e) => {
+        .unwrap_or_else(|| reuse.listener.try_clone().and_then(register_owned));
+    let (mut kept, listener) = match (kept, listener) {
+        (Ok(k), Ok(l)) => (k, l),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "watching a reused container's control socket");
             reuse.retire("control socket");
-            return None;
+            return false;
         }
     };
-    let next = wait_on(reuse, &listener, ended).await;
-    *reuse.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
-    next
-}
-
-async fn wait_on(
-    reuse: &Reuse,
-    listener: &AsyncFd<UnixListener>,
-    mut ended: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-) -> Option<std::os::unix::net::UnixStream> {
     let timeout = tokio::time::sleep(reuse.timeout);
     tokio::pin!(timeout);
-    loop {
+    let ready = loop {
         tokio::select! {
-            ready = listener.readable() => {
-                let Ok(mut ready) = ready else { return None };
-                match ready.try_io(|l| l.get_ref().accept()) {
-                    Ok(Ok((control, _))) => return Some(control),
-                    Ok(Err(_)) => return None,
-                    Err(_would_block) => continue,
+            asked = ask(kept.as_ref()) => match asked {
+                Asked::Ready(batch) => {
+                    reuse.ready_unread.store(true, Ordering::Release);
+                    reuse.batch.store(batch, Ordering::Release);
+                    break true;
+                }
+                Asked::Closed => kept = None,
+                Asked::Nothing => {}
+            },
+            accepted = listener.readable() => {
+                let Ok(mut guard) = accepted else { break false };
+                match guard.try_io(|l| l.get_ref().accept()) {
+                    Ok(Ok((control, _))) => {
+                        kept = register_owned(control).ok();
+                        reuse.batch.store(1, Ordering::Release);
+                        break kept.is_some();
+                    }
+                    Ok(Err(_)) => break false,
+                    Err(_would_block) => {}
                 }
             }
             _ = &mut timeout => {
                 reuse.retire("timeout");
-                return None;
+                break false;
             }
-            _ = &mut ended => return None,
+            _ = &mut ended => break false,
         }
+    };
+    *lock(&reuse.watcher) = Some(listener);
+    if ready {
+        *lock(&reuse.control) = kept.map(Kept::Watched);
+    }
+    ready
+}
+
+enum Asked {
+    /// The handler wrote its ready byte: it takes this many connections.
+    Ready(u8),
+    /// It closed the connection (it may connect again).
+    Closed,
+    /// A spurious wake-up.
+    Nothing,
+}
+
+/// What a ready byte says: how many connections the handler takes at once.
+fn batch_of(byte: u8) -> u8 {
+    if (1..=fdpass::MAX_BATCH as u8).contains(&byte) {
+        byte
+    } else {
+        1
+    }
+}
+
+/// The handler's word on its control connection (never, without one),
+/// peeked: the byte is read when the next connection goes (`Reuse::send`).
+async fn ask(kept: Option<&AsyncFd<UnixStream>>) -> Asked {
+    let Some(kept) = kept else {
+        return std::future::pending().await;
+    };
+    let Ok(mut guard) = kept.readable().await else {
+        return Asked::Closed;
+    };
+    let mut byte = [0u8; 1];
+    match guard.try_io(|s| {
+        let peek = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK;
+        recv(s.get_ref().as_raw_fd(), &mut byte, peek).map_err(io::Error::from)
+    }) {
+        Ok(Ok(1)) => Asked::Ready(batch_of(byte[0])),
+        Ok(_) => Asked::Closed,
+        Err(_would_block) => Asked::Nothing,
     }
 }

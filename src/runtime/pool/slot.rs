@@ -15,7 +15,6 @@ use crate::runtime::{fdpass, Function, Lease};
 
 /// A container waiting in the pool.
 pub struct Slot {
-    control: UnixStream,
     kind: Kind,
     /// Set by whoever takes the slot out of the pool first: the data plane
     /// (to use it) or its supervisor (it died or is retired).
@@ -23,11 +22,13 @@ pub struct Slot {
 }
 
 enum Kind {
-    /// One-shot: the supervisor waits for the connection.
-    Once(oneshot::Sender<Taken>),
-    /// Reuse mode: whoever hands over keeps the lease until the handler
-    /// asks for the next connection (`reuse::await_next`); the supervisor
-    /// is not woken per connection. `None` once used.
+    /// One-shot: the handler's control connection, and the supervisor
+    /// waiting for the connection.
+    Once(UnixStream, oneshot::Sender<Taken>),
+    /// Reuse mode (the control connection is the container's): whoever
+    /// hands over keeps the lease until the handler asks for the next
+    /// connection (`reuse::await_next`); the supervisor is not woken per
+    /// connection. `None` once used.
     Reuse(Option<Arc<Reuse>>),
 }
 
@@ -90,8 +91,7 @@ impl Slot {
         let (tx, rx) = oneshot::channel();
         let claimed = Arc::new(AtomicBool::new(false));
         let slot = Slot {
-            control,
-            kind: Kind::Once(tx),
+            kind: Kind::Once(control, tx),
             claimed: Arc::clone(&claimed),
         };
         let watch = SlotWatch {
@@ -101,13 +101,12 @@ impl Slot {
         (slot, watch)
     }
 
-    /// Wraps a connected reuse-mode handler. Dropped unused, it retires the
-    /// container.
-    pub fn reuse(control: UnixStream, reuse: Arc<Reuse>) -> Slot {
+    /// Wraps a reuse-mode handler ready for a connection. Dropped unused,
+    /// it retires the container.
+    pub fn reuse(reuse: Arc<Reuse>) -> Slot {
         let claimed = Arc::new(AtomicBool::new(false));
         reuse.set_claim(Arc::clone(&claimed));
         Slot {
-            control,
             kind: Kind::Reuse(Some(reuse)),
             claimed,
         }
@@ -120,11 +119,16 @@ impl Slot {
         client: BorrowedFd<'_>,
         lease: Lease,
     ) -> Result<Handed, (Lease, io::Error)> {
-        if let Err(e) = fdpass::send_fd(self.control.as_fd(), client) {
+        let sent = match &self.kind {
+            Kind::Once(control, _) => fdpass::send_fd(control.as_fd(), client),
+            Kind::Reuse(Some(reuse)) => reuse.send(&[client]),
+            Kind::Reuse(None) => Err(io::Error::from(io::ErrorKind::NotConnected)),
+        };
+        if let Err(e) = sent {
             return Err((lease, e));
         }
         match std::mem::replace(&mut self.kind, Kind::Reuse(None)) {
-            Kind::Once(tx) => {
+            Kind::Once(_, tx) => {
                 // The supervisor may be gone only if the container already
                 // ended; the handler has the socket either way.
                 let _ = tx.send(Taken::new(lease, client));
@@ -136,6 +140,36 @@ impl Slot {
             }
             Kind::Reuse(None) => Ok(Handed::Done),
         }
+    }
+}
+
+impl Slot {
+    /// How many connections its handler takes at once.
+    pub fn batch(&self) -> usize {
+        match &self.kind {
+            Kind::Reuse(Some(reuse)) => reuse.batch(),
+            _ => 1,
+        }
+    }
+
+    /// Sends several clients in one message to a reuse-mode handler that
+    /// takes them at once (`batch`); their leases are held together until
+    /// it asks again. On failure the leases come back.
+    pub fn hand_over_batch(
+        mut self,
+        clients: &[BorrowedFd<'_>],
+        leases: Vec<Lease>,
+    ) -> Result<Handed, (Vec<Lease>, io::Error)> {
+        let Kind::Reuse(Some(reuse)) = std::mem::replace(&mut self.kind, Kind::Reuse(None)) else {
+            return Err((leases, io::Error::from(io::ErrorKind::Unsupported)));
+        };
+        if let Err(e) = reuse.send(clients) {
+            self.kind = Kind::Reuse(Some(reuse));
+            return Err((leases, e));
+        }
+        let n = u32::try_from(clients.len()).unwrap_or(u32::MAX);
+        reuse.served.fetch_add(n, Ordering::AcqRel);
+        Ok(Handed::AwaitNext(reuse, Box::new(leases)))
     }
 }
 

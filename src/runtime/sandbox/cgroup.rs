@@ -26,13 +26,52 @@ pub fn scope(state_dir: &std::path::Path) -> String {
     format!("faasd-{}", &crate::image::archive::hex(&digest)[..12])
 }
 
-/// The `cgroupsPath` to give runc for container `id`.
-pub fn runc_path(scope: &str, id: &str) -> String {
+/// The `cgroupsPath` to give the runtime for container `id`.
+pub fn runtime_path(scope: &str, id: &str) -> String {
     format!("/{scope}/{id}/c")
 }
 
 fn v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").is_file()
+}
+
+/// Whether this is a hybrid host (v1 controllers, plus a v2 hierarchy at
+/// `unified`) whose v2 hierarchy holds a controller (here: hugetlb).
+fn hybrid_with_v2_controllers() -> bool {
+    let unified = Path::new(ROOT).join("unified").join("cgroup.controllers");
+    !v2() && fs::read_to_string(unified).is_ok_and(|c| !c.trim().is_empty())
+}
+
+/// crun (1.8) refuses to run on a hybrid host whose v2 hierarchy holds any
+/// controller ("cgroups in hybrid mode not supported"), although it uses
+/// only the v1 controllers there. So that it runs unchanged, faasd moves
+/// into a mount namespace of its own (host mounts still propagate in;
+/// ours never out) where that controller list reads empty. Call before
+/// any thread starts (a threaded process cannot unshare its mounts).
+/// Returns whether it was needed.
+pub fn hide_v2_controllers_from_runtime() -> std::io::Result<bool> {
+    use nix::mount::{mount, MsFlags};
+    if !hybrid_with_v2_controllers() {
+        return Ok(false);
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)?;
+    mount(
+        Some("/dev/null"),
+        &Path::new(ROOT).join("unified").join("cgroup.controllers"),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(true)
 }
 
 /// Reads the usage of container `id` (after its end).

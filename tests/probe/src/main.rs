@@ -8,6 +8,9 @@
 //! - `hang`: take the connection, never answer
 //! - `close`: take the connection, close it without answering
 //! - `print`: print a line to stdout and stderr, then answer like `hello`
+//! - `noshutdown`: answer like `hello` but only close (no `shutdown`), exit
+//! - `linger`: answer like `noshutdown`, then stay PROBE_SLEEP_MS (default
+//!   300) ms before exiting
 //! - `slow`: answer like `hello` after PROBE_SLEEP_MS (default 300) ms
 //! - `forkbomb`: take the connection, fork sleeping children until that
 //!   fails, answer `forked=N` and `error=ERRNO`
@@ -15,23 +18,24 @@
 //! - `memhog-early`: touch memory until killed, before connecting
 //! - `spin`: take the connection, spin on the CPU forever
 //!
-//! With FAAS_REUSE set it connects again after each connection; `inspect`
-//! then reports the same `instance` and a growing `served`.
+//! With FAAS_REUSE=1 it asks for the next connection on the same control
+//! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
+//! for each one (the protocol's older form); `inspect` then reports the
+//! same `instance` and a growing `served`.
 
-use std::io::{IoSliceMut, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use faas_handler::Control;
 
 fn main() {
     let mode = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("PROBE_MODE").ok())
         .unwrap_or_else(|| "hello".into());
-    let reuse = std::env::var_os("FAAS_REUSE").is_some();
+    let reuse = faas_handler::reuse_enabled();
+    let reconnect = std::env::var_os("PROBE_RECONNECT").is_some();
     match mode.as_str() {
         "crash" => std::process::exit(3),
         "memhog-early" => hog_memory(),
@@ -42,10 +46,21 @@ fn main() {
     }
     let instance = format!("{}-{}", std::process::id(), nanos());
     let mut served = 0u32;
+    let mut control: Option<Control> = None;
     loop {
-        let mut conn = match receive_connection() {
+        if control.is_none() || reconnect {
+            // Closing the previous control connection tells faasd it is done.
+            drop(control.take());
+            match Control::connect() {
+                Ok(c) => control = Some(c),
+                // faasd refused us: no more work.
+                Err(_) => return,
+            }
+        }
+        let Some(ctl) = control.as_mut() else { return };
+        let mut conn = match ctl.next_connection() {
             Ok(Some(conn)) => conn,
-            // faasd closed the control socket or refused us: no more work.
+            // faasd closed the control socket: no more work.
             Ok(None) | Err(_) => return,
         };
         served += 1;
@@ -72,12 +87,16 @@ fn main() {
             }
             "slow" => {
                 let _ = read_request_head(&mut conn);
-                let ms = std::env::var("PROBE_SLEEP_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(300);
-                std::thread::sleep(Duration::from_millis(ms));
+                std::thread::sleep(Duration::from_millis(sleep_ms()));
                 answer(&mut conn, "probe ok\n");
+            }
+            "noshutdown" | "linger" => {
+                let _ = read_request_head(&mut conn);
+                let _ = conn.write_all(response("probe ok\n").as_bytes());
+                drop(conn);
+                if mode == "linger" {
+                    std::thread::sleep(Duration::from_millis(sleep_ms()));
+                }
             }
             "print" => {
                 println!("probe stdout line pid={}", std::process::id());
@@ -94,30 +113,6 @@ fn main() {
             return;
         }
     }
-}
-
-fn receive_connection() -> std::io::Result<Option<TcpStream>> {
-    let control = UnixStream::connect("/control.sock")?;
-    let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        control.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor for us; we own it.
-                #[allow(unsafe_code)]
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                return Ok(Some(TcpStream::from(owned)));
-            }
-        }
-    }
-    Ok(None)
 }
 
 fn nanos() -> u128 {
@@ -292,12 +287,22 @@ fn try_egress() -> String {
     }
 }
 
-fn answer(conn: &mut TcpStream, body: &str) {
-    let response = format!(
+fn sleep_ms() -> u64 {
+    std::env::var("PROBE_SLEEP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+fn response(body: &str) -> String {
+    format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    let _ = conn.write_all(response.as_bytes());
+    )
+}
+
+fn answer(conn: &mut TcpStream, body: &str) {
+    let _ = conn.write_all(response(body).as_bytes());
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
