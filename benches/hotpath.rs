@@ -47,6 +47,7 @@ fn spec(c: &mut Criterion) {
                 options: &options,
                 cgroup: "/faasd/bench-1",
                 id_base: 1 << 30,
+                seccomp_bpf: None,
             });
             let bytes = serde_json::to_vec(&spec).expect("json");
             std::fs::write(bundle.join("config.json"), bytes).expect("write");

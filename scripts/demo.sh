@@ -5,7 +5,7 @@
 # it and stopped after), deploys it with `docker save | faas deploy`, and
 # calls it.
 #
-#   sudo scripts/demo.sh            # then: curl http://$(target/release/faas ip hello)/
+#   scripts/demo.sh                 # (as root) then: curl http://$(target/release/faas ip hello)/
 #   kill $(cat faasd.pid)           # stop faasd (removes its addresses)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,9 +12,9 @@ use std::time::Instant;
 use super::control::ControlListener;
 use super::{io, End, Guard, Process, Ready, Starting};
 use crate::metrics::Phase;
-use crate::runtime::oci::{self, Oci};
-use crate::runtime::sandbox::cgroup;
+use crate::runtime::oci::{self, Flavor, Oci};
 use crate::runtime::sandbox::spec::{render, SpecInput};
+use crate::runtime::sandbox::{bpf, cgroup};
 use crate::runtime::{logs, Function, Runtime, RuntimeError};
 use crate::sys::{self, Priority};
 
@@ -160,6 +160,7 @@ impl Guard {
             options: &self.func.options,
             cgroup: &cgroup,
             id_base: self.func.id_base,
+            seccomp_bpf: (self.rt.oci.flavor() == Flavor::Crun).then(bpf::crun_annotation),
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| io("rendering spec")(e.into()))?;
         std::fs::write(self.bundle.join("config.json"), bytes)

@@ -173,7 +173,12 @@ impl Guard {
         }
         let rt = Arc::clone(&self.rt);
         let ended = self.exited.is_some() && rt.oci.flavor() != Flavor::Other;
+        // Read before the runtime's own `delete`, which removes the cgroup.
+        let mut usage = None;
         if self.created && !ended {
+            if self.process.is_some() {
+                usage = cgroup::usage(&rt.cgroup_scope, &self.id);
+            }
             if let Err(e) = rt.oci.delete(&self.id).await {
                 tracing::warn!(id = %self.id, error = %e, "runtime delete");
             }
@@ -185,18 +190,16 @@ impl Guard {
         let oci = rt.oci.clone();
         let scope = rt.cgroup_scope.clone();
         let cleanup = rt.janitor.run(move || {
+            let mut usage = usage;
             if forget {
                 if let Err(e) = oci.forget_ended(&id) {
                     tracing::warn!(%id, error = %e, "removing the runtime's state");
                 }
             }
-            let usage = if had_cgroup {
-                let usage = cgroup::usage(&scope, &id);
+            if had_cgroup {
+                usage = usage.or_else(|| cgroup::usage(&scope, &id));
                 cgroup::remove(&scope, &id);
-                usage
-            } else {
-                None
-            };
+            }
             if let Err(e) = crate::image::store::remove_tree(&bundle) {
                 tracing::warn!(%id, error = %e, "removing bundle");
             }

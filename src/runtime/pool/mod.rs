@@ -7,10 +7,9 @@
 //! traffic, and backs off when containers fail to start.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam::queue::SegQueue;
 use tokio::sync::Notify;
 
 use super::{Function, Ready, Runtime, RuntimeError};
@@ -33,7 +32,11 @@ pub struct WarmPool {
     /// Reuse mode: containers come back by themselves, so taking one does
     /// not call for a new start; the target counts live containers.
     reuse: bool,
-    slots: SegQueue<Slot>,
+    /// Newest last: a hit takes the container that started (or came back)
+    /// most recently, whose pages and caches are warmest — measured, the
+    /// oldest-first order had the longer tail. The lock is held for a
+    /// push or a pop only.
+    slots: Mutex<Vec<Slot>>,
     ready: AtomicU32,
     starting: AtomicU32,
     /// Reuse mode: containers alive, parked or serving.
@@ -63,7 +66,7 @@ impl WarmPool {
         Self {
             target,
             reuse,
-            slots: SegQueue::new(),
+            slots: Mutex::new(Vec::new()),
             ready: AtomicU32::new(0),
             starting: AtomicU32::new(0),
             live: AtomicU32::new(0),
@@ -77,6 +80,10 @@ impl WarmPool {
         }
     }
 
+    fn pop_newest(&self) -> Option<Slot> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
     /// Containers waiting right now.
     pub fn ready(&self) -> u32 {
         self.ready.load(Ordering::Acquire)
@@ -86,11 +93,11 @@ impl WarmPool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// A waiting container, if any. Lock-free; never blocks. Call `taken`
+    /// The newest waiting container, if any; never waits. Call `taken`
     /// once the connection went down it.
     pub fn take(&self) -> Option<Slot> {
         self.touch();
-        while let Some(slot) = self.slots.pop() {
+        while let Some(slot) = self.pop_newest() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
                 return Some(slot);
@@ -150,7 +157,10 @@ impl WarmPool {
             return;
         }
         let before = self.ready.fetch_add(1, Ordering::AcqRel);
-        self.slots.push(slot);
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
         if self.reuse && before == self.target {
             // The first container beyond the target: the refiller times
             // the surplus's retirement (once per surge, not per request).
@@ -178,7 +188,7 @@ impl WarmPool {
     }
 
     fn take_quietly(&self) -> Option<Slot> {
-        while let Some(slot) = self.slots.pop() {
+        while let Some(slot) = self.pop_newest() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
                 return Some(slot);

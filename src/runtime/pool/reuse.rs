@@ -43,6 +43,12 @@ use super::slot::{Handed, Slot};
 use crate::runtime::container::control::register_owned;
 use crate::runtime::{fdpass, Function, Lease};
 
+/// Ready bytes peeked at most (more than this many unread never pile up).
+const PEEK: usize = 64;
+/// Unread ready bytes are read once this many have piled up: one `recv`
+/// for many requests (and one useless wake-up of the handler).
+const READ_READY_AFTER: u32 = 32;
+
 /// A reuse-mode container, shared by its supervisor and whoever serves it.
 pub struct Reuse {
     /// The container's `/control.sock` listener (non-blocking), for
@@ -54,8 +60,8 @@ pub struct Reuse {
     watcher: Mutex<Option<AsyncFd<UnixListener>>>,
     /// The handler's control connection, kept between connections.
     control: Mutex<Option<Kept>>,
-    /// Its ready byte was seen (peeked) but is still to be read: see `send`.
-    ready_unread: AtomicBool,
+    /// Ready bytes seen (peeked) and not read yet: see `send`.
+    unread: AtomicU32,
     /// How many connections the handler takes at once, from its ready
     /// byte (1 to `fdpass::MAX_BATCH`; anything else means 1).
     batch: AtomicU8,
@@ -110,7 +116,7 @@ impl Reuse {
             listener,
             watcher: Mutex::new(None),
             control: Mutex::new(Some(Kept::Plain(control))),
-            ready_unread: AtomicBool::new(false),
+            unread: AtomicU32::new(0),
             batch: AtomicU8::new(1),
             served: AtomicU32::new(0),
             max,
@@ -123,20 +129,29 @@ impl Reuse {
         })
     }
 
-    /// Sends `client` down the handler's control connection, then reads
-    /// the ready byte that asked for it. Not before: reading it frees the
-    /// handler's send buffer, which wakes everyone waiting on its socket —
-    /// the handler itself, blocked in `recvmsg`, for nothing; after the
-    /// send it is already awake and that wake-up costs nothing.
+    /// Sends `clients` down the handler's control connection. The ready
+    /// bytes that asked for them are only peeked (`ask`) and read here, in
+    /// bulk, right after a send: reading frees the handler's send buffer,
+    /// which wakes everyone waiting on its socket — the handler itself,
+    /// blocked in `recvmsg`, for nothing; after a send it is awake anyway.
     pub(in crate::runtime) fn send(&self, clients: &[BorrowedFd<'_>]) -> io::Result<()> {
         let control = lock(&self.control);
         let Some(kept) = control.as_ref() else {
             return Err(io::Error::from(io::ErrorKind::NotConnected));
         };
         fdpass::send_fds(kept.fd(), clients)?;
-        if self.ready_unread.swap(false, Ordering::AcqRel) {
-            let mut byte = [0u8; 1];
-            let _ = recv(kept.fd().as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT);
+        let unread = self.unread.load(Ordering::Acquire);
+        if unread >= READ_READY_AFTER {
+            let mut bytes = [0u8; PEEK];
+            let n = unread as usize;
+            if recv(
+                kept.fd().as_raw_fd(),
+                &mut bytes[..n],
+                MsgFlags::MSG_DONTWAIT,
+            ) == Ok(n)
+            {
+                self.unread.store(0, Ordering::Release);
+            }
         }
         Ok(())
     }
@@ -246,9 +261,8 @@ async fn wait_ready(reuse: &Reuse) -> bool {
     tokio::pin!(timeout);
     let ready = loop {
         tokio::select! {
-            asked = ask(kept.as_ref()) => match asked {
+            asked = ask(kept.as_ref(), &reuse.unread) => match asked {
                 Asked::Ready(batch) => {
-                    reuse.ready_unread.store(true, Ordering::Release);
                     reuse.batch.store(batch, Ordering::Release);
                     break true;
                 }
@@ -261,6 +275,7 @@ async fn wait_ready(reuse: &Reuse) -> bool {
                     Ok(Ok((control, _))) => {
                         kept = register_owned(control).ok();
                         reuse.batch.store(1, Ordering::Release);
+                        reuse.unread.store(0, Ordering::Release);
                         break kept.is_some();
                     }
                     Ok(Err(_)) => break false,
@@ -300,21 +315,33 @@ fn batch_of(byte: u8) -> u8 {
 }
 
 /// The handler's word on its control connection (never, without one),
-/// peeked: the byte is read when the next connection goes (`Reuse::send`).
-async fn ask(kept: Option<&AsyncFd<UnixStream>>) -> Asked {
+/// peeked: bytes beyond the `unread` ones already counted are new. They
+/// are read in bulk after a later send (`Reuse::send`).
+async fn ask(kept: Option<&AsyncFd<UnixStream>>, unread: &AtomicU32) -> Asked {
     let Some(kept) = kept else {
         return std::future::pending().await;
     };
     let Ok(mut guard) = kept.readable().await else {
         return Asked::Closed;
     };
-    let mut byte = [0u8; 1];
-    match guard.try_io(|s| {
+    let mut bytes = [0u8; PEEK];
+    let peeked = guard.try_io(|s| {
         let peek = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK;
-        recv(s.get_ref().as_raw_fd(), &mut byte, peek).map_err(io::Error::from)
-    }) {
-        Ok(Ok(1)) => Asked::Ready(batch_of(byte[0])),
-        Ok(_) => Asked::Closed,
+        recv(s.get_ref().as_raw_fd(), &mut bytes, peek).map_err(io::Error::from)
+    });
+    let seen = unread.load(Ordering::Acquire) as usize;
+    match peeked {
+        Ok(Ok(0)) => Asked::Closed,
+        Ok(Ok(n)) if n > seen => {
+            unread.store(n as u32, Ordering::Release);
+            Asked::Ready(batch_of(bytes[n - 1]))
+        }
+        // Only bytes counted before: wait for the next edge.
+        Ok(Ok(_)) => {
+            guard.clear_ready();
+            Asked::Nothing
+        }
+        Ok(Err(_)) => Asked::Closed,
         Err(_would_block) => Asked::Nothing,
     }
 }

@@ -1,11 +1,10 @@
-//! A container's resource use, read from the cgroup it ran in. runc
-//! removes the container's own cgroup the moment it ends, so each container
-//! gets a parent of ours, `/<scope>/<id>`, and runc the leaf
-//! `/<scope>/<id>/c` (the scope is per state directory, so two faasd on one
-//! host never share a cgroup):
-//! the kernel charges CPU and memory to every ancestor, and the parent's
-//! counters outlive the leaf. After runc is done we read the parent and
-//! remove it. Works on cgroup v1 (this host: cpuacct and memory) and v2.
+//! The cgroups containers run in, and what they used. Each container's is
+//! `/<scope>/<id>` (the scope is per state directory, so two faasd on one
+//! host never share a cgroup). The runtime makes it at `create`; faasd
+//! reads it once the container's process has ended and removes it (a
+//! runtime's own `delete` would remove it too: the usage is read first).
+//! Works on cgroup v1 (this host: cpuacct and memory) and v2. Also here:
+//! what crun needs on a hybrid host (`hide_v2_controllers_from_runtime`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +27,7 @@ pub fn scope(state_dir: &std::path::Path) -> String {
 
 /// The `cgroupsPath` to give the runtime for container `id`.
 pub fn runtime_path(scope: &str, id: &str) -> String {
-    format!("/{scope}/{id}/c")
+    format!("/{scope}/{id}")
 }
 
 fn v2() -> bool {
@@ -110,12 +109,13 @@ pub fn usage(scope: &str, id: &str) -> Option<Usage> {
     })
 }
 
-/// Removes container `id`'s cgroups in every hierarchy (leaf first).
+/// Removes container `id`'s cgroups in every hierarchy (and the leaf
+/// `c` below it that faasd before 2026-12-01 gave the runtime).
 pub fn remove(scope: &str, id: &str) {
     for dir in hierarchies() {
-        let parent = dir.join(scope).join(id);
-        let _ = fs::remove_dir(parent.join("c"));
-        let _ = fs::remove_dir(&parent);
+        let cgroup = dir.join(scope).join(id);
+        let _ = fs::remove_dir(cgroup.join("c"));
+        let _ = fs::remove_dir(&cgroup);
     }
 }
 

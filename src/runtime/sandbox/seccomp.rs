@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 
 /// Namespace flags `clone` may not be given (CLONE_NEWNS, NEWCGROUP,
 /// NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET; Docker's mask).
-const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
-const EPERM: u32 = 1;
-const ENOSYS: u32 = 38;
+pub(super) const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+pub(super) const EPERM: u32 = 1;
+pub(super) const ENOSYS: u32 = 38;
 
-const ALLOWED: &[&str] = &[
+pub(super) const ALLOWED: &[&str] = &[
     // Files and directories.
     "access",
     "chdir",

@@ -72,6 +72,8 @@ pub struct SpecInput<'a> {
     pub cgroup: &'a str,
     /// First host uid/gid of the function's range: container root.
     pub id_base: u32,
+    /// The seccomp program, compiled, for a runtime that takes it (crun).
+    pub seccomp_bpf: Option<&'a str>,
 }
 
 /// The container's environment: image Env, then the deploy's `--env`
@@ -107,9 +109,15 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         options,
         cgroup,
         id_base,
+        seccomp_bpf,
     } = *input;
     let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
     let no_caps: Vec<&str> = Vec::new();
+    let mut annotations = serde_json::Map::new();
+    if let Some(bpf) = seccomp_bpf {
+        // crun then loads this instead of compiling `linux.seccomp` itself.
+        annotations.insert("run.oci.seccomp_bpf_data".into(), bpf.into());
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -126,6 +134,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "noNewPrivileges": true,
         },
         "root": { "path": rootfs, "readonly": true },
+        "annotations": annotations,
         "hostname": function,
         "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
@@ -204,6 +213,7 @@ mod tests {
             options: &options,
             cgroup: "/faasd/f-1",
             id_base: 1 << 30,
+            seccomp_bpf: None,
         });
         assert_eq!(spec["root"]["readonly"], true);
         assert_eq!(spec["process"]["noNewPrivileges"], true);
