@@ -4,18 +4,20 @@
   seq.py http HOST PORT N [GAP_MS]
                                  p50/p90 of N sequential GET / (new connection each),
                                  GAP_MS (default 20) apart so a pool can refill
-  seq.py runc ROOT BUNDLE N      p50/p90 of N sequential `runc run` of a no-op container
+  seq.py runc ROOT BUNDLE N      p50/p90 of N sequential `RUNTIME run` of a no-op container
   seq.py runc-rate ROOT BUNDLE LOOPS SECONDS
-                                 containers/s created by LOOPS parallel `runc run` loops
+                                 containers/s created by LOOPS parallel `RUNTIME run` loops
 
   seq.py versus ROOT BUNDLE HOST PORT ROUNDS N
-                                 alternates N `runc run` and N GET / (20 ms apart),
-                                 ROUNDS times, so drift hits both alike;
-                                 p50 of all samples of each
+                                 ROUNDS × N pairs of one `RUNTIME run` and one GET /
+                                 (30 ms apart), alternated one by one so the
+                                 machine's drift hits both alike; p50 of each
 
+RUNTIME is the environment's RUNTIME (runc or crun; default runc).
 Prints one JSON object.
 """
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -45,13 +47,16 @@ def http_once(host, port):
     return took
 
 
+RUNTIME = os.environ.get("RUNTIME", "runc")
+
+
 def runc_once(root, bundle, cid):
     t0 = time.perf_counter()
-    r = subprocess.run(["runc", "--root", root, "run", "--bundle", bundle, cid],
+    r = subprocess.run([RUNTIME, "--root", root, "run", "--bundle", bundle, cid],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     took = time.perf_counter() - t0
     if r.returncode != 0:
-        raise SystemExit(f"runc run failed: {r.stderr.decode()[:200]}")
+        raise SystemExit(f"{RUNTIME} run failed: {r.stderr.decode()[:200]}")
     return took
 
 
@@ -100,10 +105,11 @@ def main():
         runc, http = [], []
         http_once(host, port)
         for r in range(rounds):
-            runc += [runc_once(root, bundle, f"vs-{r}-{i}") for i in range(n)]
-            for _ in range(n):
-                time.sleep(0.02)
+            for i in range(n):
+                runc.append(runc_once(root, bundle, f"vs-{r}-{i}"))
+                time.sleep(0.03)
                 http.append(http_once(host, port))
+                time.sleep(0.03)
         print(json.dumps({"runc": report(runc), "http": report(http)}))
     else:
         raise SystemExit(__doc__)

@@ -6,7 +6,7 @@
 # bundles beyond the warm pools, no cgroups or mounts left, and (after a
 # SIGTERM) no addresses. Writes loadtest/out/soak.md.
 #
-#   sudo loadtest/soak.sh            # SCALE=2 doubles every count
+#   loadtest/soak.sh                 # (as root) SCALE=2 doubles every count
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }

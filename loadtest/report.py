@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Turns loadtest/run.sh's results.json into the report's table: every
+faasd number beside its reference from the same run, the ratio and the
+target it is held to.
+
+  report.py RESULTS_JSON
+"""
+import datetime
+import json
+import os
+import platform
+import sys
+
+r = json.load(open(sys.argv[1]))
+mean = lambda v: sum(v) / len(v)
+rows = []
+
+
+def row(measure, ours, ref, ratio, target, ok):
+    rows.append(f"| {measure} | {ours} | {ref} | {ratio} | {target} {'✓' if ok else '✗'} |")
+
+
+us = lambda v: f"{v:.0f} µs"
+for mode, name, limit in (("eof", "to EOF", 4.0), ("cl", "to Content-Length", 3.0)):
+    w, p = r[f"warm_{mode}"], r[f"plain_{mode}"]
+    ratio = w["p50_us"] / p["p50_us"]
+    row(f"warm single-use hit p50, {name} (C client)", us(w["p50_us"]), f"plain server {us(p['p50_us'])}",
+        f"{ratio:.2f}", f"≤ {limit:g}", ratio <= limit)
+p99 = max(r["warm_eof"]["p99_us"], r["warm_cl"]["p99_us"])
+row("warm single-use hit p99 (the larger of EOF and Content-Length)", us(p99), "—", "—", "≤ 2 ms", p99 <= 2000)
+
+m = r["memory"]
+grew = lambda k: (m["after"][k] - m["before"][k]) / 40
+kernel = sum(grew(k) for k in ("SUnreclaim", "PageTables", "KernelStack", "Percpu"))
+over = kernel + grew("faasd_rss")
+available = (m["before"]["MemAvailable"] - m["after"]["MemAvailable"]) / 40
+row("memory per pooled container (`--warm 40`), above the handler's own: kernel objects + faasd",
+    f"{over / 1024:.2f} MB", f"handler Pss {m['handler_pss_kb'] / 1024:.2f} MB", "—", "≤ 0.5 MB", over <= 512)
+
+rate = r["runc_rate"]["per_s"]
+for runtime, limit in (("runc", 0.9), ("crun", 2.0)):
+    fresh = float(r[f"fresh_{runtime}"])
+    row(f"fresh containers, wrk -t2 -c16 `--warm 8`, {runtime}", f"{fresh:.0f} req/s",
+        f"plain-runc creation rate {rate:.0f}/s", f"{fresh / rate:.2f}", f"≥ {limit:g}", fresh / rate >= limit)
+row("(crun's own creation rate, 4 loops)", f"{r['crun_rate']['per_s']:.0f}/s", f"{rate:.0f}/s",
+    f"{r['crun_rate']['per_s'] / rate:.2f}", "—", True)
+
+for runtime in ("runc", "crun"):
+    c = r[f"cold_{runtime}"]
+    ratio = c["http"]["p50_ms"] / c["runc"]["p50_ms"]
+    row(f"cold p50, `--warm 0`, {runtime}", f"{c['http']['p50_ms']:.1f} ms",
+        f"sandboxed `{runtime} run` {c['runc']['p50_ms']:.1f} ms", f"{ratio:.2f}", "≤ 1.1", ratio <= 1.1)
+u = r["unsandboxed"]["p50_ms"]
+row("(cold p50, runc, against unsandboxed `runc run`)", f"{r['cold_runc']['http']['p50_ms']:.1f} ms",
+    f"{u:.1f} ms", f"{r['cold_runc']['http']['p50_ms'] / u:.2f}", "—", True)
+
+re = r["reuse"]
+plain, reuse2, reuse1 = mean(re["plain"]), mean(re["reuse2"]), mean(re["reuse1"])
+row("reuse, wrk -t2 -c32 `--reuse --warm 2` (mean of 2, alternated)", f"{reuse2:.0f} req/s",
+    f"plain server {plain:.0f} req/s", f"{reuse2 / plain:.2f}", "≥ 0.7 (aim 0.8)", reuse2 / plain >= 0.7)
+row("reuse, `--cores 2` against `--cores 1`", f"{reuse2:.0f} req/s", f"{reuse1:.0f} req/s",
+    f"{reuse2 / reuse1:.2f}", "≥ 0.95", reuse2 / reuse1 >= 0.95)
+
+mt = r["metrics"]
+on_p50, off_p50 = mean(mt["on"]["p50"]), mean(mt["off"]["p50"])
+on_rps, off_rps = mean(mt["on"]["rps"]), mean(mt["off"]["rps"])
+row("metrics cost: warm p50 (cl), on against `--no-metrics`", us(on_p50), us(off_p50),
+    f"{on_p50 / off_p50:.3f}", "≤ 1.05", on_p50 / off_p50 <= 1.05)
+row("metrics cost: reuse wrk, on against `--no-metrics`", f"{on_rps:.0f} req/s", f"{off_rps:.0f} req/s",
+    f"{on_rps / off_rps:.3f}", "≥ 0.95", on_rps / off_rps >= 0.95)
+
+print(f"# faasd load test, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, kernel {platform.release()}")
+print()
+print("| measure | faasd | reference | ratio | target |")
+print("|---|---|---|---|---|")
+print("\n".join(rows))
+print()
+print(f"warm (C client, {r['warm_cl']['n']} requests each): "
+      + ", ".join(f"{k} p50/p90/p99 {r[k]['p50_us']:.0f}/{r[k]['p90_us']:.0f}/{r[k]['p99_us']:.0f} µs"
+                  for k in ("warm_eof", "warm_cl", "plain_eof", "plain_cl")))
+print(f"wrk rounds (req/s): plain {re['plain']}, reuse cores 2 {re['reuse2']}, cores 1 {re['reuse1']}")
+print(f"metrics rounds: p50 µs on {mt['on']['p50']}, off {mt['off']['p50']}; req/s on {mt['on']['rps']}, off {mt['off']['rps']}")
+print(f"memory per container: unreclaimable slab {grew('SUnreclaim'):.0f} kB (all slab {grew('Slab'):.0f} kB: "
+      f"the rest is dentry and inode caches the kernel drops under pressure), page tables {grew('PageTables'):.0f} kB, kernel stacks {grew('KernelStack'):.0f} kB, "
+      f"per-cpu {grew('Percpu'):.0f} kB, faasd {grew('faasd_rss'):.0f} kB; MemAvailable dropped {available:.0f} kB "
+      f"(page cache and all); runtime processes beside the pool: {m['runtime_processes']}")
+print(f"wrk errors: {r['errors']}")
