@@ -48,6 +48,8 @@ fn spec(c: &mut Criterion) {
                 cgroup: "/faasd/bench-1",
                 id_base: 1 << 30,
                 seccomp_bpf: None,
+                init: None,
+                connect_timeout_ms: 5000,
             });
             let bytes = serde_json::to_vec(&spec).expect("json");
             std::fs::write(bundle.join("config.json"), bytes).expect("write");

@@ -15,6 +15,8 @@ scripts/install-deps.sh
 echo "building faasd ..."
 cargo build --quiet --release --bins
 handlers=$(scripts/build-handlers.sh)
+# faasd finds faas-init next to itself.
+install -m 0755 "$handlers/faas-init" target/release/faas-init
 FAAS=target/release/faas
 export FAAS_URL=${FAAS_URL:-http://127.0.0.1:8080}
 

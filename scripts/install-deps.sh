@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what faasd and its tests need on a fresh Debian machine of this
-# kind: the OCI runtime, the Docker engine and skopeo (test fixtures and the
-# README flow), wrk (load tests), iproute2 and busybox (reference bundle),
-# prometheus and promtool (metrics tests).
+# kind: the OCI runtimes (runc, crun), the Docker engine and skopeo (test
+# fixtures and the README flow), wrk (load tests), iproute2 and busybox
+# (reference bundle, ordinary-image tests), prometheus and promtool
+# (metrics tests), gcc (C handlers and test servers, the load test's
+# client) and Debian's python3 (an image of it runs a Python handler).
 set -euo pipefail
 
 need=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -17,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 missing=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -20,6 +20,40 @@ pub const DEFAULT_CONCURRENCY: u32 = 64;
 /// (while the pool holds more than `warm`).
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
+/// How a function's program takes its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandlerKind {
+    /// The program speaks faasd's protocol on `/control.sock` itself.
+    #[default]
+    ControlSocket,
+    /// inetd style: the connection is the program's stdin and stdout.
+    Stdio,
+    /// systemd style: the program accepts on a listening socket at fd 3;
+    /// long-lived containers.
+    SocketActivation,
+    /// An unmodified server that binds this port inside its container.
+    ContainerPort(u16),
+}
+
+impl HandlerKind {
+    /// Whether `faas-init` runs first in the function's containers.
+    pub fn needs_init(self) -> bool {
+        self != HandlerKind::ControlSocket
+    }
+}
+
+impl std::fmt::Display for HandlerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerKind::ControlSocket => f.write_str("control-socket"),
+            HandlerKind::Stdio => f.write_str("stdio"),
+            HandlerKind::SocketActivation => f.write_str("socket-activation"),
+            HandlerKind::ContainerPort(port) => write!(f, "container-port {port}"),
+        }
+    }
+}
+
 /// Settings chosen at deploy time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -41,6 +75,11 @@ pub struct DeployOptions {
     pub concurrency: u32,
     /// One SO_REUSEPORT listener per core instead of one listener on one core.
     pub all_cores: bool,
+    /// How the program takes its connections.
+    pub kind: HandlerKind,
+    /// The protocol's server speaks first (SMTP, SSH, a banner): never hold
+    /// a connection back until the client has sent something.
+    pub server_first: bool,
 }
 
 impl Default for DeployOptions {
@@ -55,6 +94,8 @@ impl Default for DeployOptions {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             concurrency: DEFAULT_CONCURRENCY,
             all_cores: false,
+            kind: HandlerKind::ControlSocket,
+            server_first: false,
         }
     }
 }
@@ -71,6 +112,21 @@ impl DeployOptions {
         q.append_pair("idle_timeout", &self.idle_timeout_secs.to_string());
         q.append_pair("concurrency", &self.concurrency.to_string());
         q.append_pair("all_cores", &self.all_cores.to_string());
+        match self.kind {
+            HandlerKind::ControlSocket => {}
+            HandlerKind::Stdio => {
+                q.append_pair("kind", "stdio");
+            }
+            HandlerKind::SocketActivation => {
+                q.append_pair("kind", "socket-activation");
+            }
+            HandlerKind::ContainerPort(port) => {
+                q.append_pair("container_port", &port.to_string());
+            }
+        }
+        if self.server_first {
+            q.append_pair("server_first", "true");
+        }
         for (k, v) in &self.env {
             q.append_pair("env", &format!("{k}={v}"));
         }
@@ -81,8 +137,19 @@ impl DeployOptions {
     /// so a typo never silently deploys with defaults.
     pub fn from_query(query: &str) -> Result<Self, String> {
         let mut opts = Self::default();
+        let mut kind: Option<HandlerKind> = None;
+        let mut port: Option<u16> = None;
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
+                "kind" => kind = Some(parse_kind(&value)?),
+                "container_port" => {
+                    port = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("invalid container port {value:?} (1-65535)"))?,
+                    )
+                }
+                "server_first" => opts.server_first = parse_bool("server_first", &value)?,
                 "warm" => {
                     opts.warm = value
                         .parse()
@@ -118,6 +185,7 @@ impl DeployOptions {
                 other => return Err(format!("unknown deploy option {other:?}")),
             }
         }
+        opts.kind = combine_kind(kind, port)?;
         opts.validate()?;
         Ok(opts)
     }
@@ -144,7 +212,55 @@ impl DeployOptions {
         if self.idle_timeout_secs == 0 {
             return Err("idle timeout must be at least 1 second".into());
         }
+        match self.kind {
+            HandlerKind::ContainerPort(0) => {
+                return Err("container port 0: the server's port must be 1-65535".into())
+            }
+            HandlerKind::Stdio if self.reuse => {
+                return Err("--stdio and --reuse exclude each other: a stdio program serves one connection and ends".into())
+            }
+            HandlerKind::SocketActivation if self.reuse => {
+                return Err("--socket-activation and --reuse exclude each other: an activated server accepts every connection itself".into())
+            }
+            HandlerKind::SocketActivation if self.warm == 0 => {
+                return Err("--socket-activation needs --warm of at least 1: its containers are the servers".into())
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// Whether the function's listener holds a connection back until the
+    /// client has sent something (TCP_DEFER_ACCEPT). Only where it was
+    /// measured to pay off — a reuse handler of faasd's protocol, which
+    /// would otherwise often wake to wait for the request — and never for
+    /// a protocol whose server speaks first.
+    pub fn defers_accept(&self) -> bool {
+        self.reuse && self.kind == HandlerKind::ControlSocket && !self.server_first
+    }
+}
+
+fn parse_kind(value: &str) -> Result<HandlerKind, String> {
+    match value {
+        "control-socket" => Ok(HandlerKind::ControlSocket),
+        "stdio" => Ok(HandlerKind::Stdio),
+        "socket-activation" => Ok(HandlerKind::SocketActivation),
+        "container-port" => Err("kind container-port needs container_port=N".into()),
+        other => Err(format!(
+            "unknown handler kind {other:?} (control-socket, stdio, socket-activation, or container_port=N)"
+        )),
+    }
+}
+
+/// `kind=` and `container_port=` together name one kind at most.
+fn combine_kind(kind: Option<HandlerKind>, port: Option<u16>) -> Result<HandlerKind, String> {
+    match (kind, port) {
+        (None, None) => Ok(HandlerKind::ControlSocket),
+        (Some(k), None) => Ok(k),
+        (None | Some(HandlerKind::ControlSocket), Some(p)) => Ok(HandlerKind::ContainerPort(p)),
+        (Some(k), Some(_)) => Err(format!(
+            "--container-port and --{k} exclude each other: choose one handler kind"
+        )),
     }
 }
 
@@ -247,6 +363,8 @@ mod tests {
             idle_timeout_secs: 9,
             concurrency: 3,
             all_cores: true,
+            kind: HandlerKind::ContainerPort(8080),
+            server_first: true,
             ..Default::default()
         };
         opts.env.insert("GREETING".into(), "a=b & c".into());
@@ -268,5 +386,37 @@ mod tests {
             DeployOptions::from_query("memory=64M").map(|o| o.memory),
             Ok(64 << 20)
         );
+    }
+
+    #[test]
+    fn handler_kinds_and_their_bad_combinations() {
+        let kind = |q: &str| DeployOptions::from_query(q).map(|o| o.kind);
+        assert_eq!(kind(""), Ok(HandlerKind::ControlSocket));
+        assert_eq!(kind("kind=stdio"), Ok(HandlerKind::Stdio));
+        assert_eq!(
+            kind("kind=socket-activation"),
+            Ok(HandlerKind::SocketActivation)
+        );
+        assert_eq!(
+            kind("container_port=8080"),
+            Ok(HandlerKind::ContainerPort(8080))
+        );
+        for bad in [
+            "kind=stdio&reuse=true",
+            "container_port=0",
+            "container_port=70000",
+            "kind=socket-activation&container_port=80",
+            "kind=socket-activation&reuse=true",
+            "kind=socket-activation&warm=0",
+            "kind=fast",
+        ] {
+            let e = DeployOptions::from_query(bad).expect_err(bad);
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let reuse = DeployOptions::from_query("reuse=true").expect("reuse");
+        assert!(reuse.defers_accept());
+        let banner = DeployOptions::from_query("reuse=true&server_first=true").expect("banner");
+        assert!(!banner.defers_accept());
+        assert!(!DeployOptions::default().defers_accept());
     }
 }

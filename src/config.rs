@@ -75,6 +75,10 @@ pub struct Args {
     /// Record no metrics (/metrics answers 404); for measuring their cost.
     #[arg(long)]
     pub no_metrics: bool,
+    /// The static `faas-init` helper for the stdio, socket-activation and
+    /// container-port kinds (default: `faas-init` next to `faasd`).
+    #[arg(long, value_name = "PATH")]
+    pub init: Option<PathBuf>,
 }
 
 /// How faasd writes its own log.
@@ -102,6 +106,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub metrics: bool,
     pub token_file: Option<PathBuf>,
+    /// `--init`, if given (else looked for next to the executable).
+    pub init: Option<PathBuf>,
 }
 
 impl Args {
@@ -168,6 +174,7 @@ impl Args {
             log_format,
             metrics: !self.no_metrics,
             token_file: self.token_file,
+            init: self.init,
         })
     }
 }

@@ -65,6 +65,8 @@ pub enum DaemonError {
     Manager(#[from] ManagerError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
 }
 
 /// Runs faasd until SIGTERM or SIGINT.
@@ -146,6 +148,13 @@ async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Resul
         path: PathBuf::new(),
         source,
     })?;
+    let init = match crate::init::source(config.init.as_deref()) {
+        Some(from) => Some(crate::init::install(&from, state)?),
+        None => {
+            tracing::warn!("faas-init not found next to faasd (or --init): functions deployed with --stdio, --socket-activation or --container-port cannot start");
+            None
+        }
+    };
     let net = Netlink::connect()?;
     let registry = Registry::load(state)?;
     let runtime = Runtime::new(
@@ -157,6 +166,7 @@ async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Resul
             shutdown_grace: SHUTDOWN_GRACE,
             max_concurrent_starts: config.max_concurrent_starts,
             pool_idle: config.pool_idle,
+            init,
         },
         reaper,
     )?;

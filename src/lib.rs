@@ -30,6 +30,8 @@ pub mod daemon;
 pub mod dataplane;
 /// Docker-save / OCI image archives: reading, layering, building.
 pub mod image;
+/// Installing the static `faas-init` helper into the state directory.
+pub mod init;
 /// Deployed functions: deploy, remove, list, restore; ties the parts together.
 pub mod manager;
 /// Metric names, help texts, buckets and recording handles.

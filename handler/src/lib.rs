@@ -91,6 +91,12 @@ impl Control {
         Ok(self.queued.pop_front())
     }
 
+    /// The next descriptor faasd sends, whatever it is (`faas-init` gets a
+    /// listening socket this way); `None` when faasd closed the connection.
+    pub fn next_fd(&mut self) -> io::Result<Option<OwnedFd>> {
+        Ok(self.next_connection()?.map(OwnedFd::from))
+    }
+
     /// Sends the ready byte; false if faasd is gone.
     fn ready(&self) -> io::Result<bool> {
         let byte = [self.batch];

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use faasd::api::{
-    parse_env, DeployOptions, FunctionInfo, DEFAULT_CONCURRENCY, DEFAULT_IDLE_TIMEOUT_SECS,
-    DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM,
+    parse_env, DeployOptions, FunctionInfo, HandlerKind, DEFAULT_CONCURRENCY,
+    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM,
 };
 use faasd::client::{Client, DEFAULT_URL};
 use faasd::image::build::{single_binary, write_image};
@@ -62,6 +62,19 @@ struct DeployArgs {
     /// Listen on every data-plane core (SO_REUSEPORT) instead of one.
     #[arg(long)]
     all_cores: bool,
+    /// The image's program is inetd-style: the connection is its stdin and stdout.
+    #[arg(long, group = "kind")]
+    stdio: bool,
+    /// The image's program accepts on fd 3 itself (systemd's LISTEN_FDS);
+    /// --warm long-lived containers.
+    #[arg(long, group = "kind")]
+    socket_activation: bool,
+    /// The image's program is a server listening on this port inside its container.
+    #[arg(long, value_name = "PORT", group = "kind")]
+    container_port: Option<u16>,
+    /// The protocol's server speaks first (SMTP, SSH, a banner).
+    #[arg(long)]
+    server_first: bool,
     /// Image archive to upload (default: standard input).
     #[arg(long)]
     image: Option<PathBuf>,
@@ -105,7 +118,18 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line, as every other failure: clap's first, without its
+            // usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("faas: {}", first.trim_start_matches("error: "));
+            return std::process::ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -149,6 +173,16 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
         idle_timeout_secs: args.idle_timeout,
         concurrency: args.concurrency,
         all_cores: args.all_cores,
+        kind: if args.stdio {
+            HandlerKind::Stdio
+        } else if args.socket_activation {
+            HandlerKind::SocketActivation
+        } else if let Some(port) = args.container_port {
+            HandlerKind::ContainerPort(port)
+        } else {
+            HandlerKind::ControlSocket
+        },
+        server_first: args.server_first,
     };
     if !args.reuse && args.max_requests > 0 {
         bail!("--max-requests only applies with --reuse");

@@ -91,6 +91,7 @@ fn manager_status(e: &ManagerError) -> StatusCode {
         // config it refuses): the deploy is refused, with its reason.
         ManagerError::Runtime(RuntimeError::Start { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
         ManagerError::Net(_)
+        | ManagerError::NoInit(_)
         | ManagerError::Runtime(_)
         | ManagerError::Registry(_)
         | ManagerError::Dataplane(_)

@@ -11,13 +11,18 @@
 //!   archive, streamed to disk. Options (`api::DeployOptions`): `warm=N`,
 //!   `env=K=V` (repeated), `memory=SIZE`, `timeout=SECS`, `reuse=BOOL`,
 //!   `max_requests=N`, `idle_timeout=SECS`, `concurrency=N`,
-//!   `all_cores=BOOL`
+//!   `all_cores=BOOL`, `kind=control-socket|stdio|socket-activation`,
+//!   `container_port=N` (the container-port kind), `server_first=BOOL`.
+//!   A request refused before its upload (bad name or options) has its
+//!   body read and dropped first, so the client reads the reason
 //! - `GET /v1/functions/NAME`: one function
 //! - `DELETE /v1/functions/NAME`: remove it
 //! - `GET /v1/functions/NAME/logs?tail=N&follow=true`: the end of its
 //!   handler log, then (with `follow`) new lines as they come
 //! - original tool: `POST /api/new` (name in `X-Image-Name`, the same
-//!   options in the query string), `GET /api/ip/NAME`, `GET /api/list`
+//!   options in the query string, the kind also in `X-Handler-Kind:
+//!   stdio|socket-activation|container-port=N`), `GET /api/ip/NAME`,
+//!   `GET /api/list`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Bod
             let name = FunctionName::parse(name).map_err(ApiError::from);
             match name {
                 Ok(name) => deploy(control, name, req).await,
-                Err(e) => Err(e),
+                Err(e) => refuse_upload(req, e).await,
             }
         }
         (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
@@ -66,10 +66,19 @@ async fn remove(control: &Control, name: &str) -> Reply {
 }
 
 async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -> Reply {
-    let options =
-        DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    let options = match DeployOptions::from_query(req.uri().query().unwrap_or("")) {
+        Ok(o) => o,
+        Err(e) => return refuse_upload(req, ApiError::BadRequest(e)).await,
+    };
     let info = receive_and_deploy(control, name, options, req).await?;
     json(&info)
+}
+
+/// Answers `e` to a deploy refused before its upload was read: the body
+/// is read and dropped first, so the client reads the reason.
+async fn refuse_upload(req: Request<Incoming>, e: ApiError) -> Reply {
+    upload::discard(req.into_body()).await;
+    Err(e)
 }
 
 async fn receive_and_deploy(
@@ -112,16 +121,42 @@ async fn receive_and_deploy(
 
 /// Original tool: `POST /api/new` with the name in `X-Image-Name`.
 async fn api_new(control: &Control, req: Request<Incoming>) -> Reply {
+    let checked = new_request(&req);
+    let (name, options) = match checked {
+        Ok(c) => c,
+        Err(e) => return refuse_upload(req, e).await,
+    };
+    let info = receive_and_deploy(control, name, options, req).await?;
+    json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))
+}
+
+/// `/api/new`'s name (`X-Image-Name`) and options: the query string, or
+/// the handler kind in `X-Handler-Kind` (`stdio`, `socket-activation`,
+/// `container-port=N`) for clients that cannot set a query.
+fn new_request(req: &Request<Incoming>) -> Result<(FunctionName, DeployOptions), ApiError> {
     let name = req
         .headers()
         .get("x-image-name")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::BadRequest("missing X-Image-Name header".into()))?;
     let name = FunctionName::parse(name)?;
-    let options =
-        DeployOptions::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
-    let info = receive_and_deploy(control, name, options, req).await?;
-    json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))
+    let mut query = req.uri().query().unwrap_or("").to_string();
+    if let Some(kind) = req.headers().get("x-handler-kind") {
+        let kind = kind
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("X-Handler-Kind is not text".into()))?;
+        let pair = match kind.split_once('=') {
+            Some(("container-port", port)) => format!("container_port={port}"),
+            _ => format!("kind={kind}"),
+        };
+        query = if query.is_empty() {
+            pair
+        } else {
+            format!("{query}&{pair}")
+        };
+    }
+    let options = DeployOptions::from_query(&query).map_err(ApiError::BadRequest)?;
+    Ok((name, options))
 }
 
 /// Original tool: `GET /api/ip/NAME` → `{"name", "ip"}`.

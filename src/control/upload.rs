@@ -65,6 +65,13 @@ pub async fn receive(mut body: Incoming, path: &Path, limit: u64) -> Result<Uplo
     Ok(upload)
 }
 
+/// Reads and drops a request body faasd refuses before looking at it (a
+/// bad name or option), so the client finishes sending and reads the
+/// refusal instead of a broken pipe.
+pub async fn discard(body: Incoming) {
+    drain(body, DRAIN_AFTER_LIMIT).await;
+}
+
 async fn drain(mut body: Incoming, mut budget: u64) {
     while budget > 0 {
         match body.frame().await {

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -122,6 +123,21 @@ struct Entry {
     served: Arc<Served>,
     /// (core, our copy of that core's listener)
     listeners: Vec<(usize, TcpListener)>,
+    /// A listener no core accepts on: the function's own servers do
+    /// (socket activation).
+    handed: Option<TcpListener>,
+}
+
+/// How a function's address is listened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// One SO_REUSEPORT listener per core instead of one on one core.
+    pub all_cores: bool,
+    /// Accept a connection only once the client has sent something.
+    pub defer_accept: bool,
+    /// No core accepts: the listener is handed to the function's
+    /// long-lived servers (socket activation).
+    pub handed: bool,
 }
 
 /// Handle through which the control side adds and removes listeners.
@@ -170,26 +186,43 @@ impl Dataplane {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts serving `name` on `ip`, on the least loaded core (or on all).
+    /// Starts serving `name` on `ip`, on the least loaded core (or on all);
+    /// or, for a handed listener, returns a copy of it for the function's
+    /// servers.
     pub fn serve(
         &self,
         name: &FunctionName,
         ip: Ipv4Addr,
         served: Arc<Served>,
-        all_cores: bool,
-    ) -> Result<(), DataplaneError> {
+        how: Listening,
+    ) -> Result<Option<OwnedFd>, DataplaneError> {
         self.stop(name);
         let addr = SocketAddr::from((ip, self.port));
         let bind_err = |source| DataplaneError::Listen { addr, source };
         let mut entries = self.lock();
-        let cores: Vec<usize> = if all_cores {
+        if how.handed {
+            let listener = listener::bind(addr, false, how.defer_accept).map_err(bind_err)?;
+            let copy = OwnedFd::from(listener.try_clone().map_err(bind_err)?);
+            entries.insert(
+                name.clone(),
+                Entry {
+                    ip,
+                    served,
+                    listeners: Vec::new(),
+                    handed: Some(listener),
+                },
+            );
+            return Ok(Some(copy));
+        }
+        let cores: Vec<usize> = if how.all_cores {
             (0..self.cores.len()).collect()
         } else {
             vec![least_loaded(&entries, self.cores.len())]
         };
         let mut listeners = Vec::with_capacity(cores.len());
         for core in cores {
-            let listener = listener::bind(addr, all_cores).map_err(bind_err)?;
+            let listener =
+                listener::bind(addr, how.all_cores, how.defer_accept).map_err(bind_err)?;
             let copy = listener.try_clone().map_err(bind_err)?;
             self.send(
                 core,
@@ -207,9 +240,17 @@ impl Dataplane {
                 ip,
                 served,
                 listeners,
+                handed: None,
             },
         );
-        Ok(())
+        Ok(None)
+    }
+
+    /// A copy of `name`'s handed listener (a redeploy keeps it).
+    pub fn handed(&self, name: &FunctionName) -> Option<OwnedFd> {
+        let entries = self.lock();
+        let listener = entries.get(name)?.handed.as_ref()?;
+        listener.try_clone().ok().map(OwnedFd::from)
     }
 
     /// Stops accepting for `name`. Connections already accepted finish;
@@ -217,6 +258,9 @@ impl Dataplane {
     pub fn stop(&self, name: &FunctionName) -> Option<Ipv4Addr> {
         let entry = self.lock().remove(name)?;
         for (_, listener) in &entry.listeners {
+            close_listener(listener);
+        }
+        if let Some(listener) = &entry.handed {
             close_listener(listener);
         }
         self.rebalance();
@@ -227,6 +271,9 @@ impl Dataplane {
     pub fn shutdown(&self) {
         for (_, entry) in self.lock().drain() {
             for (_, listener) in &entry.listeners {
+                close_listener(listener);
+            }
+            if let Some(listener) = &entry.handed {
                 close_listener(listener);
             }
         }

@@ -18,6 +18,12 @@ const STAGING_PREFIX: &str = ".staging-";
 /// never written when a container starts.
 const MOUNT_DIRS: &[&str] = &["proc", "dev", "sys", "tmp"];
 pub const CONTROL_SOCK: &str = "control.sock";
+/// Where `faas-init` is bind-mounted in containers of the image kinds that
+/// need it.
+pub const INIT: &str = ".faas-init";
+/// Files the runtime bind-mounts over: created at deploy, so the
+/// read-only rootfs is never written at container start.
+const MOUNT_FILES: &[&str] = &[CONTROL_SOCK, INIT];
 
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -144,10 +150,11 @@ fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
             fsops::chmod_dir(&top, name, mode).map_err(store_err("chmod", &rootfs.join(dir)))?;
         }
     }
-    let sock = std::ffi::OsStr::new(CONTROL_SOCK);
-    fsops::remove(&top, sock).map_err(store_err("replacing", &rootfs.join(CONTROL_SOCK)))?;
-    fsops::create_file(&top, sock, 0o644)
-        .map_err(store_err("creating", &rootfs.join(CONTROL_SOCK)))?;
+    for file in MOUNT_FILES {
+        let name = std::ffi::OsStr::new(file);
+        fsops::remove(&top, name).map_err(store_err("replacing", &rootfs.join(file)))?;
+        fsops::create_file(&top, name, 0o644).map_err(store_err("creating", &rootfs.join(file)))?;
+    }
     let meta = fs::metadata(rootfs).map_err(store_err("inspecting", rootfs))?;
     let mut perms = meta.permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{now_secs, Live, Manager, ManagerError};
+use super::{listening, now_secs, Live, Manager, ManagerError};
 use crate::api::{DeployOptions, FunctionInfo};
 use crate::dataplane::Served;
 use crate::image::{owners, unpack_image};
@@ -57,6 +57,9 @@ impl Manager {
         options: DeployOptions,
         archive: PathBuf,
     ) -> Result<FunctionInfo, ManagerError> {
+        if options.kind.needs_init() && self.runtime.config.init.is_none() {
+            return Err(ManagerError::NoInit(options.kind));
+        }
         let staging = self.store.staging(name.as_str())?;
         let dest = staging.path().to_path_buf();
         let limits = self.limits.clone();
@@ -139,9 +142,12 @@ impl Manager {
             return Err(e.into());
         }
         let same_listeners =
-            previous.as_ref().map(|p| p.options.all_cores) == Some(record.options.all_cores);
+            previous.as_ref().map(|p| listening(&p.options)) == Some(listening(&record.options));
         let result = match existing {
             Some((served, _)) if same_listeners => {
+                if let Some(fd) = self.dataplane.handed(&name) {
+                    func.listener.set(fd);
+                }
                 // Connections accepted before the swap finish on the old version.
                 served.func.swap(func).retire();
                 Ok(())
@@ -182,14 +188,21 @@ impl Manager {
             None => known.map(|k| k.1).unwrap_or(true),
         };
         let served = Served::new(Arc::clone(&func));
-        if let Err(e) = self.dataplane.serve(
+        match self.dataplane.serve(
             &record.name,
             record.ip,
             Arc::clone(&served),
-            record.options.all_cores,
+            listening(&record.options),
         ) {
-            func.retire();
-            return Err(e.into());
+            Ok(handed) => {
+                if let Some(fd) = handed {
+                    func.listener.set(fd);
+                }
+            }
+            Err(e) => {
+                func.retire();
+                return Err(e.into());
+            }
         }
         self.live().insert(
             record.name.clone(),

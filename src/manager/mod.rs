@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::api::FunctionInfo;
+use crate::api::{DeployOptions, FunctionInfo, HandlerKind};
+use crate::dataplane::Listening;
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{owners, ImageError, Limits};
@@ -17,7 +18,9 @@ use crate::name::FunctionName;
 use crate::net::{AddressPool, NetError, Netlink, LABEL};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
-use crate::runtime::{Function, Ledger, RootfsDir, Runtime, RuntimeError, Stats, WarmPool};
+use crate::runtime::{
+    ActivationListener, Function, Ledger, RootfsDir, Runtime, RuntimeError, Stats, WarmPool,
+};
 
 use deploy::shift_owners;
 
@@ -43,6 +46,8 @@ pub enum ManagerError {
     },
     #[error("faasd is shutting down")]
     ShuttingDown,
+    #[error("the {0} kind needs faas-init, which this faasd does not have: install it next to faasd or pass --init PATH")]
+    NoInit(HandlerKind),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -67,6 +72,15 @@ pub struct Manager {
     limits: Limits,
     live: Mutex<HashMap<FunctionName, Live>>,
     sinks: Mutex<HashMap<FunctionName, Arc<LogSink>>>,
+}
+
+/// How a function's address is listened on, from its options.
+fn listening(options: &DeployOptions) -> Listening {
+    Listening {
+        all_cores: options.all_cores,
+        defer_accept: options.defers_accept(),
+        handed: options.kind == HandlerKind::SocketActivation,
+    }
 }
 
 fn now_secs() -> u64 {
@@ -167,8 +181,12 @@ impl Manager {
             options: record.options.clone(),
             logs: log,
             ledger: Ledger::new(record.name.as_str(), stats),
-            pool: WarmPool::new(record.options.warm, record.options.reuse),
+            pool: WarmPool::new(
+                record.options.warm,
+                record.options.reuse || record.options.kind == HandlerKind::SocketActivation,
+            ),
             id_base: owners::base(record.id_slot.unwrap_or_default()),
+            listener: ActivationListener::default(),
         });
         Ok(func)
     }

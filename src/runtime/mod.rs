@@ -111,6 +111,8 @@ pub struct RuntimeConfig {
     pub max_concurrent_starts: usize,
     /// A pool with no traffic for this long shrinks to nothing (zero: never).
     pub pool_idle: Duration,
+    /// `faas-init`, installed in the state directory, if there is one.
+    pub init: Option<PathBuf>,
 }
 
 /// A rootfs directory shared by the containers of one deployed version;
@@ -165,6 +167,37 @@ pub struct Function {
     pub pool: WarmPool,
     /// First host id of the function's range (its container root).
     pub id_base: u32,
+    /// Socket activation: the function's listening socket, for its servers.
+    pub listener: ActivationListener,
+}
+
+/// The listening socket a socket-activation function's servers accept on,
+/// set once the data plane has bound it (after the version's first
+/// container was started: that one waits for it).
+#[derive(Debug, Default)]
+pub struct ActivationListener {
+    fd: std::sync::Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    set: Notify,
+}
+
+impl ActivationListener {
+    pub fn set(&self, fd: std::os::fd::OwnedFd) {
+        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(fd));
+        self.set.notify_waiters();
+    }
+
+    /// The socket, once there is one.
+    pub async fn get(&self) -> Arc<std::os::fd::OwnedFd> {
+        loop {
+            let set = self.set.notified();
+            tokio::pin!(set);
+            set.as_mut().enable();
+            if let Some(fd) = self.fd.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return fd;
+            }
+            set.await;
+        }
+    }
 }
 
 impl Function {

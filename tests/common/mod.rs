@@ -62,8 +62,9 @@ fn workspace() -> PathBuf {
 
 static HANDLERS: OnceLock<PathBuf> = OnceLock::new();
 
-/// Builds the static `hello` and `probe` handlers (once per test binary)
-/// in their own target directory, and returns that release directory.
+/// Builds the static `faas-init`, `hello` and `probe` (once per test
+/// binary) in their own target directory, and returns that release
+/// directory.
 pub fn handlers_dir() -> &'static Path {
     HANDLERS.get_or_init(|| {
         let target = workspace().join("target/handlers");
@@ -71,6 +72,8 @@ pub fn handlers_dir() -> &'static Path {
             .args([
                 "build",
                 "--release",
+                "-p",
+                "faas-init",
                 "-p",
                 "hello",
                 "-p",
@@ -234,6 +237,8 @@ impl Daemon {
             ])
             .args(runtime_arg(&self.extra))
             .args(cores_arg())
+            .arg("--init")
+            .arg(handlers_dir().join("faas-init"))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))

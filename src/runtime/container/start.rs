@@ -152,6 +152,7 @@ impl Guard {
             .map_err(io("control socket"))?;
         let listener = ControlListener::new(listener).map_err(io("control socket"))?;
         let cgroup = cgroup::runtime_path(&self.rt.cgroup_scope, &self.id);
+        let init = self.rt.config.init.as_ref().map(|p| self.rt.view.path(p));
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
             rootfs: &self.rt.view.path(&self.func.rootfs.path),
@@ -161,6 +162,9 @@ impl Guard {
             cgroup: &cgroup,
             id_base: self.func.id_base,
             seccomp_bpf: (self.rt.oci.flavor() == Flavor::Crun).then(bpf::crun_annotation),
+            init: init.as_deref(),
+            connect_timeout_ms: u64::try_from(self.rt.config.connect_timeout.as_millis())
+                .unwrap_or(u64::MAX),
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| io("rendering spec")(e.into()))?;
         std::fs::write(self.bundle.join("config.json"), bytes)

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::control::ControlListener;
 use super::{End, Guard, Ready};
+use crate::api::HandlerKind;
 use crate::respond::{self, Status};
 use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
@@ -78,6 +79,11 @@ impl Ready {
         } = self;
         let func = Arc::clone(&guard.func);
         let rt = Arc::clone(&guard.rt);
+        if func.options.kind == HandlerKind::SocketActivation {
+            func.pool.reuse_started();
+            rt.control.spawn(supervise_activation(guard, control));
+            return;
+        }
         match listener {
             None => {
                 let watch = offer(&func, control);
@@ -347,6 +353,42 @@ fn answer_if_silent(guard: &Guard, end: &End, client: OwnedFd) {
         .rt
         .control
         .spawn(respond::error_std(client.into(), status, reason));
+}
+
+/// A socket-activation container for its whole life: it gets the
+/// function's listening socket (once the data plane has bound it) and
+/// accepts by itself until it ends — then the pool starts another — or
+/// the version is retired.
+async fn supervise_activation(mut guard: Guard, control: UnixStream) {
+    let func = Arc::clone(&guard.func);
+    let retired = func.pool.retired.notified();
+    tokio::pin!(retired);
+    retired.as_mut().enable();
+    let end = if func.pool.is_closed() {
+        End::Kill("retired")
+    } else {
+        tokio::select! {
+            listener = func.listener.get() => {
+                match fdpass::send_fd(control.as_fd(), listener.as_fd()) {
+                    Ok(()) => {
+                        drop(control);
+                        tokio::select! {
+                            end = guard.wait_exit(None, None) => end,
+                            _ = &mut retired => End::Kill("retired"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(id = %guard.id, error = %e, "handing the listener over");
+                        End::Kill("hand-over failed")
+                    }
+                }
+            }
+            end = guard.wait_exit(None, None) => end,
+            _ = &mut retired => End::Kill("retired"),
+        }
+    };
+    guard.finish(end).await;
+    func.pool.reuse_ended();
 }
 
 /// A reuse-mode container for its whole life. The per-connection cycle runs

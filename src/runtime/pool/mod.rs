@@ -29,8 +29,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Warm containers of one function version.
 pub struct WarmPool {
     target: u32,
-    /// Reuse mode: containers come back by themselves, so taking one does
-    /// not call for a new start; the target counts live containers.
+    /// Reuse mode and socket activation: containers live on (they come
+    /// back, or accept by themselves), so the target counts live
+    /// containers and taking one does not call for a new start.
     reuse: bool,
     /// Newest last: a hit takes the container that started (or came back)
     /// most recently, whose pages and caches are warmest — measured, the
@@ -48,6 +49,9 @@ pub struct WarmPool {
     failures: AtomicU32,
     closed: AtomicBool,
     wake: Notify,
+    /// Wakes the supervisors of long-lived (socket-activation) containers
+    /// when the pool is closed.
+    pub(crate) retired: Notify,
     epoch: Instant,
     last_used_ms: AtomicU64,
 }
@@ -75,6 +79,7 @@ impl WarmPool {
             failures: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
+            retired: Notify::new(),
             epoch: Instant::now(),
             last_used_ms: AtomicU64::new(0),
         }
@@ -180,6 +185,7 @@ impl WarmPool {
         self.closed.store(true, Ordering::Release);
         self.drain();
         self.wake.notify_one();
+        self.retired.notify_waiters();
     }
 
     /// Drops every waiting slot: their supervisors kill the containers.

@@ -265,6 +265,8 @@ fn number(name: &str) -> Option<u32> {
         "open" => libc::SYS_open,
         "openat" => libc::SYS_openat,
         "openat2" => libc::SYS_openat2,
+        "pipe" => libc::SYS_pipe,
+        "pipe2" => libc::SYS_pipe2,
         "pause" => libc::SYS_pause,
         "pidfd_open" => libc::SYS_pidfd_open,
         "pidfd_send_signal" => libc::SYS_pidfd_send_signal,

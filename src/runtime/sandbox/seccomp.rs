@@ -74,6 +74,8 @@ pub(super) const ALLOWED: &[&str] = &[
     "open",
     "openat",
     "openat2",
+    "pipe",
+    "pipe2",
     "pread64",
     "preadv",
     "preadv2",

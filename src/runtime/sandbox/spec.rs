@@ -11,8 +11,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::seccomp;
-use crate::api::{DeployOptions, Sandbox};
+use crate::api::{DeployOptions, HandlerKind, Sandbox};
 use crate::image::owners::ID_RANGE;
+use crate::image::store::INIT;
 use crate::image::ImageConfig;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -74,11 +75,38 @@ pub struct SpecInput<'a> {
     pub id_base: u32,
     /// The seccomp program, compiled, for a runtime that takes it (crun).
     pub seccomp_bpf: Option<&'a str>,
+    /// `faas-init` on the host (as the runtime reaches it), for the
+    /// handler kinds it runs (`HandlerKind::needs_init`).
+    pub init: Option<&'a Path>,
+    /// How long the handler has to connect (faas-init's wait for a
+    /// server to listen is a little shorter).
+    pub connect_timeout_ms: u64,
+}
+
+/// The container's process: the image's program, or `faas-init` running
+/// it in the function's handler kind.
+pub fn args(image: &ImageConfig, kind: HandlerKind) -> Vec<String> {
+    let mode: Vec<String> = match kind {
+        HandlerKind::ControlSocket => return image.argv(),
+        HandlerKind::Stdio => vec!["stdio".into()],
+        HandlerKind::SocketActivation => vec!["listen".into()],
+        HandlerKind::ContainerPort(port) => vec!["port".into(), port.to_string()],
+    };
+    let mut args = vec![format!("/{INIT}")];
+    args.extend(mode);
+    args.push("--".into());
+    args.extend(image.argv());
+    args
 }
 
 /// The container's environment: image Env, then the deploy's `--env`
 /// (which wins), then what faasd tells every handler.
-pub fn environment(image: &ImageConfig, options: &DeployOptions, function: &str) -> Vec<String> {
+pub fn environment(
+    image: &ImageConfig,
+    options: &DeployOptions,
+    function: &str,
+    connect_timeout_ms: u64,
+) -> Vec<String> {
     let mut env: Vec<String> = Vec::new();
     let mut set = |kv: String| {
         let key = kv.split('=').next().unwrap_or_default().to_string();
@@ -94,8 +122,12 @@ pub fn environment(image: &ImageConfig, options: &DeployOptions, function: &str)
     }
     set(format!("FAAS_FUNCTION={function}"));
     if options.reuse {
-        // Tells the handler it may connect to /control.sock again.
+        // Tells the handler it may ask for more connections.
         set("FAAS_REUSE=1".to_string());
+    }
+    if options.kind.needs_init() {
+        // faas-init gives a server this long (a little less) to listen.
+        set(format!("FAAS_CONNECT_TIMEOUT={connect_timeout_ms}"));
     }
     env
 }
@@ -110,6 +142,8 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         cgroup,
         id_base,
         seccomp_bpf,
+        init,
+        connect_timeout_ms,
     } = *input;
     let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
     let no_caps: Vec<&str> = Vec::new();
@@ -118,13 +152,13 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         // crun then loads this instead of compiling `linux.seccomp` itself.
         annotations.insert("run.oci.seccomp_bpf_data".into(), bpf.into());
     }
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": { "uid": image.uid, "gid": image.gid },
-            "args": image.argv(),
-            "env": environment(image, options, function),
+            "args": args(image, options.kind),
+            "env": environment(image, options, function, connect_timeout_ms),
             "cwd": image.working_dir,
             "capabilities": {
                 "bounding": no_caps, "effective": no_caps, "inheritable": no_caps,
@@ -168,7 +202,18 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY,
         },
-    })
+    });
+    if let (true, Some(init), Some(mounts)) = (
+        options.kind.needs_init(),
+        init,
+        spec["mounts"].as_array_mut(),
+    ) {
+        mounts.push(json!({
+            "destination": format!("/{INIT}"), "type": "bind", "source": init,
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }));
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -191,7 +236,7 @@ mod tests {
     fn deploy_env_overrides_image_env() {
         let mut options = DeployOptions::default();
         options.env.insert("B".into(), "deploy".into());
-        let env = environment(&image(), &options, "f");
+        let env = environment(&image(), &options, "f", 5000);
         assert_eq!(
             env,
             vec!["PATH=/app", "A=image", "B=deploy", "FAAS_FUNCTION=f"]
@@ -214,6 +259,8 @@ mod tests {
             cgroup: "/faasd/f-1",
             id_base: 1 << 30,
             seccomp_bpf: None,
+            init: None,
+            connect_timeout_ms: 5000,
         });
         assert_eq!(spec["root"]["readonly"], true);
         assert_eq!(spec["process"]["noNewPrivileges"], true);
@@ -241,5 +288,47 @@ mod tests {
         assert!(mounts
             .iter()
             .any(|m| m["destination"] == "/tmp" && m["type"] == "tmpfs"));
+        assert!(!mounts.iter().any(|m| m["destination"] == "/.faas-init"));
+    }
+
+    #[test]
+    fn other_kinds_run_faas_init_mounted_read_only() {
+        let img = image();
+        let options = DeployOptions {
+            kind: HandlerKind::ContainerPort(8080),
+            ..Default::default()
+        };
+        let spec = render(&SpecInput {
+            function: "f",
+            rootfs: Path::new("/r"),
+            control_sock: Path::new("/b/control.sock"),
+            image: &img,
+            options: &options,
+            cgroup: "/faasd/f-1",
+            id_base: 1 << 30,
+            seccomp_bpf: None,
+            init: Some(Path::new("/state/init/faas-init")),
+            connect_timeout_ms: 3000,
+        });
+        assert_eq!(
+            spec["process"]["args"],
+            json!(["/.faas-init", "port", "8080", "--", "/handler", "serve"])
+        );
+        let mounts = spec["mounts"].as_array().expect("mounts");
+        let init = mounts
+            .iter()
+            .find(|m| m["destination"] == "/.faas-init")
+            .expect("faas-init mounted");
+        assert_eq!(init["source"], "/state/init/faas-init");
+        assert!(init["options"]
+            .as_array()
+            .expect("options")
+            .contains(&json!("ro")));
+        let env = spec["process"]["env"].as_array().expect("env");
+        assert!(env.contains(&json!("FAAS_CONNECT_TIMEOUT=3000")));
+        assert_eq!(
+            args(&img, HandlerKind::Stdio),
+            ["/.faas-init", "stdio", "--", "/handler", "serve"]
+        );
     }
 }

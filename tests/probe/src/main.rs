@@ -17,6 +17,10 @@
 //! - `memhog`: take the connection, touch memory until killed
 //! - `memhog-early`: touch memory until killed, before connecting
 //! - `spin`: take the connection, spin on the CPU forever
+//! - `stdio`: no protocol at all: read the request from stdin, answer like
+//!   `hello` on stdout (for `--stdio` functions)
+//! - `banner`: speak first: write `220 probe ready` before reading, then
+//!   answer a line with `250 ok` (a server-first protocol)
 //!
 //! With FAAS_REUSE=1 it asks for the next connection on the same control
 //! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
@@ -38,6 +42,21 @@ fn main() {
     let reconnect = std::env::var_os("PROBE_RECONNECT").is_some();
     match mode.as_str() {
         "crash" => std::process::exit(3),
+        "stdio" => {
+            let mut stdin = std::io::stdin().lock();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(response("probe ok\n").as_bytes());
+            let _ = out.flush();
+            return;
+        }
         "memhog-early" => hog_memory(),
         "noconnect" => loop {
             std::thread::sleep(Duration::from_secs(3600));
@@ -89,6 +108,14 @@ fn main() {
                 let _ = read_request_head(&mut conn);
                 std::thread::sleep(Duration::from_millis(sleep_ms()));
                 answer(&mut conn, "probe ok\n");
+            }
+            "banner" => {
+                let _ = conn.write_all(b"220 probe ready\r\n");
+                let mut line = [0u8; 256];
+                if matches!(conn.read(&mut line), Ok(n) if n > 0) {
+                    let _ = conn.write_all(b"250 ok\r\n");
+                }
+                let _ = conn.shutdown(std::net::Shutdown::Write);
             }
             "noshutdown" | "linger" => {
                 let _ = read_request_head(&mut conn);

@@ -1,0 +1,192 @@
+//! `faas-init`: the first process of a faasd container whose image does not
+//! speak faasd's control-socket protocol. faasd bind-mounts it read-only at
+//! `/.faas-init` and runs it as the image's user, with the image's
+//! environment and working directory; it speaks the protocol on the
+//! image's behalf, then (mostly) becomes the image's program:
+//!
+//! ```text
+//! /.faas-init stdio -- PROGRAM ARGS...      the connection is stdin and stdout
+//! /.faas-init listen -- PROGRAM ARGS...     a listening socket is fd 3 (systemd's
+//!                                           LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES)
+//! /.faas-init port N -- PROGRAM ARGS...     PROGRAM is a server binding port N inside
+//!                                           the container; each connection is relayed
+//!                                           to it (see `port`)
+//! ```
+//!
+//! A pool container waits here (connected to `/control.sock`), so per
+//! connection only the image's program starts. Whatever goes wrong before
+//! that is said on stderr (the function's log) and ends the container
+//! with a failure status, which faasd answers with 502.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::process::ExitCode;
+
+use faas_handler::Control;
+
+mod port;
+
+/// How `faas-init` was asked to run the program.
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    Stdio,
+    Listen,
+    Port(u16),
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let (mode, program) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(&e),
+    };
+    let result = match mode {
+        Mode::Stdio => stdio(&program),
+        Mode::Listen => listen(&program),
+        Mode::Port(port) => port::serve(port, &program),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("faas-init: {message}");
+    ExitCode::from(1)
+}
+
+/// `MODE [N] -- PROGRAM ARGS...`
+fn parse(args: &[OsString]) -> Result<(Mode, Vec<OsString>), String> {
+    let dashes = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or("usage: faas-init stdio|listen|port N -- PROGRAM [ARGS...]")?;
+    let (head, program) = (&args[..dashes], &args[dashes + 1..]);
+    if program.is_empty() {
+        return Err("the image names no program to run (no Entrypoint or Cmd)".into());
+    }
+    let mode = match head {
+        [m] if m == "stdio" => Mode::Stdio,
+        [m] if m == "listen" => Mode::Listen,
+        [m, n] if m == "port" => {
+            let port = n
+                .to_str()
+                .and_then(|n| n.parse::<u16>().ok())
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("invalid port {n:?}"))?;
+            Mode::Port(port)
+        }
+        _ => return Err(format!("unknown mode {head:?}")),
+    };
+    Ok((mode, program.to_vec()))
+}
+
+/// inetd style: the connection becomes stdin and stdout.
+fn stdio(program: &[OsString]) -> Result<ExitCode, String> {
+    let conn = receive("a connection")?;
+    nix::unistd::dup2_stdin(&conn).map_err(|e| format!("dup2: {e}"))?;
+    nix::unistd::dup2_stdout(&conn).map_err(|e| format!("dup2: {e}"))?;
+    drop(conn);
+    exec(program, &[])
+}
+
+/// systemd style: fd 3 is the function's listening socket.
+fn listen(program: &[OsString]) -> Result<ExitCode, String> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // The control connection is closed by now: 3 is free, or the listener.
+    let listener = receive("the listening socket")?;
+    if listener.as_raw_fd() == 3 {
+        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| format!("fcntl: {e}"))?;
+        // Kept open across the exec, for the program.
+        std::mem::forget(listener);
+    } else {
+        // F_DUPFD: the lowest free descriptor from 3, without close-on-exec.
+        let fd = fcntl(&listener, FcntlArg::F_DUPFD(3)).map_err(|e| format!("fcntl: {e}"))?;
+        if fd != 3 {
+            return Err(format!(
+                "descriptor 3 is taken (the listener landed on {fd})"
+            ));
+        }
+    }
+    let name = std::env::var("FAAS_FUNCTION").unwrap_or_else(|_| "faas".into());
+    let env = [
+        ("LISTEN_FDS", "1".to_string()),
+        ("LISTEN_PID", std::process::id().to_string()),
+        ("LISTEN_FDNAMES", name),
+    ];
+    exec(program, &env)
+}
+
+/// Connects to faasd and waits for one descriptor.
+fn receive(what: &str) -> Result<OwnedFd, String> {
+    let mut control =
+        Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
+    control
+        .next_fd()
+        .map_err(|e| format!("receiving {what}: {e}"))?
+        .ok_or_else(|| format!("faasd closed the control socket before sending {what}"))
+}
+
+/// Becomes `program` (looked up in PATH), with `extra` added to the
+/// environment. Returns only on failure.
+fn exec(program: &[OsString], extra: &[(&str, String)]) -> Result<ExitCode, String> {
+    let cstr = |s: OsString| {
+        CString::new(s.into_vec()).map_err(|_| "an argument contains a NUL byte".to_string())
+    };
+    let argv = program
+        .iter()
+        .cloned()
+        .map(cstr)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if extra.iter().any(|(name, _)| k == *name) {
+            continue;
+        }
+        let mut kv = k;
+        kv.push("=");
+        kv.push(v);
+        env.push(cstr(kv)?);
+    }
+    for (k, v) in extra {
+        env.push(cstr(OsString::from(format!("{k}={v}")))?);
+    }
+    let err = nix::unistd::execvpe(&argv[0], &argv, &env).unwrap_err();
+    Err(format!("executing {:?}: {err}", program[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_the_three_modes() {
+        let (mode, program) = parse(&args(&["stdio", "--", "/bin/sh", "-c", "x"])).expect("stdio");
+        assert_eq!((mode, program.len()), (Mode::Stdio, 3));
+        assert_eq!(
+            parse(&args(&["listen", "--", "srv"])).expect("listen").0,
+            Mode::Listen
+        );
+        assert_eq!(
+            parse(&args(&["port", "8080", "--", "srv"]))
+                .expect("port")
+                .0,
+            Mode::Port(8080)
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_run() {
+        assert!(parse(&args(&["port", "0", "--", "srv"])).is_err());
+        assert!(parse(&args(&["port", "http", "--", "srv"])).is_err());
+        assert!(parse(&args(&["stdio", "--"])).is_err());
+        assert!(parse(&args(&["stdio", "srv"])).is_err());
+        assert!(parse(&args(&["fly", "--", "srv"])).is_err());
+    }
+}

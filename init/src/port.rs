@@ -1,0 +1,307 @@
+//! `port N`: an unmodified server that binds port N inside its own
+//! network namespace. faas-init starts it (and stays the container's first
+//! process, reaping what it leaves), connects to `/control.sock` only once
+//! something listens on port N — so faasd never hands a connection to a
+//! server that is not ready — and relays each connection it receives to
+//! the server over the container's loopback.
+//!
+//! One-shot (the default): one connection, then faas-init exits and the
+//! container ends with it. Reuse: it asks for the next connection as soon
+//! as a relay has started, so one container serves many at once (up to
+//! `MAX_RELAYS`).
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use faas_handler::Control;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+/// How long the server may take to listen when faasd does not say
+/// (FAAS_CONNECT_TIMEOUT, ms): a little less than faasd's own wait, so the
+/// client hears why (502) rather than a timeout.
+const DEFAULT_LISTEN_WAIT: Duration = Duration::from_secs(5);
+const LISTEN_WAIT_MARGIN: Duration = Duration::from_millis(250);
+/// Relays at once in a reuse container before it stops asking for more.
+const MAX_RELAYS: usize = 256;
+
+pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
+    let server = Command::new(&program[0])
+        .args(&program[1..])
+        .spawn()
+        .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
+    let server = Pid::from_raw(server.id() as i32);
+    let ended = Arc::new(Ended::default());
+    {
+        let ended = Arc::clone(&ended);
+        std::thread::spawn(move || reap(server, &ended));
+    }
+    let target = wait_listening(port, listen_wait(), &ended)?;
+    let mut control =
+        Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
+    if !faas_handler::reuse_enabled() {
+        let Some(client) = next(&mut control)? else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        drop(control);
+        return Ok(match relay(client, target) {
+            Ok(sent) if sent > 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("faas-init: relaying to the server on port {port}: {e}");
+                ExitCode::from(1)
+            }
+        });
+    }
+    let active = Arc::new((Mutex::new(0usize), Condvar::new()));
+    loop {
+        {
+            let (count, cv) = &*active;
+            let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+            while *n >= MAX_RELAYS {
+                n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n += 1;
+        }
+        let Some(client) = next(&mut control)? else {
+            break;
+        };
+        let active = Arc::clone(&active);
+        std::thread::spawn(move || {
+            if let Err(e) = relay(client, target) {
+                eprintln!("faas-init: relaying to the server on port {port}: {e}");
+            }
+            let (count, cv) = &*active;
+            *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            cv.notify_one();
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn next(control: &mut Control) -> Result<Option<TcpStream>, String> {
+    control
+        .next_connection()
+        .map_err(|e| format!("receiving a connection: {e}"))
+}
+
+fn listen_wait() -> Duration {
+    std::env::var("FAAS_CONNECT_TIMEOUT")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .map(|d| d.saturating_sub(LISTEN_WAIT_MARGIN))
+        .unwrap_or(DEFAULT_LISTEN_WAIT)
+}
+
+/// Set by the reaper when the server has ended.
+#[derive(Default)]
+struct Ended(AtomicBool);
+
+/// As the container's first process we inherit every orphan in it: reap
+/// them all. When the server itself ends, so does the container (one-shot
+/// or reuse alike): nothing would answer any more.
+fn reap(server: Pid, ended: &Ended) {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == server => {
+                finish(ended, format!("exited with code {code}"));
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == server => {
+                finish(ended, format!("was killed by {sig}"));
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn finish(ended: &Ended, how: String) {
+    ended.0.store(true, Ordering::Release);
+    // Give a relay in flight a moment to pass on the server's last words.
+    std::thread::sleep(Duration::from_millis(50));
+    eprintln!("faas-init: the server {how}");
+    std::process::exit(1);
+}
+
+/// Waits until something listens on TCP port `port` in this network
+/// namespace (read from /proc/net/tcp, so the server sees no probe), and
+/// returns where to connect.
+fn wait_listening(port: u16, wait: Duration, ended: &Ended) -> Result<SocketAddr, String> {
+    let deadline = Instant::now() + wait;
+    let started = Instant::now();
+    loop {
+        if let Some(addr) = listening(port) {
+            return Ok(addr);
+        }
+        if ended.0.load(Ordering::Acquire) {
+            return Err(format!(
+                "the server ended before it listened on port {port}"
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "nothing listened on port {port} within {:.1}s",
+                wait.as_secs_f64()
+            ));
+        }
+        // Often within milliseconds; poll fast at first.
+        let pause = if started.elapsed() < Duration::from_millis(50) {
+            1
+        } else {
+            10
+        };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+}
+
+fn listening(port: u16) -> Option<SocketAddr> {
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        if let Some(addr) = text.lines().skip(1).find_map(|l| listener_in(l, port, v6)) {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// The address to reach a LISTEN socket on `port` from one line of
+/// /proc/net/tcp{,6} (a wildcard address becomes loopback).
+fn listener_in(line: &str, port: u16, v6: bool) -> Option<SocketAddr> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let state = fields.nth(1)?;
+    if state != "0A" {
+        return None;
+    }
+    let (addr, p) = local.split_once(':')?;
+    if u16::from_str_radix(p, 16).ok()? != port {
+        return None;
+    }
+    let ip = if v6 {
+        let bytes = hex_words(addr)?;
+        let ip = Ipv6Addr::from(bytes);
+        if ip.is_unspecified() {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(ip)
+        }
+    } else {
+        let raw = u32::from_str_radix(addr, 16).ok()?;
+        // The kernel prints the address as a host-order (little-endian) word.
+        let ip = Ipv4Addr::from(raw.to_le_bytes());
+        if ip.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(ip)
+        }
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// An IPv6 address as /proc prints it: four host-order 32-bit words.
+fn hex_words(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for w in 0..4 {
+        let word = u32::from_str_radix(&s[w * 8..w * 8 + 8], 16).ok()?;
+        out[w * 4..w * 4 + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// Copies both ways between the client and the server until both sides
+/// are done; returns the bytes that reached the client.
+fn relay(client: TcpStream, target: SocketAddr) -> io::Result<u64> {
+    let server = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (client_in, server_out) = (client.try_clone()?, server.try_clone()?);
+    let upstream = std::thread::spawn(move || copy(client_in, server_out));
+    let sent = copy(server, client);
+    let _ = upstream.join();
+    Ok(sent)
+}
+
+/// Copies `from` to `to` until EOF (or an error), then ends `to`'s
+/// sending side; returns the bytes copied.
+fn copy(mut from: TcpStream, mut to: TcpStream) -> u64 {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_listeners_in_proc_net_tcp() {
+        let v4 = "   1: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(
+            listener_in(v4, 8080, false),
+            Some("127.0.0.1:8080".parse().expect("addr"))
+        );
+        assert_eq!(listener_in(v4, 80, false), None);
+        let lo = "   2: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        assert_eq!(
+            listener_in(lo, 8080, false),
+            Some("127.0.0.1:8080".parse().expect("addr"))
+        );
+        let established = "   3: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        assert_eq!(listener_in(established, 8080, false), None);
+        let v6 = "   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        assert_eq!(
+            listener_in(v6, 8080, true),
+            Some("[::1]:8080".parse().expect("addr"))
+        );
+        let v6lo = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        assert_eq!(
+            listener_in(v6lo, 8080, true),
+            Some("[::1]:8080".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn relays_both_ways_and_counts_what_the_client_got() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("server");
+        let target = server.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = server.accept().expect("accept");
+            let mut req = [0u8; 5];
+            s.read_exact(&mut req).expect("request");
+            s.write_all(b"hello back").expect("answer");
+        });
+        let front = std::net::TcpListener::bind("127.0.0.1:0").expect("front");
+        let mut client = TcpStream::connect(front.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = front.accept().expect("accept");
+        client.write_all(b"hello").expect("send");
+        let relay = std::thread::spawn(move || relay(accepted, target));
+        let mut got = String::new();
+        client.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "hello back");
+        drop(client);
+        assert_eq!(relay.join().expect("relay").expect("relayed"), 10);
+    }
+}

@@ -1,0 +1,547 @@
+//! Ordinary images as functions, unchanged: inetd-style programs
+//! (`--stdio`), socket-activated servers (`--socket-activation`), plain
+//! servers on a port (`--container-port`), the protocol spoken by handlers
+//! in Python and C, and server-first protocols. Every image is built here
+//! from this machine's own binaries (busybox-static, python3, gcc).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use faasd::api::{DeployOptions, HandlerKind};
+use faasd::image::build::{Entry, ImageSpec, Layer, Layout, RunConfig};
+
+/// A busybox image: /bin/busybox, /bin/sh, a page at /www/index.html and
+/// a CGI script at /www/cgi-bin/id naming the container (its network
+/// namespace) and the user it runs as.
+fn busybox_image(entrypoint: &[&str], user: &str) -> ImageSpec {
+    let busybox =
+        std::fs::read("/bin/busybox").expect("busybox-static (apt-get install busybox-static)");
+    let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"net=$(readlink /proc/self/ns/net)\"\necho \"uid=$(id -u)\"\n";
+    let mut entries = vec![Entry::dir("bin"), Entry::exe("bin/busybox", busybox)];
+    // This busybox runs its applets only by name.
+    for applet in [
+        "sh", "httpd", "readlink", "id", "grep", "tr", "sed", "sleep", "cat",
+    ] {
+        entries.push(Entry::Symlink {
+            path: format!("bin/{applet}"),
+            target: "busybox".into(),
+        });
+    }
+    entries.extend([
+        Entry::dir("www"),
+        Entry::file("www/index.html", "a static page\n"),
+        Entry::dir("www/cgi-bin"),
+        Entry::exe("www/cgi-bin/id", cgi),
+        Entry::file(
+            "etc/passwd",
+            "root:x:0:0::/:/bin/sh\nweb:x:1000:1000::/www:/bin/sh\n",
+        ),
+        Entry::file("etc/group", "root:x:0:\nweb:x:1000:\n"),
+    ]);
+    ImageSpec {
+        layers: vec![Layer {
+            entries,
+            gzip: false,
+        }],
+        config: RunConfig {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            user: user.into(),
+            ..Default::default()
+        },
+        layout: Layout::Both,
+        tag: "busybox:test".into(),
+    }
+}
+
+/// A static binary compiled here from a C file of the repository.
+fn compiled(source: &str) -> Vec<u8> {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let name = Path::new(source).file_stem().expect("stem");
+    let out = dir.path().join(name);
+    if !out.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+        let status = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("gcc");
+        assert!(status.success(), "compiling {source}");
+    }
+    std::fs::read(out).expect("binary")
+}
+
+fn one_binary(name: &str, binary: Vec<u8>, user: &str) -> ImageSpec {
+    ImageSpec {
+        layers: vec![Layer {
+            entries: vec![Entry::exe(name, binary)],
+            gzip: false,
+        }],
+        config: RunConfig {
+            entrypoint: vec![format!("/{name}")],
+            user: user.into(),
+            ..Default::default()
+        },
+        layout: Layout::Both,
+        tag: format!("{name}:test"),
+    }
+}
+
+fn kind(kind: HandlerKind, warm: u32) -> DeployOptions {
+    DeployOptions {
+        kind,
+        warm,
+        ..Default::default()
+    }
+}
+
+fn get(ip: Ipv4Addr, path: &str) -> (u16, String) {
+    http_get(&ip.to_string(), path).unwrap_or_else(|e| panic!("GET {path} on {ip}: {e}"))
+}
+
+#[test]
+fn stdio_programs_serve_each_connection_from_a_fresh_container() {
+    let d = Daemon::start();
+    let httpd = d
+        .deploy(
+            "httpd",
+            &busybox_image(&["/bin/busybox", "httpd", "-i", "-h", "/www"], ""),
+            &kind(HandlerKind::Stdio, 2),
+        )
+        .ip;
+    let (status, body) = get(httpd, "/index.html");
+    assert_eq!((status, body.as_str()), (200, "a static page\n"));
+
+    // Reads the request's head (its lines up to the blank one: leaving it
+    // unread would make the close a reset), answers, ends.
+    let script = "while read -r l; do [ ${#l} -le 1 ] && break; done; \
+                  printf 'HTTP/1.0 200 OK\\r\\n\\r\\nnet=%s\\n' \"$(readlink /proc/self/ns/net)\"";
+    let sh = d
+        .deploy(
+            "script",
+            &busybox_image(&["/bin/sh", "-c", script], ""),
+            &kind(HandlerKind::Stdio, 1),
+        )
+        .ip;
+    let mut seen = HashSet::new();
+    for _ in 0..2 {
+        let (status, body) = get(sh, "/");
+        let logs = String::from_utf8_lossy(&d.faas(&["logs", "script"], None).stdout).into_owned();
+        assert_eq!(status, 200, "{body} {logs}");
+        assert!(body.starts_with("net=net:["), "{body}");
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "each connection its own container: {seen:?}");
+    let probe = d
+        .deploy(
+            "probe",
+            &probe_image("stdio", &[]),
+            &kind(HandlerKind::Stdio, 1),
+        )
+        .ip;
+    assert_eq!(call(probe).expect("probe").1, "probe ok\n");
+    assert!(
+        d.wait_quiet_but_pool(Duration::from_secs(10), 4),
+        "containers left"
+    );
+}
+
+#[test]
+fn socket_activated_servers_accept_many_connections_and_are_restarted() {
+    let d = Daemon::start();
+    let image = one_binary("activation", compiled("tests/fixtures/activation.c"), "");
+    let ip = d
+        .deploy("activated", &image, &kind(HandlerKind::SocketActivation, 2))
+        .ip;
+    let mut instances = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The first connections may wait in the backlog until a server runs.
+    for i in 0..40 {
+        let (status, body) = http_get_timeout(&ip.to_string(), "/", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(status, 200, "{body}");
+        let v = kv(&body);
+        assert_eq!(v["name"], "activated", "LISTEN_FDNAMES");
+        instances.insert(v["instance"].clone());
+    }
+    assert!(Instant::now() < deadline);
+    assert!(
+        (1..=2).contains(&instances.len()),
+        "40 connections through the 2 long-lived servers: {instances:?}"
+    );
+    // Kill one server from outside: the other serves on, and the pool
+    // starts a replacement.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.runc_containers().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "two servers: {:?}",
+            d.runc_containers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victims = d.runc_containers();
+    assert_eq!(victims.len(), 2, "{victims:?}");
+    let pid: i32 = std::fs::read_to_string(d.state.join("bundles").join(&victims[0]).join("pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    for i in 0..20 {
+        let (status, _) = http_get_timeout(&ip.to_string(), "/", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("request {i} after the kill: {e}"));
+        assert_eq!(status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.runc_containers().contains(&victims[0]) || d.runc_containers().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not replaced: {:?}",
+            d.runc_containers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn plain_servers_on_a_port_serve_single_use_and_reused() {
+    let d = Daemon::start();
+    let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"];
+    let once = d
+        .deploy(
+            "port-once",
+            &busybox_image(&httpd, ""),
+            &kind(HandlerKind::ContainerPort(8080), 1),
+        )
+        .ip;
+    assert_eq!(get(once, "/index.html"), (200, "a static page\n".into()));
+    let first = get(once, "/cgi-bin/id");
+    let second = get(once, "/cgi-bin/id");
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_ne!(
+        kv(&first.1)["net"],
+        kv(&second.1)["net"],
+        "a fresh container each"
+    );
+
+    let reused = DeployOptions {
+        reuse: true,
+        ..kind(HandlerKind::ContainerPort(8080), 1)
+    };
+    let ip = d
+        .deploy("port-reuse", &busybox_image(&httpd, ""), &reused)
+        .ip;
+    let nets: HashSet<String> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            kv(&get(ip, "/cgi-bin/id").1)["net"].clone()
+        })
+        .collect();
+    assert_eq!(nets.len(), 1, "one reused container: {nets:?}");
+}
+
+#[test]
+fn a_server_slow_to_listen_is_waited_for_and_one_that_never_does_is_a_502() {
+    let d = Daemon::start();
+    let slow = d
+        .deploy(
+            "slow",
+            &busybox_image(
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "sleep 1; exec /bin/busybox httpd -f -p 8080 -h /www",
+                ],
+                "",
+            ),
+            &kind(HandlerKind::ContainerPort(8080), 0),
+        )
+        .ip;
+    let never = d
+        .deploy(
+            "never",
+            &busybox_image(&["/bin/sh", "-c", "sleep 3600"], ""),
+            &kind(HandlerKind::ContainerPort(8080), 0),
+        )
+        .ip;
+    let other = d.deploy("other", &probe_image("hello", &[]), &opts()).ip;
+
+    let t0 = Instant::now();
+    let (status, body) = get(slow, "/index.html");
+    assert_eq!((status, body.as_str()), (200, "a static page\n"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let t0 = Instant::now();
+    let (status, _) = get(never, "/");
+    // The test daemon's --connect-timeout is 3 s.
+    assert_eq!(status, 502);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(call(other).expect("others unaffected").0, 200);
+    let logs = String::from_utf8_lossy(&d.faas(&["logs", "never"], None).stdout).into_owned();
+    assert!(logs.contains("nothing listened on port 8080"), "{logs}");
+}
+
+#[test]
+fn every_kind_runs_sandboxed_as_the_image_user() {
+    let d = Daemon::start();
+    let check = "while read -r l; do [ ${#l} -le 1 ] && break; done; \
+                 printf 'HTTP/1.0 200 OK\\r\\n\\r\\n'; echo uid=$(id -u); \
+                 if echo x > /.faas-init 2>/dev/null; then echo init=writable; else echo init=read-only; fi; \
+                 grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t' | sed 's/:/=/'";
+    let stdio = d
+        .deploy(
+            "sb-stdio",
+            &busybox_image(&["/bin/sh", "-c", check], "1000"),
+            &kind(HandlerKind::Stdio, 0),
+        )
+        .ip;
+    let v = kv(&get(stdio, "/").1);
+    assert_eq!(v["uid"], "1000");
+    assert_eq!(v["init"], "read-only");
+    assert_eq!(v["CapEff"], "0000000000000000");
+    assert_eq!(v["NoNewPrivs"], "1");
+    assert_eq!(v["Seccomp"], "2");
+
+    let port = d
+        .deploy(
+            "sb-port",
+            &busybox_image(
+                &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+                "1000",
+            ),
+            &kind(HandlerKind::ContainerPort(8080), 0),
+        )
+        .ip;
+    assert_eq!(kv(&get(port, "/cgi-bin/id").1)["uid"], "1000");
+
+    let image = one_binary(
+        "activation",
+        compiled("tests/fixtures/activation.c"),
+        "1000",
+    );
+    let activated = d
+        .deploy(
+            "sb-activated",
+            &image,
+            &kind(HandlerKind::SocketActivation, 1),
+        )
+        .ip;
+    let (status, body) =
+        http_get_timeout(&activated.to_string(), "/", Duration::from_secs(10)).expect("activated");
+    assert_eq!(status, 200);
+    let v = kv(&body);
+    assert_eq!(v["uid"], "1000");
+    assert_ne!(v["init_writable"], "yes");
+}
+
+#[test]
+fn server_first_protocols_reach_their_client_at_once() {
+    let d = Daemon::start();
+    let cold = d
+        .deploy("banner-cold", &probe_image("banner", &[]), &opts())
+        .ip;
+    let warm = d
+        .deploy(
+            "banner-warm",
+            &probe_image("banner", &[]),
+            &DeployOptions {
+                warm: 1,
+                ..Default::default()
+            },
+        )
+        .ip;
+    // Reuse would hold connections back until the client speaks; the
+    // deploy says the server speaks first.
+    let reused = d
+        .deploy(
+            "banner-reuse",
+            &probe_image("banner", &[]),
+            &DeployOptions {
+                warm: 1,
+                reuse: true,
+                server_first: true,
+                ..Default::default()
+            },
+        )
+        .ip;
+    d.wait_for(
+        "banner-warm",
+        Duration::from_secs(10),
+        "a warm container",
+        |i| i.stats.warm_ready == 1,
+    );
+    d.wait_for(
+        "banner-reuse",
+        Duration::from_secs(10),
+        "a warm container",
+        |i| i.stats.warm_ready == 1,
+    );
+    for (ip, limit) in [
+        (warm, Duration::from_millis(100)),
+        (reused, Duration::from_millis(100)),
+        (cold, Duration::from_secs(2)),
+    ] {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect((ip, 80)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut banner = [0u8; 17];
+        s.read_exact(&mut banner).expect("banner");
+        let took = t0.elapsed();
+        assert_eq!(&banner, b"220 probe ready\r\n");
+        assert!(took < limit, "banner from {ip} after {took:?}");
+        s.write_all(b"HELO x\r\n").expect("helo");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("reply");
+        assert_eq!(reply, "250 ok\r\n");
+    }
+}
+
+#[test]
+fn handlers_in_python_and_c_speak_the_protocol() {
+    let d = Daemon::start();
+    let c = d
+        .deploy(
+            "in-c",
+            &one_binary("handler", compiled("examples/c/handler.c"), ""),
+            &opts(),
+        )
+        .ip;
+    assert_eq!(get(c, "/"), (200, "Hello from C!\n".into()));
+    let py = d.deploy("in-python", &python_image(), &opts()).ip;
+    assert_eq!(get(py, "/"), (200, "Hello from Python!\n".into()));
+}
+
+#[test]
+fn bad_kind_combinations_are_refused_before_anything_changes() {
+    let d = Daemon::start();
+    let image = image_bytes(&probe_image("hello", &[]));
+    for args in [
+        &["--stdio", "--reuse"][..],
+        &["--container-port", "0"],
+        &["--container-port", "8080", "--socket-activation"],
+        &["--socket-activation", "--warm", "0"],
+    ] {
+        let mut all = vec!["deploy", "bad"];
+        all.extend_from_slice(args);
+        let out = d.faas(&all, Some(&image));
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    // The API refuses the same, with a 400.
+    let refused = d
+        .client()
+        .deploy(
+            "bad",
+            &DeployOptions {
+                reuse: true,
+                kind: HandlerKind::Stdio,
+                ..Default::default()
+            },
+            image.as_slice(),
+        )
+        .expect_err("stdio and reuse");
+    assert!(refused.to_string().contains("400"), "{refused}");
+    assert!(d.client().inspect("bad").is_err(), "nothing deployed");
+}
+
+/// A FROM-scratch image of this machine's Python (Debian's python3.11:
+/// the binary, the libraries it loads and the standard-library files the
+/// handler imports) running examples/python/handler.py.
+fn python_image() -> ImageSpec {
+    let python = PathBuf::from("/usr/bin/python3.11");
+    assert!(
+        python.exists(),
+        "install python3-minimal (Debian's python3.11)"
+    );
+    let mut files: Vec<PathBuf> = vec![python.clone()];
+    let ldd = Command::new("ldd").arg(&python).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split("=>")
+            .nth(1)
+            .unwrap_or(line)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if path.starts_with('/') {
+            files.push(PathBuf::from(path));
+        }
+    }
+    let modules = Command::new(&python)
+        .args([
+            "-S",
+            "-I",
+            "-c",
+            "import socket, sys\nfor m in list(sys.modules.values()):\n    f = getattr(m, '__file__', None)\n    if f: print(f)",
+        ])
+        .output()
+        .expect("python");
+    files.extend(
+        String::from_utf8_lossy(&modules.stdout)
+            .lines()
+            .map(PathBuf::from),
+    );
+    let mut entries = Vec::new();
+    let mut seen = HashSet::new();
+    for file in files {
+        let rel = file.to_string_lossy().trim_start_matches('/').to_string();
+        if !seen.insert(rel.clone()) {
+            continue;
+        }
+        // Parents first, as image layers have them.
+        let mut parent = PathBuf::new();
+        for part in Path::new(&rel)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
+            parent.push(part);
+            let dir = parent.to_string_lossy().into_owned();
+            if seen.insert(format!("{dir}/")) {
+                entries.push(Entry::dir(&dir));
+            }
+        }
+        // Through symlinks: the image gets the bytes at the path the loader asks for.
+        let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        entries.push(Entry::exe(&rel, data));
+    }
+    let handler = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/handler.py");
+    entries.push(Entry::file(
+        "handler.py",
+        std::fs::read(handler).expect("handler.py"),
+    ));
+    ImageSpec {
+        layers: vec![Layer {
+            entries,
+            gzip: false,
+        }],
+        config: RunConfig {
+            entrypoint: vec!["/usr/bin/python3.11".into(), "-S".into(), "-I".into()],
+            cmd: vec!["/handler.py".into()],
+            ..Default::default()
+        },
+        layout: Layout::Both,
+        tag: "python-handler:test".into(),
+    }
+}
