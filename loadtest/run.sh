@@ -3,7 +3,7 @@
 # claim a ratio (docs/performance.md).
 #
 # References:
-#   plain        examples/plain_server: latency from the C client (loadtest/latency.c:
+#   plain        examples/plain (plain_server): latency from the C client (loadtest/latency.c:
 #                one connection per request, sequential, to EOF and to Content-Length,
 #                GAP_MS apart as faasd's warm hits are) and wrk -t2 -c32
 #   sandboxed    `runc run` / `crun run` of the config.json faasd writes, with the handler
@@ -31,7 +31,7 @@ GAP_MS=${GAP_MS:-50}
 DURATION=${DURATION:-10s}
 
 scripts/install-deps.sh
-cargo build --quiet --release --bins --example plain_server
+cargo build --quiet --release --bins
 handlers=$(scripts/build-handlers.sh)
 out=loadtest/out; mkdir -p "$out"
 work=$(mktemp -d /tmp/faasd-load.XXXXXX)
@@ -103,7 +103,7 @@ PY
 }
 
 $FAAS pack "$handlers/hello" -o "$work/hello.tar"
-target/release/examples/plain_server "$plain_host:$plain_port" & plain_pid=$!
+"$handlers/plain_server" "$plain_host:$plain_port" & plain_pid=$!
 
 # The unsandboxed reference: runc's default spec, read-only rootfs, a static no-op.
 mkdir -p "$work/plainref/rootfs"/{proc,dev,sys,tmp}

@@ -6,6 +6,7 @@
 //! the pool at its target, shrinks it to nothing after `pool_idle` without
 //! traffic, and backs off when containers fail to start.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,11 +34,12 @@ pub struct WarmPool {
     /// back, or accept by themselves), so the target counts live
     /// containers and taking one does not call for a new start.
     reuse: bool,
-    /// Newest last: a hit takes the container that started (or came back)
-    /// most recently, whose pages and caches are warmest — measured, the
-    /// oldest-first order had the longer tail. The lock is held for a
-    /// push or a pop only.
-    slots: Mutex<Vec<Slot>>,
+    /// One-shot: a hit takes the container that started most recently,
+    /// whose pages and caches are warmest (measured: oldest-first had the
+    /// longer tail). Reuse: the one that came back longest ago, so the load
+    /// spreads over the containers (each is held to one CPU). The lock is
+    /// held for a push or a pop only.
+    slots: Mutex<VecDeque<Slot>>,
     ready: AtomicU32,
     starting: AtomicU32,
     /// Reuse mode: containers alive, parked or serving.
@@ -70,7 +72,7 @@ impl WarmPool {
         Self {
             target,
             reuse,
-            slots: Mutex::new(Vec::new()),
+            slots: Mutex::new(VecDeque::new()),
             ready: AtomicU32::new(0),
             starting: AtomicU32::new(0),
             live: AtomicU32::new(0),
@@ -85,8 +87,13 @@ impl WarmPool {
         }
     }
 
-    fn pop_newest(&self) -> Option<Slot> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    fn pop_next(&self) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if self.reuse {
+            slots.pop_front()
+        } else {
+            slots.pop_back()
+        }
     }
 
     /// Containers waiting right now.
@@ -98,11 +105,11 @@ impl WarmPool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The newest waiting container, if any; never waits. Call `taken`
+    /// The next waiting container (see `slots`), if any; never waits. Call `taken`
     /// once the connection went down it.
     pub fn take(&self) -> Option<Slot> {
         self.touch();
-        while let Some(slot) = self.pop_newest() {
+        while let Some(slot) = self.pop_next() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
                 return Some(slot);
@@ -165,7 +172,7 @@ impl WarmPool {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(slot);
+            .push_back(slot);
         if self.reuse && before == self.target {
             // The first container beyond the target: the refiller times
             // the surplus's retirement (once per surge, not per request).
@@ -194,7 +201,7 @@ impl WarmPool {
     }
 
     fn take_quietly(&self) -> Option<Slot> {
-        while let Some(slot) = self.pop_newest() {
+        while let Some(slot) = self.pop_next() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
                 return Some(slot);

@@ -2,21 +2,40 @@
 //! (one accepting thread per CPU, blocking std sockets) answering what the
 //! example handler answers, with `Connection: close`. The best a server can
 //! do here per connection, without any container: faasd's reuse mode is
-//! measured against it.
+//! measured against it. Socket-activated (systemd's `LISTEN_FDS=1` for
+//! this process) it accepts on fd 3 instead of binding: faasd's
+//! `--socket-activation` kind runs this same code in a container.
 //!
-//! `cargo run --release --example plain_server -- 127.0.0.1:18190`
+//! `cargo run --release -p plain-server -- 127.0.0.1:18190` (static, for an
+//! image: `scripts/build-handlers.sh`)
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 25\r\nConnection: close\r\n\r\nHello from FaaS handler!\n";
+
+/// Descriptor 3, when it was passed to this process (LISTEN_PID) by a
+/// socket activator.
+fn activated() -> Option<OwnedFd> {
+    let ours = std::env::var("LISTEN_PID").ok()? == std::process::id().to_string();
+    if !ours || std::env::var("LISTEN_FDS").ok()? != "1" {
+        return None;
+    }
+    // SAFETY: by the socket-activation protocol, descriptor 3 is an open
+    // listening socket given to this process, owned by nothing else here.
+    Some(unsafe { OwnedFd::from_raw_fd(3) })
+}
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:18190".into());
-    let listener = Arc::new(TcpListener::bind(&addr)?);
+    let listener = Arc::new(match activated() {
+        Some(fd) => TcpListener::from(fd),
+        None => TcpListener::bind(&addr)?,
+    });
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
