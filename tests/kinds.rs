@@ -253,6 +253,37 @@ fn plain_servers_on_a_port_serve_single_use_and_reused() {
         })
         .collect();
     assert_eq!(nets.len(), 1, "one reused container: {nets:?}");
+
+    // Many at once through a server that forks per connection: the relay
+    // must stay within the container's pids limit, and a full backlog
+    // (busybox asks for 9) must cost a retry, not a lost connection.
+    let failures: Vec<String> = (0..48)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..10)
+                    .filter_map(|_| match http_get(&ip.to_string(), "/index.html") {
+                        Ok((200, _)) => None,
+                        other => Some(format!("{other:?}")),
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 480 failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let log = d.faas(&["logs", "port-reuse"], None);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        !log.contains("panicked"),
+        "faas-init broke under load:\n{log}"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use faas_handler::Control;
 
 mod port;
+mod relay;
 
 /// How `faas-init` was asked to run the program.
 #[derive(Debug, PartialEq, Eq)]

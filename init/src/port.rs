@@ -7,28 +7,33 @@
 //!
 //! One-shot (the default): one connection, then faas-init exits and the
 //! container ends with it. Reuse: it asks for the next connection as soon
-//! as a relay has started, so one container serves many at once (up to
-//! `MAX_RELAYS`).
+//! as one is handed to the relay (`relay`), so one container serves many
+//! at once (up to `MAX_RELAYS`).
 
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use faas_handler::Control;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::relay::Relay;
+
 /// How long the server may take to listen when faasd does not say
 /// (FAAS_CONNECT_TIMEOUT, ms): a little less than faasd's own wait, so the
 /// client hears why (502) rather than a timeout.
 const DEFAULT_LISTEN_WAIT: Duration = Duration::from_secs(5);
 const LISTEN_WAIT_MARGIN: Duration = Duration::from_millis(250);
-/// Relays at once in a reuse container before it stops asking for more.
-const MAX_RELAYS: usize = 256;
+/// Relays at once in a reuse container before it stops asking for more
+/// (faasd then starts another container). Well below the container's
+/// pids limit (64), which a server forking per connection shares.
+const MAX_RELAYS: usize = 32;
 
 pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
     let server = Command::new(&program[0])
@@ -39,17 +44,21 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
     let ended = Arc::new(Ended::default());
     {
         let ended = Arc::clone(&ended);
-        std::thread::spawn(move || reap(server, &ended));
+        std::thread::Builder::new()
+            .spawn(move || reap(server, &ended))
+            .map_err(|e| format!("starting the reaper thread: {e}"))?;
     }
     let target = wait_listening(port, listen_wait(), &ended)?;
     let mut control =
         Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
+    let relay =
+        Relay::new(target, listen_wait()).map_err(|e| format!("setting up the relay: {e}"))?;
     if !faas_handler::reuse_enabled() {
         let Some(client) = next(&mut control)? else {
             return Ok(ExitCode::SUCCESS);
         };
         drop(control);
-        return Ok(match relay(client, target) {
+        return Ok(match relay.one(client) {
             Ok(sent) if sent > 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
             Err(e) => {
@@ -58,7 +67,27 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
             }
         });
     }
+    serve_many(&mut control, relay)
+}
+
+/// Reuse: asks for the next connection while fewer than `MAX_RELAYS` are
+/// in flight, and hands each to the relay thread.
+fn serve_many(control: &mut Control, relay: Relay) -> Result<ExitCode, String> {
     let active = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let (to_relay, incoming) = mpsc::channel();
+    let (wake, woken) = UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
+    let relaying = {
+        let active = Arc::clone(&active);
+        std::thread::Builder::new()
+            .spawn(move || {
+                relay.run(incoming, woken, || {
+                    let (count, cv) = &*active;
+                    *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                    cv.notify_one();
+                })
+            })
+            .map_err(|e| format!("starting the relay thread: {e}"))?
+    };
     loop {
         {
             let (count, cv) = &*active;
@@ -68,20 +97,20 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
             }
             *n += 1;
         }
-        let Some(client) = next(&mut control)? else {
+        let Some(client) = next(control)? else {
             break;
         };
-        let active = Arc::clone(&active);
-        std::thread::spawn(move || {
-            if let Err(e) = relay(client, target) {
-                eprintln!("faas-init: relaying to the server on port {port}: {e}");
-            }
-            let (count, cv) = &*active;
-            *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-            cv.notify_one();
-        });
+        if to_relay.send(client).is_err() || (&wake).write_all(&[1]).is_err() {
+            return Err("the relay thread has stopped".into());
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    drop(to_relay);
+    let _ = (&wake).write_all(&[1]);
+    match relaying.join() {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(format!("relaying: {e}")),
+        Err(_) => Err("the relay thread panicked".into()),
+    }
 }
 
 fn next(control: &mut Control) -> Result<Option<TcpStream>, String> {
@@ -219,39 +248,6 @@ fn hex_words(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Copies both ways between the client and the server until both sides
-/// are done; returns the bytes that reached the client.
-fn relay(client: TcpStream, target: SocketAddr) -> io::Result<u64> {
-    let server = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-    let _ = server.set_nodelay(true);
-    let _ = client.set_nodelay(true);
-    let (client_in, server_out) = (client.try_clone()?, server.try_clone()?);
-    let upstream = std::thread::spawn(move || copy(client_in, server_out));
-    let sent = copy(server, client);
-    let _ = upstream.join();
-    Ok(sent)
-}
-
-/// Copies `from` to `to` until EOF (or an error), then ends `to`'s
-/// sending side; returns the bytes copied.
-fn copy(mut from: TcpStream, mut to: TcpStream) -> u64 {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut total = 0;
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-                total += n as u64;
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,27 +277,5 @@ mod tests {
             listener_in(v6lo, 8080, true),
             Some("[::1]:8080".parse().expect("addr"))
         );
-    }
-
-    #[test]
-    fn relays_both_ways_and_counts_what_the_client_got() {
-        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("server");
-        let target = server.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            let (mut s, _) = server.accept().expect("accept");
-            let mut req = [0u8; 5];
-            s.read_exact(&mut req).expect("request");
-            s.write_all(b"hello back").expect("answer");
-        });
-        let front = std::net::TcpListener::bind("127.0.0.1:0").expect("front");
-        let mut client = TcpStream::connect(front.local_addr().expect("addr")).expect("connect");
-        let (accepted, _) = front.accept().expect("accept");
-        client.write_all(b"hello").expect("send");
-        let relay = std::thread::spawn(move || relay(accepted, target));
-        let mut got = String::new();
-        client.read_to_string(&mut got).expect("read");
-        assert_eq!(got, "hello back");
-        drop(client);
-        assert_eq!(relay.join().expect("relay").expect("relayed"), 10);
     }
 }
