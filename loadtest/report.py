@@ -61,6 +61,21 @@ row("reuse, wrk -t2 -c32 `--reuse --warm 2` (mean of 2, alternated)", f"{reuse2:
 row("reuse, `--cores 2` against `--cores 1`", f"{reuse2:.0f} req/s", f"{reuse1:.0f} req/s",
     f"{reuse2 / reuse1:.2f}", "≥ 0.95", reuse2 / reuse1 >= 0.95)
 
+if "kind_control" in r:
+    ctl = r["kind_control"]["p50_us"]
+    for kind, label, limit in (("stdio", "`--stdio` (the probe on stdout)", 1.5),
+                               ("port", "`--container-port` single use (busybox httpd -f)", 2.0)):
+        v = r[f"kind_{kind}"]["p50_us"]
+        row(f"{label} warm hit p50, to Content-Length", us(v), f"control-socket probe {us(ctl)}",
+            f"{v / ctl:.2f}", f"≤ {limit:g}", v / ctl <= limit)
+    kw = r["kinds_wrk"]
+    bb, port_reuse = mean(kw["busybox"]), mean(kw["port_reuse"])
+    row("`--container-port --reuse`, busybox httpd -f, wrk -t2 -c16", f"{port_reuse:.0f} req/s",
+        f"busybox httpd on the host {bb:.0f} req/s", f"{port_reuse / bb:.2f}", "≥ 0.8", port_reuse / bb >= 0.8)
+    plain2, act = mean(kw["plain"]), mean(kw["activated"])
+    row("`--socket-activation`, the plain server's code, wrk -t2 -c32", f"{act:.0f} req/s",
+        f"the plain server on the host {plain2:.0f} req/s", f"{act / plain2:.2f}", "≥ 0.9", act / plain2 >= 0.9)
+
 mt = r["metrics"]
 on_p50, off_p50 = mean(mt["on"]["p50"]), mean(mt["off"]["p50"])
 on_rps, off_rps = mean(mt["on"]["rps"]), mean(mt["off"]["rps"])
@@ -85,4 +100,6 @@ print(f"memory per container: unreclaimable slab {grew('SUnreclaim'):.0f} kB (al
       f"the rest is dentry and inode caches the kernel drops under pressure), page tables {grew('PageTables'):.0f} kB, kernel stacks {grew('KernelStack'):.0f} kB, "
       f"per-cpu {grew('Percpu'):.0f} kB, faasd {grew('faasd_rss'):.0f} kB; MemAvailable dropped {available:.0f} kB "
       f"(page cache and all); runtime processes beside the pool: {m['runtime_processes']}")
+if "kinds_wrk" in r:
+    print(f"kinds rounds (req/s): {r['kinds_wrk']}")
 print(f"wrk errors: {r['errors']}")

@@ -20,6 +20,12 @@
 #                slab, page tables, kernel stacks, per-cpu) and faasd's own growth,
 #                beside the handler's own (its Pss); all slab and MemAvailable's drop
 #                for orientation
+#   kinds        ordinary images: --stdio (the probe answering on stdout) and
+#                --container-port (busybox httpd -f) warm latency against the
+#                control-socket probe's; --container-port --reuse with busybox
+#                httpd -f against the same busybox httpd on the host (wrk -c16);
+#                --socket-activation with the plain server's code against it on
+#                the host (wrk -t2 -c32); alternated
 #   metrics      warm p50 and reuse wrk with metrics on and with --no-metrics
 # Prints the ratios and writes loadtest/out/report.md.
 set -euo pipefail
@@ -58,7 +64,7 @@ start_faasd() { # runtime cores [extra flags]
     local runtime=$1 cores=$2; shift 2
     rm -rf "$work/state"
     target/release/faasd --state-dir "$work/state" --listen 127.0.0.1:$port --ip-pool $pool \
-        --runtime "$runtime" --cores "$cores" "$@" >>"$work/faasd.log" 2>&1 &
+        --runtime "$runtime" --cores "$cores" --init "$handlers/faas-init" "$@" >>"$work/faasd.log" 2>&1 &
     faasd_pid=$!
     for _ in $(seq 100); do curl -sf "$FAAS_URL/healthz" >/dev/null && break; sleep 0.1; done
     $FAAS deploy warm --warm 8 --image "$work/hello.tar" >/dev/null
@@ -180,6 +186,36 @@ pss=$(for pid in $(pgrep -x handler || true); do
       done | python3 -c 'import sys; v=[int(x) for x in sys.stdin]; print(sum(v)/len(v) if v else 0)')
 runtimes=$(pgrep -cx runc || true)
 put memory "{\"before\": $before, \"after\": $after, \"handler_pss_kb\": $pss, \"runtime_processes\": $runtimes}"
+stop_faasd
+
+echo "== handler kinds" >&2
+mkdir -p "$work/bb/bin" "$work/bb/www"
+cp "$(command -v busybox)" "$work/bb/bin/busybox"
+printf 'Hello from FaaS handler!\n' > "$work/bb/www/index.html"
+python3 loadtest/mkimage.py "$work/bb" "$work/busybox.tar" '["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]'
+$FAAS pack "$handlers/probe" -o "$work/probe.tar"
+$FAAS pack "$handlers/plain_server" -o "$work/plain.tar"
+start_faasd runc 2
+$FAAS deploy k-control --warm 8 --env PROBE_MODE=hello --image "$work/probe.tar" >/dev/null
+$FAAS deploy k-stdio --stdio --warm 8 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
+$FAAS deploy k-port --container-port 8080 --warm 8 --image "$work/busybox.tar" >/dev/null
+$FAAS deploy k-port-reuse --container-port 8080 --reuse --warm 2 --image "$work/busybox.tar" >/dev/null
+$FAAS deploy k-activated --socket-activation --warm 2 --image "$work/plain.tar" >/dev/null
+for f in k-control:8 k-stdio:8 k-port:8 k-port-reuse:2; do wait_ready "${f%%:*}" "${f#*:}"; done
+busybox httpd -f -p "$plain_host:18192" -h "$work/bb/www" & bb_pid=$!
+for kind in control stdio port; do
+    put "kind_$kind" "$(latency "$($FAAS ip "k-$kind")" 80 cl)"
+done
+bb_runs=(); port_runs=(); plain2_runs=(); act_runs=()
+for round in 1 2; do
+    bb_runs+=("$(wrk_rps 16 "http://$plain_host:18192/index.html" "bb-$round")")
+    port_runs+=("$(wrk_rps 16 "http://$($FAAS ip k-port-reuse)/index.html" "port-reuse-$round")")
+    plain2_runs+=("$(wrk_rps 32 "http://$plain_host:$plain_port/" "plain2-$round")")
+    act_runs+=("$(wrk_rps 32 "http://$($FAAS ip k-activated)/" "activated-$round")")
+done
+kill "$bb_pid" 2>/dev/null || true
+put kinds_wrk "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for x in v.split()] for k, v in zip(["busybox", "port_reuse", "plain", "activated"], sys.argv[1:])}))' \
+    "${bb_runs[*]}" "${port_runs[*]}" "${plain2_runs[*]}" "${act_runs[*]}")"
 stop_faasd
 
 echo "== metrics on / off" >&2
