@@ -50,6 +50,7 @@ fn spec(c: &mut Criterion) {
                 seccomp_bpf: None,
                 init: None,
                 connect_timeout_ms: 5000,
+                secrets: None,
             });
             let bytes = serde_json::to_vec(&spec).expect("json");
             std::fs::write(bundle.join("config.json"), bytes).expect("write");

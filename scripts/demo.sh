@@ -18,15 +18,17 @@ handlers=$(scripts/build-handlers.sh)
 # faasd finds faas-init next to itself.
 install -m 0755 "$handlers/faas-init" target/release/faas-init
 FAAS=target/release/faas
-export FAAS_URL=${FAAS_URL:-http://127.0.0.1:8080}
+# faas finds faasd on its control socket (/run/faasd/faasd.sock, root and
+# the faasd group); /healthz answers on TCP without the token.
+health=http://127.0.0.1:8080/healthz
 
-if [ -f faasd.pid ] && kill -0 "$(cat faasd.pid)" 2>/dev/null && curl -sf "$FAAS_URL/healthz" >/dev/null; then
+if [ -f faasd.pid ] && kill -0 "$(cat faasd.pid)" 2>/dev/null && curl -sf "$health" >/dev/null; then
     echo "faasd already running (pid $(cat faasd.pid))"
 else
     target/release/faasd --state-dir "${FAASD_STATE:-/var/lib/faasd}" >>faasd.log 2>&1 &
     echo $! > faasd.pid
-    for _ in $(seq 100); do curl -sf "$FAAS_URL/healthz" >/dev/null && break; sleep 0.1; done
-    curl -sf "$FAAS_URL/healthz" >/dev/null || { echo "faasd did not start; see faasd.log" >&2; tail faasd.log >&2; exit 1; }
+    for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
+    curl -sf "$health" >/dev/null || { echo "faasd did not start; see faasd.log" >&2; tail faasd.log >&2; exit 1; }
     echo "faasd running (pid $(cat faasd.pid)), log in faasd.log"
 fi
 

@@ -4,11 +4,12 @@
 # fixtures and the README flow), wrk (load tests), iproute2 and busybox
 # (reference bundle, ordinary-image tests), prometheus and promtool
 # (metrics tests), gcc (C handlers and test servers, the load test's
-# client) and Debian's python3 (an image of it runs a Python handler).
+# client), Debian's python3 (an image of it runs a Python handler) and
+# systemd-analyze (the unit file is verified).
 set -euo pipefail
 
 need=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -19,10 +20,13 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 missing=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: still missing after apt-get: ${missing[*]}" >&2
     exit 1
 fi
+# Members of the faasd group may drive faasd through its control socket
+# (the tests check it with an unprivileged user in the group).
+getent group faasd >/dev/null || groupadd --system faasd

@@ -1,28 +1,51 @@
-//! The daemon's command line, validated into a typed configuration.
+//! The daemon's command line and config file, validated into a typed
+//! configuration. Every flag has a key in the file (`/etc/faasd/faasd.toml`
+//! by default: `state-dir = "/srv/faasd"`, `cores = 4`, `reuse-port =
+//! true`); flags given on the command line win.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use serde::Serialize;
 
 use crate::image::Limits;
 use crate::net::AddressPool;
 use crate::units::parse_size;
 
-#[derive(Debug, Parser)]
+/// The config file read when `--config` does not name one (a missing
+/// default file is no error).
+pub const DEFAULT_CONFIG: &str = "/etc/faasd/faasd.toml";
+
+#[derive(Debug, Parser, Serialize)]
 #[command(
     name = "faasd",
     version,
-    about = "Docker images as functions with their own IP address"
+    about = "Docker images as functions with their own IP address",
+    args_override_self = true
 )]
+#[serde(rename_all = "kebab-case")]
 pub struct Args {
+    /// Config file (TOML, a key per flag; flags win).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the configuration in effect (file and flags) as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
     /// Where faasd keeps rootfs directories, the registry, bundles and logs.
     #[arg(long, default_value = "/var/lib/faasd")]
     pub state_dir: PathBuf,
-    /// Address of the control API (and /metrics, /healthz).
+    /// Address of the control API (and /metrics, /healthz); every route but
+    /// /healthz needs the token here.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// The control API's Unix socket, for root and the `faasd` group.
+    #[arg(long, value_name = "PATH", default_value = crate::client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     /// Pool of function addresses (inside 127.0.0.0/8).
     #[arg(long, default_value = "127.10.0.0/16")]
     pub ip_pool: String,
@@ -66,12 +89,16 @@ pub struct Args {
     #[arg(long, default_value = "text")]
     pub log_format: String,
     /// File holding the control API's bearer token (clients send it in
-    /// FAAS_TOKEN). Required when --listen is not a loopback address.
+    /// FAAS_TOKEN); by default faasd creates `<state-dir>/token` (root only).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Serve the control API on a non-loopback address without a token.
+    /// Serve the control API on TCP without a token (anyone who can
+    /// connect may deploy): for the original project's token-less client.
     #[arg(long)]
     pub insecure_no_token: bool,
+    /// Earlier versions of each function kept to roll back to.
+    #[arg(long, default_value_t = 2)]
+    pub keep_versions: usize,
     /// Record no metrics (/metrics answers 404); for measuring their cost.
     #[arg(long)]
     pub no_metrics: bool,
@@ -81,11 +108,120 @@ pub struct Args {
     pub init: Option<PathBuf>,
 }
 
+impl Args {
+    /// Parses the command line after the config file's keys: the file
+    /// (`--config`, or the default if it exists) becomes flags placed
+    /// before the command line's, which therefore win.
+    pub fn load(argv: Vec<OsString>) -> Result<Self, String> {
+        let explicit = config_flag(&argv);
+        let path = explicit
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let from_file = match std::fs::read_to_string(&path) {
+            Ok(text) => file_flags(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => Vec::new(),
+            Err(e) => return Err(format!("reading config file {}: {e}", path.display())),
+        };
+        let mut all: Vec<OsString> = argv.iter().take(1).cloned().collect();
+        all.extend(from_file);
+        all.extend(argv.into_iter().skip(1));
+        Args::try_parse_from(all).map_err(|e| {
+            if e.use_stderr() {
+                let text = e.to_string();
+                text.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+                    .to_string()
+            } else {
+                // --help and --version print and exit as usual.
+                e.exit()
+            }
+        })
+    }
+
+    /// The configuration in effect as a config file would say it.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| e.to_string())
+    }
+}
+
+/// `--config FILE` or `--config=FILE` on the command line.
+fn config_flag(argv: &[OsString]) -> Option<PathBuf> {
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
+/// The flags a config file stands for: `key = value` becomes `--key
+/// value`, `key = true` becomes `--key`; unknown keys are errors.
+fn file_flags(text: &str) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    let command = Args::command();
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let known = command.get_arguments().any(|a| {
+            a.get_long() == Some(long.as_str())
+                && !matches!(
+                    long.as_str(),
+                    "config" | "print-config" | "help" | "version"
+                )
+        });
+        if !known {
+            return Err(format!(
+                "unknown key {key:?} (keys are faasd's flags: faasd --help)"
+            ));
+        }
+        let values: Vec<&toml::Value> = match &value {
+            toml::Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        for v in values {
+            match v {
+                toml::Value::Boolean(true) => flags.push(format!("--{long}").into()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => flags.push(format!("--{long}={s}").into()),
+                toml::Value::Integer(i) => flags.push(format!("--{long}={i}").into()),
+                toml::Value::Float(f) => flags.push(format!("--{long}={f}").into()),
+                other => return Err(format!("key {key:?}: unsupported value {other}")),
+            }
+        }
+    }
+    Ok(flags)
+}
+
+/// Whether `path` is the default config file (for messages).
+pub fn is_default_config(path: &Path) -> bool {
+    path == Path::new(DEFAULT_CONFIG)
+}
+
 /// How faasd writes its own log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Where the control API's TCP token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--token-file`
+    File(PathBuf),
+    /// `<state-dir>/token`, created at the first start.
+    StateDir,
+    /// `--insecure-no-token`
+    None,
 }
 
 /// Validated configuration.
@@ -105,7 +241,9 @@ pub struct Config {
     pub queue_timeout: Duration,
     pub log_format: LogFormat,
     pub metrics: bool,
-    pub token_file: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub token: TokenSource,
+    pub keep_versions: usize,
     /// `--init`, if given (else looked for next to the executable).
     pub init: Option<PathBuf>,
 }
@@ -140,11 +278,24 @@ impl Args {
             "json" => LogFormat::Json,
             other => return Err(format!("--log-format {other:?} must be text or json")),
         };
-        if !self.listen.ip().is_loopback() && self.token_file.is_none() && !self.insecure_no_token {
+        let token = match (self.token_file, self.insecure_no_token) {
+            (Some(_), true) => {
+                return Err("--token-file and --insecure-no-token exclude each other".into())
+            }
+            (Some(file), false) => TokenSource::File(file),
+            (None, false) => TokenSource::StateDir,
+            (None, true) => TokenSource::None,
+        };
+        if self.keep_versions > 100 {
             return Err(format!(
-                "--listen {} is reachable from other hosts: pass --token-file FILE (clients send it in FAAS_TOKEN), \
-                 or --insecure-no-token to serve it open",
-                self.listen
+                "--keep-versions {} is above 100",
+                self.keep_versions
+            ));
+        }
+        if !self.socket.is_absolute() {
+            return Err(format!(
+                "--socket {} must be an absolute path",
+                self.socket.display()
             ));
         }
         if !self.state_dir.is_absolute() {
@@ -173,7 +324,9 @@ impl Args {
             queue_timeout: Duration::from_secs_f64(self.queue_timeout),
             log_format,
             metrics: !self.no_metrics,
-            token_file: self.token_file,
+            socket: self.socket,
+            token,
+            keep_versions: self.keep_versions,
             init: self.init,
         })
     }
@@ -201,6 +354,60 @@ mod tests {
         assert_eq!(c.port, 80);
     }
 
+    fn load(file: &str, args: &[&str]) -> Result<Args, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("faasd.toml");
+        std::fs::write(&path, file).expect("write");
+        let mut argv: Vec<OsString> = vec!["faasd".into(), "--config".into(), path.into()];
+        argv.extend(args.iter().map(OsString::from));
+        Args::load(argv)
+    }
+
+    #[test]
+    fn the_config_file_sets_flags_and_the_command_line_wins() {
+        let a = load(
+            "state-dir = \"/srv/faasd\"\ncores = 3\nno_metrics = true\nlisten = \"127.0.0.1:9000\"\n",
+            &["--cores", "1"],
+        )
+        .expect("load");
+        assert_eq!(a.state_dir, PathBuf::from("/srv/faasd"));
+        assert_eq!(a.cores, Some(1), "the flag wins");
+        assert!(a.no_metrics);
+        assert_eq!(a.listen, "127.0.0.1:9000".parse().expect("addr"));
+        let printed = a.to_toml().expect("toml");
+        assert!(printed.contains("state-dir = \"/srv/faasd\""), "{printed}");
+        assert!(printed.contains("cores = 1"), "{printed}");
+        // What it prints reads back the same.
+        let again = load(&printed, &[]).expect("reload");
+        assert_eq!(again.to_toml().expect("toml"), printed);
+        let e = load("colour = \"blue\"\n", &[]).expect_err("unknown key");
+        assert!(e.contains("unknown key \"colour\""), "{e}");
+        assert!(load("cores = [\n", &[]).is_err(), "bad TOML");
+        let missing = Args::load(vec![
+            "faasd".into(),
+            "--config".into(),
+            "/nonexistent.toml".into(),
+        ]);
+        assert!(missing.is_err(), "an explicit file must exist");
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(
+            parse(&[]).map(|c| c.token).ok(),
+            Some(TokenSource::StateDir)
+        );
+        assert_eq!(
+            parse(&["--insecure-no-token"]).map(|c| c.token).ok(),
+            Some(TokenSource::None)
+        );
+        assert_eq!(
+            parse(&["--token-file", "/t"]).map(|c| c.token).ok(),
+            Some(TokenSource::File("/t".into()))
+        );
+        assert!(parse(&["--token-file", "/t", "--insecure-no-token"]).is_err());
+    }
+
     #[test]
     fn refuses_bad_values() {
         assert!(parse(&["--cores", "0"]).is_err());
@@ -208,11 +415,8 @@ mod tests {
         assert!(parse(&["--state-dir", "relative"]).is_err());
         assert!(parse(&["--max-upload", "lots"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());
-        assert!(
-            parse(&["--listen", "0.0.0.0:8080"]).is_err(),
-            "an open API needs a token"
-        );
-        assert!(parse(&["--listen", "0.0.0.0:8080", "--token-file", "/t"]).is_ok());
+        assert!(parse(&["--socket", "relative.sock"]).is_err());
+        assert!(parse(&["--keep-versions", "1000"]).is_err());
         assert!(parse(&["--listen", "0.0.0.0:8080", "--insecure-no-token"]).is_ok());
         assert_eq!(
             parse(&["--max-upload", "64M"]).map(|c| c.max_upload).ok(),

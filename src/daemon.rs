@@ -3,7 +3,7 @@
 //! accepting, ends in-flight containers and removes its addresses.
 
 use std::fs::{self, File};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +12,17 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, TokenSource};
+use crate::control::socket::{self, ControlSocket, SocketError};
 use crate::control::{self, Control};
 use crate::dataplane::{Ctx, Dataplane, DataplaneError};
 use crate::manager::{Manager, ManagerError};
 use crate::net::{NetError, Netlink};
+use crate::notify::Notifier;
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::sandbox::cgroup;
 use crate::runtime::{Flavor, Reaper, Runtime, RuntimeConfig, RuntimeError};
+use crate::secrets::{SecretError, SecretStore};
 
 /// In-flight containers get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -67,10 +70,15 @@ pub enum DaemonError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Init(#[from] crate::init::InitError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
-/// Runs faasd until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs faasd until SIGTERM or SIGINT, telling systemd (`notifier`) how
+/// it goes.
+pub fn run(config: Config, notifier: Option<Notifier>) -> Result<(), DaemonError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DaemonError::NotRoot);
     }
@@ -104,10 +112,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             path: PathBuf::new(),
             source,
         })?;
-    tokio_rt.block_on(serve(config, runtime_binary, flavor))
+    tokio_rt.block_on(serve(config, runtime_binary, flavor, notifier))
 }
 
-async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Result<(), DaemonError> {
+async fn serve(
+    config: Config,
+    runtime_binary: PathBuf,
+    flavor: Flavor,
+    notifier: Option<Notifier>,
+) -> Result<(), DaemonError> {
     let state = &config.state_dir;
     fs::create_dir_all(state).map_err(|source| DaemonError::Io {
         op: "creating",
@@ -157,6 +170,7 @@ async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Resul
     };
     let net = Netlink::connect()?;
     let registry = Registry::load(state)?;
+    let secrets = SecretStore::open(state)?;
     let runtime = Runtime::new(
         RuntimeConfig {
             runtime_binary,
@@ -184,13 +198,17 @@ async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Resul
         Arc::clone(&runtime),
         dataplane,
         config.limits.clone(),
+        secrets,
+        config.keep_versions,
     )?);
     manager.restore().await?;
 
-    let token = match &config.token_file {
-        Some(path) => Some(read_token(path)?),
-        None => None,
+    let token = match &config.token {
+        TokenSource::File(path) => Some(read_token(path)?),
+        TokenSource::StateDir => Some(state_token(state)?),
+        TokenSource::None => None,
     };
+    let has_token = token.is_some();
     let control = Control::new(
         Arc::clone(&manager),
         metrics,
@@ -209,17 +227,95 @@ async fn serve(config: Config, runtime_binary: PathBuf, flavor: Flavor) -> Resul
             addr: config.listen,
             source,
         })?;
+    let socket = bind_socket(&config.socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let control_task = tokio::spawn(control::serve(listener, Arc::new(control), stop_rx));
-    tracing::info!(listen = %config.listen, pool = %config.pool, cores = config.cores, "faasd serving");
+    let (unix, socket_guard) = match socket {
+        Some(s) => {
+            let (listener, guard) = s.into_parts();
+            (Some(listener), Some(guard))
+        }
+        None => (None, None),
+    };
+    let control_task = tokio::spawn(control::serve(listener, unix, Arc::new(control), stop_rx));
+    tracing::info!(listen = %config.listen, socket = %config.socket.display(), pool = %config.pool,
+        cores = config.cores, token = has_token, "faasd serving");
+    let notifier = notifier.map(Arc::new);
+    if let Some(n) = &notifier {
+        tell(n, &format!("READY=1\nSTATUS=serving on {}", config.listen));
+        if let Some(every) = n.watchdog_every() {
+            let n = Arc::clone(n);
+            // Sent from the control runtime: if it stalls, so does this.
+            tokio::spawn(async move {
+                loop {
+                    tell(&n, "WATCHDOG=1");
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
+    }
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    if let Some(n) = &notifier {
+        tell(n, "STOPPING=1");
+    }
     stop_tx.send_replace(true);
     let _ = control_task.await;
+    drop(socket_guard);
     manager.shutdown(SHUTDOWN_DEADLINE).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn tell(n: &Notifier, state: &str) {
+    if let Err(e) = n.send(state) {
+        tracing::warn!(error = %e, "notifying the service manager");
+    }
+}
+
+/// The control socket. When the default path is taken by another faasd
+/// (another state directory on this host), this one runs without it.
+fn bind_socket(path: &Path) -> Result<Option<ControlSocket>, DaemonError> {
+    match socket::bind(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(SocketError::InUse(p)) if p == Path::new(crate::client::DEFAULT_SOCKET) => {
+            tracing::warn!(socket = %p.display(), "the default control socket is in use by another faasd; serving on TCP only (pass --socket PATH)");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The state directory's token, created (32 random bytes, hex, root
+/// only) at the first start.
+fn state_token(state: &Path) -> Result<String, DaemonError> {
+    let path = crate::client::token_path(state);
+    let io = |op: &'static str| {
+        let path = path.clone();
+        move |source| DaemonError::Io { op, path, source }
+    };
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .map_err(io("reading /dev/urandom for"))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_extension("new");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("creating"))?;
+        std::io::Write::write_all(&mut file, format!("{hex}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io("writing"))?;
+        fs::rename(&tmp, &path).map_err(io("creating"))?;
+        tracing::info!(path = %path.display(), "created the control API token");
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io("chmod"))?;
+    read_token(&path)
 }
 
 async fn wait_for_signal() {

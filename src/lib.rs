@@ -2,7 +2,7 @@
 //! TCP connection served by a fresh OCI container.
 //!
 //! ```text
-//!  faas CLI ──HTTP──▶ control (hyper) ──▶ manager ──▶ image (ingest, rootfs store)
+//!  faas CLI ──HTTP (TCP + token, or the Unix socket)──▶ control (hyper) ──▶ manager ──▶ image (ingest, rootfs store)
 //!                                            │──▶ registry (crash-safe state file)
 //!                                            │──▶ net (IP pool, rtnetlink lo:faas)
 //!                                            └──▶ dataplane (listeners, sharded to cores)
@@ -40,6 +40,8 @@ pub mod metrics;
 pub mod name;
 /// Function IP addresses: the pool allocator and the loopback addresses.
 pub mod net;
+/// systemd's readiness protocol (`sd_notify`).
+pub mod notify;
 /// Socket descriptors: the io_uring stream's typed borrow, TCP options std lacks.
 pub mod rawfd;
 /// Persistent record of deployed functions.
@@ -48,6 +50,8 @@ pub mod registry;
 pub mod respond;
 /// Containers: sandbox, one container's life, the warm pool, the cold path.
 pub mod runtime;
+/// Secrets: stored root-only, delivered on a tmpfs and as variables.
+pub mod secrets;
 /// Process syscalls std and nix lack: pidfds, scheduling priorities.
 pub mod sys;
 /// Optional deadlines for `select!`.

@@ -32,6 +32,87 @@ pub struct FunctionRecord {
     /// before ranges existed, assigned at the next start.
     #[serde(default)]
     pub id_slot: Option<u32>,
+    /// Which store directory holds its rootfs (absent in records written
+    /// before versions were kept: `version`'s).
+    #[serde(default)]
+    pub rootfs: Option<u64>,
+    /// What made this version: `deploy`, `update` or `rollback`.
+    #[serde(default = "deployed")]
+    pub origin: String,
+    /// Versions kept to roll back to, the one that served last first.
+    #[serde(default)]
+    pub history: Vec<Version>,
+}
+
+fn deployed() -> String {
+    "deploy".into()
+}
+
+/// A version that served before, kept with its rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub version: u64,
+    pub rootfs: u64,
+    pub image_id: String,
+    pub image: ImageConfig,
+    pub options: DeployOptions,
+    pub deployed_at: u64,
+    pub origin: String,
+}
+
+impl FunctionRecord {
+    /// The store directory of the serving version.
+    pub fn rootfs_id(&self) -> u64 {
+        self.rootfs.unwrap_or(self.version)
+    }
+
+    /// The serving version, as history keeps it.
+    pub fn as_version(&self) -> Version {
+        Version {
+            version: self.version,
+            rootfs: self.rootfs_id(),
+            image_id: self.image_id.clone(),
+            image: self.image.clone(),
+            options: self.options.clone(),
+            deployed_at: self.deployed_at,
+            origin: self.origin.clone(),
+        }
+    }
+
+    /// Every store directory this record needs: the serving one and the
+    /// kept ones.
+    pub fn rootfs_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.rootfs_id()).chain(self.history.iter().map(|v| v.rootfs))
+    }
+
+    /// This record with `next` serving and the version it replaces kept
+    /// first in history (at most `keep` kept); returns it and the
+    /// versions that fell out.
+    pub fn succeed(&self, next: Version, keep: usize) -> (FunctionRecord, Vec<Version>) {
+        let mut history: Vec<Version> = std::iter::once(self.as_version())
+            .chain(self.history.iter().cloned())
+            .filter(|v| v.version != next.version)
+            .collect();
+        let dropped = if history.len() > keep {
+            history.split_off(keep)
+        } else {
+            Vec::new()
+        };
+        let record = FunctionRecord {
+            name: self.name.clone(),
+            ip: self.ip,
+            version: next.version,
+            image_id: next.image_id,
+            image: next.image,
+            options: next.options,
+            deployed_at: next.deployed_at,
+            id_slot: self.id_slot,
+            rootfs: Some(next.rootfs),
+            origin: next.origin,
+            history,
+        };
+        (record, dropped)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -167,7 +248,47 @@ mod tests {
             options: DeployOptions::default(),
             deployed_at: 0,
             id_slot: None,
+            rootfs: None,
+            origin: "deploy".into(),
+            history: Vec::new(),
         }
+    }
+
+    fn version(n: u64, rootfs: u64) -> Version {
+        Version {
+            version: n,
+            rootfs,
+            image_id: format!("sha256:{n}"),
+            image: ImageConfig::default(),
+            options: DeployOptions::default(),
+            deployed_at: n,
+            origin: "deploy".into(),
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_and_says_what_fell_out() {
+        let first = record("f", [127, 10, 0, 1]);
+        let (second, dropped) = first.succeed(version(2, 2), 2);
+        assert!(dropped.is_empty());
+        let (third, _) = second.succeed(version(3, 2), 2);
+        let (fourth, dropped) = third.succeed(version(4, 4), 2);
+        let kept: Vec<u64> = fourth.history.iter().map(|v| v.version).collect();
+        assert_eq!(kept, vec![3, 2]);
+        assert_eq!(
+            dropped.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(fourth.rootfs_ids().collect::<Vec<_>>(), vec![4, 2, 2]);
+        // Rolling back to 3: 4 is kept first, 3 leaves the history.
+        let back = fourth.history[0].clone();
+        let (rolled, dropped) = fourth.succeed(back, 2);
+        assert_eq!(rolled.version, 3);
+        assert_eq!(
+            rolled.history.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![4, 2]
+        );
+        assert!(dropped.is_empty());
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn killed_during_a_deploy_the_previous_version_serves_and_nothing_partial_stays(
     let mut d = Daemon::start();
     let v1 = d.deploy("fn", &probe_image("hello", &[]), &opts());
     let big = image_bytes(&padded_probe(256 << 20));
-    let url = d.url.clone();
+    let url = d.unix_url();
     let uploader = std::thread::spawn(move || {
         let _ = faasd::client::Client::new(&url).deploy("fn", &opts(), big.as_slice());
     });

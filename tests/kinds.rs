@@ -192,16 +192,31 @@ fn socket_activated_servers_accept_many_connections_and_are_restarted() {
     }
     let victims = d.runc_containers();
     assert_eq!(victims.len(), 2, "{victims:?}");
-    let pid: i32 = std::fs::read_to_string(d.state.join("bundles").join(&victims[0]).join("pid"))
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
+    // A container the runtime is still creating has no pid file yet.
+    let pid_file = d.state.join("bundles").join(&victims[0]).join("pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no pid file for {}", victims[0]);
+        std::thread::sleep(Duration::from_millis(20));
+    };
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
+    // Dead, not dying: a server killed inside accept() takes the
+    // connection it just accepted with it (as any server would).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(Instant::now() < deadline, "the killed server lingers");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for i in 0..20 {
         let (status, _) = http_get_timeout(&ip.to_string(), "/", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("request {i} after the kill: {e}"));

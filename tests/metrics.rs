@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use faasd::api::DeployOptions;
 
-/// Scrapes /metrics and returns the text.
+/// Scrapes /metrics (on the TCP address, with the token, as Prometheus
+/// does) and returns the text.
 fn scrape(d: &Daemon) -> String {
-    let host = d.url.trim_start_matches("http://").to_string();
-    let (status, body) = http_get(&host, "/metrics").expect("scrape");
+    let (status, body) = d.tcp_client().raw("GET", "/metrics", b"").expect("scrape");
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -226,13 +226,19 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: &str) -> Self {
+    /// Scrapes `target` with the bearer token in `token_file`, as an
+    /// operator's Prometheus would.
+    fn start(target: &str, token_file: &std::path::Path) -> Self {
         let bin = which("prometheus").expect("prometheus not found: apt-get install -y prometheus");
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
-            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: faasd\n    static_configs:\n      - targets: ['{target}']\n"),
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: faasd\n    \
+                 authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
+                token_file.display()
+            ),
         )
         .expect("config");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -261,13 +267,19 @@ impl Prometheus {
     }
 
     fn query(&self, q: &str) -> Option<f64> {
-        let url = format!("http://{}/api/v1/query", self.addr);
-        let body = ureq::get(&url)
-            .query("query", q)
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", q)
+            .finish();
+        let endpoint = faasd::client::http::Endpoint::Tcp(self.addr.clone());
+        let answer = faasd::client::http::request(
+            &endpoint,
+            "GET",
+            &format!("/api/v1/query?{query}"),
+            &[],
+            faasd::client::http::Body::Empty,
+        )
+        .ok()?;
+        let body = answer.text().ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
@@ -296,7 +308,10 @@ fn a_real_prometheus_scrapes_and_answers() {
     for _ in 0..3 {
         assert_eq!(call(ip).expect("request").0, 200);
     }
-    let prom = Prometheus::start(d.url.trim_start_matches("http://"));
+    let prom = Prometheus::start(
+        d.url.trim_start_matches("http://"),
+        &faasd::client::token_path(&d.state),
+    );
     let q = r#"faas_requests_total{function="scraped",outcome="ok"}"#;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -348,7 +363,7 @@ fn faas_logs_shows_and_follows_handler_output() {
 
     let mut follower = Command::new(env!("CARGO_BIN_EXE_faas"))
         .args(["logs", "printer", "-f", "--tail", "0"])
-        .env("FAAS_URL", &d.url)
+        .env("FAAS_URL", d.unix_url())
         .stdout(Stdio::piped())
         .spawn()
         .expect("faas logs -f");

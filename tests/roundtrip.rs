@@ -68,37 +68,49 @@ fn deploy_through_the_cli_and_serve() {
     assert!(err.contains("no function named hello"), "{err}");
 }
 
+/// One request as the original project's token-less client sends it:
+/// plain HTTP on TCP, the whole body with a Content-Length.
+fn send(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let endpoint = faasd::client::http::Endpoint::Tcp(d.url.trim_start_matches("http://").into());
+    let r = faasd::client::http::request(
+        &endpoint,
+        method,
+        path,
+        headers,
+        faasd::client::http::Body::Bytes(body),
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = r.status;
+    (status, r.text().expect("body"))
+}
+
 #[test]
 fn original_api_and_errors() {
-    let d = Daemon::start_with(&["--max-upload", "1M"]);
+    // The original tool sends no token: --insecure-no-token is how faasd
+    // serves it.
+    let d = Daemon::start_with(&["--max-upload", "1M", "--insecure-no-token"]);
     let host = d.url.trim_start_matches("http://").to_string();
     let image = image_bytes(&probe_image("hello", &[]));
     // X-Image-Name upload: over the 1M limit → 413 with a JSON reason.
-    let resp = ureq::post(&format!("{}/api/new", d.url))
-        .set("X-Image-Name", "probe")
-        .send_bytes(&image);
-    match resp {
-        Err(ureq::Error::Status(413, r)) => {
-            assert!(r.into_string().unwrap_or_default().contains("limit"))
-        }
-        other => panic!("expected 413, got {other:?}"),
-    }
+    let (status, body) = send(&d, "POST", "/api/new", &[("X-Image-Name", "probe")], &image);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("limit"), "{body}");
     // Bad names are 400 with a reason.
-    match ureq::put(&format!("{}/v1/functions/Bad_Name", d.url)).send_bytes(b"x") {
-        Err(ureq::Error::Status(400, r)) => {
-            assert!(r.into_string().unwrap_or_default().contains("lower-case"))
-        }
-        other => panic!("expected 400, got {other:?}"),
-    }
+    let (status, body) = send(&d, "PUT", "/v1/functions/Bad_Name", &[], b"x");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("lower-case"), "{body}");
     let out = d.faas(&["deploy", "../etc"], Some(b"x"));
     assert!(!out.status.success());
     // Empty upload.
-    match ureq::put(&format!("{}/v1/functions/empty", d.url)).send_bytes(b"") {
-        Err(ureq::Error::Status(400, r)) => {
-            assert!(r.into_string().unwrap_or_default().contains("empty"))
-        }
-        other => panic!("expected 400, got {other:?}"),
-    }
+    let (status, body) = send(&d, "PUT", "/v1/functions/empty", &[], b"");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("empty"), "{body}");
     assert_eq!(http_get(&host, "/api/ip/nothing").expect("api ip").0, 404);
     assert_eq!(http_get(&host, "/nope").expect("unknown route").0, 404);
     let (status, body) = http_get(&host, "/api/list").expect("api list");
@@ -107,13 +119,17 @@ fn original_api_and_errors() {
 
 #[test]
 fn original_api_deploys_and_reports() {
-    let d = Daemon::start();
+    let d = Daemon::start_with(&["--insecure-no-token"]);
     let image = image_bytes(&hello_image());
-    let r = ureq::post(&format!("{}/api/new?warm=0", d.url))
-        .set("X-Image-Name", "legacy")
-        .send_bytes(&image)
-        .expect("POST /api/new");
-    let v: serde_json::Value = serde_json::from_str(&r.into_string().expect("body")).expect("json");
+    let (status, body) = send(
+        &d,
+        "POST",
+        "/api/new?warm=0",
+        &[("X-Image-Name", "legacy")],
+        &image,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     let ip: std::net::Ipv4Addr = v["ip"].as_str().expect("ip").parse().expect("ip parses");
     let host = d.url.trim_start_matches("http://").to_string();
     let (_, body) = http_get(&host, "/api/ip/legacy").expect("api ip");

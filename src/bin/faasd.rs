@@ -2,15 +2,41 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use faasd::config::{Args, LogFormat};
 
 fn main() -> std::process::ExitCode {
-    let config = match Args::parse().validate() {
+    let args = match Args::load(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("faasd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let printed = args.print_config.then(|| args.to_toml());
+    let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("faasd: {e}");
             return std::process::ExitCode::from(2);
+        }
+    };
+    match printed {
+        Some(Ok(toml)) => {
+            print!("{toml}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Err(e)) => {
+            eprintln!("faasd: printing the configuration: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        None => {}
+    }
+    // Still one thread: the environment may change safely.
+    let notifier = match faasd::notify::Notifier::take_from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("faasd: NOTIFY_SOCKET: {e}");
+            None
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAASD_LOG")
@@ -25,7 +51,7 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    match faasd::daemon::run(config) {
+    match faasd::daemon::run(config, notifier) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Our errors' messages already name their cause (down to the OS

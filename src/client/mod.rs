@@ -1,12 +1,22 @@
-//! Client of the control API, used by `faas`. Blocking (ureq): the CLI
-//! makes one request at a time and streams uploads from a reader.
+//! Client of the control API, used by `faas` (and the tests): blocking,
+//! one request per connection, over TCP or faasd's Unix socket (`http`).
+//! Also where `faas` finds faasd and its token when told nothing.
 
 use std::io::Read;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use crate::api::{DeployOptions, ErrorBody, FunctionInfo};
+use crate::api::{DeployOptions, ErrorBody, FunctionInfo, OptionsPatch, SecretInfo};
 
+pub mod http;
+
+use http::{Body, Endpoint, Response, WireError};
+
+/// Where faasd listens when nothing else is said.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// The control socket faasd creates by default.
+pub const DEFAULT_SOCKET: &str = "/run/faasd/faasd.sock";
+/// The token faasd creates in its default state directory.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/faasd/token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -14,25 +24,58 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("cannot reach faasd at {url}: {message}")]
     Transport { url: String, message: String },
+    #[error("{0}")]
+    Url(String),
+    #[error("reading the upload: {0}")]
+    Source(String),
     #[error("unexpected answer from faasd: {0}")]
     Decode(String),
 }
 
+impl ClientError {
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The URL `faas` talks to: the one given (flag or FAAS_URL), else the
+/// default socket if it exists (as `docker` does), else the default TCP
+/// address.
+pub fn default_url(given: Option<&str>) -> String {
+    match given.filter(|u| !u.is_empty()) {
+        Some(url) => url.to_string(),
+        None if Path::new(DEFAULT_SOCKET).exists() => format!("unix://{DEFAULT_SOCKET}"),
+        None => DEFAULT_URL.to_string(),
+    }
+}
+
+/// The token to send over TCP when none was given: the default state
+/// directory's, which only root can read (`None` otherwise).
+pub fn default_token() -> Option<String> {
+    std::fs::read_to_string(DEFAULT_TOKEN_FILE)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
 pub struct Client {
-    base: String,
-    agent: ureq::Agent,
-    /// `Authorization: Bearer …` for a faasd run with `--token-file`.
+    url: String,
+    endpoint: Result<Endpoint, String>,
+    /// `Authorization: Bearer …`
     auth: Option<String>,
 }
 
 impl Client {
+    /// A client of faasd at `url` (`http://HOST:PORT` or `unix:///PATH`);
+    /// a malformed URL fails at the first request.
     pub fn new(url: &str) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .build();
         Self {
-            base: url.trim_end_matches('/').to_string(),
-            agent,
+            url: url.trim_end_matches('/').to_string(),
+            endpoint: Endpoint::parse(url),
             auth: None,
         }
     }
@@ -45,74 +88,99 @@ impl Client {
         self
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let req = self.agent.request(method, &self.url(path));
-        match &self.auth {
-            Some(auth) => req.set("authorization", auth),
-            None => req,
-        }
+    /// Over a Unix socket (where the token is not needed).
+    pub fn is_local_socket(&self) -> bool {
+        matches!(self.endpoint, Ok(Endpoint::Unix(_)))
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
-    fn check(
+    fn send(
         &self,
-        result: Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, ClientError> {
-        match result {
-            Ok(r) => Ok(r),
-            Err(ureq::Error::Status(status, r)) => {
-                let body = r.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<ErrorBody>(&body)
-                    .map(|e| e.error)
-                    .unwrap_or_else(|_| body.trim().to_string());
-                Err(ClientError::Api { status, message })
-            }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Transport {
-                url: self.base.clone(),
-                message: t.to_string(),
-            }),
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Result<Response, ClientError> {
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_err(|e| ClientError::Url(e.clone()))?;
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(auth) = &self.auth {
+            all.push(("authorization", auth));
         }
+        let response = http::request(endpoint, method, path, &all, body).map_err(|e| match e {
+            WireError::Connect(io) | WireError::Io(io) => ClientError::Transport {
+                url: self.url.clone(),
+                message: short_io(&io, endpoint),
+            },
+            WireError::Source(io) => ClientError::Source(io.to_string()),
+            WireError::Malformed(m) => ClientError::Decode(m),
+        })?;
+        if response.status >= 400 {
+            let status = response.status;
+            let body = response.text().unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| body.trim().to_string());
+            return Err(ClientError::Api { status, message });
+        }
+        Ok(response)
     }
 
-    fn json<T: serde::de::DeserializeOwned>(r: ureq::Response) -> Result<T, ClientError> {
-        let body = r
-            .into_string()
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
+    fn json<T: serde::de::DeserializeOwned>(r: Response) -> Result<T, ClientError> {
+        let body = r.text().map_err(|e| ClientError::Decode(e.to_string()))?;
         serde_json::from_str(&body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// Uploads an image archive read from `image` and deploys it as `name`.
-    pub fn deploy(
+    /// Uploads an image archive read from `image` and deploys it as
+    /// `name`, with the options `patch` names (the rest kept, or the
+    /// defaults for a new function). The upload waits for faasd to accept
+    /// the request, so a refusal arrives before the image is sent.
+    pub fn deploy<'a>(
         &self,
         name: &str,
-        options: &DeployOptions,
-        image: impl Read,
+        patch: impl Into<Patch<'a>>,
+        mut image: impl Read,
     ) -> Result<FunctionInfo, ClientError> {
-        let path = format!("/v1/functions/{name}?{}", options.to_query());
-        let r = self
-            .request("PUT", &path)
-            .set("content-type", "application/x-tar")
-            .send(image);
-        Self::json(self.check(r)?)
+        let path = format!("/v1/functions/{}?{}", escape(name), patch.into().query());
+        let r = self.send(
+            "PUT",
+            &path,
+            &[("content-type", "application/x-tar")],
+            Body::Stream(&mut image),
+        )?;
+        Self::json(r)
+    }
+
+    /// Changes options of a deployed function without a new image.
+    pub fn update(&self, name: &str, patch: &OptionsPatch) -> Result<FunctionInfo, ClientError> {
+        let path = format!("/v1/functions/{}?{}", escape(name), patch.to_query());
+        Self::json(self.send("PATCH", &path, &[], Body::Empty)?)
+    }
+
+    /// Switches back to the version that served before (or `to`).
+    pub fn rollback(&self, name: &str, to: Option<u64>) -> Result<FunctionInfo, ClientError> {
+        let query = to.map(|v| format!("?to={v}")).unwrap_or_default();
+        let path = format!("/v1/functions/{}/rollback{query}", escape(name));
+        Self::json(self.send("POST", &path, &[], Body::Empty)?)
     }
 
     pub fn list(&self) -> Result<Vec<FunctionInfo>, ClientError> {
-        Self::json(self.check(self.request("GET", "/v1/functions").call())?)
+        Self::json(self.send("GET", "/v1/functions", &[], Body::Empty)?)
     }
 
     pub fn inspect(&self, name: &str) -> Result<FunctionInfo, ClientError> {
-        Self::json(self.check(self.request("GET", &format!("/v1/functions/{name}")).call())?)
+        let path = format!("/v1/functions/{}", escape(name));
+        Self::json(self.send("GET", &path, &[], Body::Empty)?)
     }
 
     pub fn remove(&self, name: &str) -> Result<(), ClientError> {
-        self.check(
-            self.request("DELETE", &format!("/v1/functions/{name}"))
-                .call(),
-        )
-        .map(|_| ())
+        let path = format!("/v1/functions/{}", escape(name));
+        self.send("DELETE", &path, &[], Body::Empty).map(|_| ())
     }
 
     /// The end of a function's log; with `follow`, a stream that goes on
@@ -123,7 +191,110 @@ impl Client {
         tail: usize,
         follow: bool,
     ) -> Result<Box<dyn Read + Send>, ClientError> {
-        let path = format!("/v1/functions/{name}/logs?tail={tail}&follow={follow}");
-        Ok(self.check(self.request("GET", &path).call())?.into_reader())
+        let path = format!(
+            "/v1/functions/{}/logs?tail={tail}&follow={follow}",
+            escape(name)
+        );
+        Ok(self.send("GET", &path, &[], Body::Empty)?.body)
     }
+
+    /// Stores a secret (refused if the name exists, unless `replace`).
+    pub fn secret_create(
+        &self,
+        name: &str,
+        value: &[u8],
+        replace: bool,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/secrets/{}?replace={replace}", escape(name));
+        self.send("PUT", &path, &[], Body::Bytes(value)).map(|_| ())
+    }
+
+    pub fn secret_list(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        Self::json(self.send("GET", "/v1/secrets", &[], Body::Empty)?)
+    }
+
+    pub fn secret_remove(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/secrets/{}", escape(name));
+        self.send("DELETE", &path, &[], Body::Empty).map(|_| ())
+    }
+
+    /// Any request, for what has no method here (`/metrics`, `/api/...`).
+    pub fn raw(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), ClientError> {
+        let r = self.send(method, path, &[], Body::Bytes(body))?;
+        let status = r.status;
+        let text = r.text().map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((status, text))
+    }
+}
+
+/// Options for a deploy: a patch, or whole options (every one given).
+pub enum Patch<'a> {
+    Some(&'a OptionsPatch),
+    All(&'a DeployOptions),
+}
+
+impl Patch<'_> {
+    fn query(&self) -> String {
+        match self {
+            Patch::Some(p) => p.to_query(),
+            Patch::All(o) => o.to_query(),
+        }
+    }
+}
+
+impl<'a> From<&'a OptionsPatch> for Patch<'a> {
+    fn from(p: &'a OptionsPatch) -> Self {
+        Patch::Some(p)
+    }
+}
+
+impl<'a> From<&'a DeployOptions> for Patch<'a> {
+    fn from(o: &'a DeployOptions) -> Self {
+        Patch::All(o)
+    }
+}
+
+/// A path segment as typed: anything outside the name alphabet is
+/// percent-encoded, so faasd judges the name itself (and says why).
+fn escape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One short phrase for a transport failure ("connection refused").
+fn short_io(e: &std::io::Error, endpoint: &Endpoint) -> String {
+    use std::io::ErrorKind::*;
+    match (e.kind(), endpoint) {
+        (ConnectionRefused, _) => "connection refused".into(),
+        (NotFound, Endpoint::Unix(_)) => "no such socket (is faasd running?)".into(),
+        (PermissionDenied, Endpoint::Unix(_)) => {
+            "permission denied (the socket is for root and the faasd group)".into()
+        }
+        (TimedOut | WouldBlock, _) => "timed out".into(),
+        (BrokenPipe | ConnectionReset, _) => "the connection was closed".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_lowercase(),
+                None => text,
+            }
+        }
+    }
+}
+
+/// A token from a file (its first line), for `--token-file` and tests.
+pub fn read_token(path: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim().to_string())
+}
+
+/// Where a state directory keeps its token.
+pub fn token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("token")
 }

@@ -9,6 +9,7 @@ use crate::manager::ManagerError;
 use crate::name::NameError;
 use crate::net::NetError;
 use crate::runtime::RuntimeError;
+use crate::secrets::SecretError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,7 +67,9 @@ impl ApiError {
 
 fn manager_status(e: &ManagerError) -> StatusCode {
     match e {
-        ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
+        ManagerError::NotFound(_) | ManagerError::NoVersion { .. } => StatusCode::NOT_FOUND,
+        ManagerError::Options(_) => StatusCode::BAD_REQUEST,
+        ManagerError::Secret(s) => secret_status(s),
         ManagerError::Image(ImageError::Store { source, .. }) => io_status(source),
         ManagerError::Image(ImageError::Limit { .. })
         | ManagerError::Image(ImageError::Layer {
@@ -96,6 +99,18 @@ fn manager_status(e: &ManagerError) -> StatusCode {
         | ManagerError::Registry(_)
         | ManagerError::Dataplane(_)
         | ManagerError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn secret_status(e: &SecretError) -> StatusCode {
+    match e {
+        SecretError::NotFound(_) => StatusCode::NOT_FOUND,
+        SecretError::Exists(_) | SecretError::InUse { .. } => StatusCode::CONFLICT,
+        SecretError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        SecretError::Empty | SecretError::Invalid(_) | SecretError::NotText { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        SecretError::Io { source, .. } => io_status(source),
     }
 }
 

@@ -8,17 +8,22 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::reply::{json, text, Reply};
-use super::{logs, upload, ApiError, Body, Control};
-use crate::api::DeployOptions;
+use super::{logs, secrets, upload, ApiError, Body, Control, Peer};
+use crate::api::OptionsPatch;
 use crate::manager::ManagerError;
 use crate::metrics;
 use crate::name::FunctionName;
 
-pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Body> {
+pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if segments != ["healthz"] && !authorized(control, &req) {
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    if segments != ["healthz"] && !authorized(control, peer, &req) {
         return ApiError::Unauthorized.response();
     }
     let reply = match (&method, segments.as_slice()) {
@@ -32,15 +37,24 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Bod
                 Err(e) => refuse_upload(req, e).await,
             }
         }
+        (&Method::PATCH, ["v1", "functions", name]) => update(control, name, &req).await,
+        (&Method::POST, ["v1", "functions", name, "rollback"]) => {
+            rollback(control, name, &req).await
+        }
         (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
         (&Method::GET, ["v1", "functions", name, "logs"]) => {
             logs::logs(control, name, req.uri().query()).await
         }
+        (&Method::GET, ["v1", "secrets"]) => secrets::list(control).await,
+        (&Method::PUT | &Method::POST, ["v1", "secrets", name]) => {
+            secrets::create(control, name, req).await
+        }
+        (&Method::DELETE, ["v1", "secrets", name]) => secrets::remove(control, name).await,
         (&Method::GET, ["metrics"]) => metrics(control).await,
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
         (&Method::GET, ["api", "list"]) => api_list(control).await,
-        (_, ["healthz"] | ["metrics"] | ["v1", "functions", ..] | ["api", ..]) => {
+        (_, ["healthz"] | ["metrics"] | ["v1", "functions" | "secrets", ..] | ["api", ..]) => {
             Err(ApiError::Method(method.to_string()))
         }
         _ => Err(ApiError::NoRoute(path.clone())),
@@ -52,6 +66,32 @@ pub async fn dispatch(control: &Control, req: Request<Incoming>) -> Response<Bod
             e.response()
         }
     }
+}
+
+/// `%XX` escapes in a path segment (a client escapes what is not a plain
+/// name character, so faasd sees and judges the name as typed).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn inspect(control: &Control, name: &str) -> Reply {
@@ -66,25 +106,63 @@ async fn remove(control: &Control, name: &str) -> Reply {
 }
 
 async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -> Reply {
-    let options = match DeployOptions::from_query(req.uri().query().unwrap_or("")) {
+    let patch = match OptionsPatch::from_query(req.uri().query().unwrap_or("")) {
         Ok(o) => o,
         Err(e) => return refuse_upload(req, ApiError::BadRequest(e)).await,
     };
-    let info = receive_and_deploy(control, name, options, req).await?;
+    let info = receive_and_deploy(control, name, patch, req).await?;
     json(&info)
 }
 
-/// Answers `e` to a deploy refused before its upload was read: the body
-/// is read and dropped first, so the client reads the reason.
+async fn update(control: &Control, name: &str, req: &Request<Incoming>) -> Reply {
+    let name = FunctionName::parse(name)?;
+    let patch =
+        OptionsPatch::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    if patch.is_empty() {
+        return Err(ApiError::BadRequest(
+            "nothing to update: name the options to change".into(),
+        ));
+    }
+    json(&control.manager.update(&name, patch).await?)
+}
+
+async fn rollback(control: &Control, name: &str, req: &Request<Incoming>) -> Reply {
+    let name = FunctionName::parse(name)?;
+    let mut to = None;
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "to" => {
+                to = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| ApiError::BadRequest(format!("invalid version {v:?}")))?,
+                )
+            }
+            other => return Err(ApiError::BadRequest(format!("unknown option {other:?}"))),
+        }
+    }
+    json(&control.manager.rollback(&name, to).await?)
+}
+
+/// Answers `e` to a deploy refused before its upload was read. A client
+/// that waits for `100 Continue` has sent nothing yet and reads this
+/// first; any other has its body read and dropped first, so it finishes
+/// sending and reads the reason rather than a broken pipe.
 async fn refuse_upload(req: Request<Incoming>, e: ApiError) -> Reply {
-    upload::discard(req.into_body()).await;
+    let waits = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !waits {
+        upload::discard(req.into_body()).await;
+    }
     Err(e)
 }
 
 async fn receive_and_deploy(
     control: &Control,
     name: FunctionName,
-    options: DeployOptions,
+    patch: OptionsPatch,
     req: Request<Incoming>,
 ) -> Result<crate::api::FunctionInfo, ApiError> {
     let started = std::time::Instant::now();
@@ -103,7 +181,7 @@ async fn receive_and_deploy(
     tracing::info!(function = %name, bytes = received.bytes, "image received");
     match control
         .manager
-        .deploy(name, options, received.path.clone())
+        .deploy(name, patch, received.path.clone())
         .await
     {
         Ok(info) => {
@@ -122,18 +200,18 @@ async fn receive_and_deploy(
 /// Original tool: `POST /api/new` with the name in `X-Image-Name`.
 async fn api_new(control: &Control, req: Request<Incoming>) -> Reply {
     let checked = new_request(&req);
-    let (name, options) = match checked {
+    let (name, patch) = match checked {
         Ok(c) => c,
         Err(e) => return refuse_upload(req, e).await,
     };
-    let info = receive_and_deploy(control, name, options, req).await?;
+    let info = receive_and_deploy(control, name, patch, req).await?;
     json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))
 }
 
 /// `/api/new`'s name (`X-Image-Name`) and options: the query string, or
 /// the handler kind in `X-Handler-Kind` (`stdio`, `socket-activation`,
 /// `container-port=N`) for clients that cannot set a query.
-fn new_request(req: &Request<Incoming>) -> Result<(FunctionName, DeployOptions), ApiError> {
+fn new_request(req: &Request<Incoming>) -> Result<(FunctionName, OptionsPatch), ApiError> {
     let name = req
         .headers()
         .get("x-image-name")
@@ -155,8 +233,8 @@ fn new_request(req: &Request<Incoming>) -> Result<(FunctionName, DeployOptions),
             format!("{query}&{pair}")
         };
     }
-    let options = DeployOptions::from_query(&query).map_err(ApiError::BadRequest)?;
-    Ok((name, options))
+    let patch = OptionsPatch::from_query(&query).map_err(ApiError::BadRequest)?;
+    Ok((name, patch))
 }
 
 /// Original tool: `GET /api/ip/NAME` → `{"name", "ip"}`.
@@ -199,8 +277,12 @@ async fn metrics(control: &Control) -> Reply {
     Ok(r)
 }
 
-/// Whether the request carries the configured token (always, without one).
-fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
+/// Whether the request may drive faasd: anything on the Unix socket (its
+/// permissions decided), on TCP only with the token (if there is one).
+fn authorized(control: &Control, peer: Peer, req: &Request<Incoming>) -> bool {
+    let Peer::Tcp(_) = peer else {
+        return true;
+    };
     let Some(token) = &control.token else {
         return true;
     };
@@ -224,7 +306,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, percent_decode};
+
+    #[test]
+    fn decodes_escaped_segments() {
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("plain-name"), "plain-name");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+        assert_eq!(percent_decode("%2e%2E"), "..");
+    }
 
     #[test]
     fn compares_tokens() {

@@ -247,6 +247,11 @@ impl Dataplane {
     }
 
     /// A copy of `name`'s handed listener (a redeploy keeps it).
+    /// The TCP port functions serve on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn handed(&self, name: &FunctionName) -> Option<OwnedFd> {
         let entries = self.lock();
         let listener = entries.get(name)?.handed.as_ref()?;

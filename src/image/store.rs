@@ -132,6 +132,18 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Where a function's secrets are mounted.
+pub const SECRETS_DIR: &str = "run/secrets";
+
+/// Creates `/run/secrets` in a rootfs committed before secrets existed
+/// (symlinks resolved inside the rootfs, as everywhere here).
+pub fn ensure_secrets_mountpoint(rootfs: &Path) -> Result<(), ImageError> {
+    let root = Root::open(rootfs).map_err(store_err("opening", rootfs))?;
+    root.ensure_dir(Path::new(SECRETS_DIR))
+        .map(drop)
+        .map_err(store_err("creating", &rootfs.join(SECRETS_DIR)))
+}
+
 fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
     let root = Root::open(rootfs).map_err(store_err("opening", rootfs))?;
     let top = root
@@ -155,6 +167,7 @@ fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
         fsops::remove(&top, name).map_err(store_err("replacing", &rootfs.join(file)))?;
         fsops::create_file(&top, name, 0o644).map_err(store_err("creating", &rootfs.join(file)))?;
     }
+    ensure_secrets_mountpoint(rootfs)?;
     let meta = fs::metadata(rootfs).map_err(store_err("inspecting", rootfs))?;
     let mut perms = meta.permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);

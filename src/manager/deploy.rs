@@ -1,8 +1,10 @@
-//! Deploying a function: unpack the image (at low priority), give its
-//! rootfs to the function's id range, commit it, take an address, start
-//! its first container (the runtime must accept it), record it, and switch
-//! the listener to it; a failure anywhere leaves the previous version
-//! serving.
+//! New versions of a function: a deploy (unpack the image at low
+//! priority, give its rootfs to the function's id range, commit it, take
+//! an address), an update (new options, same rootfs) or a rollback (a kept
+//! version again). Each then starts its first container (the runtime must
+//! accept it), is recorded with the version it replaces kept in history,
+//! and the listener switches to it; a failure anywhere leaves the previous
+//! version serving.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -10,12 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{listening, now_secs, Live, Manager, ManagerError};
-use crate::api::{DeployOptions, FunctionInfo};
+use crate::api::{DeployOptions, FunctionInfo, OptionsPatch};
 use crate::dataplane::Served;
 use crate::image::{owners, unpack_image};
 use crate::name::FunctionName;
 use crate::net::Added;
-use crate::registry::{FunctionRecord, Registry};
+use crate::registry::{FunctionRecord, Registry, Version};
 use crate::runtime::{Function, RootfsDir};
 use crate::sys::Priority;
 
@@ -49,17 +51,28 @@ fn background<T>(work: impl FnOnce() -> T) -> T {
 }
 
 impl Manager {
-    /// Deploys (or replaces) `name` from the image archive at `archive`.
-    /// The previous version keeps serving until the new one is complete.
+    /// Deploys (or replaces) `name` from the image archive at `archive`,
+    /// with the options `patch` names (the rest as they were, or the
+    /// defaults for a new function). The previous version keeps serving
+    /// until the new one is complete, and is kept to roll back to.
     pub async fn deploy(
         &self,
         name: FunctionName,
-        options: DeployOptions,
+        patch: OptionsPatch,
         archive: PathBuf,
     ) -> Result<FunctionInfo, ManagerError> {
-        if options.kind.needs_init() && self.runtime.config.init.is_none() {
-            return Err(ManagerError::NoInit(options.kind));
-        }
+        // Refused before the unpack if the options cannot work.
+        let current = self
+            .registry
+            .lock()
+            .await
+            .get(&name)
+            .map(|r| r.options.clone());
+        self.check_options(
+            &patch
+                .apply(&current.unwrap_or_default())
+                .map_err(ManagerError::Options)?,
+        )?;
         let staging = self.store.staging(name.as_str())?;
         let dest = staging.path().to_path_buf();
         let limits = self.limits.clone();
@@ -74,6 +87,14 @@ impl Manager {
 
         let mut registry = self.registry.lock().await;
         let previous = registry.get(&name).cloned();
+        let options = patch
+            .apply(
+                &previous
+                    .as_ref()
+                    .map(|p| p.options.clone())
+                    .unwrap_or_default(),
+            )
+            .map_err(ManagerError::Options)?;
         let version = registry.next_version();
         let id_slot = previous
             .as_ref()
@@ -90,31 +111,145 @@ impl Manager {
             op: "committing rootfs".into(),
             source: std::io::Error::other(e),
         })??;
-
-        let (ip, newly_added) = match &previous {
-            Some(p) => (p.ip, None),
-            None => {
-                let ip = self.allocate_ip(&registry).await?;
-                (ip, Some(self.net.add(ip).await?))
-            }
-        };
-        let record = FunctionRecord {
-            name: name.clone(),
-            ip,
+        let next = Version {
             version,
+            rootfs: version,
             image_id: unpacked.image_id.clone(),
             image: unpacked.config.clone(),
             options,
             deployed_at: now_secs(),
-            id_slot: Some(id_slot),
+            origin: "deploy".into(),
         };
-        let undo = |this: &Self| {
-            RootfsDir::new(rootfs.clone()).retire();
-            if let Some(Added::New) = newly_added {
-                let net = this.net.clone();
-                tokio::spawn(async move { net.remove(ip).await });
+        let fresh = RootfsDir::new(rootfs);
+        let switched = match previous {
+            Some(previous) => {
+                let (record, dropped) = previous.succeed(next, self.keep_versions);
+                self.switch(&mut registry, Some(previous), record, dropped, None)
+                    .await
+            }
+            None => {
+                let ip = self.allocate_ip(&registry).await?;
+                let added = self.net.add(ip).await?;
+                let record = FunctionRecord {
+                    name: name.clone(),
+                    ip,
+                    version,
+                    image_id: next.image_id,
+                    image: next.image,
+                    options: next.options,
+                    deployed_at: next.deployed_at,
+                    id_slot: Some(id_slot),
+                    rootfs: Some(version),
+                    origin: next.origin,
+                    history: Vec::new(),
+                };
+                let switched = self
+                    .switch(&mut registry, None, record, Vec::new(), Some(added))
+                    .await;
+                if switched.is_err() && added == Added::New {
+                    // Gone before the refusal is answered.
+                    if let Err(e) = self.net.remove(ip).await {
+                        tracing::warn!(%ip, error = %e, "removing the address of a refused deploy");
+                    }
+                }
+                switched
             }
         };
+        if switched.is_err() {
+            fresh.retire();
+        }
+        switched
+    }
+
+    /// A new version of `name` with the same image and the options `patch`
+    /// names changed; nothing is unpacked, the pool is replaced as a
+    /// deploy's is. Changing nothing changes nothing.
+    pub async fn update(
+        &self,
+        name: &FunctionName,
+        patch: OptionsPatch,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let mut registry = self.registry.lock().await;
+        let previous = registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        let options = patch
+            .apply(&previous.options)
+            .map_err(ManagerError::Options)?;
+        if options == previous.options {
+            return Ok(self.info(&previous));
+        }
+        self.check_options(&options)?;
+        let next = Version {
+            version: registry.next_version(),
+            options,
+            deployed_at: now_secs(),
+            origin: "update".into(),
+            ..previous.as_version()
+        };
+        let (record, dropped) = previous.succeed(next, self.keep_versions);
+        self.switch(&mut registry, Some(previous), record, dropped, None)
+            .await
+    }
+
+    /// Serves a kept version of `name` again: `to`, or the one that served
+    /// before. Its rootfs is still there; nothing is unpacked.
+    pub async fn rollback(
+        &self,
+        name: &FunctionName,
+        to: Option<u64>,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let mut registry = self.registry.lock().await;
+        let previous = registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        let target = match to {
+            None => previous.history.first(),
+            Some(v) => previous.history.iter().find(|h| h.version == v),
+        }
+        .cloned()
+        .ok_or_else(|| ManagerError::NoVersion {
+            name: name.clone(),
+            wanted: to,
+            kept: previous.history.iter().map(|h| h.version).collect(),
+        })?;
+        self.check_options(&target.options)?;
+        let next = Version {
+            deployed_at: now_secs(),
+            origin: "rollback".into(),
+            ..target
+        };
+        let (record, dropped) = previous.succeed(next, self.keep_versions);
+        self.switch(&mut registry, Some(previous), record, dropped, None)
+            .await
+    }
+
+    /// What must hold before options are used: faas-init for the kinds
+    /// that need it, and every secret they name.
+    fn check_options(&self, options: &DeployOptions) -> Result<(), ManagerError> {
+        if options.kind.needs_init() && self.runtime.config.init.is_none() {
+            return Err(ManagerError::NoInit(options.kind));
+        }
+        self.secrets.check(&options.secrets)?;
+        Ok(())
+    }
+
+    /// Makes `record` the serving version: its first container must start,
+    /// then the record is saved and the listener switched to it; connections
+    /// accepted before finish on the old version. `dropped` are versions
+    /// that left the history (their rootfs goes unless still used). On
+    /// failure the previous version serves on, recorded as before.
+    async fn switch(
+        &self,
+        registry: &mut Registry,
+        previous: Option<FunctionRecord>,
+        record: FunctionRecord,
+        dropped: Vec<Version>,
+        added: Option<Added>,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let name = record.name.clone();
         let existing = self
             .live()
             .get(&name)
@@ -123,51 +258,58 @@ impl Manager {
             .as_ref()
             .map(|e| Arc::clone(&e.1))
             .unwrap_or_default();
-        let func = match self.function(&record, stats) {
-            Ok(f) => f,
-            Err(e) => {
-                undo(self);
-                return Err(e);
-            }
-        };
+        let func = self.function(&record, stats)?;
         // The runtime must be able to start it before it replaces anything.
         if let Err(e) = self.runtime.first_start(&func).await {
-            func.retire();
-            undo(self);
+            func.close();
             return Err(e.into());
         }
         if let Err(e) = registry.put(record.clone()) {
-            func.retire();
-            undo(self);
+            func.close();
             return Err(e.into());
         }
         let same_listeners =
             previous.as_ref().map(|p| listening(&p.options)) == Some(listening(&record.options));
+        let needed: HashSet<u64> = record.rootfs_ids().collect();
         let result = match existing {
             Some((served, _)) if same_listeners => {
                 if let Some(fd) = self.dataplane.handed(&name) {
                     func.listener.set(fd);
                 }
                 // Connections accepted before the swap finish on the old version.
-                served.func.swap(func).retire();
+                let old = served.func.swap(func);
+                self.let_go(&old, &needed);
                 Ok(())
             }
             Some((served, _)) => {
-                served.func.load().retire();
+                let old = served.func.load_full();
+                self.let_go(&old, &needed);
                 self.start_serving(&record, func, None)
             }
-            None => self.start_serving(&record, func, newly_added),
+            None => self.start_serving(&record, func, added),
         };
         if let Err(e) = result {
             match previous {
                 Some(p) => registry.put(p).map(|_| ())?,
                 None => registry.remove(&name).map(|_| ())?,
             };
-            undo(self);
             return Err(e);
         }
-        tracing::info!(function = %name, %ip, version, image = %record.image_id, "deployed");
+        for gone in dropped.iter().filter(|v| !needed.contains(&v.rootfs)) {
+            RootfsDir::new(self.store.path(name.as_str(), gone.rootfs)).retire();
+        }
+        tracing::info!(function = %name, ip = %record.ip, version = record.version,
+            image = %record.image_id, origin = %record.origin, "serving a new version");
         Ok(self.info(&record))
+    }
+
+    /// The replaced version takes no more containers; its rootfs goes with
+    /// its last one unless the record still needs it.
+    fn let_go(&self, old: &Function, needed: &HashSet<u64>) {
+        old.close();
+        if !needed.contains(&old.rootfs_id) {
+            old.rootfs.retire();
+        }
     }
 
     /// Listens for a function not served yet (or whose listeners change).
@@ -200,7 +342,7 @@ impl Manager {
                 }
             }
             Err(e) => {
-                func.retire();
+                func.close();
                 return Err(e.into());
             }
         }

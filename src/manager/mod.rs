@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::api::{DeployOptions, FunctionInfo, HandlerKind};
+use crate::api::{DeployOptions, FunctionInfo, HandlerKind, SecretInfo, VersionInfo};
 use crate::dataplane::Listening;
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
@@ -21,6 +21,7 @@ use crate::runtime::logs::LogSink;
 use crate::runtime::{
     ActivationListener, Function, Ledger, RootfsDir, Runtime, RuntimeError, Stats, WarmPool,
 };
+use crate::secrets::{SecretError, SecretStore};
 
 use deploy::shift_owners;
 
@@ -50,6 +51,16 @@ pub enum ManagerError {
     NoInit(HandlerKind),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("{0}")]
+    Options(String),
+    #[error("{name} has no kept version {}: kept are {}", wanted.map(|v| v.to_string()).unwrap_or_else(|| "to roll back to".into()), if kept.is_empty() { "none".to_string() } else { kept.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ") })]
+    NoVersion {
+        name: FunctionName,
+        wanted: Option<u64>,
+        kept: Vec<u64>,
+    },
 }
 
 /// A function being served right now.
@@ -72,6 +83,9 @@ pub struct Manager {
     limits: Limits,
     live: Mutex<HashMap<FunctionName, Live>>,
     sinks: Mutex<HashMap<FunctionName, Arc<LogSink>>>,
+    secrets: Arc<SecretStore>,
+    /// Versions kept to roll back to, beside the serving one.
+    keep_versions: usize,
 }
 
 /// How a function's address is listened on, from its options.
@@ -100,6 +114,8 @@ impl Manager {
         runtime: Arc<Runtime>,
         dataplane: Dataplane,
         limits: Limits,
+        secrets: Arc<SecretStore>,
+        keep_versions: usize,
     ) -> Result<Self, ManagerError> {
         let store = Store::open(state_dir.join("rootfs"))?;
         Ok(Self {
@@ -113,6 +129,8 @@ impl Manager {
             limits,
             live: Mutex::new(HashMap::new()),
             sinks: Mutex::new(HashMap::new()),
+            secrets,
+            keep_versions,
         })
     }
 
@@ -145,7 +163,10 @@ impl Manager {
         }
         let keep: HashSet<PathBuf> = registry
             .list()
-            .map(|r| self.store.path(r.name.as_str(), r.version))
+            .flat_map(|r| {
+                r.rootfs_ids()
+                    .map(|id| self.store.path(r.name.as_str(), id))
+            })
             .collect();
         let store = self.store.clone();
         let swept = tokio::task::spawn_blocking(move || store.sweep(&keep))
@@ -174,9 +195,21 @@ impl Manager {
         stats: Arc<Stats>,
     ) -> Result<Arc<Function>, ManagerError> {
         let log = self.open_log(&record.name)?;
+        let id_base = owners::base(record.id_slot.unwrap_or_default());
+        let rootfs = self.store.path(record.name.as_str(), record.rootfs_id());
+        let secrets = if record.options.secrets.is_empty() {
+            None
+        } else {
+            crate::image::store::ensure_secrets_mountpoint(&rootfs)?;
+            let owner = (id_base + record.image.uid, id_base + record.image.gid);
+            let key = format!("{}-v{}", record.name, record.version);
+            Some(self.secrets.deliver(&key, &record.options.secrets, owner)?)
+        };
         let func = Arc::new(Function {
             name: record.name.clone(),
-            rootfs: RootfsDir::new(self.store.path(record.name.as_str(), record.version)),
+            rootfs: RootfsDir::new(rootfs),
+            rootfs_id: record.rootfs_id(),
+            secrets,
             image: record.image.clone(),
             options: record.options.clone(),
             logs: log,
@@ -185,7 +218,7 @@ impl Manager {
                 record.options.warm,
                 record.options.reuse || record.options.kind == HandlerKind::SocketActivation,
             ),
-            id_base: owners::base(record.id_slot.unwrap_or_default()),
+            id_base,
             listener: ActivationListener::default(),
         });
         Ok(func)
@@ -201,7 +234,7 @@ impl Manager {
             .collect();
         for mut record in unassigned {
             let slot = registry.free_id_slot();
-            let rootfs = self.store.path(record.name.as_str(), record.version);
+            let rootfs = self.store.path(record.name.as_str(), record.rootfs_id());
             shift_owners(rootfs, slot).await?;
             record.id_slot = Some(slot);
             tracing::info!(function = %record.name, slot, "assigned a host id range");
@@ -238,7 +271,13 @@ impl Manager {
         }
         self.dataplane.stop(name);
         let live = self.live().remove(name);
-        registry.remove(name)?;
+        if let Some(record) = registry.remove(name)? {
+            for id in record.history.iter().map(|v| v.rootfs) {
+                if id != record.rootfs_id() {
+                    RootfsDir::new(self.store.path(name.as_str(), id)).retire();
+                }
+            }
+        }
         if let Some(live) = live {
             live.served.func.load().retire();
             if live.owned_ip {
@@ -293,7 +332,71 @@ impl Manager {
                 &r.options,
                 owners::base(r.id_slot.unwrap_or_default()),
             ),
+            port: self.dataplane.port(),
+            versions: std::iter::once((r.as_version(), true))
+                .chain(r.history.iter().map(|v| (v.clone(), false)))
+                .map(|(v, current)| VersionInfo {
+                    version: v.version,
+                    image_id: v.image_id,
+                    deployed_at: v.deployed_at,
+                    current,
+                    origin: v.origin,
+                })
+                .collect(),
         }
+    }
+
+    /// Stored secrets and the functions whose serving version uses each.
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ManagerError> {
+        let registry = self.registry.lock().await;
+        Ok(self
+            .secrets
+            .list()?
+            .into_iter()
+            .map(|s| SecretInfo {
+                used_by: registry
+                    .list()
+                    .filter(|r| r.options.secrets.iter().any(|x| x.name == s.name))
+                    .map(|r| r.name.to_string())
+                    .collect(),
+                name: s.name,
+                created_at: s.created_at,
+                bytes: s.bytes,
+            })
+            .collect())
+    }
+
+    pub async fn create_secret(
+        &self,
+        name: &str,
+        value: &[u8],
+        replace: bool,
+    ) -> Result<(), ManagerError> {
+        // Under the registry's lock: no deploy checks it half-written.
+        let _registry = self.registry.lock().await;
+        self.secrets.create(name, value, replace)?;
+        tracing::info!(secret = name, bytes = value.len(), "secret stored");
+        Ok(())
+    }
+
+    /// Removes a secret no serving version uses.
+    pub async fn remove_secret(&self, name: &str) -> Result<(), ManagerError> {
+        let registry = self.registry.lock().await;
+        let by: Vec<String> = registry
+            .list()
+            .filter(|r| r.options.secrets.iter().any(|x| x.name == name))
+            .map(|r| r.name.to_string())
+            .collect();
+        if !by.is_empty() {
+            return Err(SecretError::InUse {
+                name: name.into(),
+                by,
+            }
+            .into());
+        }
+        self.secrets.remove(name)?;
+        tracing::info!(secret = name, "secret removed");
+        Ok(())
     }
 
     /// Sets the point-in-time gauges (pool, in flight) of every function.
@@ -330,5 +433,6 @@ impl Manager {
                 tracing::warn!(%ip, error = %e, "removing address");
             }
         }
+        self.secrets.close();
     }
 }

@@ -158,6 +158,10 @@ impl Drop for RootfsDir {
 pub struct Function {
     pub name: FunctionName,
     pub rootfs: Arc<RootfsDir>,
+    /// The store directory `rootfs` is (versions may share one).
+    pub rootfs_id: u64,
+    /// Its secrets as its containers get them, if it has any.
+    pub secrets: Option<crate::secrets::Delivered>,
     pub image: ImageConfig,
     pub options: DeployOptions,
     pub logs: Arc<logs::LogSink>,
@@ -201,10 +205,15 @@ impl ActivationListener {
 }
 
 impl Function {
-    /// This version is replaced or removed: its waiting containers go, and
-    /// its rootfs once the last running container ends.
-    pub fn retire(&self) {
+    /// This version takes no more containers: its waiting ones go.
+    pub fn close(&self) {
         self.pool.close();
+    }
+
+    /// This version is removed: its waiting containers go, and its rootfs
+    /// once the last running container ends.
+    pub fn retire(&self) {
+        self.close();
         self.rootfs.retire();
     }
 }

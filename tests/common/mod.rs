@@ -154,6 +154,14 @@ fn runtime_arg(extra: &[String]) -> Vec<String> {
     vec!["--runtime".into(), runtime()]
 }
 
+/// `--socket` in the test's directory, unless the test picks its own.
+fn socket_arg(extra: &[String], socket: &Path) -> Vec<String> {
+    if extra.iter().any(|a| a == "--socket") {
+        return Vec::new();
+    }
+    vec!["--socket".into(), socket.to_string_lossy().into_owned()]
+}
+
 /// `--cores N` from FAASD_TEST_CORES, so the suite can run per core count.
 fn cores_arg() -> Vec<String> {
     match std::env::var("FAASD_TEST_CORES") {
@@ -171,11 +179,15 @@ fn free_port() -> u16 {
 pub struct Daemon {
     pub child: Option<Child>,
     pub state: PathBuf,
+    /// Its control socket (`--socket`), which the harness drives it by.
+    pub socket: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub url: String,
     pub pool: String,
     pub net: Ipv4Addr,
     pub extra: Vec<String>,
+    /// Environment faasd starts with, beside the harness's own.
+    pub env: Vec<(String, String)>,
     pub log: PathBuf,
 }
 
@@ -185,6 +197,10 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         require_host();
         let tmp = tempfile::Builder::new()
             .prefix("faasd-test-")
@@ -202,14 +218,20 @@ impl Daemon {
         let (pool, net) = unique_pool();
         let port = free_port();
         let log = tmp.path().join("faasd.log");
+        let socket = tmp.path().join("faasd.sock");
         let mut d = Daemon {
             child: None,
             state,
+            socket,
             _tmp: Some(tmp),
             url: format!("http://127.0.0.1:{port}"),
             pool,
             net,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log,
         };
         d.spawn();
@@ -236,10 +258,12 @@ impl Daemon {
                 "3",
             ])
             .args(runtime_arg(&self.extra))
+            .args(socket_arg(&self.extra, &self.socket))
             .args(cores_arg())
             .arg("--init")
             .arg(handlers_dir().join("faas-init"))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
@@ -276,8 +300,33 @@ impl Daemon {
             .expect("faasd running")
     }
 
+    /// A client on the control socket (no token needed).
     pub fn client(&self) -> Client {
-        Client::new(&self.url)
+        Client::new(&self.unix_url())
+    }
+
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The token faasd created in its state directory.
+    pub fn token(&self) -> String {
+        faasd::client::read_token(&faasd::client::token_path(&self.state))
+            .expect("faasd's token in its state directory")
+    }
+
+    /// A client on the TCP address, with the token.
+    pub fn tcp_client(&self) -> Client {
+        Client::new(&self.url).with_token(Some(self.token()))
+    }
+
+    /// `GET path` on the control socket: status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match self.client().raw("GET", path, b"") {
+            Ok(r) => r,
+            Err(faasd::client::ClientError::Api { status, message }) => (status, message),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
     }
 
     pub fn deploy(&self, name: &str, spec: &ImageSpec, options: &DeployOptions) -> FunctionInfo {
@@ -318,7 +367,7 @@ impl Daemon {
     pub fn faas(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas"));
         cmd.args(args)
-            .env("FAAS_URL", &self.url)
+            .env("FAAS_URL", self.unix_url())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {

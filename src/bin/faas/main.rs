@@ -3,119 +3,18 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use faasd::api::{
-    parse_env, DeployOptions, FunctionInfo, HandlerKind, DEFAULT_CONCURRENCY,
-    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MEMORY, DEFAULT_TIMEOUT_SECS, DEFAULT_WARM,
-};
-use faasd::client::{Client, DEFAULT_URL};
+use clap::{CommandFactory, Parser};
+use faasd::client::http::{self, Body, Endpoint};
+use faasd::client::{default_token, default_url, read_token, Client};
 use faasd::image::build::{single_binary, write_image};
-use faasd::units::parse_size;
 
-#[derive(Parser)]
-#[command(
-    name = "faas",
-    version,
-    about = "Deploy Docker images as functions on faasd"
-)]
-struct Cli {
-    /// faasd control API address.
-    #[arg(long, env = "FAAS_URL", default_value = DEFAULT_URL, global = true)]
-    url: String,
-    /// Bearer token, for a faasd run with --token-file.
-    #[arg(long, env = "FAAS_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
-    #[command(subcommand)]
-    command: Command,
-}
+mod cli;
+mod output;
 
-#[derive(clap::Args)]
-struct DeployArgs {
-    name: String,
-    /// Pre-started containers kept waiting (0: every connection starts one).
-    #[arg(long, default_value_t = DEFAULT_WARM)]
-    warm: u32,
-    /// Environment for the handler, KEY=VALUE (repeatable).
-    #[arg(long = "env", value_parser = parse_env)]
-    env: Vec<(String, String)>,
-    /// Memory limit per container (bytes, or 64M, 1G ...).
-    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MEMORY)]
-    memory: u64,
-    /// Seconds a container may run before it is killed.
-    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
-    /// Containers may connect again to /control.sock for more connections.
-    #[arg(long)]
-    reuse: bool,
-    /// With --reuse: connections one container serves at most (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    max_requests: u32,
-    /// With --reuse: seconds an extra reused container may wait idle.
-    #[arg(long, default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
-    idle_timeout: u64,
-    /// Connections served at once; more wait (up to faasd's queue timeout, then 503).
-    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
-    concurrency: u32,
-    /// Listen on every data-plane core (SO_REUSEPORT) instead of one.
-    #[arg(long)]
-    all_cores: bool,
-    /// The image's program is inetd-style: the connection is its stdin and stdout.
-    #[arg(long, group = "kind")]
-    stdio: bool,
-    /// The image's program accepts on fd 3 itself (systemd's LISTEN_FDS);
-    /// --warm long-lived containers.
-    #[arg(long, group = "kind")]
-    socket_activation: bool,
-    /// The image's program is a server listening on this port inside its container.
-    #[arg(long, value_name = "PORT", group = "kind")]
-    container_port: Option<u16>,
-    /// The protocol's server speaks first (SMTP, SSH, a banner).
-    #[arg(long)]
-    server_first: bool,
-    /// Image archive to upload (default: standard input).
-    #[arg(long)]
-    image: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Deploy (or replace) a function from a `docker save` archive.
-    Deploy(DeployArgs),
-    /// Same as deploy (the original tool's verb).
-    New(DeployArgs),
-    /// Print a function's IP address.
-    Ip { name: String },
-    /// List functions.
-    List {
-        /// Output format: table or json.
-        #[arg(short, long, default_value = "table")]
-        output: String,
-    },
-    /// Show a function's settings and counters.
-    Inspect { name: String },
-    /// Remove a function.
-    Rm { name: String },
-    /// Print the end of a function's handler log.
-    Logs {
-        name: String,
-        /// Lines from the end to show first.
-        #[arg(long, default_value_t = 100)]
-        tail: usize,
-        /// Keep printing new lines as they come.
-        #[arg(short, long)]
-        follow: bool,
-    },
-    /// Build a deployable image archive from a static binary (no Docker needed).
-    Pack {
-        binary: PathBuf,
-        /// Write here instead of standard output.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
-}
+use cli::{Cli, Command, DeployArgs, Format, InvokeArgs, SecretCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -140,16 +39,50 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.url).with_token(cli.token);
+    match &cli.command {
+        Command::Completion { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "faas", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Command::Pack { binary, output } => return pack(binary, output.as_deref()),
+        _ => {}
+    }
+    let client = connect(&cli)?;
     match cli.command {
         Command::Deploy(args) | Command::New(args) => deploy(&client, args),
+        Command::Update { name, options } => {
+            let patch = options.patch().map_err(anyhow::Error::msg)?;
+            if patch.is_empty() {
+                bail!("nothing to update: name the options to change (faas update --help)");
+            }
+            let info = client.update(&name, &patch)?;
+            println!("updated {} to version {}", info.name, info.version);
+            Ok(())
+        }
+        Command::Rollback { name, to } => {
+            let info = client.rollback(&name, to)?;
+            println!("{} serves version {} again", info.name, info.version);
+            Ok(())
+        }
+        Command::Invoke(args) => invoke(&client, args),
         Command::Ip { name } => {
             println!("{}", client.inspect(&name)?.ip);
             Ok(())
         }
-        Command::List { output } => list(&client, &output),
-        Command::Inspect { name } => {
-            println!("{}", serde_json::to_string_pretty(&client.inspect(&name)?)?);
+        Command::List { output } => {
+            let all = client.list()?;
+            match output {
+                Format::Table => print!("{}", output::functions_table(&all)),
+                f => print!("{}", output::structured(&all, f)?),
+            }
+            Ok(())
+        }
+        Command::Inspect { name, output } => {
+            print!("{}", output::structured(&client.inspect(&name)?, output)?);
             Ok(())
         }
         Command::Rm { name } => {
@@ -158,36 +91,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Logs { name, tail, follow } => print_stream(client.logs(&name, tail, follow)?),
-        Command::Pack { binary, output } => pack(&binary, output),
+        Command::Secret(cmd) => secret(&client, cmd),
+        Command::Completion { .. } | Command::Man | Command::Pack { .. } => Ok(()),
     }
 }
 
-fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
-    let options = DeployOptions {
-        warm: args.warm,
-        env: args.env.into_iter().collect(),
-        memory: args.memory,
-        timeout_secs: args.timeout,
-        reuse: args.reuse,
-        max_requests: args.max_requests,
-        idle_timeout_secs: args.idle_timeout,
-        concurrency: args.concurrency,
-        all_cores: args.all_cores,
-        kind: if args.stdio {
-            HandlerKind::Stdio
-        } else if args.socket_activation {
-            HandlerKind::SocketActivation
-        } else if let Some(port) = args.container_port {
-            HandlerKind::ContainerPort(port)
-        } else {
-            HandlerKind::ControlSocket
-        },
-        server_first: args.server_first,
+/// The client for `--url` (or FAAS_URL, or the default socket, or the
+/// default address), with the token a TCP address needs.
+fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let url = default_url(cli.url.as_deref());
+    let client = Client::new(&url);
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) if !t.is_empty() => Some(t.clone()),
+        (_, Some(file)) => Some(
+            read_token(file).with_context(|| format!("reading token file {}", file.display()))?,
+        ),
+        _ if client.is_local_socket() => None,
+        _ => default_token(),
     };
-    if !args.reuse && args.max_requests > 0 {
-        bail!("--max-requests only applies with --reuse");
-    }
-    options.validate().map_err(anyhow::Error::msg)?;
+    Ok(client.with_token(token))
+}
+
+fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
+    let patch = args.options.patch().map_err(anyhow::Error::msg)?;
     let (reader, size): (Box<dyn Read>, Option<u64>) = match &args.image {
         Some(path) => {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -216,8 +142,107 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
     } else {
         reader
     };
-    let info = client.deploy(&args.name, &options, reader)?;
-    println!("deployed {} at {}", info.name, info.ip);
+    let info = client.deploy(&args.name, &patch, reader)?;
+    println!(
+        "deployed {} at {} (version {})",
+        info.name, info.ip, info.version
+    );
+    Ok(())
+}
+
+fn secret(client: &Client, cmd: SecretCommand) -> anyhow::Result<()> {
+    match cmd {
+        SecretCommand::Create {
+            name,
+            from_file,
+            replace,
+        } => {
+            let mut value = Vec::new();
+            match from_file {
+                Some(path) => {
+                    File::open(&path)
+                        .and_then(|mut f| f.read_to_end(&mut value))
+                        .with_context(|| format!("reading {}", path.display()))?;
+                }
+                None => {
+                    if std::io::stdin().is_terminal() {
+                        bail!("no value: pipe it in (faas secret create NAME < file) or pass --from-file FILE");
+                    }
+                    std::io::stdin()
+                        .lock()
+                        .read_to_end(&mut value)
+                        .context("reading the value from standard input")?;
+                }
+            }
+            let result = client.secret_create(&name, &value, replace);
+            value.fill(0);
+            result?;
+            println!("stored secret {name}");
+        }
+        SecretCommand::Ls { output } => {
+            let all = client.secret_list()?;
+            match output {
+                Format::Table => print!("{}", output::secrets_table(&all)),
+                f => print!("{}", output::structured(&all, f)?),
+            }
+        }
+        SecretCommand::Rm { name } => {
+            client.secret_remove(&name)?;
+            println!("removed secret {name}");
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP request to the function's own address; its answer's body to
+/// stdout, and a failure status as the exit status.
+fn invoke(client: &Client, args: InvokeArgs) -> anyhow::Result<()> {
+    let info = client.inspect(&args.name)?;
+    let body = match args.data.as_deref() {
+        None => None,
+        Some("-") => {
+            let mut b = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut b)
+                .context("reading standard input")?;
+            Some(b)
+        }
+        Some(d) => match d.strip_prefix('@') {
+            Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {path}"))?),
+            None => Some(d.as_bytes().to_vec()),
+        },
+    };
+    let method = args
+        .method
+        .unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.into())
+        .to_ascii_uppercase();
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not K:V"))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let path = if args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let target = Endpoint::Tcp(std::net::SocketAddr::from((info.ip, info.port)).to_string());
+    let data = body.unwrap_or_default();
+    let mut answer = http::request(&target, &method, &path, &refs, Body::Bytes(&data))
+        .map_err(|e| anyhow::anyhow!("invoking {} at {}:{}: {e}", info.name, info.ip, info.port))?;
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut answer.body, &mut out).context("reading the answer")?;
+    out.flush()?;
+    if answer.status >= 400 {
+        bail!("{} answered HTTP {}", info.name, answer.status);
+    }
     Ok(())
 }
 
@@ -235,38 +260,7 @@ fn print_stream(mut from: Box<dyn Read + Send>) -> anyhow::Result<()> {
     }
 }
 
-fn list(client: &Client, output: &str) -> anyhow::Result<()> {
-    let all = client.list()?;
-    match output {
-        "json" => println!("{}", serde_json::to_string_pretty(&all)?),
-        "table" => print_table(&all),
-        other => bail!("unknown output format {other:?} (table or json)"),
-    }
-    Ok(())
-}
-
-fn print_table(all: &[FunctionInfo]) {
-    println!(
-        "{:<24} {:<15} {:>7} {:>9} {:>7} {:>5} {:>5}  IMAGE",
-        "NAME", "IP", "VERSION", "REQUESTS", "FAILED", "WARM", "COLD"
-    );
-    for f in all {
-        let image = f.image_id.strip_prefix("sha256:").unwrap_or(&f.image_id);
-        println!(
-            "{:<24} {:<15} {:>7} {:>9} {:>7} {:>5} {:>5}  {}",
-            f.name,
-            f.ip,
-            f.version,
-            f.stats.requests,
-            f.stats.failed,
-            f.stats.warm_starts,
-            f.stats.cold_starts,
-            &image[..image.len().min(12)]
-        );
-    }
-}
-
-fn pack(binary: &PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
+fn pack(binary: &Path, output: Option<&Path>) -> anyhow::Result<()> {
     let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let tag = binary
         .file_name()
@@ -276,7 +270,7 @@ fn pack(binary: &PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
     match output {
         Some(path) => {
             let file =
-                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
             write_image(&spec, std::io::BufWriter::new(file)).context("writing image")?;
         }
         None => {

@@ -3,7 +3,7 @@
 //! waiting until the handler connected to `/control.sock`. Each step is
 //! timed as a cold-start phase.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -153,6 +153,11 @@ impl Guard {
         let listener = ControlListener::new(listener).map_err(io("control socket"))?;
         let cgroup = cgroup::runtime_path(&self.rt.cgroup_scope, &self.id);
         let init = self.rt.config.init.as_ref().map(|p| self.rt.view.path(p));
+        let secrets_dir = self
+            .func
+            .secrets
+            .as_ref()
+            .map(|s| self.rt.view.path(&s.dir));
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
             rootfs: &self.rt.view.path(&self.func.rootfs.path),
@@ -165,9 +170,18 @@ impl Guard {
             init: init.as_deref(),
             connect_timeout_ms: u64::try_from(self.rt.config.connect_timeout.as_millis())
                 .unwrap_or(u64::MAX),
+            secrets: secrets_dir
+                .as_deref()
+                .zip(self.func.secrets.as_ref().map(|s| s.env.as_slice())),
         });
         let bytes = serde_json::to_vec(&spec).map_err(|e| io("rendering spec")(e.into()))?;
-        std::fs::write(self.bundle.join("config.json"), bytes)
+        // It may hold secret values: the runtime (root) alone reads it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.bundle.join("config.json"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
             .map_err(io("writing config.json"))?;
         Ok(listener)
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::seccomp;
 use crate::api::{DeployOptions, HandlerKind, Sandbox};
 use crate::image::owners::ID_RANGE;
-use crate::image::store::INIT;
+use crate::image::store::{INIT, SECRETS_DIR};
 use crate::image::ImageConfig;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -81,6 +81,9 @@ pub struct SpecInput<'a> {
     /// How long the handler has to connect (faas-init's wait for a
     /// server to listen is a little shorter).
     pub connect_timeout_ms: u64,
+    /// The function's secrets directory (as the runtime reaches it) and
+    /// their variables, if it has any.
+    pub secrets: Option<(&'a Path, &'a [(String, String)])>,
 }
 
 /// The container's process: the image's program, or `faas-init` running
@@ -104,6 +107,7 @@ pub fn args(image: &ImageConfig, kind: HandlerKind) -> Vec<String> {
 pub fn environment(
     image: &ImageConfig,
     options: &DeployOptions,
+    secrets: &[(String, String)],
     function: &str,
     connect_timeout_ms: u64,
 ) -> Vec<String> {
@@ -117,7 +121,11 @@ pub fn environment(
     for kv in &image.env {
         set(kv.clone());
     }
-    for (k, v) in &options.env {
+    for (k, v) in options
+        .env
+        .iter()
+        .chain(secrets.iter().map(|(k, v)| (k, v)))
+    {
         set(format!("{k}={v}"));
     }
     set(format!("FAAS_FUNCTION={function}"));
@@ -144,7 +152,9 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         seccomp_bpf,
         init,
         connect_timeout_ms,
+        secrets,
     } = *input;
+    let secret_env = secrets.map(|(_, env)| env).unwrap_or_default();
     let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
     let no_caps: Vec<&str> = Vec::new();
     let mut annotations = serde_json::Map::new();
@@ -158,7 +168,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "terminal": false,
             "user": { "uid": image.uid, "gid": image.gid },
             "args": args(image, options.kind),
-            "env": environment(image, options, function, connect_timeout_ms),
+            "env": environment(image, options, secret_env, function, connect_timeout_ms),
             "cwd": image.working_dir,
             "capabilities": {
                 "bounding": no_caps, "effective": no_caps, "inheritable": no_caps,
@@ -203,6 +213,12 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "readonlyPaths": READONLY,
         },
     });
+    if let (Some((dir, _)), Some(mounts)) = (secrets, spec["mounts"].as_array_mut()) {
+        mounts.push(json!({
+            "destination": format!("/{SECRETS_DIR}"), "type": "bind", "source": dir,
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        }));
+    }
     if let (true, Some(init), Some(mounts)) = (
         options.kind.needs_init(),
         init,
@@ -236,7 +252,7 @@ mod tests {
     fn deploy_env_overrides_image_env() {
         let mut options = DeployOptions::default();
         options.env.insert("B".into(), "deploy".into());
-        let env = environment(&image(), &options, "f", 5000);
+        let env = environment(&image(), &options, &[], "f", 5000);
         assert_eq!(
             env,
             vec!["PATH=/app", "A=image", "B=deploy", "FAAS_FUNCTION=f"]
@@ -261,6 +277,7 @@ mod tests {
             seccomp_bpf: None,
             init: None,
             connect_timeout_ms: 5000,
+            secrets: None,
         });
         assert_eq!(spec["root"]["readonly"], true);
         assert_eq!(spec["process"]["noNewPrivileges"], true);
@@ -309,6 +326,7 @@ mod tests {
             seccomp_bpf: None,
             init: Some(Path::new("/state/init/faas-init")),
             connect_timeout_ms: 3000,
+            secrets: None,
         });
         assert_eq!(
             spec["process"]["args"],
@@ -330,5 +348,37 @@ mod tests {
             args(&img, HandlerKind::Stdio),
             ["/.faas-init", "stdio", "--", "/handler", "serve"]
         );
+    }
+
+    #[test]
+    fn secrets_are_a_read_only_mount_and_variables() {
+        let img = image();
+        let options = DeployOptions::default();
+        let env = [("PGPASSWORD".to_string(), "hunter2".to_string())];
+        let spec = render(&SpecInput {
+            function: "f",
+            rootfs: Path::new("/r"),
+            control_sock: Path::new("/b/control.sock"),
+            image: &img,
+            options: &options,
+            cgroup: "/faasd/f-1",
+            id_base: 1 << 30,
+            seccomp_bpf: None,
+            init: None,
+            connect_timeout_ms: 3000,
+            secrets: Some((Path::new("/state/secrets-run/f-v1"), &env)),
+        });
+        let mounts = spec["mounts"].as_array().expect("mounts");
+        let m = mounts
+            .iter()
+            .find(|m| m["destination"] == "/run/secrets")
+            .expect("secrets mounted");
+        assert_eq!(m["source"], "/state/secrets-run/f-v1");
+        assert!(m["options"]
+            .as_array()
+            .expect("options")
+            .contains(&json!("ro")));
+        let env = spec["process"]["env"].as_array().expect("env");
+        assert!(env.contains(&json!("PGPASSWORD=hunter2")));
     }
 }

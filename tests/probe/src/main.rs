@@ -189,6 +189,17 @@ fn inspect() -> String {
             .map(|s| s.trim_end().to_string())
             .unwrap_or_else(|_| "<missing>".into());
         out += &format!("file.{path}={content}\n");
+        if let Ok(m) = std::fs::metadata(&path) {
+            use std::os::unix::fs::MetadataExt;
+            out += &format!(
+                "meta.{path}={}:{}:{:o}\n",
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777
+            );
+        }
+        let writable = std::fs::OpenOptions::new().append(true).open(&path).is_ok();
+        out += &format!("writable.{path}={writable}\n");
     }
     out
 }
