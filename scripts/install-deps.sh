@@ -4,12 +4,13 @@
 # fixtures and the README flow), wrk (load tests), iproute2 and busybox
 # (reference bundle, ordinary-image tests), prometheus and promtool
 # (metrics tests), gcc (C handlers and test servers, the load test's
-# client), Debian's python3 (an image of it runs a Python handler) and
-# systemd-analyze (the unit file is verified).
+# client), Debian's python3 (an image of it runs a Python handler),
+# systemd-analyze (the unit file is verified), bird2 (BGP tests: a router
+# and nodes in network namespaces) and curl.
 set -euo pipefail
 
 need=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 curl:curl nsenter:util-linux; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -20,7 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 missing=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db; do
+for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 curl:curl nsenter:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -46,9 +46,18 @@ pub struct Args {
     /// The control API's Unix socket, for root and the `faasd` group.
     #[arg(long, value_name = "PATH", default_value = crate::client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Pool of function addresses (inside 127.0.0.0/8).
-    #[arg(long, default_value = "127.10.0.0/16")]
-    pub ip_pool: String,
+    /// Prefix function addresses come from, IPv4 or IPv6 (repeatable: the
+    /// first with a free address is used).
+    #[arg(long, default_value = "127.10.0.0/16", value_delimiter = ',')]
+    pub ip_pool: Vec<String>,
+    /// Kernel routing table to install a host route in for every function
+    /// ready on this node, for BIRD or FRR to announce.
+    #[arg(long, value_name = "N")]
+    pub route_table: Option<u32>,
+    /// Seconds between withdrawing the routes and stopping, at SIGTERM
+    /// (with --route-table).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub drain: f64,
     /// Data-plane threads (default: number of CPUs).
     #[arg(long)]
     pub cores: Option<usize>,
@@ -117,8 +126,11 @@ impl Args {
         let path = explicit
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let given = given_flags(&argv);
         let from_file = match std::fs::read_to_string(&path) {
-            Ok(text) => file_flags(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(text) => {
+                file_flags(&text, &given).map_err(|e| format!("{}: {e}", path.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => Vec::new(),
             Err(e) => return Err(format!("reading config file {}: {e}", path.display())),
         };
@@ -161,9 +173,20 @@ fn config_flag(argv: &[OsString]) -> Option<PathBuf> {
     None
 }
 
+/// The long flags on the command line (`--cores 2`, `--cores=2`).
+fn given_flags(argv: &[OsString]) -> Vec<String> {
+    argv.iter()
+        .skip(1)
+        .filter_map(|a| a.to_str()?.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_string())
+        .collect()
+}
+
 /// The flags a config file stands for: `key = value` becomes `--key
-/// value`, `key = true` becomes `--key`; unknown keys are errors.
-fn file_flags(text: &str) -> Result<Vec<OsString>, String> {
+/// value`, `key = true` becomes `--key`; unknown keys are errors. A key
+/// the command line gives too is left out: the flag wins, also for the
+/// flags that may repeat (`--ip-pool`).
+fn file_flags(text: &str, given: &[String]) -> Result<Vec<OsString>, String> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| e.message().to_string())?;
@@ -182,6 +205,9 @@ fn file_flags(text: &str) -> Result<Vec<OsString>, String> {
             return Err(format!(
                 "unknown key {key:?} (keys are faasd's flags: faasd --help)"
             ));
+        }
+        if given.contains(&long) {
+            continue;
         }
         let values: Vec<&toml::Value> = match &value {
             toml::Value::Array(items) => items.iter().collect(),
@@ -244,13 +270,29 @@ pub struct Config {
     pub socket: PathBuf,
     pub token: TokenSource,
     pub keep_versions: usize,
+    pub route_table: Option<u32>,
+    pub drain: Duration,
     /// `--init`, if given (else looked for next to the executable).
     pub init: Option<PathBuf>,
 }
 
 impl Args {
     pub fn validate(self) -> Result<Config, String> {
-        let pool = AddressPool::parse(&self.ip_pool).map_err(|e| e.to_string())?;
+        let pool = AddressPool::parse_all(&self.ip_pool).map_err(|e| e.to_string())?;
+        if let Some(t) = self.route_table {
+            // 253-255 are the kernel's default, main and local tables.
+            if t == 0 || (253..=255).contains(&t) {
+                return Err(format!(
+                    "--route-table {t}: choose a table of its own (1-252, or above 255)"
+                ));
+            }
+        }
+        if !(0.0..=600.0).contains(&self.drain) {
+            return Err(format!(
+                "--drain {} must be within [0, 600] seconds",
+                self.drain
+            ));
+        }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -327,6 +369,8 @@ impl Args {
             socket: self.socket,
             token,
             keep_versions: self.keep_versions,
+            route_table: self.route_table,
+            drain: Duration::from_secs_f64(self.drain),
             init: self.init,
         })
     }
@@ -380,6 +424,19 @@ mod tests {
         // What it prints reads back the same.
         let again = load(&printed, &[]).expect("reload");
         assert_eq!(again.to_toml().expect("toml"), printed);
+        let pools =
+            load("ip-pool = [\"198.18.0.0/24\", \"fd00:faa5::/64\"]\n", &[]).expect("pools");
+        assert_eq!(pools.ip_pool, ["198.18.0.0/24", "fd00:faa5::/64"]);
+        let pools = load(
+            "ip-pool = [\"198.18.0.0/24\"]\n",
+            &["--ip-pool", "192.0.2.0/24"],
+        )
+        .expect("pools");
+        assert_eq!(
+            pools.ip_pool,
+            ["192.0.2.0/24"],
+            "the flag replaces the file's list"
+        );
         let e = load("colour = \"blue\"\n", &[]).expect_err("unknown key");
         assert!(e.contains("unknown key \"colour\""), "{e}");
         assert!(load("cores = [\n", &[]).is_err(), "bad TOML");
@@ -389,6 +446,25 @@ mod tests {
             "/nonexistent.toml".into(),
         ]);
         assert!(missing.is_err(), "an explicit file must exist");
+    }
+
+    #[test]
+    fn several_pools_of_either_family() {
+        let c = parse(&[
+            "--ip-pool",
+            "198.51.100.0/24",
+            "--ip-pool",
+            "fd00:faa5:1::/64",
+        ])
+        .expect("pools");
+        assert_eq!(c.pool.to_string(), "198.51.100.0/24,fd00:faa5:1::/64");
+        let c = parse(&["--ip-pool", "192.0.2.0/28,198.18.0.0/24"]).expect("comma");
+        assert_eq!(c.pool.to_string(), "192.0.2.0/28,198.18.0.0/24");
+        let c = parse(&["--route-table", "100", "--drain", "1.5"]).expect("routes");
+        assert_eq!(
+            (c.route_table, c.drain),
+            (Some(100), Duration::from_millis(1500))
+        );
     }
 
     #[test]
@@ -411,7 +487,9 @@ mod tests {
     #[test]
     fn refuses_bad_values() {
         assert!(parse(&["--cores", "0"]).is_err());
-        assert!(parse(&["--ip-pool", "10.0.0.0/8"]).is_err());
+        assert!(parse(&["--ip-pool", "224.0.0.0/8"]).is_err());
+        assert!(parse(&["--route-table", "254"]).is_err());
+        assert!(parse(&["--drain", "-1"]).is_err());
         assert!(parse(&["--state-dir", "relative"]).is_err());
         assert!(parse(&["--max-upload", "lots"]).is_err());
         assert!(parse(&["--log-format", "xml"]).is_err());

@@ -169,6 +169,7 @@ async fn serve(
         }
     };
     let net = Netlink::connect()?;
+    let net_for_routes = net.clone();
     let registry = Registry::load(state)?;
     let secrets = SecretStore::open(state)?;
     let runtime = Runtime::new(
@@ -194,12 +195,15 @@ async fn serve(
         state,
         registry,
         net,
-        config.pool,
+        config.pool.clone(),
         Arc::clone(&runtime),
         dataplane,
         config.limits.clone(),
         secrets,
         config.keep_versions,
+        config
+            .route_table
+            .map(|table| crate::net::Routes::new(net_for_routes, table)),
     )?);
     manager.restore().await?;
 
@@ -258,6 +262,12 @@ async fn serve(
     tracing::info!("shutting down");
     if let Some(n) = &notifier {
         tell(n, "STOPPING=1");
+    }
+    // Routers first: with the routes gone, clients stop arriving while
+    // everything here still serves the ones under way.
+    if manager.withdraw_all().await && !config.drain.is_zero() {
+        tracing::info!(secs = config.drain.as_secs_f64(), "draining");
+        tokio::time::sleep(config.drain).await;
     }
     stop_tx.send_replace(true);
     let _ = control_task.await;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ const FILE: &str = "registry.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRecord {
     pub name: FunctionName,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Which rootfs directory of the store serves it.
     pub version: u64,
     pub image_id: String,
@@ -241,7 +241,7 @@ mod tests {
     fn record(name: &str, ip: [u8; 4]) -> FunctionRecord {
         FunctionRecord {
             name: FunctionName::parse(name).expect("name"),
-            ip: Ipv4Addr::from(ip),
+            ip: std::net::Ipv4Addr::from(ip).into(),
             version: 1,
             image_id: "sha256:x".into(),
             image: ImageConfig::default(),

@@ -4,13 +4,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
 use faasd::api::DeployOptions;
 
-fn connect(ip: Ipv4Addr) -> TcpStream {
+fn connect(ip: IpAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(5))
         .expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
@@ -19,7 +19,7 @@ fn connect(ip: Ipv4Addr) -> TcpStream {
 }
 
 /// Sends a request in pieces, `gap` apart, and returns the answer.
-fn slow_request(ip: Ipv4Addr, gap: Duration) -> String {
+fn slow_request(ip: IpAddr, gap: Duration) -> String {
     let mut s = connect(ip);
     for piece in [
         "GET / HT",

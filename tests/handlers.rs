@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use faasd::api::DeployOptions;
 
-fn timed_call(ip: std::net::Ipv4Addr) -> (std::io::Result<(u16, String)>, Duration) {
+fn timed_call(ip: std::net::IpAddr) -> (std::io::Result<(u16, String)>, Duration) {
     let t0 = Instant::now();
     let r = http_get_timeout(&ip.to_string(), "/", Duration::from_secs(20));
     (r, t0.elapsed())

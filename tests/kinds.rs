@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -105,7 +105,7 @@ fn kind(kind: HandlerKind, warm: u32) -> DeployOptions {
     }
 }
 
-fn get(ip: Ipv4Addr, path: &str) -> (u16, String) {
+fn get(ip: IpAddr, path: &str) -> (u16, String) {
     http_get(&ip.to_string(), path).unwrap_or_else(|e| panic!("GET {path} on {ip}: {e}"))
 }
 

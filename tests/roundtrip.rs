@@ -20,7 +20,7 @@ fn deploy_through_the_cli_and_serve() {
     );
     let out = d.faas(&["ip", "hello"], None);
     assert!(out.status.success());
-    let ip: std::net::Ipv4Addr = String::from_utf8_lossy(&out.stdout)
+    let ip: std::net::IpAddr = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .expect("faas ip prints a bare IP");
@@ -130,7 +130,7 @@ fn original_api_deploys_and_reports() {
     );
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let ip: std::net::Ipv4Addr = v["ip"].as_str().expect("ip").parse().expect("ip parses");
+    let ip: std::net::IpAddr = v["ip"].as_str().expect("ip").parse().expect("ip parses");
     let host = d.url.trim_start_matches("http://").to_string();
     let (_, body) = http_get(&host, "/api/ip/legacy").expect("api ip");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");

@@ -1,7 +1,7 @@
 //! Wire types of the control API, shared by `faas` and `faasd`; deploy
 //! options and their query-string encoding live in `options`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +32,7 @@ pub struct FunctionStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionInfo {
     pub name: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub image_id: String,
     pub version: u64,
     pub deployed_at: u64,

@@ -19,7 +19,11 @@ const DEFER_ACCEPT_SECS: u32 = 5;
 /// would make its accept fail with EAGAIN instead (a handed listener is
 /// the server's to set).
 pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     if reuse_port {
         socket.set_reuse_port(true)?;

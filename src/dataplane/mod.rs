@@ -11,7 +11,7 @@
 //! function gets one SO_REUSEPORT listener on every core instead.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,7 +119,7 @@ struct Core {
 }
 
 struct Entry {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     served: Arc<Served>,
     /// (core, our copy of that core's listener)
     listeners: Vec<(usize, TcpListener)>,
@@ -192,7 +192,7 @@ impl Dataplane {
     pub fn serve(
         &self,
         name: &FunctionName,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         served: Arc<Served>,
         how: Listening,
     ) -> Result<Option<OwnedFd>, DataplaneError> {
@@ -260,7 +260,7 @@ impl Dataplane {
 
     /// Stops accepting for `name`. Connections already accepted finish;
     /// those still in the kernel's backlog are refused.
-    pub fn stop(&self, name: &FunctionName) -> Option<Ipv4Addr> {
+    pub fn stop(&self, name: &FunctionName) -> Option<IpAddr> {
         let entry = self.lock().remove(name)?;
         for (_, listener) in &entry.listeners {
             close_listener(listener);

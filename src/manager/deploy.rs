@@ -7,7 +7,7 @@
 //! version serving.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -286,7 +286,13 @@ impl Manager {
                 self.let_go(&old, &needed);
                 self.start_serving(&record, func, None)
             }
-            None => self.start_serving(&record, func, added),
+            None => {
+                let started = self.start_serving(&record, Arc::clone(&func), added);
+                if started.is_ok() {
+                    self.announce_when_ready(record.ip, func);
+                }
+                started
+            }
         };
         if let Err(e) = result {
             match previous {
@@ -359,8 +365,8 @@ impl Manager {
     }
 
     /// The lowest pool address used neither by a function nor by anyone else on `lo`.
-    async fn allocate_ip(&self, registry: &Registry) -> Result<Ipv4Addr, ManagerError> {
-        let mut taken: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
+    async fn allocate_ip(&self, registry: &Registry) -> Result<IpAddr, ManagerError> {
+        let mut taken: HashSet<IpAddr> = registry.list().map(|r| r.ip).collect();
         taken.extend(self.net.list().await?.into_iter().map(|a| a.ip));
         Ok(self.pool.allocate(&taken)?)
     }

@@ -4,7 +4,7 @@
 //! dataplane together. Deploying lives in `deploy`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,7 +15,7 @@ use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{owners, ImageError, Limits};
 use crate::name::FunctionName;
-use crate::net::{AddressPool, NetError, Netlink, LABEL};
+use crate::net::{AddressPool, NetError, Netlink, Routes};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
 use crate::runtime::{
@@ -67,7 +67,7 @@ pub enum ManagerError {
 struct Live {
     served: Arc<Served>,
     stats: Arc<Stats>,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     /// Whether we added the address (and so must remove it).
     owned_ip: bool,
 }
@@ -86,6 +86,17 @@ pub struct Manager {
     secrets: Arc<SecretStore>,
     /// Versions kept to roll back to, beside the serving one.
     keep_versions: usize,
+    /// `--route-table`: host routes announcing ready functions.
+    routes: Option<Routes>,
+    /// Addresses announced (or about to be), and whether announcing is
+    /// over (draining).
+    announced: Arc<Mutex<Announced>>,
+}
+
+#[derive(Default)]
+struct Announced {
+    ips: HashSet<IpAddr>,
+    draining: bool,
 }
 
 /// How a function's address is listened on, from its options.
@@ -116,6 +127,7 @@ impl Manager {
         limits: Limits,
         secrets: Arc<SecretStore>,
         keep_versions: usize,
+        routes: Option<Routes>,
     ) -> Result<Self, ManagerError> {
         let store = Store::open(state_dir.join("rootfs"))?;
         Ok(Self {
@@ -131,6 +143,8 @@ impl Manager {
             sinks: Mutex::new(HashMap::new()),
             secrets,
             keep_versions,
+            routes,
+            announced: Arc::default(),
         })
     }
 
@@ -151,14 +165,24 @@ impl Manager {
         }
         let mut registry = self.registry.lock().await;
         self.assign_id_ranges(&mut registry).await?;
-        let wanted: HashSet<Ipv4Addr> = registry.list().map(|r| r.ip).collect();
+        let wanted: HashSet<IpAddr> = registry.list().map(|r| r.ip).collect();
         // Only our own pool: another faasd on this host (another state
-        // directory, another pool) labels its addresses the same way.
+        // directory, another pool) tags its addresses the same way.
         for addr in self.net.list().await? {
-            let ours = addr.label.as_deref() == Some(LABEL) && self.pool.contains(addr.ip);
+            let ours = addr.is_ours() && self.pool.contains(addr.ip);
             if ours && !wanted.contains(&addr.ip) {
                 tracing::info!(ip = %addr.ip, "removing stale address");
                 self.net.remove(addr.ip).await?;
+            }
+        }
+        if let Some(routes) = &self.routes {
+            // Routes a crashed run left: only the restart's own
+            // announcements (below, once each function is ready) come back.
+            for ip in routes.list().await? {
+                if self.pool.contains(ip) {
+                    tracing::info!(%ip, table = routes.table(), "withdrawing a stale route");
+                    routes.withdraw(ip).await?;
+                }
             }
         }
         let keep: HashSet<PathBuf> = registry
@@ -182,7 +206,8 @@ impl Manager {
             let added = self.net.add(record.ip).await?;
             let func = self.function(record, Arc::default())?;
             self.runtime.refill(&func);
-            self.start_serving(record, func, Some(added))?;
+            self.start_serving(record, Arc::clone(&func), Some(added))?;
+            self.announce_when_ready(record.ip, func);
             tracing::info!(function = %record.name, ip = %record.ip, "serving");
         }
         Ok(())
@@ -268,6 +293,10 @@ impl Manager {
         let mut registry = self.registry.lock().await;
         if registry.get(name).is_none() {
             return Err(ManagerError::NotFound(name.clone()));
+        }
+        if let Some(ip) = registry.get(name).map(|r| r.ip) {
+            // Routers stop sending here before the listener goes.
+            self.withdraw(ip).await?;
         }
         self.dataplane.stop(name);
         let live = self.live().remove(name);
@@ -411,8 +440,108 @@ impl Manager {
         }
     }
 
+    /// Announces `ip` once `func`'s pool has filled (at once for `--warm
+    /// 0`): a router never sends a client to a node that would make it
+    /// wait for cold starts. A function whose pool cannot fill is not
+    /// announced. Once announced, a function stays so across versions
+    /// until it is removed or the node drains.
+    pub(crate) fn announce_when_ready(&self, ip: IpAddr, func: Arc<Function>) {
+        let Some(routes) = self.routes.clone() else {
+            return;
+        };
+        {
+            let mut a = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+            if a.draining || !a.ips.insert(ip) {
+                return;
+            }
+        }
+        let announced = Arc::clone(&self.announced);
+        tokio::spawn(async move {
+            while !func.pool.filled() {
+                let gone = func.pool.is_closed()
+                    || !announced
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .ips
+                        .contains(&ip);
+                if gone {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Checked and announced under the lock: a withdraw (rm, drain)
+            // either comes after and removes it, or came before and wins.
+            let still = {
+                let a = announced.lock().unwrap_or_else(|p| p.into_inner());
+                a.ips.contains(&ip) && !a.draining
+            };
+            if !still {
+                return;
+            }
+            match routes.announce(ip).await {
+                Ok(()) => {
+                    tracing::info!(function = %func.name, %ip, table = routes.table(), "announced")
+                }
+                Err(e) => tracing::warn!(function = %func.name, %ip, error = %e, "announcing"),
+            }
+            // A withdraw that raced the announcement above is done again.
+            let withdrawn = !announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ips
+                .contains(&ip);
+            if withdrawn {
+                let _ = routes.withdraw(ip).await;
+            }
+        });
+    }
+
+    /// Withdraws the route to `ip`, if announced.
+    async fn withdraw(&self, ip: IpAddr) -> Result<(), ManagerError> {
+        let Some(routes) = &self.routes else {
+            return Ok(());
+        };
+        let was = self
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ips
+            .remove(&ip);
+        if was {
+            routes.withdraw(ip).await?;
+            tracing::info!(%ip, table = routes.table(), "withdrawn");
+        }
+        Ok(())
+    }
+
+    /// The first step of a planned stop: every route goes (and no new one
+    /// comes) while everything still serves. Returns whether there were
+    /// routes to withdraw (only then is a drain worth waiting for).
+    pub async fn withdraw_all(&self) -> bool {
+        let ips: Vec<IpAddr> = {
+            let mut a = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+            a.draining = true;
+            a.ips.drain().collect()
+        };
+        let Some(routes) = &self.routes else {
+            return false;
+        };
+        for ip in &ips {
+            if let Err(e) = routes.withdraw(*ip).await {
+                tracing::warn!(%ip, error = %e, "withdrawing");
+            }
+        }
+        tracing::info!(
+            routes = ips.len(),
+            table = routes.table(),
+            "withdrew every route"
+        );
+        true
+    }
+
     /// Stops accepting, ends in-flight containers, removes our addresses.
     pub async fn shutdown(&self, deadline: Duration) {
+        self.withdraw_all().await;
         tokio::task::block_in_place(|| self.dataplane.shutdown());
         // Waiting containers go now; the rootfs stays for the next start.
         for live in self.live().values() {
@@ -422,7 +551,7 @@ impl Manager {
         if left > 0 {
             tracing::warn!(containers = left, "containers still running at shutdown");
         }
-        let owned: Vec<Ipv4Addr> = self
+        let owned: Vec<IpAddr> = self
             .live()
             .drain()
             .filter(|(_, l)| l.owned_ip)

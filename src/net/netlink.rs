@@ -1,12 +1,16 @@
-//! Loopback addresses through rtnetlink: add with our label, remove, list.
-//! Runs on the control side's ordinary tokio runtime.
+//! Loopback addresses through rtnetlink: add (IPv4 with our label, both
+//! families tagged with our address protocol number), remove, list; and
+//! the routes that announce them (`routes`). Runs on the control side's
+//! ordinary tokio runtime.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressMessage, AddressProtocol, AddressScope,
+};
 
-use super::{NetError, LABEL};
+use super::{NetError, LABEL, PROTOCOL};
 
 /// Whether `add` created the address or found it already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,24 +25,33 @@ pub enum Added {
 /// One address on `lo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoAddress {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub label: Option<String>,
+    /// The address protocol (IFA_PROTO) it was added with.
+    pub protocol: Option<u8>,
+}
+
+impl LoAddress {
+    /// Added by a faasd: our label (IPv4) or our protocol number.
+    pub fn is_ours(&self) -> bool {
+        self.label.as_deref() == Some(LABEL) || self.protocol == Some(PROTOCOL)
+    }
 }
 
 #[derive(Clone)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
-    lo: u32,
+    pub(super) handle: rtnetlink::Handle,
+    pub(super) lo: u32,
 }
 
-fn message(e: rtnetlink::Error) -> String {
+pub(super) fn message(e: rtnetlink::Error) -> String {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
         other => other.to_string(),
     }
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(super) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
         _ => None,
@@ -54,7 +67,7 @@ impl Netlink {
         Ok(Self { handle, lo })
     }
 
-    /// Every IPv4 address on `lo` with its label.
+    /// Every address on `lo` with its label and protocol.
     pub async fn list(&self) -> Result<Vec<LoAddress>, NetError> {
         let msgs: Vec<AddressMessage> = self
             .handle
@@ -68,18 +81,29 @@ impl Netlink {
         Ok(msgs.iter().filter_map(lo_address).collect())
     }
 
-    /// Adds `ip/32` to `lo` with our label.
-    pub async fn add(&self, ip: Ipv4Addr) -> Result<Added, NetError> {
-        let mut req = self.handle.address().add(self.lo, IpAddr::V4(ip), 32);
+    /// Adds `ip/32` (or `/128`) to `lo`, tagged as ours. A loopback
+    /// address gets host scope; any other global scope, so traffic routed
+    /// to this node reaches it.
+    pub async fn add(&self, ip: IpAddr) -> Result<Added, NetError> {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        let mut req = self.handle.address().add(self.lo, ip, len);
         let msg = req.message_mut();
-        msg.header.scope = AddressScope::Host;
-        msg.attributes.push(AddressAttribute::Label(LABEL.into()));
+        msg.header.scope = if ip.is_loopback() {
+            AddressScope::Host
+        } else {
+            AddressScope::Universe
+        };
+        if ip.is_ipv4() {
+            msg.attributes.push(AddressAttribute::Label(LABEL.into()));
+        }
+        msg.attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL)));
         match req.execute().await {
             Ok(()) => Ok(Added::New),
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 let present = self.list().await?.into_iter().find(|a| a.ip == ip);
-                match present.and_then(|a| a.label) {
-                    Some(l) if l == LABEL => Ok(Added::OursAlready),
+                match present {
+                    Some(a) if a.is_ours() => Ok(Added::OursAlready),
                     _ => Ok(Added::Foreign),
                 }
             }
@@ -92,7 +116,7 @@ impl Netlink {
     }
 
     /// Removes `ip` from `lo`; an address already gone is not an error.
-    pub async fn remove(&self, ip: Ipv4Addr) -> Result<(), NetError> {
+    pub async fn remove(&self, ip: IpAddr) -> Result<(), NetError> {
         let err = |e| NetError::Address {
             op: "removing",
             ip,
@@ -103,7 +127,7 @@ impl Netlink {
             .address()
             .get()
             .set_link_index_filter(self.lo)
-            .set_address_filter(IpAddr::V4(ip))
+            .set_address_filter(ip)
             .execute()
             .try_collect()
             .await
@@ -122,13 +146,19 @@ impl Netlink {
 fn lo_address(msg: &AddressMessage) -> Option<LoAddress> {
     let mut ip = None;
     let mut label = None;
+    let mut protocol = None;
     for attr in &msg.attributes {
         match attr {
-            AddressAttribute::Local(IpAddr::V4(a)) => ip = Some(*a),
-            AddressAttribute::Address(IpAddr::V4(a)) if ip.is_none() => ip = Some(*a),
+            AddressAttribute::Local(a) => ip = Some(*a),
+            AddressAttribute::Address(a) if ip.is_none() => ip = Some(*a),
             AddressAttribute::Label(l) => label = Some(l.clone()),
+            AddressAttribute::Protocol(p) => protocol = Some(u8::from(*p)),
             _ => {}
         }
     }
-    ip.map(|ip| LoAddress { ip, label })
+    ip.map(|ip| LoAddress {
+        ip,
+        label,
+        protocol,
+    })
 }

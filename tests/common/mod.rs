@@ -4,8 +4,10 @@
 //! faasd's own archive writer, and a tiny HTTP client.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -154,6 +156,14 @@ fn runtime_arg(extra: &[String]) -> Vec<String> {
     vec!["--runtime".into(), runtime()]
 }
 
+/// The test's own loopback pool, unless the test picks its pools.
+fn pool_arg(extra: &[String], pool: &str) -> Vec<String> {
+    if extra.iter().any(|a| a == "--ip-pool") {
+        return Vec::new();
+    }
+    vec!["--ip-pool".into(), pool.into()]
+}
+
 /// `--socket` in the test's directory, unless the test picks its own.
 fn socket_arg(extra: &[String], socket: &Path) -> Vec<String> {
     if extra.iter().any(|a| a == "--socket") {
@@ -188,6 +198,8 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Environment faasd starts with, beside the harness's own.
     pub env: Vec<(String, String)>,
+    /// The network namespace (`ip netns` name) faasd runs in, if not ours.
+    pub netns: Option<String>,
     pub log: PathBuf,
 }
 
@@ -201,6 +213,16 @@ impl Daemon {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(None, extra, env)
+    }
+
+    /// faasd in network namespace `netns` (made by the test): its pool
+    /// and routes live there; the harness drives it by its socket.
+    pub fn start_in(netns: &str, extra: &[&str]) -> Self {
+        Self::start_full(Some(netns), extra, &[])
+    }
+
+    fn start_full(netns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Self {
         require_host();
         let tmp = tempfile::Builder::new()
             .prefix("faasd-test-")
@@ -232,6 +254,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: netns.map(str::to_string),
             log,
         };
         d.spawn();
@@ -246,17 +269,23 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
+        // nsenter switches the network namespace only and execs faasd (the
+        // child is faasd itself); `ip netns exec` would also remount /sys,
+        // hiding the cgroup hierarchies.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_faasd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_faasd")),
+        };
+        let child = cmd
             .arg("--state-dir")
             .arg(&self.state)
-            .args([
-                "--listen",
-                &listen,
-                "--ip-pool",
-                &self.pool,
-                "--connect-timeout",
-                "3",
-            ])
+            .args(["--listen", &listen, "--connect-timeout", "3"])
+            .args(pool_arg(&self.extra, &self.pool))
             .args(runtime_arg(&self.extra))
             .args(socket_arg(&self.extra, &self.socket))
             .args(cores_arg())
@@ -281,7 +310,15 @@ impl Daemon {
                     panic!("faasd exited at start ({status}): {}", self.log_text());
                 }
             }
-            if let Ok((200, _)) = http_get(self.url.trim_start_matches("http://"), "/healthz") {
+            let healthy = match &self.netns {
+                // Its loopback is not ours: the socket reaches it.
+                Some(_) => matches!(self.client().raw("GET", "/healthz", b""), Ok((200, _))),
+                None => matches!(
+                    http_get(self.url.trim_start_matches("http://"), "/healthz"),
+                    Ok((200, _))
+                ),
+            };
+            if healthy {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -546,20 +583,19 @@ pub fn http_get_timeout(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    let addr: SocketAddr = if host.contains(':') {
-        host.parse()
-            .map_err(|_| std::io::Error::other("bad address"))?
-    } else {
-        format!("{host}:80")
+    // "1.2.3.4", "fd00::1" (port 80), or "1.2.3.4:8080", "[fd00::1]:8080".
+    let addr: SocketAddr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, 80),
+        Err(_) => host
             .parse()
-            .map_err(|_| std::io::Error::other("bad address"))?
+            .map_err(|_| std::io::Error::other(format!("bad address {host}")))?,
     };
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
@@ -582,8 +618,8 @@ pub fn http_get_timeout(
 }
 
 /// GET / on a function address.
-pub fn call(ip: Ipv4Addr) -> std::io::Result<(u16, String)> {
-    http_get(&ip.to_string(), "/")
+pub fn call(ip: impl Into<IpAddr>) -> std::io::Result<(u16, String)> {
+    http_get(&ip.into().to_string(), "/")
 }
 
 /// Parses the `key=value` lines the probe's `inspect` mode answers.

@@ -105,6 +105,18 @@ impl WarmPool {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether as many containers as `--warm` asks for are up (waiting,
+    /// or in reuse mode and socket activation alive): the version is ready
+    /// to be announced.
+    pub fn filled(&self) -> bool {
+        let up = if self.reuse {
+            self.live.load(Ordering::Acquire).max(self.ready())
+        } else {
+            self.ready()
+        };
+        up >= self.target
+    }
+
     /// The next waiting container (see `slots`), if any; never waits. Call `taken`
     /// once the connection went down it.
     pub fn take(&self) -> Option<Slot> {
