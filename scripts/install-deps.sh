@@ -6,11 +6,14 @@
 # (metrics tests), gcc (C handlers and test servers, the load test's
 # client), Debian's python3 (an image of it runs a Python handler),
 # systemd-analyze (the unit file is verified), bird2 (BGP tests: a router
-# and nodes in network namespaces) and curl.
+# and nodes in network namespaces), etcd-server (the cluster test's
+# registry), protobuf-compiler (etcd-client's build needs protoc) and curl.
 set -euo pipefail
 
+# command:package
+wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 etcd:etcd-server protoc:protobuf-compiler curl:curl nsenter:util-linux"
 need=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 curl:curl nsenter:util-linux; do
+for pair in $wanted; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -21,7 +24,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 missing=()
-for pair in runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 curl:curl nsenter:util-linux; do
+for pair in $wanted; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

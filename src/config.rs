@@ -58,6 +58,17 @@ pub struct Args {
     /// (with --route-table).
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub drain: f64,
+    /// etcd endpoints holding the cluster's registry (repeatable or
+    /// comma-separated); without it the local registry is the record.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The URL peers reach this node's control API at, to fetch image
+    /// archives (default: http://LISTEN).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// Data-plane threads (default: number of CPUs).
     #[arg(long)]
     pub cores: Option<usize>,
@@ -274,6 +285,65 @@ pub struct Config {
     pub drain: Duration,
     /// `--init`, if given (else looked for next to the executable).
     pub init: Option<PathBuf>,
+    /// `--etcd`: this node's part in a cluster.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `--etcd`, `--node-name`, `--advertise-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub endpoints: Vec<String>,
+    pub node: String,
+    pub url: String,
+}
+
+/// A node name: a key segment in etcd and a label in `faas nodes`.
+fn valid_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn cluster_config(
+    etcd: Vec<String>,
+    node: Option<String>,
+    url: Option<String>,
+    listen: SocketAddr,
+) -> Result<Option<ClusterConfig>, String> {
+    if etcd.is_empty() {
+        if node.is_some() || url.is_some() {
+            return Err("--node-name and --advertise-url need --etcd".into());
+        }
+        return Ok(None);
+    }
+    for e in &etcd {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(format!("--etcd {e}: expected http://HOST:PORT"));
+        }
+    }
+    let node = match node {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|e| format!("--node-name not given and the host name is unknown: {e}"))?
+            .trim()
+            .to_string(),
+    };
+    if !valid_node_name(&node) {
+        return Err(format!(
+            "--node-name {node:?}: 1-63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let url = url.unwrap_or_else(|| format!("http://{listen}"));
+    crate::client::http::Endpoint::parse(&url).map_err(|e| format!("--advertise-url {e}"))?;
+    if url.starts_with("unix:") {
+        return Err(format!("--advertise-url {url}: peers need an http:// URL"));
+    }
+    Ok(Some(ClusterConfig {
+        endpoints: etcd,
+        node,
+        url,
+    }))
 }
 
 impl Args {
@@ -346,7 +416,9 @@ impl Args {
                 self.state_dir.display()
             ));
         }
+        let cluster = cluster_config(self.etcd, self.node_name, self.advertise_url, self.listen)?;
         Ok(Config {
+            cluster,
             state_dir: self.state_dir,
             listen: self.listen,
             pool,
@@ -465,6 +537,29 @@ mod tests {
             (c.route_table, c.drain),
             (Some(100), Duration::from_millis(1500))
         );
+    }
+
+    #[test]
+    fn cluster_flags() {
+        assert_eq!(parse(&[]).map(|c| c.cluster), Ok(None));
+        let c = parse(&[
+            "--etcd",
+            "http://198.18.0.1:2379,http://198.18.0.2:2379",
+            "--node-name",
+            "n1",
+            "--listen",
+            "198.18.1.1:8080",
+        ])
+        .expect("cluster")
+        .cluster
+        .expect("some");
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.node, "n1");
+        assert_eq!(c.url, "http://198.18.1.1:8080");
+        assert!(parse(&["--node-name", "n1"]).is_err(), "needs --etcd");
+        assert!(parse(&["--etcd", "198.18.0.1:2379"]).is_err());
+        assert!(parse(&["--etcd", "http://e:2379", "--node-name", "a/b"]).is_err());
+        assert!(parse(&["--etcd", "http://e:2379", "--advertise-url", "unix:///x"]).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::cluster::{Cluster, Membership};
 use crate::config::{Config, TokenSource};
 use crate::control::socket::{self, ControlSocket, SocketError};
 use crate::control::{self, Control};
@@ -74,6 +75,8 @@ pub enum DaemonError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Runs faasd until SIGTERM or SIGINT, telling systemd (`notifier`) how
@@ -213,7 +216,29 @@ async fn serve(
         TokenSource::None => None,
     };
     let has_token = token.is_some();
-    let control = Control::new(
+    // With --etcd, the node serves what it has (restored above) at once
+    // and converges on the cluster as soon as etcd answers.
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let cluster = Cluster::new(
+                Membership {
+                    endpoints: c.endpoints.clone(),
+                    node: c.node.clone(),
+                    url: c.url.clone(),
+                    token: token.clone(),
+                },
+                Arc::clone(&manager),
+                state,
+                config.pool.clone(),
+            )
+            .await?;
+            let follower = cluster.spawn();
+            tracing::info!(node = %c.node, etcd = %c.endpoints.join(","), url = %c.url, "cluster member");
+            Some((cluster, follower))
+        }
+        None => None,
+    };
+    let mut control = Control::new(
         Arc::clone(&manager),
         metrics,
         token,
@@ -225,6 +250,7 @@ async fn serve(
         path: state.join("uploads"),
         source,
     })?;
+    control.cluster = cluster.as_ref().map(|(c, _)| Arc::clone(c));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -263,8 +289,14 @@ async fn serve(
     if let Some(n) = &notifier {
         tell(n, "STOPPING=1");
     }
-    // Routers first: with the routes gone, clients stop arriving while
-    // everything here still serves the ones under way.
+    // The cluster stops counting on this node (its statuses and archive
+    // offers go with its lease); then routers: with the routes gone,
+    // clients stop arriving while everything here still serves the ones
+    // under way.
+    if let Some((cluster, follower)) = &cluster {
+        follower.abort();
+        cluster.leave().await;
+    }
     if manager.withdraw_all().await && !config.drain.is_zero() {
         tracing::info!(secs = config.drain.as_secs_f64(), "draining");
         tokio::time::sleep(config.drain).await;

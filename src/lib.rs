@@ -20,6 +20,8 @@
 pub mod api;
 /// Control-API client used by `faas`.
 pub mod client;
+/// Many nodes, one registry of record in etcd; archives by digest.
+pub mod cluster;
 /// Daemon command line, validated into a typed configuration.
 pub mod config;
 /// The control API: HTTP routes over the manager.

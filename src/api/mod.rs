@@ -50,6 +50,36 @@ pub struct FunctionInfo {
     /// The version serving and the ones kept to roll back to, newest first.
     #[serde(default)]
     pub versions: Vec<VersionInfo>,
+    /// In a cluster (`--etcd`): what each node serves of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A member of the cluster, as `faas nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Its control API, where peers fetch image archives.
+    pub url: String,
+    /// When it joined (seconds since the epoch).
+    pub since: u64,
+}
+
+/// What one node serves of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    /// The cluster revision of the spec it serves (etcd's mod revision).
+    pub revision: i64,
+    /// Its own version number for it.
+    pub version: u64,
+    pub image_id: String,
+    /// Whether its warm pool is filled (and, with `--route-table`, the
+    /// address announced).
+    pub ready: bool,
+    /// Why it does not serve the spec, if it failed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn default_port() -> u16 {

@@ -218,6 +218,17 @@ impl Client {
         self.send("DELETE", &path, &[], Body::Empty).map(|_| ())
     }
 
+    /// The members of the cluster faasd is in.
+    pub fn nodes(&self) -> Result<Vec<crate::api::NodeInfo>, ClientError> {
+        Self::json(self.send("GET", "/v1/nodes", &[], Body::Empty)?)
+    }
+
+    /// An image archive a cluster node keeps, by digest (for its peers).
+    pub fn archive(&self, digest: &str) -> Result<Box<dyn Read + Send>, ClientError> {
+        let path = format!("/v1/archives/{}", escape(digest));
+        Ok(self.send("GET", &path, &[], Body::Empty)?.body)
+    }
+
     /// Any request, for what has no method here (`/metrics`, `/api/...`).
     pub fn raw(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), ClientError> {
         let r = self.send(method, path, &[], Body::Bytes(body))?;

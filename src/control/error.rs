@@ -4,6 +4,7 @@
 use hyper::{Response, StatusCode};
 
 use crate::api::ErrorBody;
+use crate::cluster::ClusterError;
 use crate::image::{ImageError, LayerError};
 use crate::manager::ManagerError;
 use crate::name::NameError;
@@ -31,6 +32,8 @@ pub enum ApiError {
     Name(#[from] NameError),
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// A fault of faasd's own (a task that died, a body that would not
     /// encode).
     #[error("internal error: {0}")]
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::Upload(_) => StatusCode::BAD_REQUEST,
             ApiError::Storage(e) => io_status(e),
             ApiError::Manager(m) => manager_status(m),
+            ApiError::Cluster(c) => cluster_status(c),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +66,20 @@ impl ApiError {
             .header("content-type", "application/json")
             .body(super::full(body))
             .unwrap_or_else(|_| Response::new(super::full(Vec::new())))
+    }
+}
+
+fn cluster_status(e: &ClusterError) -> StatusCode {
+    match e {
+        ClusterError::Unavailable(_) | ClusterError::Identity { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ClusterError::Conflict(_) => StatusCode::CONFLICT,
+        ClusterError::Exhausted => StatusCode::INSUFFICIENT_STORAGE,
+        ClusterError::Fetch { .. } => StatusCode::BAD_GATEWAY,
+        ClusterError::Io { source, .. } => io_status(source),
+        ClusterError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ClusterError::Manager(m) => manager_status(m),
     }
 }
 

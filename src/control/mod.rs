@@ -26,6 +26,13 @@
 //! - `DELETE /v1/functions/NAME`: remove it
 //! - `GET /v1/functions/NAME/logs?tail=N&follow=true`: the end of its
 //!   handler log, then (with `follow`) new lines as they come
+//! - `GET /v1/nodes`: the cluster's members (`--etcd` only)
+//! - `GET /v1/archives/DIGEST`: an image archive this node keeps, for its
+//!   cluster peers (`--etcd` only)
+//!
+//! With `--etcd`, deploy, update, rollback and rm are recorded in etcd for
+//! every node (503 while etcd is unreachable), and a function's answer
+//! lists what each node serves of it.
 //! - `GET /v1/secrets`, `PUT /v1/secrets/NAME[?replace=true]` (the body is
 //!   the value), `DELETE /v1/secrets/NAME`: names and sizes only ever go
 //!   out
@@ -51,6 +58,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
+use crate::cluster::Cluster;
 use crate::manager::Manager;
 
 pub mod error;
@@ -82,6 +90,8 @@ pub struct Control {
     pub uploads: PathBuf,
     pub max_upload: u64,
     pub(crate) upload_seq: AtomicU64,
+    /// `--etcd`: changes go through the cluster.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Control {
@@ -106,6 +116,7 @@ impl Control {
             uploads,
             max_upload,
             upload_seq: AtomicU64::new(0),
+            cluster: None,
         })
     }
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::reply::{json, text, Reply};
 use super::{logs, secrets, upload, ApiError, Body, Control, Peer};
 use crate::api::OptionsPatch;
+use crate::cluster::ClusterError;
 use crate::manager::ManagerError;
 use crate::metrics;
 use crate::name::FunctionName;
@@ -45,6 +47,8 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
         (&Method::GET, ["v1", "functions", name, "logs"]) => {
             logs::logs(control, name, req.uri().query()).await
         }
+        (&Method::GET, ["v1", "nodes"]) => nodes(control).await,
+        (&Method::GET, ["v1", "archives", digest]) => archive(control, digest).await,
         (&Method::GET, ["v1", "secrets"]) => secrets::list(control).await,
         (&Method::PUT | &Method::POST, ["v1", "secrets", name]) => {
             secrets::create(control, name, req).await
@@ -54,9 +58,13 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
         (&Method::GET, ["api", "list"]) => api_list(control).await,
-        (_, ["healthz"] | ["metrics"] | ["v1", "functions" | "secrets", ..] | ["api", ..]) => {
-            Err(ApiError::Method(method.to_string()))
-        }
+        (
+            _,
+            ["healthz"]
+            | ["metrics"]
+            | ["v1", "functions" | "secrets" | "nodes" | "archives", ..]
+            | ["api", ..],
+        ) => Err(ApiError::Method(method.to_string())),
         _ => Err(ApiError::NoRoute(path.clone())),
     };
     match reply {
@@ -96,13 +104,70 @@ fn percent_decode(segment: &str) -> String {
 
 async fn inspect(control: &Control, name: &str) -> Reply {
     let name = FunctionName::parse(name)?;
-    json(&control.manager.inspect(&name).await?)
+    let mut info = control.manager.inspect(&name).await?;
+    if let Some(cluster) = &control.cluster {
+        // What this node serves stays answerable during an etcd outage.
+        match cluster.statuses(&name).await {
+            Ok(nodes) => info.nodes = nodes,
+            Err(e) => tracing::warn!(function = %name, error = %e, "reading node statuses"),
+        }
+    }
+    json(&info)
 }
 
 async fn remove(control: &Control, name: &str) -> Reply {
     let name = FunctionName::parse(name)?;
-    control.manager.remove(&name).await?;
+    match &control.cluster {
+        Some(cluster) => cluster.remove(&name).await?,
+        None => control.manager.remove(&name).await?,
+    }
     Ok(text(StatusCode::OK, format!("removed {name}\n")))
+}
+
+async fn nodes(control: &Control) -> Reply {
+    let cluster = control.cluster.as_ref().ok_or_else(not_clustered)?;
+    json(&cluster.nodes().await?)
+}
+
+fn not_clustered() -> ApiError {
+    ApiError::NoRoute("/v1/nodes: this faasd is not in a cluster (--etcd)".into())
+}
+
+/// An archive this node keeps, streamed to a peer.
+async fn archive(control: &Control, digest: &str) -> Reply {
+    let cluster = control.cluster.as_ref().ok_or_else(not_clustered)?;
+    let archives = cluster.archives();
+    if !archives.has(digest) {
+        return Err(ApiError::NoRoute(format!(
+            "/v1/archives/{digest}: not here"
+        )));
+    }
+    let file = tokio::fs::File::open(archives.path(digest))
+        .await
+        .map_err(ApiError::Storage)?;
+    let len = file.metadata().await.map_err(ApiError::Storage)?.len();
+    let body = futures::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let mut r = Response::new(StreamBody::new(body).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from(len),
+    );
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-tar"),
+    );
+    Ok(r)
 }
 
 async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -> Reply {
@@ -123,7 +188,10 @@ async fn update(control: &Control, name: &str, req: &Request<Incoming>) -> Reply
             "nothing to update: name the options to change".into(),
         ));
     }
-    json(&control.manager.update(&name, patch).await?)
+    match &control.cluster {
+        Some(cluster) => json(&cluster.update(&name, patch).await?),
+        None => json(&control.manager.update(&name, patch).await?),
+    }
 }
 
 async fn rollback(control: &Control, name: &str, req: &Request<Incoming>) -> Reply {
@@ -140,7 +208,10 @@ async fn rollback(control: &Control, name: &str, req: &Request<Incoming>) -> Rep
             other => return Err(ApiError::BadRequest(format!("unknown option {other:?}"))),
         }
     }
-    json(&control.manager.rollback(&name, to).await?)
+    match &control.cluster {
+        Some(cluster) => json(&cluster.rollback(&name, to).await?),
+        None => json(&control.manager.rollback(&name, to).await?),
+    }
 }
 
 /// Answers `e` to a deploy refused before its upload was read. A client
@@ -179,20 +250,29 @@ async fn receive_and_deploy(
         }
     };
     tracing::info!(function = %name, bytes = received.bytes, "image received");
-    match control
-        .manager
-        .deploy(name, patch, received.path.clone())
-        .await
-    {
+    let deployed = match &control.cluster {
+        Some(cluster) => cluster
+            .deploy(name, patch, received.path.clone())
+            .await
+            .map_err(ApiError::from),
+        None => control
+            .manager
+            .deploy(name, patch, received.path.clone())
+            .await
+            .map_err(ApiError::from),
+    };
+    match deployed {
         Ok(info) => {
             metrics::deployed(started.elapsed(), received.bytes);
             Ok(info)
         }
         Err(e) => {
-            if let ManagerError::Image(image) = &e {
+            if let ApiError::Manager(ManagerError::Image(image))
+            | ApiError::Cluster(ClusterError::Manager(ManagerError::Image(image))) = &e
+            {
                 metrics::image_error(image.reason());
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }

@@ -61,6 +61,19 @@ impl Manager {
         patch: OptionsPatch,
         archive: PathBuf,
     ) -> Result<FunctionInfo, ManagerError> {
+        self.deploy_at(name, patch, archive, None).await
+    }
+
+    /// A deploy whose address, for a new function, is `ip` when given (the
+    /// cluster allocated it) instead of the lowest free one. An existing
+    /// function keeps its address.
+    pub async fn deploy_at(
+        &self,
+        name: FunctionName,
+        patch: OptionsPatch,
+        archive: PathBuf,
+        ip: Option<IpAddr>,
+    ) -> Result<FunctionInfo, ManagerError> {
         // Refused before the unpack if the options cannot work.
         let current = self
             .registry
@@ -128,7 +141,10 @@ impl Manager {
                     .await
             }
             None => {
-                let ip = self.allocate_ip(&registry).await?;
+                let ip = match ip {
+                    Some(ip) => ip,
+                    None => self.allocate_ip(&registry).await?,
+                };
                 let added = self.net.add(ip).await?;
                 let record = FunctionRecord {
                     name: name.clone(),
@@ -177,6 +193,29 @@ impl Manager {
         let options = patch
             .apply(&previous.options)
             .map_err(ManagerError::Options)?;
+        self.update_locked(&mut registry, previous, options).await
+    }
+
+    /// A new version of `name` with exactly `options` (a cluster peer's).
+    pub async fn set_options(
+        &self,
+        name: &FunctionName,
+        options: DeployOptions,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let mut registry = self.registry.lock().await;
+        let previous = registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        self.update_locked(&mut registry, previous, options).await
+    }
+
+    async fn update_locked(
+        &self,
+        registry: &mut Registry,
+        previous: FunctionRecord,
+        options: DeployOptions,
+    ) -> Result<FunctionInfo, ManagerError> {
         if options == previous.options {
             return Ok(self.info(&previous));
         }
@@ -189,7 +228,7 @@ impl Manager {
             ..previous.as_version()
         };
         let (record, dropped) = previous.succeed(next, self.keep_versions);
-        self.switch(&mut registry, Some(previous), record, dropped, None)
+        self.switch(registry, Some(previous), record, dropped, None)
             .await
     }
 

@@ -336,6 +336,28 @@ impl Manager {
             .ok_or_else(|| ManagerError::NotFound(name.clone()))
     }
 
+    /// The record of `name`, as the registry holds it.
+    pub async fn record(&self, name: &FunctionName) -> Option<FunctionRecord> {
+        self.registry.lock().await.get(name).cloned()
+    }
+
+    /// Every record.
+    pub async fn records(&self) -> Vec<FunctionRecord> {
+        self.registry.lock().await.list().cloned().collect()
+    }
+
+    /// The addresses on `lo` now (ours and anyone's).
+    pub async fn local_addresses(&self) -> Result<Vec<IpAddr>, ManagerError> {
+        Ok(self.net.list().await?.into_iter().map(|a| a.ip).collect())
+    }
+
+    /// Whether `name` serves here with its warm pool filled.
+    pub fn ready(&self, name: &FunctionName) -> bool {
+        self.live()
+            .get(name)
+            .is_some_and(|l| l.served.func.load().pool.filled())
+    }
+
     fn info(&self, r: &FunctionRecord) -> FunctionInfo {
         let stats = self
             .live()
@@ -372,6 +394,7 @@ impl Manager {
                     origin: v.origin,
                 })
                 .collect(),
+            nodes: Vec::new(),
         }
     }
 

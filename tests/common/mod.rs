@@ -4,6 +4,7 @@
 //! faasd's own archive writer, and a tiny HTTP client.
 #![allow(dead_code)]
 
+pub mod bird;
 pub mod netns;
 
 use std::io::{Read, Write};

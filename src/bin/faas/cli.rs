@@ -81,6 +81,11 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// List the cluster's nodes (faasd --etcd).
+    Nodes {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Manage secrets (values go in, never out).
     #[command(subcommand)]
     Secret(SecretCommand),

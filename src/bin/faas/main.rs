@@ -91,6 +91,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Logs { name, tail, follow } => print_stream(client.logs(&name, tail, follow)?),
+        Command::Nodes { output } => {
+            let all = client.nodes()?;
+            match output {
+                Format::Table => print!("{}", output::nodes_table(&all)),
+                f => print!("{}", output::structured(&all, f)?),
+            }
+            Ok(())
+        }
         Command::Secret(cmd) => secret(&client, cmd),
         Command::Completion { .. } | Command::Man | Command::Pack { .. } => Ok(()),
     }

@@ -3,7 +3,7 @@
 //! as JSON strings, which YAML reads the same), so no YAML library is
 //! needed to emit it.
 
-use faasd::api::{FunctionInfo, SecretInfo};
+use faasd::api::{FunctionInfo, NodeInfo, SecretInfo};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -35,6 +35,23 @@ pub fn functions_table(all: &[FunctionInfo]) -> String {
             f.stats.warm_starts,
             f.stats.cold_starts,
             &image[..image.len().min(12)]
+        ));
+    }
+    out
+}
+
+pub fn nodes_table(all: &[NodeInfo]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut out = format!("{:<24} {:<32} {:>9}\n", "NAME", "URL", "UP (S)");
+    for n in all {
+        out.push_str(&format!(
+            "{:<24} {:<32} {:>9}\n",
+            n.name,
+            n.url,
+            now.saturating_sub(n.since)
         ));
     }
     out

@@ -1,0 +1,508 @@
+//! Many nodes, one registry of record in etcd (`faasd --etcd`). A change
+//! made through a node's API (deploy, update, rollback, rm) is made here
+//! first, then written to etcd in a transaction on the revision it started
+//! from; every node watches the functions' prefix and converges (`sync`).
+//! Addresses are allocated by transaction, so two nodes never hand out one;
+//! image archives move between nodes by digest (`archives`).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+
+use crate::api::{FunctionInfo, NodeInfo, NodeStatus, OptionsPatch};
+use crate::manager::{Manager, ManagerError};
+use crate::name::FunctionName;
+use crate::net::AddressPool;
+
+pub mod archives;
+pub mod keys;
+mod sync;
+
+use archives::Archives;
+use keys::Spec;
+
+/// Seconds a node's membership (and what it says it serves) outlives its
+/// last keep-alive.
+const LEASE_TTL: i64 = 5;
+/// Each etcd request's limit: an API call during an outage is answered
+/// (503) in about this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the cluster registry (etcd) is unreachable ({0}); nothing was changed, try again once it is back")]
+    Unavailable(String),
+    #[error("{0} was changed through another node at the same time; this change was not recorded, try again")]
+    Conflict(FunctionName),
+    #[error("the cluster's address pool has no free address")]
+    Exhausted,
+    #[error("fetching image archive {digest}: {why}")]
+    Fetch { digest: String, why: String },
+    #[error("etcd is not the cluster this node joined (it joined cluster {joined}, etcd holds {found}); not converging, which would remove every function here: point --etcd at its cluster, or delete <state-dir>/cluster-id to join this one")]
+    Identity { joined: String, found: String },
+    #[error("corrupt cluster record {0}")]
+    Corrupt(String),
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+impl From<etcd_client::Error> for ClusterError {
+    fn from(e: etcd_client::Error) -> Self {
+        ClusterError::Unavailable(e.to_string())
+    }
+}
+
+/// How this node takes part.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub endpoints: Vec<String>,
+    pub node: String,
+    /// This node's control API, for peers fetching archives.
+    pub url: String,
+    /// The token peers present (every node's `--token-file` holds it).
+    pub token: Option<String>,
+}
+
+pub struct Cluster {
+    client: Client,
+    me: Membership,
+    manager: Arc<Manager>,
+    archives: Archives,
+    pool: AddressPool,
+    state: PathBuf,
+    /// The lease of the current etcd session, if there is one.
+    lease: Mutex<Option<i64>>,
+    /// One change at a time on this node: an API change and the
+    /// convergence of a watched one never interleave.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl Cluster {
+    /// Connects lazily: an unreachable etcd is no error here (the node
+    /// serves what it has and converges once etcd answers).
+    pub async fn new(
+        me: Membership,
+        manager: Arc<Manager>,
+        state: &std::path::Path,
+        pool: AddressPool,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
+        let client = Client::connect(&me.endpoints, Some(options)).await?;
+        let archives = Archives::open(state).map_err(|source| ClusterError::Io {
+            op: "opening the archive directory",
+            source,
+        })?;
+        Ok(Arc::new(Self {
+            client,
+            me,
+            manager,
+            archives,
+            pool,
+            state: state.to_path_buf(),
+            lease: Mutex::new(None),
+            applying: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Follows etcd until `stop`: see `sync`.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(sync::run(Arc::clone(self)))
+    }
+
+    pub fn archives(&self) -> &Archives {
+        &self.archives
+    }
+
+    fn lease(&self) -> Option<i64> {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves at shutdown: the lease goes, and with it this node's
+    /// membership, statuses and archive offers.
+    pub async fn leave(&self) {
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(id) = lease {
+            let mut client = self.client.clone();
+            if let Err(e) = client.lease_revoke(id).await {
+                tracing::warn!(error = %e, "leaving the cluster");
+            }
+        }
+    }
+
+    /// Deploys through this node: the archive is kept by digest, the
+    /// address taken in etcd (for a new function), the version deployed
+    /// here, then recorded for every node.
+    pub async fn deploy(
+        &self,
+        name: FunctionName,
+        patch: OptionsPatch,
+        upload: PathBuf,
+    ) -> Result<FunctionInfo, ClusterError> {
+        let _one = self.applying.lock().await;
+        let (current, revision) = self.spec(&name).await?;
+        let kept = self.archives.clone();
+        let digest = tokio::task::spawn_blocking(move || kept.keep(&upload))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|source| ClusterError::Io {
+                op: "keeping the image archive",
+                source,
+            })?;
+        let (ip, reserved) = match &current {
+            Some(spec) => (spec.ip, false),
+            None => (self.reserve_address(&name).await?, true),
+        };
+        let deployed = async {
+            self.forget_if_elsewhere(&name, ip).await?;
+            self.manager
+                .deploy_at(name.clone(), patch, self.archives.path(&digest), Some(ip))
+                .await
+                .map_err(ClusterError::from)
+        }
+        .await;
+        if let Err(e) = deployed {
+            if reserved {
+                self.release_address(ip).await;
+            }
+            self.archives.retain(&self.needed(None).await);
+            return Err(e);
+        }
+        self.offer(&digest).await;
+        self.publish(&name, current.as_ref(), revision, Some(&digest), "deploy")
+            .await
+    }
+
+    /// New options for `name`, through this node.
+    pub async fn update(
+        &self,
+        name: &FunctionName,
+        patch: OptionsPatch,
+    ) -> Result<FunctionInfo, ClusterError> {
+        let _one = self.applying.lock().await;
+        let (current, revision) = self.spec(name).await?;
+        self.manager.update(name, patch).await?;
+        self.publish(name, current.as_ref(), revision, None, "update")
+            .await
+    }
+
+    /// A kept version of `name` again, through this node.
+    pub async fn rollback(
+        &self,
+        name: &FunctionName,
+        to: Option<u64>,
+    ) -> Result<FunctionInfo, ClusterError> {
+        let _one = self.applying.lock().await;
+        let (current, revision) = self.spec(name).await?;
+        self.manager.rollback(name, to).await?;
+        self.publish(name, current.as_ref(), revision, None, "rollback")
+            .await
+    }
+
+    /// Removes `name` from the cluster (and here).
+    pub async fn remove(&self, name: &FunctionName) -> Result<(), ClusterError> {
+        let _one = self.applying.lock().await;
+        let (current, revision) = self.spec(name).await?;
+        if let Some(spec) = &current {
+            let key = keys::function(name);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([
+                    TxnOp::delete(key.as_str(), None),
+                    TxnOp::delete(keys::address(spec.ip), None),
+                ]);
+            if !self.client.clone().txn(txn).await?.succeeded() {
+                return Err(ClusterError::Conflict(name.clone()));
+            }
+        }
+        let removed = self.manager.remove(name).await;
+        match (removed, current) {
+            (Err(ManagerError::NotFound(_)), Some(_)) | (Ok(()), _) => {}
+            (Err(e), _) => return Err(e.into()),
+        }
+        self.forget_status(name).await;
+        Ok(())
+    }
+
+    /// The members now.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let got = self
+            .client
+            .clone()
+            .get(keys::NODES, Some(GetOptions::new().with_prefix()))
+            .await?;
+        got.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                keys::decode(&key, kv.value()).map_err(ClusterError::Corrupt)
+            })
+            .collect()
+    }
+
+    /// What every node serves of `name`.
+    pub async fn statuses(&self, name: &FunctionName) -> Result<Vec<NodeStatus>, ClusterError> {
+        let got = self
+            .client
+            .clone()
+            .get(keys::statuses(name), Some(GetOptions::new().with_prefix()))
+            .await?;
+        got.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                keys::decode(&key, kv.value()).map_err(ClusterError::Corrupt)
+            })
+            .collect()
+    }
+
+    /// `name`'s spec in etcd and its revision (0: none).
+    async fn spec(&self, name: &FunctionName) -> Result<(Option<Spec>, i64), ClusterError> {
+        let key = keys::function(name);
+        let got = self.client.clone().get(key.as_str(), None).await?;
+        match got.kvs().first() {
+            Some(kv) => Ok((
+                Some(keys::decode(&key, kv.value()).map_err(ClusterError::Corrupt)?),
+                kv.mod_revision(),
+            )),
+            None => Ok((None, 0)),
+        }
+    }
+
+    /// Records what serves here now as `name`'s spec, if etcd's is still
+    /// at `revision`; answers the function as this node serves it.
+    async fn publish(
+        &self,
+        name: &FunctionName,
+        previous: Option<&Spec>,
+        revision: i64,
+        new_archive: Option<&str>,
+        origin: &str,
+    ) -> Result<FunctionInfo, ClusterError> {
+        let record = self
+            .manager
+            .record(name)
+            .await
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        let mut archives = previous.map(|p| p.archives.clone()).unwrap_or_default();
+        if let Some(digest) = new_archive {
+            archives.insert(record.image_id.clone(), digest.to_string());
+        }
+        let images: HashSet<&str> = std::iter::once(record.image_id.as_str())
+            .chain(record.history.iter().map(|v| v.image_id.as_str()))
+            .collect();
+        archives.retain(|image, _| images.contains(image.as_str()));
+        let archive = archives.get(&record.image_id).cloned().ok_or_else(|| {
+            ClusterError::Corrupt(format!(
+                "{}: no archive recorded for image {}",
+                keys::function(name),
+                record.image_id
+            ))
+        })?;
+        let spec = Spec {
+            name: name.clone(),
+            ip: record.ip,
+            image_id: record.image_id.clone(),
+            archive,
+            archives,
+            options: record.options.clone(),
+            origin: origin.to_string(),
+            node: self.me.node.clone(),
+        };
+        let key = keys::function(name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(key.as_str(), keys::encode(&spec), None)]);
+        let done = self.client.clone().txn(txn).await?;
+        if !done.succeeded() {
+            return Err(ClusterError::Conflict(name.clone()));
+        }
+        let at = done.header().map(|h| h.revision()).unwrap_or_default();
+        self.report(name, at, None).await;
+        let mut info = self.manager.inspect(name).await?;
+        info.nodes = self.statuses(name).await.unwrap_or_default();
+        Ok(info)
+    }
+
+    /// Takes the lowest pool address no function of the cluster holds
+    /// (nor anything on this node's `lo`).
+    async fn reserve_address(&self, name: &FunctionName) -> Result<IpAddr, ClusterError> {
+        let mut client = self.client.clone();
+        for _ in 0..32 {
+            let got = client
+                .get(
+                    keys::ADDRESSES,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await?;
+            let mut taken: HashSet<IpAddr> = got
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let key = std::str::from_utf8(kv.key()).ok()?;
+                    keys::tail(key, keys::ADDRESSES)?.parse().ok()
+                })
+                .collect();
+            taken.extend(self.manager.local_addresses().await?);
+            let ip = self
+                .pool
+                .allocate(&taken)
+                .map_err(|_| ClusterError::Exhausted)?;
+            let key = keys::address(ip);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.as_str(), name.as_str(), None)]);
+            if client.txn(txn).await?.succeeded() {
+                return Ok(ip);
+            }
+        }
+        Err(ClusterError::Exhausted)
+    }
+
+    async fn release_address(&self, ip: IpAddr) {
+        if let Err(e) = self.client.clone().delete(keys::address(ip), None).await {
+            tracing::warn!(%ip, error = %e, "releasing a reserved address");
+        }
+    }
+
+    /// A local function of that name on another address is an older one
+    /// (removed and made again elsewhere while this node was away): it goes.
+    async fn forget_if_elsewhere(
+        &self,
+        name: &FunctionName,
+        ip: IpAddr,
+    ) -> Result<(), ClusterError> {
+        if let Some(record) = self.manager.record(name).await {
+            if record.ip != ip {
+                tracing::info!(function = %name, old = %record.ip, new = %ip, "the cluster moved it: removing the old one");
+                self.manager.remove(name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells peers this node holds `digest`.
+    async fn offer(&self, digest: &str) {
+        let Some(lease) = self.lease() else {
+            return;
+        };
+        let put = self
+            .client
+            .clone()
+            .put(
+                keys::holder(digest, &self.me.node),
+                self.me.url.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        if let Err(e) = put {
+            tracing::warn!(digest, error = %e, "offering an archive to peers");
+        }
+    }
+
+    /// Writes what this node serves of `name` (at cluster `revision`), and
+    /// again once its pool is filled.
+    async fn report(&self, name: &FunctionName, revision: i64, error: Option<String>) {
+        let Some(lease) = self.lease() else {
+            return;
+        };
+        let record = self.manager.record(name).await;
+        if record.is_none() && error.is_none() {
+            return;
+        }
+        let status = NodeStatus {
+            node: self.me.node.clone(),
+            revision,
+            version: record.as_ref().map(|r| r.version).unwrap_or_default(),
+            image_id: record.map(|r| r.image_id).unwrap_or_default(),
+            ready: error.is_none() && self.manager.ready(name),
+            error,
+        };
+        let key = keys::status(name, &self.me.node);
+        let mut client = self.client.clone();
+        let put = client
+            .put(
+                key.as_str(),
+                keys::encode(&status),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        if let Err(e) = put {
+            tracing::warn!(function = %name, error = %e, "reporting status");
+            return;
+        }
+        if status.ready || status.error.is_some() {
+            return;
+        }
+        let manager = Arc::clone(&self.manager);
+        let name = name.clone();
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match manager.record(&name).await {
+                    Some(r) if r.version == status.version => {}
+                    _ => return,
+                }
+                if manager.ready(&name) {
+                    let ready = NodeStatus {
+                        ready: true,
+                        ..status
+                    };
+                    let opts = Some(PutOptions::new().with_lease(lease));
+                    let _ = client.put(key, keys::encode(&ready), opts).await;
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn forget_status(&self, name: &FunctionName) {
+        let _ = self
+            .client
+            .clone()
+            .delete(keys::status(name, &self.me.node), None)
+            .await;
+    }
+
+    /// The archives the cluster's functions need (and `also`).
+    async fn needed(&self, also: Option<&str>) -> HashSet<String> {
+        let mut keep: HashSet<String> = also.into_iter().map(str::to_string).collect();
+        if let Ok(got) = self
+            .client
+            .clone()
+            .get(keys::FUNCTIONS, Some(GetOptions::new().with_prefix()))
+            .await
+        {
+            for kv in got.kvs() {
+                if let Ok(spec) = keys::decode::<Spec>("", kv.value()) {
+                    keep.extend(spec.archives.into_values());
+                }
+            }
+        } else {
+            // Unknown: keep everything until etcd answers.
+            keep.extend(self.archives.held());
+        }
+        keep
+    }
+}

@@ -1,0 +1,380 @@
+//! Following etcd. A session holds the node's lease (its membership,
+//! statuses and archive offers live under it), converges once on all the
+//! cluster records, then applies each change it watches. A session that
+//! ends (etcd down, the lease expired) is followed by a new one that reads
+//! everything again, so nothing changed during an outage is missed; in
+//! between, the node serves what it has.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+
+use super::keys::{self, Spec};
+use super::{Cluster, ClusterError, LEASE_TTL, REQUEST_TIMEOUT};
+use crate::api::{NodeInfo, OptionsPatch};
+use crate::manager::ManagerError;
+use crate::name::FunctionName;
+
+/// The longest wait between two attempts to reach etcd.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// How often a change that failed here (a peer down, a full disk) is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(3);
+/// The longest a node waits for one peer's archive.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+/// The key naming the cluster, and the file remembering which one this
+/// node joined.
+const CLUSTER_ID_KEY: &str = "/faasd/cluster-id";
+const CLUSTER_ID_FILE: &str = "cluster-id";
+
+pub(super) async fn run(cluster: Arc<Cluster>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut joined = false;
+        let ended = session(&cluster, &mut joined).await;
+        *cluster.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if joined {
+            backoff = Duration::from_millis(250);
+        }
+        tracing::warn!(error = %ended, retry_in = ?backoff, "cluster session ended; serving what is here");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Aborts the keep-alive task when the session ends.
+struct Abort<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Abort<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One session: returns why it ended.
+async fn session(cluster: &Cluster, joined: &mut bool) -> ClusterError {
+    match session_inner(cluster, joined).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(
+    cluster: &Cluster,
+    joined: &mut bool,
+) -> Result<std::convert::Infallible, ClusterError> {
+    let mut client = cluster.client.clone();
+    cluster.check_identity().await?;
+    let lease = client.lease_grant(LEASE_TTL, None).await?.id();
+    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
+    let mut keepalive = Abort(tokio::spawn(async move {
+        loop {
+            if let Err(e) = keeper.keep_alive().await {
+                return format!("keeping the lease: {e}");
+            }
+            match tokio::time::timeout(REQUEST_TIMEOUT, acks.message()).await {
+                Ok(Ok(Some(ack))) if ack.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return "the lease expired".to_string(),
+                Ok(Err(e)) => return format!("keeping the lease: {e}"),
+                Ok(Ok(None)) | Err(_) => return "etcd stopped answering keep-alives".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(LEASE_TTL as u64 * 1000 / 3)).await;
+        }
+    }));
+    let me = NodeInfo {
+        name: cluster.me.node.clone(),
+        url: cluster.me.url.clone(),
+        since: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    client
+        .put(
+            keys::node(&me.name),
+            keys::encode(&me),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    *cluster.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    for digest in cluster.archives.held() {
+        cluster.offer(&digest).await;
+    }
+
+    let all = client
+        .get(keys::FUNCTIONS, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = all.header().map(|h| h.revision()).unwrap_or_default();
+    let mut specs: HashMap<FunctionName, (Spec, i64)> = HashMap::new();
+    for kv in all.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        match keys::decode::<Spec>(&key, kv.value()) {
+            Ok(spec) => {
+                specs.insert(spec.name.clone(), (spec, kv.mod_revision()));
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping a corrupt cluster record"),
+        }
+    }
+    let mut failed: HashMap<FunctionName, (Spec, i64)> = HashMap::new();
+    for (name, record) in cluster
+        .manager
+        .records()
+        .await
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+    {
+        if !specs.contains_key(&name) {
+            tracing::info!(function = %name, ip = %record.ip, "not in the cluster any more: removing");
+            cluster.retire(&name).await;
+        }
+    }
+    for (spec, at) in specs.values() {
+        cluster.converge(spec, *at, &mut failed).await;
+    }
+    cluster.collect_archives().await;
+    *joined = true;
+    tracing::info!(node = %me.name, functions = specs.len(), revision, "in the cluster");
+
+    let mut watch = client
+        .watch(
+            keys::FUNCTIONS,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    loop {
+        tokio::select! {
+            why = &mut keepalive.0 => {
+                return Err(ClusterError::Unavailable(why.unwrap_or_else(|e| e.to_string())));
+            }
+            message = watch.message() => {
+                let response = message?.ok_or_else(|| ClusterError::Unavailable("the watch ended".into()))?;
+                if response.canceled() {
+                    return Err(ClusterError::Unavailable(format!("the watch was cancelled: {}", response.cancel_reason())));
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let name = keys::tail(&key, keys::FUNCTIONS).and_then(|n| FunctionName::parse(n).ok());
+                    let Some(name) = name else { continue };
+                    match event.event_type() {
+                        EventType::Put => match keys::decode::<Spec>(&key, kv.value()) {
+                            Ok(spec) => {
+                                failed.remove(&name);
+                                cluster.converge(&spec, kv.mod_revision(), &mut failed).await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "skipping a corrupt cluster record"),
+                        },
+                        EventType::Delete => {
+                            failed.remove(&name);
+                            cluster.retire(&name).await;
+                        }
+                    }
+                }
+                cluster.collect_archives().await;
+            }
+            _ = retry.tick(), if !failed.is_empty() => {
+                let again: Vec<(Spec, i64)> = failed.drain().map(|(_, v)| v).collect();
+                for (spec, at) in again {
+                    cluster.converge(&spec, at, &mut failed).await;
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Refuses an etcd that is not the cluster this node joined: converging
+    /// on an empty (or another) etcd would remove every function here.
+    async fn check_identity(&self) -> Result<(), ClusterError> {
+        let path = self.state.join(CLUSTER_ID_FILE);
+        let remembered = std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim().to_string());
+        let mut client = self.client.clone();
+        let fresh = format!("{:016x}", rand_u64());
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                CLUSTER_ID_KEY,
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(CLUSTER_ID_KEY, fresh.as_str(), None)])
+            .or_else([TxnOp::get(CLUSTER_ID_KEY, None)]);
+        let done = client.txn(txn).await?;
+        let id = if done.succeeded() {
+            match &remembered {
+                // This node knew a cluster, and etcd knows none: an empty
+                // etcd. Take the id back out rather than adopt it.
+                Some(old) => {
+                    let _ = client.delete(CLUSTER_ID_KEY, None).await;
+                    return Err(ClusterError::Identity {
+                        joined: old.clone(),
+                        found: "none (an empty etcd)".into(),
+                    });
+                }
+                None => fresh,
+            }
+        } else {
+            let got = client.get(CLUSTER_ID_KEY, None).await?;
+            got.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                .unwrap_or_default()
+        };
+        match remembered {
+            Some(old) if old != id => Err(ClusterError::Identity {
+                joined: old,
+                found: id,
+            }),
+            Some(_) => Ok(()),
+            None => std::fs::write(&path, format!("{id}\n")).map_err(|source| ClusterError::Io {
+                op: "remembering the cluster id",
+                source,
+            }),
+        }
+    }
+
+    /// Makes `spec` serve here, reporting how it went; a failure is tried
+    /// again later.
+    async fn converge(
+        &self,
+        spec: &Spec,
+        revision: i64,
+        failed: &mut HashMap<FunctionName, (Spec, i64)>,
+    ) {
+        match self.apply(spec).await {
+            Ok(()) => self.report(&spec.name, revision, None).await,
+            Err(e) => {
+                tracing::warn!(function = %spec.name, revision, error = %e, "could not serve the cluster's version");
+                self.report(&spec.name, revision, Some(e.to_string())).await;
+                failed.insert(spec.name.clone(), (spec.clone(), revision));
+            }
+        }
+    }
+
+    /// The cheapest way from what serves here to `spec`: nothing, new
+    /// options, a kept version, or (only then) the archive, fetched if
+    /// this node lacks it.
+    async fn apply(&self, spec: &Spec) -> Result<(), ClusterError> {
+        let _one = self.applying.lock().await;
+        let name = &spec.name;
+        self.forget_if_elsewhere(name, spec.ip).await?;
+        let local = self.manager.record(name).await;
+        let kept = local.as_ref().and_then(|r| {
+            r.history
+                .iter()
+                .filter(|v| v.image_id == spec.image_id)
+                .max_by_key(|v| (v.options == spec.options, v.version))
+                .map(|v| v.version)
+        });
+        match (local, kept) {
+            (Some(r), _) if r.image_id == spec.image_id => {
+                if r.options != spec.options {
+                    self.manager.set_options(name, spec.options.clone()).await?;
+                }
+            }
+            (Some(_), Some(version)) => {
+                let info = self.manager.rollback(name, Some(version)).await?;
+                if info.options != spec.options {
+                    self.manager.set_options(name, spec.options.clone()).await?;
+                }
+            }
+            _ => {
+                let archive = self.fetch(&spec.archive).await?;
+                self.manager
+                    .deploy_at(
+                        name.clone(),
+                        OptionsPatch::from(&spec.options),
+                        archive,
+                        Some(spec.ip),
+                    )
+                    .await?;
+                self.offer(&spec.archive).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `name` here (the cluster removed it).
+    async fn retire(&self, name: &FunctionName) {
+        let _one = self.applying.lock().await;
+        match self.manager.remove(name).await {
+            Ok(()) | Err(ManagerError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(function = %name, error = %e, "removing"),
+        }
+        self.forget_status(name).await;
+    }
+
+    /// The archive `digest`, here already or fetched from a peer holding it.
+    async fn fetch(&self, digest: &str) -> Result<std::path::PathBuf, ClusterError> {
+        if self.archives.has(digest) {
+            return Ok(self.archives.path(digest));
+        }
+        let got = self
+            .client
+            .clone()
+            .get(keys::holders(digest), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let peers: Vec<String> = got
+            .kvs()
+            .iter()
+            .filter(|kv| !kv.key().ends_with(format!("/{}", self.me.node).as_bytes()))
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .collect();
+        let archives = self.archives.clone();
+        let token = self.me.token.clone();
+        let wanted = digest.to_string();
+        let started = std::time::Instant::now();
+        let fetched = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            tokio::task::spawn_blocking(move || archives.fetch(&wanted, &peers, token.as_deref())),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|joined| joined.map_err(|e| e.to_string()))
+        .and_then(|r| r)
+        .map_err(|why| ClusterError::Fetch {
+            digest: digest.to_string(),
+            why,
+        })?;
+        tracing::info!(digest, took = ?started.elapsed(), "fetched an image archive from a peer");
+        Ok(fetched)
+    }
+
+    /// Deletes the archives no function of the cluster needs, and this
+    /// node's offers of them. Under the change lock and from etcd itself:
+    /// an archive a deploy here has kept but not yet recorded is not
+    /// mistaken for garbage.
+    async fn collect_archives(&self) {
+        let _one = self.applying.lock().await;
+        let keep = self.needed(None).await;
+        for digest in self.archives.retain(&keep) {
+            tracing::info!(digest, "deleted an image archive no function needs");
+            let _ = self
+                .client
+                .clone()
+                .delete(keys::holder(&digest, &self.me.node), None)
+                .await;
+        }
+    }
+}
+
+/// 64 random bits from the kernel (a cluster id needs no more).
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    u64::from_ne_bytes(bytes)
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+}

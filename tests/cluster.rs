@@ -1,0 +1,671 @@
+//! Many nodes, one registry in etcd, as `docs/network.md` sets it up: a
+//! router namespace running BIRD with ECMP (and the test's one etcd on an
+//! address of its own), three node namespaces each with faasd and BIRD
+//! peering with it. A deploy through one node serves from all three;
+//! changes through any node reach all; etcd's outage and a node's loss or
+//! planned stop cost no served request beyond what the issue allows.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::bird::{node_config, router_config, router_route, wait_until, Bird};
+use common::netns::{ip, unique, Netns};
+use common::*;
+use faasd::api::{DeployOptions, FunctionInfo};
+use faasd::image::build::{Entry, ImageSpec, Layer};
+use nix::sys::signal::Signal;
+
+const ETCD: &str = "198.18.0.1";
+const POOL: &str = "198.18.100.0/24";
+
+/// The test's etcd, in the router's namespace; killed on drop.
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    ns: String,
+}
+
+impl Etcd {
+    fn start(ns: &Netns) -> Self {
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            ns: ns.0.clone(),
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let etcd =
+            which("etcd").expect("etcd not found: scripts/install-deps.sh installs etcd-server");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("log");
+        let client = format!("http://{ETCD}:2379");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(etcd)
+            .args(["--name", "e1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd");
+        self.child = Some(child);
+        let path = format!("/run/netns/{}", self.ns);
+        let up = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if http_get(&format!("{ETCD}:2379"), "/health")
+                    .is_ok_and(|(s, b)| s == 200 && b.contains("true"))
+                {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        })
+        .join()
+        .expect("thread");
+        assert!(up, "etcd did not come up: {}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One node: its namespace, BIRD and faasd.
+/// Fields drop in order: faasd and BIRD before their namespace.
+struct Node {
+    faasd: Daemon,
+    bird: Option<Bird>,
+    addr: String,
+    router_side: String,
+    ns: Netns,
+}
+
+impl Node {
+    fn bird(&mut self) {
+        self.bird = Some(Bird::start(
+            &self.ns,
+            &node_config(&self.addr, &self.router_side),
+        ));
+    }
+
+    fn call(&self, ip: IpAddr) -> std::io::Result<(u16, String)> {
+        self.ns.run(move || call(ip))
+    }
+
+    fn inspect(&self, name: &str) -> FunctionInfo {
+        self.faasd.client().inspect(name).expect("inspect")
+    }
+}
+
+struct Sim {
+    nodes: Vec<Node>,
+    router_bird: Bird,
+    etcd: Etcd,
+    router: Netns,
+    _token: tempfile::TempDir,
+}
+
+impl Sim {
+    fn start(count: usize) -> Self {
+        for tool in ["bird", "etcd"] {
+            assert!(
+                which(tool).is_some(),
+                "{tool} not found: scripts/install-deps.sh installs bird2 and etcd-server"
+            );
+        }
+        let router = Netns::new("crouter");
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ] {
+            router_sysctl(&router, sysctl);
+        }
+        router.ip(&["addr", "add", &format!("{ETCD}/32"), "dev", "lo"]);
+        let etcd = Etcd::start(&router);
+        let token = tempfile::tempdir().expect("tempdir");
+        let token_file = token.path().join("token");
+        std::fs::write(&token_file, "cluster-test-token\n").expect("token");
+        let mut sides = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..count {
+            let ns = Netns::new("cnode");
+            let (rv, nv) = (unique("cr"), unique("cn"));
+            ip(&[
+                "link", "add", &rv, "netns", &router.0, "type", "veth", "peer", "name", &nv,
+                "netns", &ns.0,
+            ]);
+            let router_side = format!("198.18.1.{}", 4 * i + 2);
+            let addr = format!("198.18.1.{}", 4 * i + 1);
+            router.ip(&["addr", "add", &format!("{router_side}/30"), "dev", &rv]);
+            router.ip(&["link", "set", &rv, "up"]);
+            ns.ip(&["addr", "add", &format!("{addr}/30"), "dev", &nv]);
+            ns.ip(&["link", "set", &nv, "up"]);
+            ns.ip(&["route", "add", "198.18.0.0/23", "via", &router_side]);
+            sides.push(addr.clone());
+            let listen = format!("{addr}:8080");
+            let faasd = Daemon::start_in(
+                &ns.0,
+                &[
+                    "--ip-pool",
+                    POOL,
+                    "--route-table",
+                    "100",
+                    "--drain",
+                    "2",
+                    "--etcd",
+                    &format!("http://{ETCD}:2379"),
+                    "--node-name",
+                    &format!("n{}", i + 1),
+                    "--listen",
+                    &listen,
+                    "--advertise-url",
+                    &format!("http://{listen}"),
+                    "--token-file",
+                    &token_file.to_string_lossy(),
+                ],
+            );
+            let mut node = Node {
+                ns,
+                addr,
+                router_side,
+                bird: None,
+                faasd,
+            };
+            node.bird();
+            nodes.push(node);
+        }
+        let peers: Vec<&str> = sides.iter().map(String::as_str).collect();
+        let router_bird = Bird::start(&router, &router_config("198.18.0.1", &peers));
+        Sim {
+            router,
+            router_bird,
+            etcd,
+            nodes,
+            _token: token,
+        }
+    }
+
+    fn context(&self) -> String {
+        let mut out = format!(
+            "router: {}\netcd:\n{}\n",
+            self.router_bird.protocols(),
+            tail(&self.etcd.log(), 20)
+        );
+        for (i, n) in self.nodes.iter().enumerate() {
+            out += &format!("--- n{} faasd:\n{}\n", i + 1, tail(&n.faasd.log_text(), 40));
+        }
+        out
+    }
+
+    fn paths(&self, addr: IpAddr) -> usize {
+        paths(&self.router, addr)
+    }
+
+    /// GET `addr` from the router (a client behind it).
+    fn get(&self, addr: IpAddr) -> std::io::Result<(u16, String)> {
+        self.router.run(move || call(addr))
+    }
+}
+
+/// How many next hops `router` has for `addr`.
+fn paths(router: &Netns, addr: IpAddr) -> usize {
+    let route = router_route(router, addr);
+    match route.matches("nexthop").count() {
+        0 if route.contains(" via ") => 1,
+        n => n,
+    }
+}
+
+fn router_sysctl(ns: &Netns, setting: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "sysctl", "-qw", setting])
+        .output()
+        .expect("sysctl");
+    assert!(out.status.success(), "sysctl {setting}: {out:?}");
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// hello, padded with `mb` MB that do not compress.
+fn padded_hello(mb: usize) -> ImageSpec {
+    let mut spec = hello_image();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let pad: Vec<u8> = (0..mb << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    spec.layers.push(Layer {
+        entries: vec![Entry::file("pad", pad)],
+        gzip: false,
+    });
+    spec
+}
+
+fn warm1() -> DeployOptions {
+    DeployOptions {
+        warm: 1,
+        ..Default::default()
+    }
+}
+
+const HELLO: &str = "Hello from FaaS handler!\n";
+
+#[test]
+fn three_nodes_one_registry_behind_an_ecmp_router() {
+    let mut sim = Sim::start(3);
+    let ctx = |sim: &Sim| sim.context();
+    wait_until(
+        "three members",
+        Duration::from_secs(15),
+        || {
+            sim.nodes[0]
+                .faasd
+                .client()
+                .nodes()
+                .is_ok_and(|n| n.len() == 3)
+        },
+        || ctx(&sim),
+    );
+    let listed = sim.nodes[1].faasd.faas(&["nodes"], None);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    for n in ["n1", "n2", "n3"] {
+        assert!(text.contains(n), "faas nodes: {text}");
+    }
+
+    // Deploy once through node 1: all three serve it, the router spreads.
+    let image = padded_hello(10);
+    let t0 = Instant::now();
+    let f = sim.nodes[0].faasd.deploy("f", &image, &warm1()).ip;
+    let mut everywhere = None;
+    wait_until(
+        "f served by every node",
+        Duration::from_secs(30),
+        || {
+            let all = sim
+                .nodes
+                .iter()
+                .all(|n| n.call(f).is_ok_and(|(s, b)| s == 200 && b == HELLO));
+            if all && everywhere.is_none() {
+                everywhere = Some(t0.elapsed());
+            }
+            all
+        },
+        || ctx(&sim),
+    );
+    let everywhere = everywhere.expect("measured");
+    println!(
+        "MEASURE deploy_10mb_to_200_on_3_nodes_ms {}",
+        everywhere.as_millis()
+    );
+    // The target (2 s) holds for the release build (docs/network.md); the
+    // suite runs unoptimized, where hashing and unpacking are ~5x slower.
+    let limit = if cfg!(debug_assertions) { 10 } else { 2 };
+    assert!(
+        everywhere < Duration::from_secs(limit),
+        "10 MB to every node in {everywhere:?}"
+    );
+    wait_until(
+        "three paths at the router",
+        Duration::from_secs(30),
+        || sim.paths(f) == 3,
+        || format!("{}\n{}", router_route(&sim.router, f), ctx(&sim)),
+    );
+    for _ in 0..90 {
+        let (status, body) = sim.get(f).expect("GET f from the router");
+        assert_eq!((status, body.as_str()), (200, HELLO));
+    }
+    let per_node: Vec<u64> = sim
+        .nodes
+        .iter()
+        .map(|n| n.inspect("f").stats.requests)
+        .collect();
+    println!("MEASURE requests_per_node {per_node:?}");
+    assert!(
+        per_node.iter().all(|&r| r > 0),
+        "connections spread over every node: {per_node:?}"
+    );
+    wait_until(
+        "every node ready in inspect",
+        Duration::from_secs(15),
+        || {
+            let info = sim.nodes[1].inspect("f");
+            info.nodes.len() == 3
+                && info
+                    .nodes
+                    .iter()
+                    .all(|s| s.ready && s.image_id == info.image_id)
+        },
+        || format!("{:?}\n{}", sim.nodes[1].inspect("f").nodes, ctx(&sim)),
+    );
+
+    // Concurrent deploys through different nodes: distinct addresses,
+    // every node serves all.
+    let small = hello_image();
+    let ips: Vec<IpAddr> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let node = &sim.nodes[i % 3];
+                let small = &small;
+                s.spawn(move || {
+                    node.faasd
+                        .deploy(&format!("g{i}"), small, &DeployOptions::default())
+                        .ip
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("deploy"))
+            .collect()
+    });
+    let distinct: HashSet<IpAddr> = ips.iter().copied().chain([f]).collect();
+    assert_eq!(distinct.len(), 21, "one address each: {ips:?}");
+    for node in &sim.nodes {
+        wait_until(
+            "every node to serve all 20",
+            Duration::from_secs(60),
+            || node.faasd.client().list().is_ok_and(|l| l.len() == 21),
+            || ctx(&sim),
+        );
+        for ip in &ips {
+            let (status, _) = node.call(*ip).expect("call g");
+            assert_eq!(status, 200);
+        }
+    }
+    // Redeploy and update through other nodes, rm through a third.
+    sim.nodes[1]
+        .faasd
+        .deploy("g0", &probe_image("hello", &[]), &DeployOptions::default());
+    let out = sim.nodes[2]
+        .faasd
+        .faas(&["update", "g1", "--env", "FROM=n3"], None);
+    assert!(out.status.success(), "{out:?}");
+    for node in &sim.nodes {
+        wait_until(
+            "the redeploy and the update everywhere",
+            Duration::from_secs(30),
+            || {
+                node.call(ips[0]).is_ok_and(|(_, b)| b == "probe ok\n")
+                    && node
+                        .inspect("g1")
+                        .options
+                        .env
+                        .get("FROM")
+                        .map(String::as_str)
+                        == Some("n3")
+            },
+            || ctx(&sim),
+        );
+    }
+    for i in 0..20 {
+        let out = sim.nodes[2].faasd.faas(&["rm", &format!("g{i}")], None);
+        assert!(out.status.success(), "{out:?}");
+    }
+    for node in &sim.nodes {
+        wait_until(
+            "the removals everywhere",
+            Duration::from_secs(30),
+            || node.faasd.client().list().is_ok_and(|l| l.len() == 1),
+            || ctx(&sim),
+        );
+    }
+
+    // etcd down: serving goes on, a deploy gets 503; back: converges.
+    sim.etcd.stop();
+    for _ in 0..20 {
+        assert_eq!(sim.get(f).expect("GET f while etcd is down").0, 200);
+    }
+    let refused = sim.nodes[0]
+        .faasd
+        .client()
+        .deploy("h", &warm1(), &image_bytes(&small)[..]);
+    match refused {
+        Err(faasd::client::ClientError::Api { status, message }) => {
+            assert_eq!(status, 503, "{message}");
+            assert!(message.contains("etcd"), "{message}");
+        }
+        other => panic!("a deploy during the outage: {other:?}"),
+    }
+    sim.etcd.spawn();
+    let h = sim.nodes[0]
+        .faasd
+        .deploy("h", &small, &DeployOptions::default())
+        .ip;
+    for node in &sim.nodes {
+        wait_until(
+            "h everywhere after the outage",
+            Duration::from_secs(30),
+            || node.call(h).is_ok_and(|(s, _)| s == 200),
+            || ctx(&sim),
+        );
+    }
+
+    // Unplanned loss of node 3: after the hold time, every request succeeds.
+    let fetched_before = sim.nodes[2]
+        .faasd
+        .log_text()
+        .matches("fetched an image archive")
+        .count();
+    sim.nodes[2].faasd.crash();
+    sim.nodes[2].bird = None;
+    let lost = Instant::now();
+    // Requests go on until 2 s pass without a failure; the last failure
+    // is when the router had forgotten node 3.
+    let mut last_failure = Duration::ZERO;
+    let (mut failures, mut requests) = (0, 0);
+    while lost.elapsed() < last_failure + Duration::from_secs(2) {
+        assert!(
+            lost.elapsed() < Duration::from_secs(15),
+            "no recovery: {}",
+            ctx(&sim)
+        );
+        requests += 1;
+        if !matches!(sim.get(f), Ok((200, _))) {
+            failures += 1;
+            last_failure = lost.elapsed();
+        }
+    }
+    println!(
+        "MEASURE unplanned_loss last_failure_ms={} failed={failures} of {requests}",
+        last_failure.as_millis()
+    );
+    assert!(
+        last_failure <= Duration::from_secs(4),
+        "every request succeeds within the hold time (3 s) + 1 s: the last failed at {last_failure:?}"
+    );
+
+    // It comes back: serves from what it has (nothing fetched), rejoins.
+    sim.nodes[2].faasd.spawn();
+    sim.nodes[2].bird();
+    wait_until(
+        "node 3 back at the router",
+        Duration::from_secs(30),
+        || sim.paths(f) == 3,
+        || ctx(&sim),
+    );
+    assert_eq!(sim.nodes[2].call(f).expect("f on node 3").0, 200);
+    let fetched_after = sim.nodes[2]
+        .faasd
+        .log_text()
+        .matches("fetched an image archive")
+        .count();
+    assert_eq!(
+        fetched_before, fetched_after,
+        "fetched again after a restart"
+    );
+
+    // Planned stop of node 2 under steady load: nothing fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let path = format!("/run/netns/{}", sim.router.0);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            while !stop.load(Ordering::Relaxed) {
+                match call(f) {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("planned stop: a request failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    let (router, node2) = (&sim.router, &mut sim.nodes[1]);
+    let (status, took) = std::thread::scope(|s| {
+        let stopping = s.spawn(|| node2.faasd.stop());
+        while paths(router, f) == 3 && stopped.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "MEASURE planned_stop router_forgot_after_ms {}",
+            stopped.elapsed().as_millis()
+        );
+        stopping.join().expect("stop")
+    });
+    assert!(status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "MEASURE planned_stop ok={ok} failed={failed} stop_took_ms={}",
+        took.as_millis()
+    );
+    assert!(ok > 50, "load ran: {ok}");
+    // The drain serves everything that reaches the node after its route
+    // went. What plain ECMP cannot keep is a connection in flight to it at
+    // the instant the router drops its path: the router rehashes that
+    // flow to another node, which resets it (docs/network.md). The load
+    // is one connection at a time, so that is at most one.
+    assert!(
+        failed <= 1,
+        "a planned stop loses at most the connection in flight at the route change: {failed} failed\n{}",
+        ctx(&sim)
+    );
+    wait_until(
+        "node 2 gone from the members",
+        Duration::from_secs(10),
+        || {
+            sim.nodes[0]
+                .faasd
+                .client()
+                .nodes()
+                .is_ok_and(|n| n.len() == 2)
+        },
+        || ctx(&sim),
+    );
+
+    // A node that hangs (power loss, a frozen host): no FIN ends its BGP
+    // session, so the router drops it when the hold time (3 s) passes.
+    // Requests hashed to it meanwhile time out.
+    let frozen = [
+        sim.nodes[0].faasd.pid(),
+        sim.nodes[0]
+            .bird
+            .as_ref()
+            .map(|b| b.child.id() as i32)
+            .expect("bird"),
+    ];
+    for pid in frozen {
+        signal(pid, Signal::SIGSTOP);
+    }
+    let lost = Instant::now();
+    let mut last_failure = Duration::ZERO;
+    let (mut failures, mut requests) = (0, 0);
+    while lost.elapsed() < last_failure + Duration::from_secs(2) {
+        assert!(
+            lost.elapsed() < Duration::from_secs(15),
+            "no recovery: {}",
+            ctx(&sim)
+        );
+        requests += 1;
+        let answered = sim
+            .router
+            .run(move || http_get_timeout(&f.to_string(), "/", Duration::from_millis(300)));
+        if !matches!(answered, Ok((200, _))) {
+            failures += 1;
+            last_failure = lost.elapsed();
+        }
+    }
+    for pid in frozen {
+        signal(pid, Signal::SIGCONT);
+    }
+    println!(
+        "MEASURE hung_node last_failure_ms={} failed={failures} of {requests}",
+        last_failure.as_millis()
+    );
+    assert!(
+        last_failure <= Duration::from_millis(4300),
+        "every request succeeds within the hold time (3 s) + 1 s (+ one 300 ms timeout): the last failed at {last_failure:?}"
+    );
+    // Thawed, it finds its lease gone, joins again and is announced again.
+    wait_until(
+        "node 1 back",
+        Duration::from_secs(30),
+        || {
+            sim.paths(f) == 2
+                && sim.nodes[2]
+                    .faasd
+                    .client()
+                    .nodes()
+                    .is_ok_and(|n| n.iter().any(|m| m.name == "n1"))
+        },
+        || ctx(&sim),
+    );
+}
+
+fn signal(pid: i32, sig: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+}
