@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 mod options;
+mod patch;
 
 pub use options::*;
+pub use patch::OptionsPatch;
 
 /// Request counters of one function since faasd started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::api::{DeployOptions, ErrorBody, FunctionInfo, OptionsPatch, SecretInfo};
 
+mod endpoint;
 pub mod http;
 
 use http::{Body, Endpoint, Response, WireError};

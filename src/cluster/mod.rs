@@ -11,15 +11,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use crate::api::{FunctionInfo, NodeInfo, NodeStatus, OptionsPatch};
 use crate::manager::{Manager, ManagerError};
 use crate::name::FunctionName;
 use crate::net::AddressPool;
 
+mod addresses;
 pub mod archives;
 pub mod keys;
+mod reports;
 mod sync;
 
 use archives::Archives;
@@ -345,47 +347,6 @@ impl Cluster {
         Ok(info)
     }
 
-    /// Takes the lowest pool address no function of the cluster holds
-    /// (nor anything on this node's `lo`).
-    async fn reserve_address(&self, name: &FunctionName) -> Result<IpAddr, ClusterError> {
-        let mut client = self.client.clone();
-        for _ in 0..32 {
-            let got = client
-                .get(
-                    keys::ADDRESSES,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await?;
-            let mut taken: HashSet<IpAddr> = got
-                .kvs()
-                .iter()
-                .filter_map(|kv| {
-                    let key = std::str::from_utf8(kv.key()).ok()?;
-                    keys::tail(key, keys::ADDRESSES)?.parse().ok()
-                })
-                .collect();
-            taken.extend(self.manager.local_addresses().await?);
-            let ip = self
-                .pool
-                .allocate(&taken)
-                .map_err(|_| ClusterError::Exhausted)?;
-            let key = keys::address(ip);
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.as_str(), name.as_str(), None)]);
-            if client.txn(txn).await?.succeeded() {
-                return Ok(ip);
-            }
-        }
-        Err(ClusterError::Exhausted)
-    }
-
-    async fn release_address(&self, ip: IpAddr) {
-        if let Err(e) = self.client.clone().delete(keys::address(ip), None).await {
-            tracing::warn!(%ip, error = %e, "releasing a reserved address");
-        }
-    }
-
     /// A local function of that name on another address is an older one
     /// (removed and made again elsewhere while this node was away): it goes.
     async fn forget_if_elsewhere(
@@ -400,89 +361,6 @@ impl Cluster {
             }
         }
         Ok(())
-    }
-
-    /// Tells peers this node holds `digest`.
-    async fn offer(&self, digest: &str) {
-        let Some(lease) = self.lease() else {
-            return;
-        };
-        let put = self
-            .client
-            .clone()
-            .put(
-                keys::holder(digest, &self.me.node),
-                self.me.url.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await;
-        if let Err(e) = put {
-            tracing::warn!(digest, error = %e, "offering an archive to peers");
-        }
-    }
-
-    /// Writes what this node serves of `name` (at cluster `revision`), and
-    /// again once its pool is filled.
-    async fn report(&self, name: &FunctionName, revision: i64, error: Option<String>) {
-        let Some(lease) = self.lease() else {
-            return;
-        };
-        let record = self.manager.record(name).await;
-        if record.is_none() && error.is_none() {
-            return;
-        }
-        let status = NodeStatus {
-            node: self.me.node.clone(),
-            revision,
-            version: record.as_ref().map(|r| r.version).unwrap_or_default(),
-            image_id: record.map(|r| r.image_id).unwrap_or_default(),
-            ready: error.is_none() && self.manager.ready(name),
-            error,
-        };
-        let key = keys::status(name, &self.me.node);
-        let mut client = self.client.clone();
-        let put = client
-            .put(
-                key.as_str(),
-                keys::encode(&status),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await;
-        if let Err(e) = put {
-            tracing::warn!(function = %name, error = %e, "reporting status");
-            return;
-        }
-        if status.ready || status.error.is_some() {
-            return;
-        }
-        let manager = Arc::clone(&self.manager);
-        let name = name.clone();
-        tokio::spawn(async move {
-            for _ in 0..600 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                match manager.record(&name).await {
-                    Some(r) if r.version == status.version => {}
-                    _ => return,
-                }
-                if manager.ready(&name) {
-                    let ready = NodeStatus {
-                        ready: true,
-                        ..status
-                    };
-                    let opts = Some(PutOptions::new().with_lease(lease));
-                    let _ = client.put(key, keys::encode(&ready), opts).await;
-                    return;
-                }
-            }
-        });
-    }
-
-    async fn forget_status(&self, name: &FunctionName) {
-        let _ = self
-            .client
-            .clone()
-            .delete(keys::status(name, &self.me.node), None)
-            .await;
     }
 
     /// The archives the cluster's functions need (and `also`).

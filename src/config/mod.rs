@@ -3,13 +3,18 @@
 //! by default: `state-dir = "/srv/faasd"`, `cores = 4`, `reuse-port =
 //! true`); flags given on the command line win.
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use serde::Serialize;
+
+mod cluster;
+mod file;
+
+pub use cluster::ClusterConfig;
+pub use file::is_default_config;
 
 use crate::image::Limits;
 use crate::net::AddressPool;
@@ -128,121 +133,6 @@ pub struct Args {
     pub init: Option<PathBuf>,
 }
 
-impl Args {
-    /// Parses the command line after the config file's keys: the file
-    /// (`--config`, or the default if it exists) becomes flags placed
-    /// before the command line's, which therefore win.
-    pub fn load(argv: Vec<OsString>) -> Result<Self, String> {
-        let explicit = config_flag(&argv);
-        let path = explicit
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        let given = given_flags(&argv);
-        let from_file = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                file_flags(&text, &given).map_err(|e| format!("{}: {e}", path.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => Vec::new(),
-            Err(e) => return Err(format!("reading config file {}: {e}", path.display())),
-        };
-        let mut all: Vec<OsString> = argv.iter().take(1).cloned().collect();
-        all.extend(from_file);
-        all.extend(argv.into_iter().skip(1));
-        Args::try_parse_from(all).map_err(|e| {
-            if e.use_stderr() {
-                let text = e.to_string();
-                text.lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ")
-                    .to_string()
-            } else {
-                // --help and --version print and exit as usual.
-                e.exit()
-            }
-        })
-    }
-
-    /// The configuration in effect as a config file would say it.
-    pub fn to_toml(&self) -> Result<String, String> {
-        toml::to_string(self).map_err(|e| e.to_string())
-    }
-}
-
-/// `--config FILE` or `--config=FILE` on the command line.
-fn config_flag(argv: &[OsString]) -> Option<PathBuf> {
-    let mut it = argv.iter().skip(1);
-    while let Some(a) = it.next() {
-        let a = a.to_string_lossy();
-        if a == "--config" {
-            return it.next().map(PathBuf::from);
-        }
-        if let Some(v) = a.strip_prefix("--config=") {
-            return Some(PathBuf::from(v));
-        }
-    }
-    None
-}
-
-/// The long flags on the command line (`--cores 2`, `--cores=2`).
-fn given_flags(argv: &[OsString]) -> Vec<String> {
-    argv.iter()
-        .skip(1)
-        .filter_map(|a| a.to_str()?.strip_prefix("--"))
-        .map(|a| a.split('=').next().unwrap_or(a).to_string())
-        .collect()
-}
-
-/// The flags a config file stands for: `key = value` becomes `--key
-/// value`, `key = true` becomes `--key`; unknown keys are errors. A key
-/// the command line gives too is left out: the flag wins, also for the
-/// flags that may repeat (`--ip-pool`).
-fn file_flags(text: &str, given: &[String]) -> Result<Vec<OsString>, String> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    let command = Args::command();
-    let mut flags = Vec::new();
-    for (key, value) in table {
-        let long = key.replace('_', "-");
-        let known = command.get_arguments().any(|a| {
-            a.get_long() == Some(long.as_str())
-                && !matches!(
-                    long.as_str(),
-                    "config" | "print-config" | "help" | "version"
-                )
-        });
-        if !known {
-            return Err(format!(
-                "unknown key {key:?} (keys are faasd's flags: faasd --help)"
-            ));
-        }
-        if given.contains(&long) {
-            continue;
-        }
-        let values: Vec<&toml::Value> = match &value {
-            toml::Value::Array(items) => items.iter().collect(),
-            one => vec![one],
-        };
-        for v in values {
-            match v {
-                toml::Value::Boolean(true) => flags.push(format!("--{long}").into()),
-                toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => flags.push(format!("--{long}={s}").into()),
-                toml::Value::Integer(i) => flags.push(format!("--{long}={i}").into()),
-                toml::Value::Float(f) => flags.push(format!("--{long}={f}").into()),
-                other => return Err(format!("key {key:?}: unsupported value {other}")),
-            }
-        }
-    }
-    Ok(flags)
-}
-
-/// Whether `path` is the default config file (for messages).
-pub fn is_default_config(path: &Path) -> bool {
-    path == Path::new(DEFAULT_CONFIG)
-}
-
 /// How faasd writes its own log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -287,63 +177,6 @@ pub struct Config {
     pub init: Option<PathBuf>,
     /// `--etcd`: this node's part in a cluster.
     pub cluster: Option<ClusterConfig>,
-}
-
-/// `--etcd`, `--node-name`, `--advertise-url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    pub endpoints: Vec<String>,
-    pub node: String,
-    pub url: String,
-}
-
-/// A node name: a key segment in etcd and a label in `faas nodes`.
-fn valid_node_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn cluster_config(
-    etcd: Vec<String>,
-    node: Option<String>,
-    url: Option<String>,
-    listen: SocketAddr,
-) -> Result<Option<ClusterConfig>, String> {
-    if etcd.is_empty() {
-        if node.is_some() || url.is_some() {
-            return Err("--node-name and --advertise-url need --etcd".into());
-        }
-        return Ok(None);
-    }
-    for e in &etcd {
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(format!("--etcd {e}: expected http://HOST:PORT"));
-        }
-    }
-    let node = match node {
-        Some(n) => n,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_err(|e| format!("--node-name not given and the host name is unknown: {e}"))?
-            .trim()
-            .to_string(),
-    };
-    if !valid_node_name(&node) {
-        return Err(format!(
-            "--node-name {node:?}: 1-63 letters, digits, '-', '_' or '.'"
-        ));
-    }
-    let url = url.unwrap_or_else(|| format!("http://{listen}"));
-    crate::client::http::Endpoint::parse(&url).map_err(|e| format!("--advertise-url {e}"))?;
-    if url.starts_with("unix:") {
-        return Err(format!("--advertise-url {url}: peers need an http:// URL"));
-    }
-    Ok(Some(ClusterConfig {
-        endpoints: etcd,
-        node,
-        url,
-    }))
 }
 
 impl Args {
@@ -416,7 +249,8 @@ impl Args {
                 self.state_dir.display()
             ));
         }
-        let cluster = cluster_config(self.etcd, self.node_name, self.advertise_url, self.listen)?;
+        let cluster =
+            cluster::cluster_config(self.etcd, self.node_name, self.advertise_url, self.listen)?;
         Ok(Config {
             cluster,
             state_dir: self.state_dir,
@@ -452,7 +286,7 @@ impl Args {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, String> {
+    pub(super) fn parse(args: &[&str]) -> Result<Config, String> {
         let mut all = vec!["faasd"];
         all.extend_from_slice(args);
         Args::try_parse_from(all)
@@ -468,56 +302,6 @@ mod tests {
         assert_eq!(c.pool.to_string(), "127.10.0.0/16");
         assert!(c.cores >= 1);
         assert_eq!(c.port, 80);
-    }
-
-    fn load(file: &str, args: &[&str]) -> Result<Args, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("faasd.toml");
-        std::fs::write(&path, file).expect("write");
-        let mut argv: Vec<OsString> = vec!["faasd".into(), "--config".into(), path.into()];
-        argv.extend(args.iter().map(OsString::from));
-        Args::load(argv)
-    }
-
-    #[test]
-    fn the_config_file_sets_flags_and_the_command_line_wins() {
-        let a = load(
-            "state-dir = \"/srv/faasd\"\ncores = 3\nno_metrics = true\nlisten = \"127.0.0.1:9000\"\n",
-            &["--cores", "1"],
-        )
-        .expect("load");
-        assert_eq!(a.state_dir, PathBuf::from("/srv/faasd"));
-        assert_eq!(a.cores, Some(1), "the flag wins");
-        assert!(a.no_metrics);
-        assert_eq!(a.listen, "127.0.0.1:9000".parse().expect("addr"));
-        let printed = a.to_toml().expect("toml");
-        assert!(printed.contains("state-dir = \"/srv/faasd\""), "{printed}");
-        assert!(printed.contains("cores = 1"), "{printed}");
-        // What it prints reads back the same.
-        let again = load(&printed, &[]).expect("reload");
-        assert_eq!(again.to_toml().expect("toml"), printed);
-        let pools =
-            load("ip-pool = [\"198.18.0.0/24\", \"fd00:faa5::/64\"]\n", &[]).expect("pools");
-        assert_eq!(pools.ip_pool, ["198.18.0.0/24", "fd00:faa5::/64"]);
-        let pools = load(
-            "ip-pool = [\"198.18.0.0/24\"]\n",
-            &["--ip-pool", "192.0.2.0/24"],
-        )
-        .expect("pools");
-        assert_eq!(
-            pools.ip_pool,
-            ["192.0.2.0/24"],
-            "the flag replaces the file's list"
-        );
-        let e = load("colour = \"blue\"\n", &[]).expect_err("unknown key");
-        assert!(e.contains("unknown key \"colour\""), "{e}");
-        assert!(load("cores = [\n", &[]).is_err(), "bad TOML");
-        let missing = Args::load(vec![
-            "faasd".into(),
-            "--config".into(),
-            "/nonexistent.toml".into(),
-        ]);
-        assert!(missing.is_err(), "an explicit file must exist");
     }
 
     #[test]
@@ -537,29 +321,6 @@ mod tests {
             (c.route_table, c.drain),
             (Some(100), Duration::from_millis(1500))
         );
-    }
-
-    #[test]
-    fn cluster_flags() {
-        assert_eq!(parse(&[]).map(|c| c.cluster), Ok(None));
-        let c = parse(&[
-            "--etcd",
-            "http://198.18.0.1:2379,http://198.18.0.2:2379",
-            "--node-name",
-            "n1",
-            "--listen",
-            "198.18.1.1:8080",
-        ])
-        .expect("cluster")
-        .cluster
-        .expect("some");
-        assert_eq!(c.endpoints.len(), 2);
-        assert_eq!(c.node, "n1");
-        assert_eq!(c.url, "http://198.18.1.1:8080");
-        assert!(parse(&["--node-name", "n1"]).is_err(), "needs --etcd");
-        assert!(parse(&["--etcd", "198.18.0.1:2379"]).is_err());
-        assert!(parse(&["--etcd", "http://e:2379", "--node-name", "a/b"]).is_err());
-        assert!(parse(&["--etcd", "http://e:2379", "--advertise-url", "unix:///x"]).is_err());
     }
 
     #[test]
