@@ -261,9 +261,13 @@ fn plain_servers_on_a_port_serve_single_use_and_reused() {
     let ip = d
         .deploy("port-reuse", &busybox_image(&httpd, ""), &reused)
         .ip;
+    // Sequential connections with room between them (the relay has to
+    // see the last one closed before its container is free again, which
+    // can take tens of milliseconds on a loaded machine; sooner, faasd
+    // rightly scales out).
     let nets: HashSet<String> = (0..5)
         .map(|_| {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(150));
             kv(&get(ip, "/cgi-bin/id").1)["net"].clone()
         })
         .collect();
