@@ -7,11 +7,12 @@
 # client), Debian's python3 (an image of it runs a Python handler),
 # systemd-analyze (the unit file is verified), bird2 (BGP tests: a router
 # and nodes in network namespaces), etcd-server (the cluster test's
-# registry), protobuf-compiler (etcd-client's build needs protoc) and curl.
+# registry), protobuf-compiler (etcd-client's build needs protoc), curl,
+# and iptables (egress rules).
 set -euo pipefail
 
 # command:package
-wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 etcd:etcd-server protoc:protobuf-compiler curl:curl nsenter:util-linux"
+wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 etcd:etcd-server protoc:protobuf-compiler curl:curl nsenter:util-linux iptables:iptables"
 need=()
 for pair in $wanted; do
     cmd=${pair%%:*}; pkg=${pair#*:}

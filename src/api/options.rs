@@ -134,6 +134,75 @@ pub struct DeployOptions {
     pub server_first: bool,
     /// Secrets it receives (names only; the values stay in faasd).
     pub secrets: Vec<SecretRef>,
+    /// Its containers may open connections out (through NAT).
+    pub egress: bool,
+    /// With `egress`: the only destinations they may reach (empty: any
+    /// but this host itself).
+    pub egress_allow: Vec<EgressRule>,
+}
+
+/// A destination a function with egress may reach: an IPv4 prefix, and
+/// one port of it (TCP and UDP) or all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EgressRule {
+    pub net: ipnet::Ipv4Net,
+    pub port: Option<u16>,
+}
+
+impl EgressRule {
+    /// `10.1.2.0/24:5432`, `10.1.2.0/24`, `10.1.2.3:443` or `10.1.2.3`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid egress destination {text:?}: {why} (PREFIX[:PORT], e.g. 10.1.2.0/24:5432)"
+            )
+        };
+        let (net, port) = match text.rsplit_once(':') {
+            Some((net, port)) if !net.contains(':') => {
+                let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+                if port == 0 {
+                    return Err(bad("port 0"));
+                }
+                (net, Some(port))
+            }
+            Some(_) => return Err(bad("IPv6 egress is not supported yet")),
+            None => (text, None),
+        };
+        let net = if net.contains('/') {
+            net.parse::<ipnet::Ipv4Net>()
+                .map_err(|_| bad("bad prefix"))?
+        } else {
+            let ip: std::net::Ipv4Addr = net.parse().map_err(|_| bad("bad address"))?;
+            ipnet::Ipv4Net::from(ip)
+        };
+        Ok(Self {
+            net: net.trunc(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for EgressRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.net),
+            None => write!(f, "{}", self.net),
+        }
+    }
+}
+
+impl TryFrom<String> for EgressRule {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EgressRule> for String {
+    fn from(r: EgressRule) -> String {
+        r.to_string()
+    }
 }
 
 impl Default for DeployOptions {
@@ -151,6 +220,8 @@ impl Default for DeployOptions {
             kind: HandlerKind::ControlSocket,
             server_first: false,
             secrets: Vec::new(),
+            egress: false,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -195,6 +266,9 @@ impl DeployOptions {
                     s.name, s.env
                 ));
             }
+        }
+        if !self.egress && !self.egress_allow.is_empty() {
+            return Err("--egress-allow needs --egress".into());
         }
         match self.kind {
             HandlerKind::ContainerPort(0) => {

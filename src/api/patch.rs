@@ -25,6 +25,10 @@ pub struct OptionsPatch {
     pub server_first: Option<bool>,
     /// All the secrets (given means replaced).
     pub secrets: Option<Vec<SecretRef>>,
+    pub egress: Option<bool>,
+    /// The whole allow-list (given means replaced); giving one turns
+    /// egress on unless `egress` says otherwise.
+    pub egress_allow: Option<Vec<EgressRule>>,
 }
 
 impl From<&DeployOptions> for OptionsPatch {
@@ -42,6 +46,8 @@ impl From<&DeployOptions> for OptionsPatch {
             kind: Some(o.kind),
             server_first: Some(o.server_first),
             secrets: Some(o.secrets.clone()),
+            egress: Some(o.egress),
+            egress_allow: Some(o.egress_allow.clone()),
         }
     }
 }
@@ -67,6 +73,13 @@ impl OptionsPatch {
             kind: self.kind.unwrap_or(base.kind),
             server_first: self.server_first.unwrap_or(base.server_first),
             secrets: self.secrets.clone().unwrap_or_else(|| base.secrets.clone()),
+            egress: self.egress.unwrap_or(
+                base.egress || self.egress_allow.as_ref().is_some_and(|a| !a.is_empty()),
+            ),
+            egress_allow: self
+                .egress_allow
+                .clone()
+                .unwrap_or_else(|| base.egress_allow.clone()),
         };
         out.validate()?;
         Ok(out)
@@ -104,6 +117,16 @@ impl OptionsPatch {
             Some(env) => {
                 for (k, v) in env {
                     put("env", Some(format!("{k}={v}")));
+                }
+            }
+            None => {}
+        }
+        put("egress", self.egress.map(|v| v.to_string()));
+        match &self.egress_allow {
+            Some(a) if a.is_empty() => put("egress_allow", Some(String::new())),
+            Some(a) => {
+                for r in a {
+                    put("egress_allow", Some(r.to_string()));
                 }
             }
             None => {}
@@ -162,6 +185,13 @@ impl OptionsPatch {
                             return Err(format!("secret {} named twice", s.name));
                         }
                         secrets.push(s);
+                    }
+                }
+                "egress" => p.egress = Some(parse_bool("egress", &value)?),
+                "egress_allow" => {
+                    let allow = p.egress_allow.get_or_insert_with(Vec::new);
+                    if !value.is_empty() {
+                        allow.push(EgressRule::parse(&value)?);
                     }
                 }
                 other => return Err(format!("unknown deploy option {other:?}")),
@@ -323,5 +353,37 @@ mod tests {
         let banner = DeployOptions::from_query("reuse=true&server_first=true").expect("banner");
         assert!(!banner.defers_accept());
         assert!(!DeployOptions::default().defers_accept());
+    }
+
+    #[test]
+    fn egress_rules_and_their_patch() {
+        let r = EgressRule::parse("10.1.2.9/24:5432").expect("rule");
+        assert_eq!(r.to_string(), "10.1.2.0/24:5432", "truncated to its prefix");
+        assert_eq!(
+            EgressRule::parse("10.1.2.3").expect("host").to_string(),
+            "10.1.2.3/32"
+        );
+        for bad in [
+            "10.1.2.0/24:0",
+            "10.1.2.0/33",
+            "fd00::/64",
+            "x",
+            "10.0.0.0/8:http",
+        ] {
+            assert!(EgressRule::parse(bad).is_err(), "{bad}");
+        }
+        // A list alone turns egress on; with egress=false it is an error.
+        let o = DeployOptions::from_query("egress_allow=10.0.0.0%2F8%3A5432").expect("allow");
+        assert!(o.egress);
+        assert_eq!(o.egress_allow.len(), 1);
+        assert!(DeployOptions::from_query("egress=false&egress_allow=10.0.0.0/8").is_err());
+        let back = DeployOptions::from_query(&o.to_query()).expect("round trip");
+        assert_eq!(back, o);
+        // An empty list given clears it (egress stays on).
+        let cleared = OptionsPatch::from_query("egress_allow=")
+            .expect("clear")
+            .apply(&o)
+            .expect("apply");
+        assert!(cleared.egress && cleared.egress_allow.is_empty());
     }
 }

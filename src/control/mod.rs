@@ -14,7 +14,8 @@
 //!   `timeout=SECS`, `reuse=BOOL`, `max_requests=N`, `idle_timeout=SECS`,
 //!   `concurrency=N`, `all_cores=BOOL`,
 //!   `kind=control-socket|stdio|socket-activation`, `container_port=N`,
-//!   `server_first=BOOL`; those left out keep the function's current value.
+//!   `server_first=BOOL`, `egress=BOOL`, `egress_allow=PREFIX[:PORT]`
+//!   (repeated); those left out keep the function's current value.
 //!   A request refused before its upload (bad name or options) is answered
 //!   before `100 Continue` (or, without `Expect`, after its body was read
 //!   and dropped), so the client reads the reason

@@ -24,6 +24,11 @@ pub fn base(slot: u32) -> u32 {
     FIRST_BASE + (slot % SLOTS) * ID_RANGE
 }
 
+/// The slot whose range starts at `base`.
+pub fn slot(base: u32) -> u32 {
+    base.saturating_sub(FIRST_BASE) / ID_RANGE
+}
+
 /// The host id of an image's id `id` in the range at `base`. Ids already
 /// in the range stay, so shifting twice is harmless (a hard-linked file is
 /// met once per link).

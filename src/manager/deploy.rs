@@ -266,10 +266,13 @@ impl Manager {
     }
 
     /// What must hold before options are used: faas-init for the kinds
-    /// that need it, and every secret they name.
+    /// that need it, every secret they name, forwarding for egress.
     fn check_options(&self, options: &DeployOptions) -> Result<(), ManagerError> {
         if options.kind.needs_init() && self.runtime.config.init.is_none() {
             return Err(ManagerError::NoInit(options.kind));
+        }
+        if options.egress {
+            self.runtime.egress.check()?;
         }
         self.secrets.check(&options.secrets)?;
         Ok(())
@@ -297,14 +300,17 @@ impl Manager {
             .as_ref()
             .map(|e| Arc::clone(&e.1))
             .unwrap_or_default();
+        self.egress_rules(&record, previous.as_ref()).await?;
         let func = self.function(&record, stats)?;
         // The runtime must be able to start it before it replaces anything.
         if let Err(e) = self.runtime.first_start(&func).await {
             func.close();
+            self.restore_egress(&record, previous.as_ref()).await;
             return Err(e.into());
         }
         if let Err(e) = registry.put(record.clone()) {
             func.close();
+            self.restore_egress(&record, previous.as_ref()).await;
             return Err(e.into());
         }
         let same_listeners =
@@ -334,6 +340,7 @@ impl Manager {
             }
         };
         if let Err(e) = result {
+            self.restore_egress(&record, previous.as_ref()).await;
             match previous {
                 Some(p) => registry.put(p).map(|_| ())?,
                 None => registry.remove(&name).map(|_| ())?,

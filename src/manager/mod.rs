@@ -27,6 +27,7 @@ use deploy::shift_owners;
 
 mod announce;
 mod deploy;
+mod egress;
 
 use announce::Announced;
 
@@ -56,6 +57,8 @@ pub enum ManagerError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Egress(#[from] crate::runtime::sandbox::egress::EgressError),
     #[error("{0}")]
     Options(String),
     #[error("{name} has no kept version {}: kept are {}", wanted.map(|v| v.to_string()).unwrap_or_else(|| "to roll back to".into()), if kept.is_empty() { "none".to_string() } else { kept.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ") })]
@@ -199,6 +202,12 @@ impl Manager {
         if swept > 0 {
             tracing::info!(count = swept, "removed unreferenced rootfs directories");
         }
+        // Rules a crashed run left go; those of the functions below come back.
+        let runtime = Arc::clone(&self.runtime);
+        let _ = tokio::task::spawn_blocking(move || runtime.egress.clear()).await;
+        for record in registry.list().filter(|r| r.options.egress) {
+            self.egress_rules(record, None).await?;
+        }
         for record in registry.list() {
             let added = self.net.add(record.ip).await?;
             let func = self.function(record, Arc::default())?;
@@ -298,6 +307,9 @@ impl Manager {
         self.dataplane.stop(name);
         let live = self.live().remove(name);
         if let Some(record) = registry.remove(name)? {
+            if record.options.egress {
+                self.forget_egress(&record).await;
+            }
             for id in record.history.iter().map(|v| v.rootfs) {
                 if id != record.rootfs_id() {
                     RootfsDir::new(self.store.path(name.as_str(), id)).retire();
@@ -483,6 +495,8 @@ impl Manager {
                 tracing::warn!(%ip, error = %e, "removing address");
             }
         }
+        let runtime = Arc::clone(&self.runtime);
+        let _ = tokio::task::spawn_blocking(move || runtime.egress.close()).await;
         self.secrets.close();
     }
 }

@@ -272,6 +272,8 @@ pub struct Runtime {
     pub(crate) starts: Arc<Semaphore>,
     /// Where containers reach the state directory (see `view`).
     pub(crate) view: view::StateView,
+    /// Links and rules of functions with `--egress`.
+    pub egress: sandbox::egress::Egress,
     /// This faasd's cgroup directory (see `cgroup`).
     pub(crate) cgroup_scope: String,
     /// The control runtime, where cold starts and supervisors run.
@@ -316,6 +318,7 @@ impl Runtime {
         let background = background_runtime().map_err(io("starting the refill thread"))?;
         let (stopping, _) = watch::channel(false);
         let cgroup_scope = cgroup::scope(&config.state_dir);
+        let egress_reaper = reaper.clone();
         let view = view::StateView::open(&config.state_dir, &cgroup_scope)
             .map_err(io("making the state directory reachable for containers"))?;
         Ok(Arc::new(Self {
@@ -330,6 +333,7 @@ impl Runtime {
             starts: Arc::new(Semaphore::new(config.max_concurrent_starts.max(1))),
             cgroup_scope,
             view,
+            egress: sandbox::egress::Egress::new(egress_reaper),
             control: tokio::runtime::Handle::current(),
             background,
             config,

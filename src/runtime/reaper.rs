@@ -123,6 +123,23 @@ impl Reaper {
         Ok((pid, rx))
     }
 
+    /// Spawns `cmd` with its standard streams as `cmd` sets them, and
+    /// returns them beside what `spawn` does (for a short command whose
+    /// input and output we use).
+    pub fn spawn_with_io(
+        &self,
+        cmd: &mut Command,
+    ) -> std::io::Result<(i32, oneshot::Receiver<Exit>, std::process::Child)> {
+        let mut state = self.lock();
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let (tx, rx) = oneshot::channel();
+        state.waiters.insert(pid, tx);
+        // The caller reads and writes the child's pipes only: its exit
+        // comes from the reaper (`Child::wait` would find it reaped).
+        Ok((pid, rx, child))
+    }
+
     /// The future exit of `pid`, a process that became our child without
     /// our spawning it (a container's first process).
     pub fn claim(&self, pid: i32) -> oneshot::Receiver<Exit> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use faasd::api::{parse_env, parse_env_file, HandlerKind, OptionsPatch, SecretRef};
+use faasd::api::{parse_env, parse_env_file, EgressRule, HandlerKind, OptionsPatch, SecretRef};
 use faasd::units::parse_size;
 
 #[derive(Parser)]
@@ -210,6 +210,12 @@ pub struct OptionArgs {
     /// The protocol's server speaks first (SMTP, SSH, a banner).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub server_first: Option<bool>,
+    /// Containers may open connections out, through NAT (--egress=false: off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub egress: Option<bool>,
+    /// With --egress: the only destinations allowed, PREFIX[:PORT] (repeatable; given, it replaces the list).
+    #[arg(long = "egress-allow", value_parser = EgressRule::parse, value_name = "PREFIX[:PORT]")]
+    pub egress_allow: Vec<EgressRule>,
 }
 
 impl OptionArgs {
@@ -249,6 +255,8 @@ impl OptionArgs {
             kind,
             server_first: self.server_first,
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
+            egress: self.egress,
+            egress_allow: (!self.egress_allow.is_empty()).then(|| self.egress_allow.clone()),
         })
     }
 }

@@ -55,6 +55,8 @@ struct Guard {
     /// This guard was made by `drop` of an unfinished one: if it is dropped
     /// unfinished too (the control runtime is going away), it gives up.
     adopted: bool,
+    /// Its way out, with `--egress`.
+    egress: Option<crate::runtime::sandbox::egress::Link>,
 }
 
 /// A container's first process: our child since its `create` exited.
@@ -100,6 +102,7 @@ impl Drop for Guard {
             created: self.created,
             process: self.process.take(),
             exited: self.exited.take(),
+            egress: self.egress.take(),
         };
         self.rt.control.spawn(guard.finish(End::Kill("dropped")));
     }

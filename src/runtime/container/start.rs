@@ -18,6 +18,10 @@ use crate::runtime::sandbox::{bpf, cgroup};
 use crate::runtime::{logs, Function, Runtime, RuntimeError};
 use crate::sys::{self, Priority};
 
+/// How long the runtime's `start` may still take once the container's
+/// process has ended.
+const START_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Runtime {
     /// Starts a fresh container for `func` and waits until its handler has
     /// connected to `/control.sock`. `priority` is that of the runtime
@@ -54,6 +58,7 @@ impl Runtime {
             process: None,
             exited: None,
             adopted: false,
+            egress: None,
         };
         let ledger = &func.ledger;
         let t0 = Instant::now();
@@ -79,6 +84,11 @@ impl Runtime {
         ));
         if let Err(e) = guard.create(runtime_output, priority).await {
             return Err(guard.fail(e));
+        }
+        if func.options.egress {
+            if let Err(e) = guard.attach_egress().await {
+                return Err(guard.fail(e));
+            }
         }
         if let Err(e) = guard.start().await {
             return Err(guard.fail(e));
@@ -225,16 +235,46 @@ impl Guard {
         Ok(())
     }
 
+    /// Gives the created container its link out (`--egress`), before its
+    /// program runs.
+    async fn attach_egress(&mut self) -> Result<(), RuntimeError> {
+        let Some(pid) = self.process.as_ref().map(|p| p.pid) else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        let rt = Arc::clone(&self.rt);
+        let slot = crate::image::owners::slot(self.func.id_base);
+        let link = tokio::task::spawn_blocking(move || rt.egress.attach(pid, slot))
+            .await
+            .map_err(|e| io("attaching the egress link")(std::io::Error::other(e)))?
+            .map_err(|e| RuntimeError::Start {
+                id: self.id.clone(),
+                reason: e.to_string(),
+            })?;
+        tracing::debug!(id = %self.id, took = ?t0.elapsed(), "egress link");
+        self.egress = Some(link);
+        Ok(())
+    }
+
     /// Lets the created process run the image's program.
     async fn start(&mut self) -> Result<(), RuntimeError> {
         let t0 = Instant::now();
         let rt = Arc::clone(&self.rt);
         let (id, bundle) = (self.id.clone(), self.bundle.clone());
+        let starting = rt.oci.start(&id, &bundle);
+        tokio::pin!(starting);
         tokio::select! {
-            started = rt.oci.start(&id, &bundle) => started?,
+            started = &mut starting => started?,
             exit = self.wait_process() => {
-                let why = format!("the container's process ended before its start ({exit})");
-                return Err(self.runtime_failure(why));
+                // A program that crashes at once can end before the
+                // runtime's `start` returns: if that succeeded, the program
+                // ran, and its exit is the handler's (the caller sees it);
+                // otherwise the container never started.
+                let started = tokio::time::timeout(START_AFTER_EXIT, &mut starting).await;
+                if !matches!(started, Ok(Ok(()))) {
+                    let why = format!("the container's process ended before its start ({exit})");
+                    return Err(self.runtime_failure(why));
+                }
             }
         }
         self.func.ledger.phase(Phase::RuntimeStart, t0.elapsed());

@@ -195,7 +195,12 @@ impl Guard {
         let had_cgroup = self.process.is_some();
         let oci = rt.oci.clone();
         let scope = rt.cgroup_scope.clone();
+        let egress = self.egress.take();
+        let links = Arc::clone(&rt);
         let cleanup = rt.janitor.run(move || {
+            if let Some(link) = egress {
+                links.egress.release(link);
+            }
             let mut usage = usage;
             if forget {
                 if let Err(e) = oci.forget_ended(&id) {

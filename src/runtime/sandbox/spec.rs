@@ -55,7 +55,18 @@ pub fn sandbox(options: &DeployOptions, id_base: u32) -> Sandbox {
             "read-only; /tmp tmpfs {}",
             TMP_SIZE.trim_start_matches("size=")
         ),
-        network: "none: only the connection handed over".into(),
+        network: match (options.egress, options.egress_allow.as_slice()) {
+            (false, _) => "none: only the connection handed over".into(),
+            (true, []) => "egress to anywhere but this host (NAT)".into(),
+            (true, allow) => format!(
+                "egress to {} only (NAT)",
+                allow
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
         memory_bytes: options.memory,
         pids: PIDS_LIMIT,
         cpus: CPU_QUOTA_US as f64 / CPU_PERIOD_US as f64,

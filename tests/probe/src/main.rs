@@ -21,6 +21,8 @@
 //!   `hello` on stdout (for `--stdio` functions)
 //! - `banner`: speak first: write `220 probe ready` before reading, then
 //!   answer a line with `250 ok` (a server-first protocol)
+//! - `egress`: `GET /IP:PORT`: connect there (1 s at most) and answer
+//!   `connected <what the server said first>` or `failed(ERRNO)`
 //!
 //! With FAAS_REUSE=1 it asks for the next connection on the same control
 //! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
@@ -124,6 +126,10 @@ fn main() {
                 if mode == "linger" {
                     std::thread::sleep(Duration::from_millis(sleep_ms()));
                 }
+            }
+            "egress" => {
+                let path = read_request_path(&mut conn);
+                answer(&mut conn, &format!("{}\n", connect_out(&path)));
             }
             "print" => {
                 println!("probe stdout line pid={}", std::process::id());
@@ -342,6 +348,41 @@ fn response(body: &str) -> String {
 fn answer(conn: &mut TcpStream, body: &str) {
     let _ = conn.write_all(response(body).as_bytes());
     let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+/// The request's path without its leading `/`.
+fn read_request_path(conn: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string()
+}
+
+/// Connects to `target` (IP:PORT) and reads what the server says first.
+fn connect_out(target: &str) -> String {
+    let Ok(addr) = target.parse::<SocketAddr>() else {
+        return format!("bad-address({target})");
+    };
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut said = Vec::new();
+            let _ = (&mut s).take(256).read_to_end(&mut said);
+            format!("connected {}", String::from_utf8_lossy(&said).trim())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "failed(timeout)".into(),
+        Err(e) => format!("failed({})", e.raw_os_error().unwrap_or(0)),
+    }
 }
 
 fn read_request_head(conn: &mut TcpStream) -> std::io::Result<()> {
