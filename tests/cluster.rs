@@ -494,23 +494,8 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
         .count();
     sim.nodes[2].faasd.crash();
     sim.nodes[2].bird = None;
-    let lost = Instant::now();
-    // Requests go on until 2 s pass without a failure; the last failure
-    // is when the router had forgotten node 3.
-    let mut last_failure = Duration::ZERO;
-    let (mut failures, mut requests) = (0, 0);
-    while lost.elapsed() < last_failure + Duration::from_secs(2) {
-        assert!(
-            lost.elapsed() < Duration::from_secs(15),
-            "no recovery: {}",
-            ctx(&sim)
-        );
-        requests += 1;
-        if !matches!(sim.get(f), Ok((200, _))) {
-            failures += 1;
-            last_failure = lost.elapsed();
-        }
-    }
+    let (last_failure, failures, requests) =
+        until_recovered(&sim, || matches!(sim.get(f), Ok((200, _))));
     println!(
         "MEASURE unplanned_loss last_failure_ms={} failed={failures} of {requests}",
         last_failure.as_millis()
@@ -629,24 +614,12 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
     for pid in frozen {
         signal(pid, Signal::SIGSTOP);
     }
-    let lost = Instant::now();
-    let mut last_failure = Duration::ZERO;
-    let (mut failures, mut requests) = (0, 0);
-    while lost.elapsed() < last_failure + Duration::from_secs(2) {
-        assert!(
-            lost.elapsed() < Duration::from_secs(15),
-            "no recovery: {}",
-            ctx(&sim)
-        );
-        requests += 1;
+    let (last_failure, failures, requests) = until_recovered(&sim, || {
         let answered = sim
             .router
             .run(move || http_get_timeout(&f.to_string(), "/", Duration::from_millis(300)));
-        if !matches!(answered, Ok((200, _))) {
-            failures += 1;
-            last_failure = lost.elapsed();
-        }
-    }
+        matches!(answered, Ok((200, _)))
+    });
     for pid in frozen {
         signal(pid, Signal::SIGCONT);
     }
@@ -672,6 +645,27 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
         },
         || ctx(&sim),
     );
+}
+
+/// Sends requests (`served` says whether one was) until 2 s pass without a
+/// failure; returns when the last one failed, and the counts.
+fn until_recovered(sim: &Sim, mut served: impl FnMut() -> bool) -> (Duration, u32, u32) {
+    let lost = Instant::now();
+    let mut last_failure = Duration::ZERO;
+    let (mut failures, mut requests) = (0, 0);
+    while lost.elapsed() < last_failure + Duration::from_secs(2) {
+        assert!(
+            lost.elapsed() < Duration::from_secs(15),
+            "no recovery: {}",
+            sim.context()
+        );
+        requests += 1;
+        if !served() {
+            failures += 1;
+            last_failure = lost.elapsed();
+        }
+    }
+    (last_failure, failures, requests)
 }
 
 fn signal(pid: i32, sig: Signal) {

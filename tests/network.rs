@@ -99,10 +99,9 @@ fn get_from(client: &Netns, addr: IpAddr) -> (u16, String) {
         .unwrap_or_else(|e| panic!("GET http://{addr}/ from the client namespace: {e}"))
 }
 
-#[test]
-fn routable_v4_and_v6_pools_serve_another_namespace_and_rm_cleans_up() {
-    let t = topology();
-    let d = Daemon::start_in(
+/// faasd in the topology's node namespace, with both pools and the route table.
+fn routed_daemon(t: &Topology) -> Daemon {
+    Daemon::start_in(
         &t.node.0,
         &[
             "--ip-pool",
@@ -114,7 +113,13 @@ fn routable_v4_and_v6_pools_serve_another_namespace_and_rm_cleans_up() {
             "--drain",
             "1",
         ],
-    );
+    )
+}
+
+#[test]
+fn routable_v4_and_v6_pools_serve_another_namespace_and_rm_cleans_up() {
+    let t = topology();
+    let d = routed_daemon(&t);
     let opts = |warm| faasd::api::DeployOptions {
         warm,
         ..Default::default()
@@ -235,19 +240,7 @@ fn only_ready_functions_are_announced() {
 #[test]
 fn sigterm_withdraws_routes_before_addresses_and_a_restart_after_kill_9_cleans_up() {
     let t = topology();
-    let mut d = Daemon::start_in(
-        &t.node.0,
-        &[
-            "--ip-pool",
-            POOL4,
-            "--ip-pool",
-            POOL6,
-            "--route-table",
-            TABLE,
-            "--drain",
-            "1",
-        ],
-    );
+    let mut d = routed_daemon(&t);
     let ip = d.deploy("f", &hello_image(), &opts()).ip;
     wait_until("the route", Duration::from_secs(20), || {
         has_route(&t.node, ip)

@@ -245,26 +245,23 @@ impl Cluster {
 
     /// The members now.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
-        let got = self
-            .client
-            .clone()
-            .get(keys::NODES, Some(GetOptions::new().with_prefix()))
-            .await?;
-        got.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                keys::decode(&key, kv.value()).map_err(ClusterError::Corrupt)
-            })
-            .collect()
+        self.list(keys::NODES).await
     }
 
     /// What every node serves of `name`.
     pub async fn statuses(&self, name: &FunctionName) -> Result<Vec<NodeStatus>, ClusterError> {
+        self.list(&keys::statuses(name)).await
+    }
+
+    /// Every value under `prefix`, decoded.
+    async fn list<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, ClusterError> {
         let got = self
             .client
             .clone()
-            .get(keys::statuses(name), Some(GetOptions::new().with_prefix()))
+            .get(prefix, Some(GetOptions::new().with_prefix()))
             .await?;
         got.kvs()
             .iter()

@@ -185,15 +185,10 @@ impl Manager {
         name: &FunctionName,
         patch: OptionsPatch,
     ) -> Result<FunctionInfo, ManagerError> {
-        let mut registry = self.registry.lock().await;
-        let previous = registry
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
-        let options = patch
-            .apply(&previous.options)
-            .map_err(ManagerError::Options)?;
-        self.update_locked(&mut registry, previous, options).await
+        self.update_with(name, |current| {
+            patch.apply(current).map_err(ManagerError::Options)
+        })
+        .await
     }
 
     /// A new version of `name` with exactly `options` (a cluster peer's).
@@ -202,11 +197,22 @@ impl Manager {
         name: &FunctionName,
         options: DeployOptions,
     ) -> Result<FunctionInfo, ManagerError> {
+        self.update_with(name, |_| Ok(options)).await
+    }
+
+    /// A new version of `name` with the options `change` makes of its
+    /// current ones.
+    async fn update_with(
+        &self,
+        name: &FunctionName,
+        change: impl FnOnce(&DeployOptions) -> Result<DeployOptions, ManagerError>,
+    ) -> Result<FunctionInfo, ManagerError> {
         let mut registry = self.registry.lock().await;
         let previous = registry
             .get(name)
             .cloned()
             .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        let options = change(&previous.options)?;
         self.update_locked(&mut registry, previous, options).await
     }
 
