@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long, default_value = "127.10.0.0/16", value_delimiter = ',')]
     pub ip_pool: Vec<String>,
     /// Kernel routing table to install a host route in for every function
-    /// ready on this node, for BIRD or FRR to announce.
+    /// ready on this node, for a routing daemon (BIRD) to announce.
     #[arg(long, value_name = "N")]
     pub route_table: Option<u32>,
     /// Seconds between withdrawing the routes and stopping, at SIGTERM

@@ -1,6 +1,6 @@
 //! Announcing functions: a host route per ready function (`ADDR/32` or
 //! `/128`, `dev lo`) in the kernel routing table `--route-table N`, with
-//! faasd's protocol number. A routing daemon (BIRD, FRR) exports table N
+//! faasd's protocol number. A routing daemon (BIRD) exports table N
 //! over BGP; faasd itself speaks only netlink.
 
 use std::collections::HashSet;
