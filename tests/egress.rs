@@ -202,6 +202,19 @@ fn egress_reaches_the_allow_list_and_nothing_else() {
             .filter(|l| l.starts_with("-N FAASD-F") && *l != "-N FAASD-FWD")
             .count()
     };
+    // kill -9 and a restart: the rules come back once, and still hold.
+    d.crash();
+    d.spawn();
+    let again = chains();
+    assert_eq!(
+        again.matches("-A FORWARD -j FAASD-FWD").count(),
+        1,
+        "{again}"
+    );
+    let got = reach(&node, open, "198.18.7.1:5432");
+    assert!(got.starts_with("connected"), "after a restart: {got}");
+    let got = reach(&node, narrow.ip, "198.18.6.1:5432");
+    assert_eq!(got, "failed(timeout)", "after a restart");
     let before = chains();
     assert!(before.contains("FAASD-EGRESS"), "{before}");
     assert_eq!(per_function(&before), 3, "{before}");

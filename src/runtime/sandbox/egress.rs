@@ -307,26 +307,32 @@ impl Egress {
     /// Removes what a faasd (this one, or a crashed earlier run) put in
     /// iptables: the jumps, then our chains. Errors mean "not there".
     pub fn clear(&self) {
-        let _ = self.iptables(&["-D", "FORWARD", "-j", FORWARD]);
-        let _ = self.iptables(&["-D", "INPUT", "-j", INPUT]);
-        let _ = self.iptables(&["-t", "nat", "-D", "POSTROUTING", "-j", NAT]);
-        let ours: Vec<String> = self
-            .iptables(&["-S"])
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix("-N "))
-            .filter(|c| c.starts_with("FAASD-"))
-            .map(str::to_string)
-            .collect();
+        let ours = |table: &str| -> Vec<String> {
+            self.iptables(&["-t", table, "-S"])
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.strip_prefix("-N "))
+                .filter(|c| c.starts_with("FAASD-"))
+                .map(str::to_string)
+                .collect()
+        };
+        let (filter, nat) = (ours("filter"), ours("nat"));
+        if !filter.is_empty() {
+            let _ = self.iptables(&["-D", "FORWARD", "-j", FORWARD]);
+            let _ = self.iptables(&["-D", "INPUT", "-j", INPUT]);
+        }
+        if !nat.is_empty() {
+            let _ = self.iptables(&["-t", "nat", "-D", "POSTROUTING", "-j", NAT]);
+        }
         // Flushed first: a chain still jumped to cannot be deleted.
-        for chain in &ours {
-            let _ = self.iptables(&["-F", chain]);
+        for (table, chains) in [("filter", &filter), ("nat", &nat)] {
+            for chain in chains {
+                let _ = self.iptables(&["-t", table, "-F", chain]);
+            }
+            for chain in chains {
+                let _ = self.iptables(&["-t", table, "-X", chain]);
+            }
         }
-        for chain in &ours {
-            let _ = self.iptables(&["-X", chain]);
-        }
-        let _ = self.iptables(&["-t", "nat", "-F", NAT]);
-        let _ = self.iptables(&["-t", "nat", "-X", NAT]);
     }
 }
 
