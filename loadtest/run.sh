@@ -57,16 +57,20 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-export FAAS_URL=http://127.0.0.1:$port
+# faas drives faasd by its own control socket (no token needed there);
+# /healthz answers on TCP without one.
+export FAAS_URL=unix://$work/faasd.sock
+health=http://127.0.0.1:$port/healthz
 FAAS=target/release/faas
 
 start_faasd() { # runtime cores [extra flags]
     local runtime=$1 cores=$2; shift 2
     rm -rf "$work/state"
     target/release/faasd --state-dir "$work/state" --listen 127.0.0.1:$port --ip-pool $pool \
-        --runtime "$runtime" --cores "$cores" --init "$handlers/faas-init" "$@" >>"$work/faasd.log" 2>&1 &
+        --runtime "$runtime" --cores "$cores" --init "$handlers/faas-init" --socket "$work/faasd.sock" \
+        "$@" >>"$work/faasd.log" 2>&1 &
     faasd_pid=$!
-    for _ in $(seq 100); do curl -sf "$FAAS_URL/healthz" >/dev/null && break; sleep 0.1; done
+    for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
     $FAAS deploy warm --warm 8 --image "$work/hello.tar" >/dev/null
     $FAAS deploy cold --warm 0 --image "$work/hello.tar" >/dev/null
     $FAAS deploy reuse --reuse --warm 2 --image "$work/hello.tar" >/dev/null

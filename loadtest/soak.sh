@@ -18,7 +18,9 @@ out=loadtest/out; mkdir -p "$out"
 work=$(mktemp -d /tmp/faasd-soak.XXXXXX)
 chmod 711 "$work"
 port=18183; pool=127.249.0.0/24
-export FAAS_URL=http://127.0.0.1:$port
+# faas drives faasd by its own control socket (no token needed there).
+export FAAS_URL=unix://$work/faasd.sock
+health=http://127.0.0.1:$port/healthz
 FAAS=target/release/faas
 faasd_pid=
 cleanup() {
@@ -28,9 +30,9 @@ cleanup() {
 trap cleanup EXIT
 
 target/release/faasd --state-dir "$work/state" --listen 127.0.0.1:$port --ip-pool $pool \
-    --queue-timeout 2 >"$work/faasd.log" 2>&1 &
+    --socket "$work/faasd.sock" --queue-timeout 2 >"$work/faasd.log" 2>&1 &
 faasd_pid=$!
-for _ in $(seq 100); do curl -sf "$FAAS_URL/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
 
 $FAAS pack "$handlers/hello" -o "$work/hello.tar"
 $FAAS pack "$handlers/probe" -o "$work/probe.tar"
