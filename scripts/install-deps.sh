@@ -7,16 +7,22 @@
 # client), Debian's python3 (an image of it runs a Python handler),
 # systemd-analyze (the unit file is verified), bird2 (BGP tests: a router
 # and nodes in network namespaces), etcd-server (the cluster test's
-# registry), protobuf-compiler (etcd-client's build needs protoc), curl,
+# registry), protobuf-compiler and libprotobuf-dev (etcd-client's build
+# needs protoc and the well-known .proto files), curl,
 # and iptables (egress rules).
 set -euo pipefail
 
-# command:package
-wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 etcd:etcd-server protoc:protobuf-compiler curl:curl nsenter:util-linux iptables:iptables"
+# command:package, or /path:package for a file a package brings
+wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 etcd:etcd-server protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev curl:curl nsenter:util-linux iptables:iptables"
+have() {
+    case $1 in
+        /*) [ -e "$1" ] ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
 need=()
 for pair in $wanted; do
-    cmd=${pair%%:*}; pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+    have "${pair%%:*}" || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
@@ -26,7 +32,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 missing=()
 for pair in $wanted; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    have "${pair%%:*}" || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: still missing after apt-get: ${missing[*]}" >&2

@@ -645,6 +645,32 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
         },
         || ctx(&sim),
     );
+
+    // A new, empty etcd at the same address (a lost or wrong one):
+    // converging on it would remove every function, so the nodes refuse,
+    // say why, and keep serving everything they have.
+    let had = sim.nodes[0].faasd.client().list().expect("list").len();
+    sim.etcd.stop();
+    std::fs::remove_dir_all(sim.etcd.dir.path().join("data")).expect("wipe etcd");
+    sim.etcd.spawn();
+    for i in [0, 2] {
+        wait_until(
+            "the nodes to refuse an empty etcd",
+            Duration::from_secs(20),
+            || {
+                sim.nodes[i]
+                    .faasd
+                    .log_text()
+                    .contains("etcd is not the cluster this node joined")
+            },
+            || ctx(&sim),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sim.nodes[0].faasd.client().list().expect("list").len(), had);
+    for i in [0, 2] {
+        assert_eq!(sim.nodes[i].call(f).expect("f").0, 200);
+    }
 }
 
 /// Sends requests (`served` says whether one was) until 2 s pass without a
