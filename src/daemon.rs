@@ -94,6 +94,11 @@ pub fn run(config: Config, notifier: Option<Notifier>) -> Result<(), DaemonError
         source,
     })?;
     // Still single-threaded here, as unsharing the mount namespace needs.
+    crate::sys::private_mounts().map_err(|source| DaemonError::Io {
+        op: "making a mount namespace of faasd's own",
+        path: PathBuf::from("/"),
+        source,
+    })?;
     if flavor == Flavor::Crun {
         let hidden =
             cgroup::hide_v2_controllers_from_runtime().map_err(|source| DaemonError::Io {
@@ -102,7 +107,7 @@ pub fn run(config: Config, notifier: Option<Notifier>) -> Result<(), DaemonError
                 source,
             })?;
         if hidden {
-            tracing::info!("hybrid cgroup host: crun runs in faasd's own mount namespace, where the v2 hierarchy lists no controller");
+            tracing::info!("hybrid cgroup host: in faasd's own mount namespace the v2 hierarchy lists no controller, for crun");
         }
     }
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,8 @@
 //! Process syscalls neither std nor nix wraps: pidfds, so a container's
 //! process is signalled by identity rather than by a pid number that may
 //! already belong to someone else, and scheduling policies, so background
-//! work (pool refills, cleanup) only runs on CPU time serving leaves idle.
+//! work (pool refills, cleanup) only runs on CPU time serving leaves idle;
+//! and faasd's own mount namespace.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -112,6 +113,24 @@ pub fn set_process_priority(pid: i32, priority: Priority) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Moves this process into a mount namespace of its own, which host
+/// mounts still propagate into and nothing of ours leaves: the rootfs
+/// overlays, the secrets tmpfs and the state view are faasd's alone and
+/// end with it, a `kill -9` included. Call before any thread starts (a
+/// threaded process cannot unshare its mounts).
+pub fn private_mounts() -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Reading an uploaded image archive from disk: finds the manifest (docker's
 //! `manifest.json` or the OCI `index.json`), the config and the layers by
 //! their offsets, then applies the layers in order, checking each against
-//! its `diff_id`. The archive is read in place; nothing is held in memory
+//! its `diff_id`: all into one directory, or each it lacks into the shared
+//! layer store. The archive is read in place; nothing is held in memory
 //! beyond the JSON documents.
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use super::config::{
 };
 use super::fsops::Root;
 use super::layer::{apply_layer, Totals};
+use super::layers::Layers;
 use super::{user, ImageError, Limits};
 
 const BLOCK: u64 = 512;
@@ -51,14 +53,23 @@ struct Index {
     links: HashMap<String, String>,
 }
 
-/// Unpacks the image archive at `archive` into the empty directory `dest`.
-pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, ImageError> {
+/// An opened image archive: its settings, and its layers with the
+/// `diff_id` each must have.
+struct Opened {
+    index: Index,
+    config: ImageConfig,
+    image_id: String,
+    layers: Vec<(String, String)>,
+}
+
+/// Reads the manifest and the config, refusing what breaks the limits.
+fn open(archive: &Path, limits: &Limits) -> Result<Opened, ImageError> {
     let mut index = Index::read(archive)?;
     let (config_path, layers) = locate(&mut index)?;
     let config_bytes = index.read_small(&config_path)?;
     let image_id = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
     let raw: RawImageConfig = config::parse_json(&config_path, &config_bytes)?;
-    let (mut config, diff_ids) = config::run_settings(raw)?;
+    let (config, diff_ids) = config::run_settings(raw)?;
     if layers.len() != diff_ids.len() {
         return Err(ImageError::Invalid(format!(
             "manifest lists {} layers but the config has {} diff_ids",
@@ -73,20 +84,31 @@ pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpa
             max: limits.max_layers as u64,
         });
     }
-    let root = Root::open(dest).map_err(|source| ImageError::Store {
-        op: "opening",
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    let mut totals = Totals::default();
-    for (i, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
-        let member = index.member(layer)?;
-        index
+    Ok(Opened {
+        index,
+        config,
+        image_id,
+        layers: layers.into_iter().zip(diff_ids).collect(),
+    })
+}
+
+impl Opened {
+    /// Applies layer `i` onto `root`, checking it against its `diff_id`.
+    fn apply(
+        &mut self,
+        i: usize,
+        root: &Root,
+        limits: &Limits,
+        totals: &mut Totals,
+    ) -> Result<(), ImageError> {
+        let (layer, diff_id) = &self.layers[i];
+        let member = self.index.member(layer)?;
+        self.index
             .file
             .seek(SeekFrom::Start(member.offset))
             .map_err(ImageError::Archive)?;
-        let raw = BufReader::new((&index.file).take(member.size));
-        let actual = apply_compressed(raw, &root, limits, &mut totals)
+        let raw = BufReader::new((&self.index.file).take(member.size));
+        let actual = apply_compressed(raw, root, limits, totals)
             .map_err(|source| ImageError::Layer { layer: i, source })?;
         let expected = config::hex_digest(diff_id)?;
         if actual != expected {
@@ -96,8 +118,82 @@ pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpa
                 actual: format!("sha256:{actual}"),
             });
         }
+        Ok(())
     }
-    let (uid, gid) = user::resolve(&config.user, &root)?;
+}
+
+fn open_root(dir: &Path) -> Result<Root, ImageError> {
+    Root::open(dir).map_err(|source| ImageError::Store {
+        op: "opening",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Unpacks the image archive at `archive` into the empty directory `dest`.
+pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, ImageError> {
+    let mut opened = open(archive, limits)?;
+    let root = open_root(dest)?;
+    let mut totals = Totals::default();
+    for i in 0..opened.layers.len() {
+        opened.apply(i, &root, limits, &mut totals)?;
+    }
+    let mut config = opened.config;
+    resolve_user(&mut config, &root)?;
+    Ok(Unpacked {
+        config,
+        image_id: opened.image_id,
+        layers: opened.layers.len(),
+        totals,
+    })
+}
+
+/// Unpacks into `store` each layer of the archive at `archive` it does not
+/// hold yet, each into a directory of its own named by its chain id (the
+/// layer and all below it, as docker names them: a layer's whiteouts and
+/// copied-up files depend on what is below it). `reserve` is told every
+/// layer the image needs before any is looked for, so none of them is
+/// collected meanwhile. The image's user is not resolved (that needs the
+/// layers composed: `resolve_user`).
+pub fn unpack_layers(
+    archive: &Path,
+    store: &Layers,
+    reserve: impl FnOnce(&[String]) -> Result<(), ImageError>,
+    limits: &Limits,
+) -> Result<Unpacked, ImageError> {
+    let mut opened = open(archive, limits)?;
+    let mut chain: Vec<String> = Vec::with_capacity(opened.layers.len());
+    for (_, diff_id) in &opened.layers {
+        config::hex_digest(diff_id)?;
+        let id = match chain.last() {
+            None => diff_id.clone(),
+            Some(below) => format!(
+                "sha256:{}",
+                hex(&Sha256::digest(format!("sha256:{below} {diff_id}")))
+            ),
+        };
+        chain.push(config::hex_digest(&id)?.to_owned());
+    }
+    reserve(&chain)?;
+    let mut totals = Totals::default();
+    for (i, id) in chain.iter().enumerate() {
+        if !store.has(id) {
+            store.unpack(id, &chain[..i], |root| {
+                opened.apply(i, root, limits, &mut totals)
+            })?;
+        }
+    }
+    Ok(Unpacked {
+        config: opened.config,
+        image_id: opened.image_id,
+        layers: chain.len(),
+        totals,
+    })
+}
+
+/// Sets the numeric ids of the image's user from the rootfs at `root`.
+pub fn resolve_user(config: &mut ImageConfig, root: &Root) -> Result<(), ImageError> {
+    let (uid, gid) = user::resolve(&config.user, root)?;
     if uid.max(gid) >= super::owners::ID_RANGE {
         return Err(ImageError::Invalid(format!(
             "image user {:?} is {uid}:{gid}; containers have ids 0..{} only",
@@ -107,12 +203,7 @@ pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpa
     }
     config.uid = uid;
     config.gid = gid;
-    Ok(Unpacked {
-        config,
-        image_id,
-        layers: layers.len(),
-        totals,
-    })
+    Ok(())
 }
 
 /// Applies a possibly gzip-compressed layer; returns the hex sha256 of the

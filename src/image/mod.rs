@@ -9,6 +9,8 @@ pub mod build;
 pub mod config;
 pub mod fsops;
 pub mod layer;
+pub mod layers;
+pub mod overlay;
 pub mod owners;
 pub mod store;
 pub mod user;

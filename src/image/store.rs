@@ -2,16 +2,21 @@
 //! `<state>/rootfs`. A deploy unpacks into a staging directory and renames
 //! it into place only when complete, so an interrupted or failed deploy
 //! leaves the previous version untouched; start-up sweeps what is not in
-//! the registry.
+//! the registry. Where the kernel can id-map overlayfs layers, a version's
+//! directory is only a mount point: its rootfs is composed from the shared
+//! layer store (`layers.rs`) instead of being a copy of its own.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::archive::{self, Unpacked};
 use super::fsops::{self, Root};
-use super::ImageError;
+use super::layers::Layers;
+use super::{overlay, ImageError, Limits};
 
 const STAGING_PREFIX: &str = ".staging-";
 /// Mount points runc needs; created at deploy so the read-only rootfs is
@@ -30,11 +35,14 @@ static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    layers: Option<Arc<Layers>>,
 }
 
-/// A directory being filled; removed on drop unless committed.
+/// A directory being filled; removed on drop unless committed, with the
+/// layers it reserved.
 pub struct Staging {
     path: Option<PathBuf>,
+    reserved: Option<Arc<Layers>>,
 }
 
 fn store_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
@@ -51,7 +59,67 @@ impl Store {
         // Containers (unprivileged host ids) pass through to their rootfs.
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .map_err(store_err("chmod", &dir))?;
-        Ok(Self { dir })
+        Ok(Self { dir, layers: None })
+    }
+
+    /// Composes versions from the shared layer store at `layers` from now
+    /// on, if this kernel can (idmapped overlayfs layers, Linux 6.13+);
+    /// says why not otherwise, and versions stay copies of their own.
+    pub fn share_layers(&mut self, layers: PathBuf) -> Result<(), ImageError> {
+        let layers = Layers::open(layers)?;
+        let probe = self.dir.join(format!("{STAGING_PREFIX}probe"));
+        let _ = overlay::unmount(&probe);
+        let _ = remove_tree(&probe);
+        fs::create_dir(&probe).map_err(store_err("creating", &probe))?;
+        let stack = layers.stack_of(std::iter::empty());
+        let stack: Vec<&Path> = stack.iter().map(PathBuf::as_path).collect();
+        let composed = overlay::compose(&probe, &stack, Some(super::owners::base(0)), None);
+        let _ = overlay::unmount(&probe);
+        let _ = fs::remove_dir(&probe);
+        composed.map_err(store_err("composing a rootfs from layers", &probe))?;
+        self.layers = Some(Arc::new(layers));
+        Ok(())
+    }
+
+    /// The shared layer store, when versions are composed from it.
+    pub fn layers(&self) -> Option<&Arc<Layers>> {
+        self.layers.as_ref()
+    }
+
+    /// Unpacks the image archive at `archive` for `staging`: into it, or
+    /// into the layer store (what it lacks) with the image's user read
+    /// from the layers composed at `staging` for a moment.
+    pub fn unpack(
+        &self,
+        archive: &Path,
+        staging: &mut Staging,
+        limits: &Limits,
+    ) -> Result<Unpacked, ImageError> {
+        let Some(layers) = &self.layers else {
+            return archive::unpack_image(archive, staging.path(), limits);
+        };
+        let key = staging.key();
+        let mut unpacked = archive::unpack_layers(
+            archive,
+            layers,
+            |hexes| {
+                layers.reserve(&key, hexes)?;
+                staging.reserved = Some(Arc::clone(layers));
+                Ok(())
+            },
+            limits,
+        )?;
+        let stack = layers
+            .stack(&key)?
+            .ok_or_else(|| ImageError::Invalid("reserved layers vanished".into()))?;
+        let stack: Vec<&Path> = stack.iter().map(PathBuf::as_path).collect();
+        let at = staging.path();
+        overlay::compose(at, &stack, None, None).map_err(store_err("composing", at))?;
+        let resolved = Root::open(at)
+            .map_err(store_err("opening", at))
+            .and_then(|root| archive::resolve_user(&mut unpacked.config, &root));
+        overlay::unmount(at).map_err(store_err("unmounting", at))?;
+        resolved.map(|()| unpacked)
     }
 
     /// Where version `version` of `name` lives.
@@ -60,63 +128,138 @@ impl Store {
     }
 
     pub fn staging(&self, name: &str) -> Result<Staging, ImageError> {
-        let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!(
-            "{STAGING_PREFIX}{name}-{}-{seq}",
-            std::process::id()
-        ));
-        fs::create_dir(&path).map_err(store_err("creating", &path))?;
-        Ok(Staging { path: Some(path) })
+        Staging::new_in(&self.dir, name)
     }
 
-    /// Moves a fully unpacked staging directory into place as `version`.
+    /// Moves a fully unpacked staging directory into place as `version`;
+    /// one made of shared layers is then composed there, seen through the
+    /// id map at `id_base`.
     pub fn commit(
         &self,
         mut staging: Staging,
         name: &str,
         version: u64,
+        id_base: u32,
     ) -> Result<PathBuf, ImageError> {
-        let from = staging
-            .path
-            .take()
-            .ok_or_else(|| ImageError::Invalid("staging already used".into()))?;
+        let key = staging.key();
+        let layered = staging.reserved.take();
+        let from = staging.keep();
         let to = self.path(name, version);
-        if to.exists() {
-            fs::remove_dir_all(&to).map_err(store_err("removing", &to))?;
+        remove_rootfs(&to, None).map_err(store_err("removing", &to))?;
+        if layered.is_none() {
+            prepare_mountpoints(&from)?;
         }
-        prepare_mountpoints(&from)?;
         fs::rename(&from, &to).map_err(store_err("renaming", &from))?;
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(store_err("syncing", &self.dir))?;
+        if let Some(layers) = layered {
+            layers.rename(&key, &rootfs_key(&to))?;
+            if let Err(e) = self.mount(&to, id_base) {
+                let _ = remove_rootfs(&to, Some(&layers));
+                return Err(e);
+            }
+        }
         Ok(to)
     }
 
+    /// Composes the rootfs at `path` from its layers (again: whatever is
+    /// mounted there goes first), if it is made of shared layers.
+    pub fn mount(&self, path: &Path, id_base: u32) -> Result<(), ImageError> {
+        let Some(layers) = &self.layers else {
+            return Ok(());
+        };
+        let Some(stack) = layers.stack(&rootfs_key(path))? else {
+            return Ok(());
+        };
+        overlay::unmount(path).map_err(store_err("unmounting", path))?;
+        match fs::create_dir(path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(store_err("creating", path)(e))
+            }
+            _ => {}
+        }
+        let stack: Vec<&Path> = stack.iter().map(PathBuf::as_path).collect();
+        overlay::compose(path, &stack, Some(id_base), None).map_err(store_err("composing", path))
+    }
+
     /// Removes every directory not in `keep`: staging leftovers of a crash
-    /// and versions that were replaced.
+    /// and versions that were replaced; then the layers only they used.
     pub fn sweep(&self, keep: &HashSet<PathBuf>) -> Result<usize, ImageError> {
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir).map_err(store_err("listing", &self.dir))? {
             let path = entry.map_err(store_err("listing", &self.dir))?.path();
             if !keep.contains(&path) {
-                remove_tree(&path).map_err(store_err("removing", &path))?;
+                remove_rootfs(&path, None).map_err(store_err("removing", &path))?;
                 removed += 1;
+            }
+        }
+        if let Some(layers) = &self.layers {
+            let keys = keep.iter().map(|p| rootfs_key(p)).collect();
+            let gone = layers.prune(&keys)?;
+            if gone > 0 {
+                tracing::info!(count = gone, "removed unused layers");
             }
         }
         Ok(removed)
     }
 }
 
+/// The name a rootfs directory's layers are kept under.
+fn rootfs_key(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Removes a version's rootfs: its overlay (if composed), its directory
+/// and, given the layer store, its claim on layers (those no other version
+/// uses go too).
+pub fn remove_rootfs(path: &Path, layers: Option<&Layers>) -> io::Result<()> {
+    overlay::unmount(path)?;
+    remove_tree(path)?;
+    if let Some(layers) = layers {
+        layers
+            .release(&rootfs_key(path))
+            .map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
 impl Staging {
+    /// A new, empty staging directory in `dir`.
+    pub(super) fn new_in(dir: &Path, label: &str) -> Result<Self, ImageError> {
+        let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "{STAGING_PREFIX}{label}-{}-{seq}",
+            std::process::id()
+        ));
+        fs::create_dir(&path).map_err(store_err("creating", &path))?;
+        Ok(Staging {
+            path: Some(path),
+            reserved: None,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         self.path.as_deref().unwrap_or(Path::new("/nonexistent"))
+    }
+
+    fn key(&self) -> String {
+        rootfs_key(self.path())
+    }
+
+    /// The directory, no longer removed on drop.
+    pub(super) fn keep(&mut self) -> PathBuf {
+        self.path.take().unwrap_or_default()
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
         if let Some(path) = self.path.take() {
-            if let Err(e) = remove_tree(&path) {
+            let layers = self.reserved.take();
+            if let Err(e) = remove_rootfs(&path, layers.as_deref()) {
                 tracing::warn!(path = %path.display(), error = %e, "removing staging directory");
             }
         }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use super::{listening, now_secs, Live, Manager, ManagerError};
 use crate::api::{DeployOptions, FunctionInfo, OptionsPatch};
 use crate::dataplane::Served;
-use crate::image::{owners, unpack_image};
+use crate::image::owners;
 use crate::name::FunctionName;
 use crate::net::Added;
 use crate::registry::{FunctionRecord, Registry, Version};
-use crate::runtime::{Function, RootfsDir};
+use crate::runtime::Function;
 use crate::sys::Priority;
 
 /// Gives the unpacked rootfs at `root` to the function's id range.
@@ -86,11 +86,11 @@ impl Manager {
                 .apply(&current.unwrap_or_default())
                 .map_err(ManagerError::Options)?,
         )?;
-        let staging = self.store.staging(name.as_str())?;
-        let dest = staging.path().to_path_buf();
+        let mut staging = self.store.staging(name.as_str())?;
         let limits = self.limits.clone();
-        let unpacked = tokio::task::spawn_blocking(move || {
-            background(|| unpack_image(&archive, &dest, &limits))
+        let store = self.store.clone();
+        let (staging, unpacked) = tokio::task::spawn_blocking(move || {
+            background(|| store.unpack(&archive, &mut staging, &limits)).map(|u| (staging, u))
         })
         .await
         .map_err(|e| ManagerError::Io {
@@ -113,11 +113,18 @@ impl Manager {
             .as_ref()
             .and_then(|p| p.id_slot)
             .unwrap_or_else(|| registry.free_id_slot());
-        shift_owners(staging.path().to_path_buf(), id_slot).await?;
+        if self.store.layers().is_none() {
+            shift_owners(staging.path().to_path_buf(), id_slot).await?;
+        }
         let store = self.store.clone();
         let commit_name = name.clone();
         let rootfs = tokio::task::spawn_blocking(move || {
-            store.commit(staging, commit_name.as_str(), version)
+            store.commit(
+                staging,
+                commit_name.as_str(),
+                version,
+                owners::base(id_slot),
+            )
         })
         .await
         .map_err(|e| ManagerError::Io {
@@ -133,7 +140,7 @@ impl Manager {
             deployed_at: now_secs(),
             origin: "deploy".into(),
         };
-        let fresh = RootfsDir::new(rootfs);
+        let fresh = self.rootfs_dir(rootfs);
         let switched = match previous {
             Some(previous) => {
                 let (record, dropped) = previous.succeed(next, self.keep_versions);
@@ -354,7 +361,8 @@ impl Manager {
             return Err(e);
         }
         for gone in dropped.iter().filter(|v| !needed.contains(&v.rootfs)) {
-            RootfsDir::new(self.store.path(name.as_str(), gone.rootfs)).retire();
+            self.rootfs_dir(self.store.path(name.as_str(), gone.rootfs))
+                .retire();
         }
         tracing::info!(function = %name, ip = %record.ip, version = record.version,
             image = %record.image_id, origin = %record.origin, "serving a new version");

@@ -1,9 +1,9 @@
 //! Deployed functions as a whole: deploy (unpack, switch, address, serve),
 //! remove, list, restore after a restart, and release everything at
 //! shutdown. The only place that touches registry, store, net, runtime and
-//! dataplane together. Deploying lives in `deploy`.
+//! dataplane together. Deploying lives in `deploy`, restoring in `restore`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,11 +23,10 @@ use crate::runtime::{
 };
 use crate::secrets::{SecretError, SecretStore};
 
-use deploy::shift_owners;
-
 mod announce;
 mod deploy;
 mod egress;
+mod restore;
 
 use announce::Announced;
 
@@ -129,7 +128,10 @@ impl Manager {
         keep_versions: usize,
         routes: Option<Routes>,
     ) -> Result<Self, ManagerError> {
-        let store = Store::open(state_dir.join("rootfs"))?;
+        let mut store = Store::open(state_dir.join("rootfs"))?;
+        if let Err(e) = store.share_layers(state_dir.join("layers")) {
+            tracing::warn!(error = %e, "versions cannot share image layers here: each gets its own copy");
+        }
         Ok(Self {
             store,
             logs: runtime.logs_dir(),
@@ -152,71 +154,9 @@ impl Manager {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Brings back every registered function after a start: removes what a
-    /// crashed run left (containers, bundles, stray addresses, staging
-    /// directories), then serves each function on its old address.
-    pub async fn restore(&self) -> Result<(), ManagerError> {
-        let leftovers = self.runtime.recover().await;
-        if leftovers > 0 {
-            tracing::info!(
-                count = leftovers,
-                "deleted containers left by an earlier run"
-            );
-        }
-        let mut registry = self.registry.lock().await;
-        self.assign_id_ranges(&mut registry).await?;
-        let wanted: HashSet<IpAddr> = registry.list().map(|r| r.ip).collect();
-        // Only our own pool: another faasd on this host (another state
-        // directory, another pool) tags its addresses the same way.
-        for addr in self.net.list().await? {
-            let ours = addr.is_ours() && self.pool.contains(addr.ip);
-            if ours && !wanted.contains(&addr.ip) {
-                tracing::info!(ip = %addr.ip, "removing stale address");
-                self.net.remove(addr.ip).await?;
-            }
-        }
-        if let Some(routes) = &self.routes {
-            // Routes a crashed run left: only the restart's own
-            // announcements (below, once each function is ready) come back.
-            for ip in routes.list().await? {
-                if self.pool.contains(ip) {
-                    tracing::info!(%ip, table = routes.table(), "withdrawing a stale route");
-                    routes.withdraw(ip).await?;
-                }
-            }
-        }
-        let keep: HashSet<PathBuf> = registry
-            .list()
-            .flat_map(|r| {
-                r.rootfs_ids()
-                    .map(|id| self.store.path(r.name.as_str(), id))
-            })
-            .collect();
-        let store = self.store.clone();
-        let swept = tokio::task::spawn_blocking(move || store.sweep(&keep))
-            .await
-            .map_err(|e| ManagerError::Io {
-                op: "sweeping rootfs store".into(),
-                source: std::io::Error::other(e),
-            })??;
-        if swept > 0 {
-            tracing::info!(count = swept, "removed unreferenced rootfs directories");
-        }
-        // Rules a crashed run left go; those of the functions below come back.
-        let runtime = Arc::clone(&self.runtime);
-        let _ = tokio::task::spawn_blocking(move || runtime.egress.clear()).await;
-        for record in registry.list().filter(|r| r.options.egress) {
-            self.egress_rules(record, None).await?;
-        }
-        for record in registry.list() {
-            let added = self.net.add(record.ip).await?;
-            let func = self.function(record, Arc::default())?;
-            self.runtime.refill(&func);
-            self.start_serving(record, Arc::clone(&func), Some(added))?;
-            self.announce_when_ready(record.ip, func);
-            tracing::info!(function = %record.name, ip = %record.ip, "serving");
-        }
-        Ok(())
+    /// A version's rootfs directory, removed as its store says once retired.
+    fn rootfs_dir(&self, path: PathBuf) -> Arc<RootfsDir> {
+        RootfsDir::new(path, self.store.layers().cloned())
     }
 
     /// The runtime's view of a deployed version (its pool not filling yet).
@@ -238,7 +178,7 @@ impl Manager {
         };
         let func = Arc::new(Function {
             name: record.name.clone(),
-            rootfs: RootfsDir::new(rootfs),
+            rootfs: self.rootfs_dir(rootfs),
             rootfs_id: record.rootfs_id(),
             secrets,
             image: record.image.clone(),
@@ -253,25 +193,6 @@ impl Manager {
             listener: ActivationListener::default(),
         });
         Ok(func)
-    }
-
-    /// Gives functions recorded before id ranges existed a range, and
-    /// their rootfs to it.
-    async fn assign_id_ranges(&self, registry: &mut Registry) -> Result<(), ManagerError> {
-        let unassigned: Vec<FunctionRecord> = registry
-            .list()
-            .filter(|r| r.id_slot.is_none())
-            .cloned()
-            .collect();
-        for mut record in unassigned {
-            let slot = registry.free_id_slot();
-            let rootfs = self.store.path(record.name.as_str(), record.rootfs_id());
-            shift_owners(rootfs, slot).await?;
-            record.id_slot = Some(slot);
-            tracing::info!(function = %record.name, slot, "assigned a host id range");
-            registry.put(record)?;
-        }
-        Ok(())
     }
 
     pub fn log_path(&self, name: &FunctionName) -> PathBuf {
@@ -312,7 +233,7 @@ impl Manager {
             }
             for id in record.history.iter().map(|v| v.rootfs) {
                 if id != record.rootfs_id() {
-                    RootfsDir::new(self.store.path(name.as_str(), id)).retire();
+                    self.rootfs_dir(self.store.path(name.as_str(), id)).retire();
                 }
             }
         }

@@ -121,13 +121,16 @@ pub struct RuntimeConfig {
 pub struct RootfsDir {
     pub path: PathBuf,
     retired: AtomicBool,
+    /// The layer store it is composed from, if it is.
+    layers: Option<Arc<crate::image::layers::Layers>>,
 }
 
 impl RootfsDir {
-    pub fn new(path: PathBuf) -> Arc<Self> {
+    pub fn new(path: PathBuf, layers: Option<Arc<crate::image::layers::Layers>>) -> Arc<Self> {
         Arc::new(Self {
             path,
             retired: AtomicBool::new(false),
+            layers,
         })
     }
 
@@ -141,11 +144,12 @@ impl Drop for RootfsDir {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
             let path = std::mem::take(&mut self.path);
+            let layers = self.layers.take();
             // Removing a tree is slow; never on whatever thread dropped us,
             // and only on CPU time nothing else wants.
             std::thread::spawn(move || {
                 let _ = crate::sys::set_priority(0, crate::sys::Priority::Idle);
-                if let Err(e) = crate::image::store::remove_tree(&path) {
+                if let Err(e) = crate::image::store::remove_rootfs(&path, layers.as_deref()) {
                     tracing::warn!(path = %path.display(), error = %e, "removing retired rootfs");
                 }
             });

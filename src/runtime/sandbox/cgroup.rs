@@ -43,25 +43,14 @@ fn hybrid_with_v2_controllers() -> bool {
 
 /// crun (1.8) refuses to run on a hybrid host whose v2 hierarchy holds any
 /// controller ("cgroups in hybrid mode not supported"), although it uses
-/// only the v1 controllers there. So that it runs unchanged, faasd moves
-/// into a mount namespace of its own (host mounts still propagate in;
-/// ours never out) where that controller list reads empty. Call before
-/// any thread starts (a threaded process cannot unshare its mounts).
-/// Returns whether it was needed.
+/// only the v1 controllers there. So that it runs unchanged, faasd (in a
+/// mount namespace of its own: `sys::private_mounts`) makes that
+/// controller list read empty there. Returns whether it was needed.
 pub fn hide_v2_controllers_from_runtime() -> std::io::Result<bool> {
     use nix::mount::{mount, MsFlags};
     if !hybrid_with_v2_controllers() {
         return Ok(false);
     }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(std::io::Error::from)?;
     mount(
         Some("/dev/null"),
         &Path::new(ROOT).join("unified").join("cgroup.controllers"),

@@ -4,8 +4,11 @@
 //! When one above `--state-dir` does not (a `mktemp -d` directory, a home
 //! directory), faasd changes nothing of the operator's: it bind-mounts the
 //! state directory at `/run/faasd/<scope>` (0711 all the way) and gives
-//! runc paths through that. The mount is removed at shutdown; one left by
-//! a crashed run is found in mountinfo and used again.
+//! runc paths through that. The state directory becomes a shared mount
+//! and the view its peer, so the rootfs overlays composed under it later
+//! show in the view too. The mounts are removed at shutdown (and live in
+//! faasd's own mount namespace anyway); one found in mountinfo is used
+//! again.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -38,11 +41,12 @@ impl StateView {
         std::fs::create_dir_all(&view)?;
         std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o711))?;
         if !mounted_at(&view)? {
+            share(&state)?;
             mount(
                 Some(&state),
                 &view,
                 None::<&str>,
-                MsFlags::MS_BIND,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             )
             .map_err(io::Error::from)?;
@@ -74,8 +78,34 @@ impl StateView {
                 tracing::warn!(view = %self.view.display(), error = %e, "unmounting the state view");
             }
             let _ = std::fs::remove_dir(&self.view);
+            if let Ok(state) = self.state.canonicalize() {
+                let _ = umount2(&state, MntFlags::MNT_DETACH);
+            }
         }
     }
+}
+
+/// Makes `dir` a mount of its own, shared: a bind of it is its peer and
+/// receives the mounts made under it afterwards.
+fn share(dir: &Path) -> io::Result<()> {
+    if !mounted_at(dir)? {
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(io::Error::from)?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Whether every directory above `dir` lets other users through.

@@ -1,0 +1,166 @@
+//! Shared layers: every layer is unpacked once, whatever number of
+//! functions and versions use it; each function sees it owned by its own
+//! ids; removing the last user of a layer frees it; and a restart (a
+//! `kill -9` too) composes every kept version again.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use common::*;
+use faasd::image::build::{Entry, Layer};
+
+const BIG: usize = 20 << 20;
+
+/// Bytes that do not compress or deduplicate (xorshift).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Bytes on disk under `dir` (each inode once; other mounts not entered,
+/// though from the test's mount namespace faasd's overlays are not seen).
+fn disk_use(dir: &Path) -> u64 {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    let dev = std::fs::symlink_metadata(dir).expect("stat").dev();
+    while let Some(path) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev || !seen.insert(meta.ino()) {
+            continue;
+        }
+        total += meta.blocks() * 512;
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                todo.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
+
+/// The layers in the store (faasd's own `top` and `empty`, and the refs, aside).
+fn layers(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.state.join("layers"))
+        .expect("layer store")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !["top", "empty", "refs"].contains(&n.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_hundred_functions_from_one_image_take_about_one_copy() {
+    require_host();
+    let mut d = Daemon::start();
+    // A 20 MB base layer, and the probe on top of it.
+    let mut spec = probe_image("inspect", &["PROBE_FILES=/probe,/base/blob,/"]);
+    spec.layers.insert(
+        0,
+        Layer {
+            entries: vec![Entry::dir("base"), Entry::file("base/blob", noise(BIG, 7))],
+            gzip: false,
+        },
+    );
+    let image = image_bytes(&spec);
+    let before = disk_use(&d.state);
+
+    let t0 = Instant::now();
+    let mut ips = Vec::new();
+    for i in 0..100 {
+        let name = format!("f{i}");
+        let info = d
+            .client()
+            .deploy(&name, &opts(), image.as_slice())
+            .unwrap_or_else(|e| panic!("deploying {name}: {e}\n{}", d.log_text()));
+        ips.push(info.ip);
+    }
+    let took = t0.elapsed();
+    assert_eq!(layers(&d).len(), 2, "each layer once: {:?}", layers(&d));
+    let used = disk_use(&d.state) - before;
+    let copy = disk_use(&d.state.join("layers"));
+    let unpacked = (BIG + handler_bytes("probe").len()) as u64;
+    eprintln!(
+        "100 deploys of a {:.1} MB image: {:.1} s; the state directory grew by {:.1} MB, \
+         its layers by {:.1} MB",
+        unpacked as f64 / 1e6,
+        took.as_secs_f64(),
+        used as f64 / 1e6,
+        copy as f64 / 1e6
+    );
+    assert!(
+        copy < unpacked * 11 / 10,
+        "the layers take {copy} bytes for {unpacked} of image"
+    );
+    // Beyond the one copy: per function a log, a record, a mount point.
+    assert!(
+        used < copy + 100 * (32 << 10),
+        "100 functions use {used} bytes, one copy of the image is {copy}"
+    );
+
+    // Every function sees the image's files as the image has them: owned
+    // by its root, not by `nobody` (the id map applies), and complete.
+    for ip in [ips[0], ips[57], ips[99]] {
+        let (status, body) = call(ip).expect("call");
+        assert_eq!(status, 200, "{body}");
+        let got = kv(&body);
+        assert_eq!(got["meta./probe"], "0:0:755", "{body}");
+        assert_eq!(got["meta./"], "0:0:755", "{body}");
+        let blob = got
+            .get("meta./base/blob")
+            .unwrap_or_else(|| panic!("no blob: {body}"));
+        assert_eq!(blob, "0:0:644");
+    }
+
+    // A new version that changes only the top layer unpacks only it.
+    let mut next = spec.clone();
+    next.config.env.push("VERSION=2".into());
+    next.layers[1]
+        .entries
+        .push(Entry::file("etc/version", "2\n"));
+    d.client()
+        .deploy("f0", &opts(), image_bytes(&next).as_slice())
+        .expect("redeploy");
+    assert_eq!(layers(&d).len(), 3, "the base layer is shared by versions");
+    assert_eq!(call(ips[0]).expect("call").0, 200);
+
+    // Restarted after kill -9, every version is composed again.
+    d.crash();
+    d.spawn();
+    for ip in [ips[0], ips[99]] {
+        assert_eq!(call(ip).expect("after a restart").0, 200);
+    }
+
+    // The last user of a layer frees it; not before.
+    for i in 1..100 {
+        let out = d.faas(&["rm", &format!("f{i}")], None);
+        assert!(out.status.success(), "{:?}", out);
+    }
+    assert_eq!(layers(&d).len(), 3, "f0's versions still use all three");
+    let out = d.faas(&["rm", "f0"], None);
+    assert!(out.status.success(), "{:?}", out);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !layers(&d).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(layers(&d), Vec::<String>::new(), "no user, no layer");
+    assert!(
+        disk_use(&d.state) < before + (2 << 20),
+        "the state directory is back to its size"
+    );
+}
