@@ -264,3 +264,39 @@ impl Layers {
         self.dir.join(REFS).join(key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_goes_with_its_last_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layers = Layers::open(dir.path().join("layers")).expect("open");
+        for id in ["a", "b", "c"] {
+            fs::create_dir(layers.path(id)).expect("layer");
+        }
+        layers
+            .reserve("f-v1", &["a".into(), "b".into()])
+            .expect("ref");
+        layers
+            .reserve(".staging-g", &["b".into(), "c".into()])
+            .expect("ref");
+        layers.rename(".staging-g", "g-v1").expect("rename");
+        let stack = layers.stack("g-v1").expect("stack").expect("layered");
+        let names: Vec<_> = stack.iter().filter_map(|p| p.file_name()).collect();
+        assert_eq!(names, ["top", "c", "b"], "top first, then the image's top");
+        assert_eq!(layers.stack("old-copy").expect("stack"), None);
+
+        assert_eq!(layers.release("f-v1").expect("release"), 1);
+        assert!(!layers.has("a") && layers.has("b") && layers.has("c"));
+        fs::create_dir(dir.path().join("layers/.staging-layer-1")).expect("staging");
+        assert_eq!(layers.prune(&HashSet::new()).expect("prune"), 3);
+        assert!(!layers.has("b") && !layers.has("c"));
+        assert!(layers.has(TOP) && layers.has(EMPTY), "faasd's own stay");
+        let single = layers.stack_of(["x"].into_iter());
+        assert_eq!(single.len(), 2, "overlayfs needs two lower layers");
+        let none = layers.stack_of(std::iter::empty());
+        assert_eq!(none, [layers.path(TOP), layers.path(EMPTY)]);
+    }
+}
