@@ -25,6 +25,7 @@ use std::process::ExitCode;
 
 use faas_handler::Control;
 
+mod flow;
 mod port;
 mod relay;
 

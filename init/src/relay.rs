@@ -10,8 +10,10 @@
 //! takes microseconds, so one not done within a few milliseconds was
 //! dropped, and a fresh attempt gets in far sooner.
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, ErrorKind, Read};
+
+use crate::flow::Flow;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -23,8 +25,6 @@ use nix::sys::socket::{
     connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
 };
 
-/// Bytes buffered per direction per connection.
-const BUF: usize = 16 << 10;
 const FIRST_ATTEMPT: Duration = Duration::from_millis(5);
 const LONGEST_ATTEMPT: Duration = Duration::from_millis(200);
 /// The epoll token of the wake-up socket (pairs use 2·slot and 2·slot+1).
@@ -336,73 +336,11 @@ fn is_connected(socket: &OwnedFd) -> bool {
     nix::sys::socket::getpeername::<SockaddrStorage>(socket.as_raw_fd()).is_ok()
 }
 
-/// One direction of a pair.
-struct Flow {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// The source said EOF (or failed).
-    eof: bool,
-    /// Done: the sink's sending side has been shut.
-    over: bool,
-    /// Bytes that reached the sink.
-    total: u64,
-}
-
-impl Default for Flow {
-    fn default() -> Self {
-        Self {
-            buf: vec![0u8; BUF].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            eof: false,
-            over: false,
-            total: 0,
-        }
-    }
-}
-
-impl Flow {
-    /// Copies from `from` to `to` until either would block; at the
-    /// source's end (or the sink's failure) shuts the sink's sending side.
-    fn pump(&mut self, mut from: &TcpStream, mut to: &TcpStream) {
-        while !self.over {
-            if self.start < self.end {
-                match to.write(&self.buf[self.start..self.end]) {
-                    Ok(n) => {
-                        self.start += n;
-                        self.total += n as u64;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => self.finish(to),
-                }
-                continue;
-            }
-            if self.eof {
-                self.finish(to);
-                continue;
-            }
-            match from.read(&mut self.buf) {
-                Ok(0) => self.eof = true,
-                Ok(n) => (self.start, self.end) = (0, n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => self.eof = true,
-            }
-        }
-    }
-
-    fn finish(&mut self, to: &TcpStream) {
-        let _ = to.shutdown(Shutdown::Write);
-        (self.start, self.end, self.over) = (0, 0, true);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener};
 
     /// A client connection as faasd would hand it over.
     fn handed() -> (TcpStream, TcpStream) {
