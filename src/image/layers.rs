@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use super::fsops::{self, Root};
 use super::overlay::{self, Upper};
-use super::store::{remove_tree, Staging};
+use super::store::{remove_tree, store_err as err, Staging};
 use super::ImageError;
 
 const REFS: &str = "refs";
@@ -41,14 +41,6 @@ static REFS_LOCK: Mutex<()> = Mutex::new(());
 #[derive(Debug)]
 pub struct Layers {
     dir: PathBuf,
-}
-
-fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
-    move |source| ImageError::Store {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 impl Layers {

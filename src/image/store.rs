@@ -45,7 +45,10 @@ pub struct Staging {
     reserved: Option<Arc<Layers>>,
 }
 
-fn store_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+pub(super) fn store_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ImageError + 'a {
     move |source| ImageError::Store {
         op,
         path: path.to_path_buf(),
