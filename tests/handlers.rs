@@ -172,7 +172,10 @@ fn the_sandbox_holds() {
         .find(|e| e.file_name().to_string_lossy().starts_with("sandbox-v"))
         .expect("rootfs")
         .path();
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(rootfs).expect("stat"));
+    // As faasd's mount namespace has it (there, the rootfs is an overlay
+    // of id-mapped layers; here, its mount point).
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(d.seen(&rootfs)).expect("stat"));
     assert_eq!(u64::from(owner), map[1], "the rootfs belongs to the range");
     // `faas inspect` shows what applies.
     let sandbox = d.client().inspect("sandbox").expect("inspect").sandbox;

@@ -165,11 +165,17 @@ fn odd_entries_unpack_harmlessly_inside_the_rootfs() {
         assert!(written.is_empty(), "{name} wrote outside: {written:?}");
         assert_eq!(call(victim).expect("victim").0, 200, "after {name}");
         if let Ok(info) = result {
-            let rootfs = d
-                .state
-                .join("rootfs")
-                .join(format!("{name}-v{}", info.version));
-            for (path, meta) in walk(&rootfs) {
+            let rootfs = d.seen(
+                &d.state
+                    .join("rootfs")
+                    .join(format!("{name}-v{}", info.version)),
+            );
+            let entries = walk(&rootfs);
+            assert!(
+                entries.iter().any(|(p, _)| p.ends_with("probe")),
+                "{name}: the rootfs as faasd sees it holds the image"
+            );
+            for (path, meta) in entries {
                 let ft = meta.file_type();
                 assert!(
                     !ft.is_char_device() && !ft.is_block_device(),

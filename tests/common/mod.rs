@@ -331,6 +331,13 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `path` as faasd sees it: in its own mount namespace, where a
+    /// version's rootfs is an overlay (from here, only its mount point).
+    pub fn seen(&self, path: &Path) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid()))
+            .join(path.strip_prefix("/").unwrap_or(path))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child
             .as_ref()
