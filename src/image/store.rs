@@ -66,8 +66,9 @@ impl Store {
     }
 
     /// Composes versions from the shared layer store at `layers` from now
-    /// on, if this kernel can (idmapped overlayfs layers, Linux 6.13+);
-    /// says why not otherwise, and versions stay copies of their own.
+    /// on, if this kernel can (detached, id-mapped overlayfs layers: Linux
+    /// 6.15+); says why not otherwise, and versions stay copies of their
+    /// own.
     pub fn share_layers(&mut self, layers: PathBuf) -> Result<(), ImageError> {
         let layers = Layers::open(layers)?;
         let probe = self.dir.join(format!("{STAGING_PREFIX}probe"));
