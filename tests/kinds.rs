@@ -20,15 +20,17 @@ use faasd::image::build::{Entry, ImageSpec, Layer, Layout, RunConfig};
 
 /// A busybox image: /bin/busybox, /bin/sh, a page at /www/index.html and
 /// a CGI script at /www/cgi-bin/id naming the container (its network
-/// namespace) and the user it runs as.
+/// namespace, whose inode number a later container may get again once
+/// this one is gone, with the start time of its first process) and the
+/// user it runs as.
 fn busybox_image(entrypoint: &[&str], user: &str) -> ImageSpec {
     let busybox =
         std::fs::read("/bin/busybox").expect("busybox-static (apt-get install busybox-static)");
-    let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"net=$(readlink /proc/self/ns/net)\"\necho \"uid=$(id -u)\"\n";
+    let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"net=$(readlink /proc/self/ns/net)@$(cut -d' ' -f22 /proc/1/stat)\"\necho \"uid=$(id -u)\"\n";
     let mut entries = vec![Entry::dir("bin"), Entry::exe("bin/busybox", busybox)];
     // This busybox runs its applets only by name.
     for applet in [
-        "sh", "httpd", "readlink", "id", "grep", "tr", "sed", "sleep", "cat",
+        "sh", "httpd", "readlink", "id", "grep", "tr", "sed", "sleep", "cat", "cut",
     ] {
         entries.push(Entry::Symlink {
             path: format!("bin/{applet}"),
