@@ -24,6 +24,9 @@ pub struct StateView {
     state: PathBuf,
     view: PathBuf,
     mounted: bool,
+    /// Whether the state directory was bound onto itself (to be shared)
+    /// here, and so is ours to unmount.
+    bound_state: bool,
 }
 
 impl StateView {
@@ -35,13 +38,15 @@ impl StateView {
                 state: given.to_path_buf(),
                 view: given.to_path_buf(),
                 mounted: false,
+                bound_state: false,
             });
         }
         let view = Path::new(RUN_DIR).join(scope);
         std::fs::create_dir_all(&view)?;
         std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(0o711))?;
+        let mut bound_state = false;
         if !mounted_at(&view)? {
-            share(&state)?;
+            bound_state = share(&state)?;
             mount(
                 Some(&state),
                 &view,
@@ -60,6 +65,7 @@ impl StateView {
             state: given.to_path_buf(),
             view,
             mounted: true,
+            bound_state,
         })
     }
 
@@ -78,17 +84,21 @@ impl StateView {
                 tracing::warn!(view = %self.view.display(), error = %e, "unmounting the state view");
             }
             let _ = std::fs::remove_dir(&self.view);
-            if let Ok(state) = self.state.canonicalize() {
-                let _ = umount2(&state, MntFlags::MNT_DETACH);
+            if self.bound_state {
+                if let Ok(state) = self.state.canonicalize() {
+                    let _ = umount2(&state, MntFlags::MNT_DETACH);
+                }
             }
         }
     }
 }
 
 /// Makes `dir` a mount of its own, shared: a bind of it is its peer and
-/// receives the mounts made under it afterwards.
-fn share(dir: &Path) -> io::Result<()> {
-    if !mounted_at(dir)? {
+/// receives the mounts made under it afterwards. Returns whether it bound
+/// `dir` onto itself (a mount point already, the operator's, stays theirs).
+fn share(dir: &Path) -> io::Result<bool> {
+    let bind = !mounted_at(dir)?;
+    if bind {
         mount(
             Some(dir),
             dir,
@@ -105,7 +115,8 @@ fn share(dir: &Path) -> io::Result<()> {
         MsFlags::MS_SHARED,
         None::<&str>,
     )
-    .map_err(io::Error::from)
+    .map_err(io::Error::from)?;
+    Ok(bind)
 }
 
 /// Whether every directory above `dir` lets other users through.
@@ -137,6 +148,7 @@ mod tests {
             state: "/var/lib/faasd".into(),
             view: "/var/lib/faasd".into(),
             mounted: false,
+            bound_state: false,
         };
         let p = Path::new("/var/lib/faasd/rootfs/f-v1");
         assert_eq!(view.path(p), p);
@@ -148,6 +160,7 @@ mod tests {
             state: "/tmp/tmp.x/state".into(),
             view: "/run/faasd/faasd-abc".into(),
             mounted: true,
+            bound_state: true,
         };
         assert_eq!(
             view.path(Path::new("/tmp/tmp.x/state/bundles/f-1/control.sock")),
