@@ -21,12 +21,12 @@ use faasd::image::build::{Entry, ImageSpec, Layer, Layout, RunConfig};
 /// A busybox image: /bin/busybox, /bin/sh, a page at /www/index.html and
 /// a CGI script at /www/cgi-bin/id naming the container (its network
 /// namespace, whose inode number a later container may get again once
-/// this one is gone, with the start time of its first process) and the
-/// user it runs as.
+/// this one is gone, with the start time of its first process), the
+/// user it runs as and the client's port as the server saw it.
 fn busybox_image(entrypoint: &[&str], user: &str) -> ImageSpec {
     let busybox =
         std::fs::read("/bin/busybox").expect("busybox-static (apt-get install busybox-static)");
-    let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"net=$(readlink /proc/self/ns/net)@$(cut -d' ' -f22 /proc/1/stat)\"\necho \"uid=$(id -u)\"\n";
+    let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"net=$(readlink /proc/self/ns/net)@$(cut -d' ' -f22 /proc/1/stat)\"\necho \"uid=$(id -u)\"\necho \"peer=$REMOTE_PORT\"\n";
     let mut entries = vec![Entry::dir("bin"), Entry::exe("bin/busybox", busybox)];
     // This busybox runs its applets only by name.
     for applet in [
@@ -109,6 +109,22 @@ fn kind(kind: HandlerKind, warm: u32) -> DeployOptions {
 
 fn get(ip: IpAddr, path: &str) -> (u16, String) {
     http_get(&ip.to_string(), path).unwrap_or_else(|e| panic!("GET {path} on {ip}: {e}"))
+}
+
+/// The body of a GET of `path` on port 80, and the client's own port.
+fn get_from(ip: IpAddr, path: &str) -> (String, u16) {
+    let mut s = TcpStream::connect((ip, 80)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let port = s.local_addr().expect("local address").port();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (
+        body.unwrap_or_else(|| panic!("no response: {text:?}")),
+        port,
+    )
 }
 
 #[test]
@@ -274,6 +290,9 @@ fn plain_servers_on_a_port_serve_single_use_and_reused() {
         })
         .collect();
     assert_eq!(nets.len(), 1, "one reused container: {nets:?}");
+    // The server accepted the client's own connection: nothing relayed it.
+    let (body, client_port) = get_from(ip, "/cgi-bin/id");
+    assert_eq!(kv(&body)["peer"], client_port.to_string(), "{body}");
 
     // Many at once through a server that forks per connection: the relay
     // must stay within the container's pids limit, and a full backlog
@@ -302,9 +321,25 @@ fn plain_servers_on_a_port_serve_single_use_and_reused() {
     let log = d.faas(&["logs", "port-reuse"], None);
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(
-        !log.contains("panicked"),
-        "faas-init broke under load:\n{log}"
+        !log.contains("panicked") && !log.contains("relaying instead"),
+        "faas-init broke under load or could not take the bind:\n{log}"
     );
+
+    // Reused without a warm pool: containers start as connections come,
+    // and faas-init relays each connection it is handed.
+    let relayed = DeployOptions {
+        reuse: true,
+        ..kind(HandlerKind::ContainerPort(8080), 0)
+    };
+    let ip = d
+        .deploy("port-relayed", &busybox_image(&httpd, ""), &relayed)
+        .ip;
+    for _ in 0..3 {
+        let (body, client_port) = get_from(ip, "/cgi-bin/id");
+        let seen = kv(&body);
+        assert_eq!(seen["uid"], "0", "{body}");
+        assert_ne!(seen["peer"], client_port.to_string(), "relayed: {body}");
+    }
 }
 
 #[test]
@@ -350,6 +385,29 @@ fn a_server_slow_to_listen_is_waited_for_and_one_that_never_does_is_a_502() {
     assert_eq!(call(other).expect("others unaffected").0, 200);
     let logs = String::from_utf8_lossy(&d.faas(&["logs", "never"], None).stdout).into_owned();
     assert!(logs.contains("nothing listened on port 8080"), "{logs}");
+
+    // Reused with a warm pool, the server is handed the listener at its
+    // bind: one that never binds ends its container with the reason.
+    let never_reused = DeployOptions {
+        reuse: true,
+        ..kind(HandlerKind::ContainerPort(8080), 1)
+    };
+    d.deploy(
+        "never-reused",
+        &busybox_image(&["/bin/sh", "-c", "sleep 3600"], ""),
+        &never_reused,
+    );
+    let t0 = Instant::now();
+    let logs = loop {
+        let logs = d.faas(&["logs", "never-reused"], None).stdout;
+        let logs = String::from_utf8_lossy(&logs).into_owned();
+        if logs.contains("nothing bound port 8080") || t0.elapsed() > Duration::from_secs(10) {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(logs.contains("nothing bound port 8080"), "{logs}");
+    assert_eq!(call(other).expect("others unaffected").0, 200);
 }
 
 #[test]

@@ -11,6 +11,9 @@
 //! /.faas-init port N -- PROGRAM ARGS...     PROGRAM is a server binding port N inside
 //!                                           the container; each connection is relayed
 //!                                           to it (see `port`)
+//! /.faas-init bind N -- PROGRAM ARGS...     the same server, reused: its bind of port N
+//!                                           gets the function's listening socket, and
+//!                                           it accepts by itself (see `bind`)
 //! ```
 //!
 //! A pool container waits here (connected to `/control.sock`), so per
@@ -25,9 +28,11 @@ use std::process::ExitCode;
 
 use faas_handler::Control;
 
+mod bind;
 mod flow;
 mod port;
 mod relay;
+mod unotify;
 
 /// How `faas-init` was asked to run the program.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +40,7 @@ enum Mode {
     Stdio,
     Listen,
     Port(u16),
+    Bind(u16),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
         Mode::Stdio => stdio(&program),
         Mode::Listen => listen(&program),
         Mode::Port(port) => port::serve(port, &program),
+        Mode::Bind(port) => receive("the listening socket")
+            .and_then(|listener| bind::serve(port, &program, listener)),
     };
     match result {
         Ok(code) => code,
@@ -64,7 +72,7 @@ fn parse(args: &[OsString]) -> Result<(Mode, Vec<OsString>), String> {
     let dashes = args
         .iter()
         .position(|a| a == "--")
-        .ok_or("usage: faas-init stdio|listen|port N -- PROGRAM [ARGS...]")?;
+        .ok_or("usage: faas-init stdio|listen|port N|bind N -- PROGRAM [ARGS...]")?;
     let (head, program) = (&args[..dashes], &args[dashes + 1..]);
     if program.is_empty() {
         return Err("the image names no program to run (no Entrypoint or Cmd)".into());
@@ -72,17 +80,18 @@ fn parse(args: &[OsString]) -> Result<(Mode, Vec<OsString>), String> {
     let mode = match head {
         [m] if m == "stdio" => Mode::Stdio,
         [m] if m == "listen" => Mode::Listen,
-        [m, n] if m == "port" => {
-            let port = n
-                .to_str()
-                .and_then(|n| n.parse::<u16>().ok())
-                .filter(|&p| p > 0)
-                .ok_or_else(|| format!("invalid port {n:?}"))?;
-            Mode::Port(port)
-        }
+        [m, n] if m == "port" => Mode::Port(port_number(n)?),
+        [m, n] if m == "bind" => Mode::Bind(port_number(n)?),
         _ => return Err(format!("unknown mode {head:?}")),
     };
     Ok((mode, program.to_vec()))
+}
+
+fn port_number(n: &OsString) -> Result<u16, String> {
+    n.to_str()
+        .and_then(|n| n.parse::<u16>().ok())
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("invalid port {n:?}"))
 }
 
 /// inetd style: the connection becomes stdin and stdout.
@@ -181,12 +190,19 @@ mod tests {
                 .0,
             Mode::Port(8080)
         );
+        assert_eq!(
+            parse(&args(&["bind", "8080", "--", "srv"]))
+                .expect("bind")
+                .0,
+            Mode::Bind(8080)
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_run() {
         assert!(parse(&args(&["port", "0", "--", "srv"])).is_err());
         assert!(parse(&args(&["port", "http", "--", "srv"])).is_err());
+        assert!(parse(&args(&["bind", "0", "--", "srv"])).is_err());
         assert!(parse(&args(&["stdio", "--"])).is_err());
         assert!(parse(&args(&["stdio", "srv"])).is_err());
         assert!(parse(&args(&["fly", "--", "srv"])).is_err());

@@ -11,8 +11,8 @@
 //! at once (up to `MAX_RELAYS`).
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,18 +36,7 @@ const LISTEN_WAIT_MARGIN: Duration = Duration::from_millis(250);
 const MAX_RELAYS: usize = 32;
 
 pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
-    let server = Command::new(&program[0])
-        .args(&program[1..])
-        .spawn()
-        .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
-    let server = Pid::from_raw(server.id() as i32);
-    let ended = Arc::new(Ended::default());
-    {
-        let ended = Arc::clone(&ended);
-        std::thread::Builder::new()
-            .spawn(move || reap(server, &ended))
-            .map_err(|e| format!("starting the reaper thread: {e}"))?;
-    }
+    let ended = start(program)?;
     let target = wait_listening(port, listen_wait(), &ended)?;
     let mut control =
         Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
@@ -67,12 +56,57 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
             }
         });
     }
-    serve_many(&mut control, relay)
+    serve_many(relay, || next(&mut control))
 }
 
-/// Reuse: asks for the next connection while fewer than `MAX_RELAYS` are
-/// in flight, and hands each to the relay thread.
-fn serve_many(control: &mut Control, relay: Relay) -> Result<ExitCode, String> {
+/// Reuse where the server's `bind` cannot be given the function's
+/// listener (see `bind`): accepts on `listener` and relays each
+/// connection to the server.
+pub fn relay_accepted(
+    port: u16,
+    program: &[OsString],
+    listener: TcpListener,
+) -> Result<ExitCode, String> {
+    let ended = start(program)?;
+    let target = wait_listening(port, listen_wait(), &ended)?;
+    let relay =
+        Relay::new(target, listen_wait()).map_err(|e| format!("setting up the relay: {e}"))?;
+    serve_many(relay, || loop {
+        match listener.accept() {
+            Ok((client, _)) => return Ok(Some(client)),
+            // The client gave up before we got to it; the next one counts.
+            Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("accepting a connection: {e}")),
+        }
+    })
+}
+
+/// Starts the server, and as the container's first process reaps it and
+/// every orphan in it (see `reap`); returns whether it has ended.
+pub fn start(program: &[OsString]) -> Result<Arc<Ended>, String> {
+    let server = Command::new(&program[0])
+        .args(&program[1..])
+        .spawn()
+        .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
+    let server = Pid::from_raw(server.id() as i32);
+    let ended = Arc::new(Ended::default());
+    {
+        let ended = Arc::clone(&ended);
+        std::thread::Builder::new()
+            .spawn(move || reap(server, &ended))
+            .map_err(|e| format!("starting the reaper thread: {e}"))?;
+    }
+    Ok(ended)
+}
+
+/// Reuse: asks `next` for the next connection while fewer than
+/// `MAX_RELAYS` are in flight, and hands each to the relay thread, until
+/// `next` has no more.
+fn serve_many(
+    relay: Relay,
+    mut next: impl FnMut() -> Result<Option<TcpStream>, String>,
+) -> Result<ExitCode, String> {
     let active = Arc::new((Mutex::new(0usize), Condvar::new()));
     let (to_relay, incoming) = mpsc::channel();
     let (wake, woken) = UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
@@ -97,7 +131,7 @@ fn serve_many(control: &mut Control, relay: Relay) -> Result<ExitCode, String> {
             }
             *n += 1;
         }
-        let Some(client) = next(control)? else {
+        let Some(client) = next()? else {
             break;
         };
         if to_relay.send(client).is_err() || (&wake).write_all(&[1]).is_err() {
@@ -119,7 +153,7 @@ fn next(control: &mut Control) -> Result<Option<TcpStream>, String> {
         .map_err(|e| format!("receiving a connection: {e}"))
 }
 
-fn listen_wait() -> Duration {
+pub fn listen_wait() -> Duration {
     std::env::var("FAAS_CONNECT_TIMEOUT")
         .ok()
         .and_then(|ms| ms.parse::<u64>().ok())
@@ -130,7 +164,13 @@ fn listen_wait() -> Duration {
 
 /// Set by the reaper when the server has ended.
 #[derive(Default)]
-struct Ended(AtomicBool);
+pub struct Ended(AtomicBool);
+
+impl Ended {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// As the container's first process we inherit every orphan in it: reap
 /// them all. When the server itself ends, so does the container (one-shot
@@ -168,7 +208,7 @@ fn wait_listening(port: u16, wait: Duration, ended: &Ended) -> Result<SocketAddr
         if let Some(addr) = listening(port) {
             return Ok(addr);
         }
-        if ended.0.load(Ordering::Acquire) {
+        if ended.is_set() {
             return Err(format!(
                 "the server ended before it listened on port {port}"
             ));

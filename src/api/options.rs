@@ -296,6 +296,20 @@ impl DeployOptions {
     pub fn defers_accept(&self) -> bool {
         self.reuse && self.kind == HandlerKind::ControlSocket && !self.server_first
     }
+
+    /// Whether the function's containers are given its listening socket
+    /// and accept on it themselves (no core of faasd's does): socket
+    /// activation, and a reused server on a container port with a warm
+    /// pool, whose `bind` of that port gets the socket (faas-init's
+    /// `bind` mode). With `--warm 0` nothing would be there to accept, so
+    /// such a server gets connections relayed, started as they come.
+    pub fn hands_listener(&self) -> bool {
+        match self.kind {
+            HandlerKind::SocketActivation => true,
+            HandlerKind::ContainerPort(_) => self.reuse && self.warm > 0,
+            HandlerKind::ControlSocket | HandlerKind::Stdio => false,
+        }
+    }
 }
 
 /// Splits `KEY=VALUE`; the key must be a plain environment variable name.

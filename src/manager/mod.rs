@@ -103,7 +103,7 @@ fn listening(options: &DeployOptions) -> Listening {
     Listening {
         all_cores: options.all_cores,
         defer_accept: options.defers_accept(),
-        handed: options.kind == HandlerKind::SocketActivation,
+        handed: options.hands_listener(),
     }
 }
 
@@ -187,7 +187,7 @@ impl Manager {
             ledger: Ledger::new(record.name.as_str(), stats),
             pool: WarmPool::new(
                 record.options.warm,
-                record.options.reuse || record.options.kind == HandlerKind::SocketActivation,
+                record.options.reuse || record.options.hands_listener(),
             ),
             id_base,
             listener: ActivationListener::default(),
@@ -294,8 +294,14 @@ impl Manager {
             .get(&r.name)
             .map(|l| {
                 let func = l.served.func.load();
+                // Servers handed the listener never wait in the pool: up is ready.
+                let ready = if func.options.hands_listener() {
+                    func.pool.live()
+                } else {
+                    func.pool.ready()
+                };
                 func.ledger
-                    .snapshot(u64::from(func.pool.ready()), u64::from(l.served.inflight()))
+                    .snapshot(u64::from(ready), u64::from(l.served.inflight()))
             })
             .unwrap_or_default();
         FunctionInfo {

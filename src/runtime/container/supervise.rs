@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use super::control::ControlListener;
 use super::{End, Guard, Ready};
-use crate::api::HandlerKind;
 use crate::respond::{self, Status};
 use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
@@ -79,7 +78,7 @@ impl Ready {
         } = self;
         let func = Arc::clone(&guard.func);
         let rt = Arc::clone(&guard.rt);
-        if func.options.kind == HandlerKind::SocketActivation {
+        if func.options.hands_listener() {
             func.pool.reuse_started();
             rt.control.spawn(supervise_activation(guard, control));
             return;

@@ -101,6 +101,11 @@ impl WarmPool {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Containers alive in reuse mode or socket activation.
+    pub fn live(&self) -> u32 {
+        self.live.load(Ordering::Acquire)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

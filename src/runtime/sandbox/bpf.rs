@@ -319,6 +319,7 @@ fn number(name: &str) -> Option<u32> {
         "sched_setparam" => libc::SYS_sched_setparam,
         "sched_setscheduler" => libc::SYS_sched_setscheduler,
         "sched_yield" => libc::SYS_sched_yield,
+        "seccomp" => libc::SYS_seccomp,
         "select" => libc::SYS_select,
         "semctl" => libc::SYS_semctl,
         "semget" => libc::SYS_semget,

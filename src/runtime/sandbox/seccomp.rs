@@ -226,6 +226,9 @@ pub(super) const ALLOWED: &[&str] = &[
     "sched_setparam",
     "sched_setscheduler",
     "sched_yield",
+    // Only ever narrows what the caller may do (under no_new_privs);
+    // faas-init's `bind` mode needs a filter with a listener of its own.
+    "seccomp",
     "setpgid",
     "setpriority",
     "setrlimit",

@@ -99,11 +99,14 @@ pub struct SpecInput<'a> {
 
 /// The container's process: the image's program, or `faas-init` running
 /// it in the function's handler kind.
-pub fn args(image: &ImageConfig, kind: HandlerKind) -> Vec<String> {
-    let mode: Vec<String> = match kind {
+pub fn args(image: &ImageConfig, options: &DeployOptions) -> Vec<String> {
+    let mode: Vec<String> = match options.kind {
         HandlerKind::ControlSocket => return image.argv(),
         HandlerKind::Stdio => vec!["stdio".into()],
         HandlerKind::SocketActivation => vec!["listen".into()],
+        HandlerKind::ContainerPort(port) if options.hands_listener() => {
+            vec!["bind".into(), port.to_string()]
+        }
         HandlerKind::ContainerPort(port) => vec!["port".into(), port.to_string()],
     };
     let mut args = vec![format!("/{INIT}")];
@@ -178,7 +181,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         "process": {
             "terminal": false,
             "user": { "uid": image.uid, "gid": image.gid },
-            "args": args(image, options.kind),
+            "args": args(image, options),
             "env": environment(image, options, secret_env, function, connect_timeout_ms),
             "cwd": image.working_dir,
             "capabilities": {
@@ -355,10 +358,23 @@ mod tests {
             .contains(&json!("ro")));
         let env = spec["process"]["env"].as_array().expect("env");
         assert!(env.contains(&json!("FAAS_CONNECT_TIMEOUT=3000")));
+        let stdio = DeployOptions {
+            kind: HandlerKind::Stdio,
+            ..Default::default()
+        };
         assert_eq!(
-            args(&img, HandlerKind::Stdio),
+            args(&img, &stdio),
             ["/.faas-init", "stdio", "--", "/handler", "serve"]
         );
+        // A warm reused server is given the function's listener at its bind.
+        let bound = DeployOptions {
+            reuse: true,
+            warm: 2,
+            ..options.clone()
+        };
+        assert_eq!(args(&img, &bound)[1..3], ["bind", "8080"]);
+        let cold = DeployOptions { warm: 0, ..bound };
+        assert_eq!(args(&img, &cold)[1..3], ["port", "8080"]);
     }
 
     #[test]
