@@ -160,6 +160,23 @@ fn stdio_programs_serve_each_connection_from_a_fresh_container() {
         seen.insert(body);
     }
     assert_eq!(seen.len(), 2, "each connection its own container: {seen:?}");
+
+    // The program starts before its connection: one that forks before it
+    // touches stdin still has what it starts read the connection.
+    let forks = "first=$(head -n 1 | tr -d '\\r'); \
+                 printf 'HTTP/1.0 200 OK\\r\\n\\r\\nfirst=%s\\n' \"$first\"";
+    let forked = d
+        .deploy(
+            "forks",
+            &busybox_image(&["/bin/sh", "-c", forks], ""),
+            &kind(HandlerKind::Stdio, 1),
+        )
+        .ip;
+    let (status, body) = get(forked, "/forked");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "first=GET /forked HTTP/1.1\n")
+    );
     let probe = d
         .deploy(
             "probe",
@@ -168,8 +185,15 @@ fn stdio_programs_serve_each_connection_from_a_fresh_container() {
         )
         .ip;
     assert_eq!(call(probe).expect("probe").1, "probe ok\n");
+    for name in ["httpd", "script", "forks", "probe"] {
+        let logs = String::from_utf8_lossy(&d.faas(&["logs", name], None).stdout).into_owned();
+        assert!(
+            !logs.contains("ahead of its connection"),
+            "{name} was not started ahead: {logs}"
+        );
+    }
     assert!(
-        d.wait_quiet_but_pool(Duration::from_secs(10), 4),
+        d.wait_quiet_but_pool(Duration::from_secs(10), 5),
         "containers left"
     );
 }

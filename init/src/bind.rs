@@ -27,22 +27,23 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc;
 
 use crate::port::{self, Ended};
-use crate::unotify::{Call, Listener};
+use crate::unotify::{Call, Listener, Stop};
 
 /// `O_CLOEXEC` and `O_NONBLOCK` as /proc/PID/fdinfo prints them (octal).
 const FDINFO_CLOEXEC: u32 = 0o2000000;
 const FDINFO_NONBLOCK: u32 = 0o4000;
 
 pub fn serve(port: u16, program: &[OsString], listener: OwnedFd) -> Result<ExitCode, String> {
-    let calls = match Listener::install(&[libc::SYS_bind, libc::SYS_listen]) {
-        Ok(calls) => calls,
-        Err(e) => {
-            eprintln!(
+    let calls =
+        match Listener::install(&[Stop::every(libc::SYS_bind), Stop::every(libc::SYS_listen)]) {
+            Ok(calls) => calls,
+            Err(e) => {
+                eprintln!(
                 "faas-init: cannot stop the server's bind ({e}); accepting and relaying instead"
             );
-            return port::relay_accepted(port, program, TcpListener::from(listener));
-        }
-    };
+                return port::relay_accepted(port, program, TcpListener::from(listener));
+            }
+        };
     let inode = nix::sys::stat::fstat(&listener)
         .map_err(|e| format!("fstat of the listener: {e}"))?
         .st_ino;

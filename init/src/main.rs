@@ -5,7 +5,8 @@
 //! image's behalf, then (mostly) becomes the image's program:
 //!
 //! ```text
-//! /.faas-init stdio -- PROGRAM ARGS...      the connection is stdin and stdout
+//! /.faas-init stdio -- PROGRAM ARGS...      the connection is stdin and stdout (the
+//!                                           program starts ahead of it, see `stdio`)
 //! /.faas-init listen -- PROGRAM ARGS...     a listening socket is fd 3 (systemd's
 //!                                           LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES)
 //! /.faas-init port N -- PROGRAM ARGS...     PROGRAM is a server binding port N inside
@@ -17,7 +18,8 @@
 //! ```
 //!
 //! A pool container waits here (connected to `/control.sock`), so per
-//! connection only the image's program starts. Whatever goes wrong before
+//! connection only the image's program starts (or, for `stdio`, only
+//! goes on). Whatever goes wrong before
 //! that is said on stderr (the function's log) and ends the container
 //! with a failure status, which faasd answers with 502.
 
@@ -32,6 +34,7 @@ mod bind;
 mod flow;
 mod port;
 mod relay;
+mod stdio;
 mod unotify;
 
 /// How `faas-init` was asked to run the program.
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let result = match mode {
-        Mode::Stdio => stdio(&program),
+        Mode::Stdio => stdio::serve(&program),
         Mode::Listen => listen(&program),
         Mode::Port(port) => port::serve(port, &program),
         Mode::Bind(port) => receive("the listening socket")
@@ -92,15 +95,6 @@ fn port_number(n: &OsString) -> Result<u16, String> {
         .and_then(|n| n.parse::<u16>().ok())
         .filter(|&p| p > 0)
         .ok_or_else(|| format!("invalid port {n:?}"))
-}
-
-/// inetd style: the connection becomes stdin and stdout.
-fn stdio(program: &[OsString]) -> Result<ExitCode, String> {
-    let conn = receive("a connection")?;
-    nix::unistd::dup2_stdin(&conn).map_err(|e| format!("dup2: {e}"))?;
-    nix::unistd::dup2_stdout(&conn).map_err(|e| format!("dup2: {e}"))?;
-    drop(conn);
-    exec(program, &[])
 }
 
 /// systemd style: fd 3 is the function's listening socket.

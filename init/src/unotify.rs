@@ -1,13 +1,17 @@
 //! Seccomp user notification (`seccomp_unotify(2)`), the one place
 //! faas-init calls the kernel without a safe wrapper: a filter that turns
-//! chosen syscalls of this process and everything it starts into
-//! notifications, and the listener that answers them — let the call go
-//! on, fail or succeed it, or put a descriptor of ours into the caller's
-//! table first. nix has no wrapper for any of it.
+//! chosen syscalls of this process (or of a program it starts) and
+//! everything started from there into notifications, and the listener
+//! that answers them — let the call go on, fail or succeed it, or put a
+//! descriptor of ours into the caller's table first. nix has no wrapper
+//! for any of it.
 #![allow(unsafe_code)]
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
 
 use nix::libc;
 
@@ -17,9 +21,29 @@ const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 /// Offsets in `struct seccomp_data`.
 const NR: u32 = 0;
 const ARCH: u32 = 4;
+const ARGS: u32 = 16;
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JEQ_K: u16 = 0x15;
+const BPF_JGE_K: u16 = 0x35;
 const BPF_RET_K: u16 = 0x06;
+
+/// A syscall the filter stops: every call of it, or only the calls whose
+/// descriptor arguments (by position) include 0 or 1, stdin or stdout.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    nr: libc::c_long,
+    fd_args: &'static [u32],
+}
+
+impl Stop {
+    pub const fn every(nr: libc::c_long) -> Self {
+        Self { nr, fd_args: &[] }
+    }
+
+    pub const fn on_stdio(nr: libc::c_long, fd_args: &'static [u32]) -> Self {
+        Self { nr, fd_args }
+    }
+}
 
 /// One call held by the kernel until it is answered.
 #[derive(Debug, Clone, Copy)]
@@ -35,34 +59,39 @@ pub struct Call {
 pub struct Listener(OwnedFd);
 
 impl Listener {
-    /// Installs on the calling process a filter that hands every call of
-    /// `syscalls` to the returned listener, and allows all else (the
+    /// Installs on the calling process a filter that hands the calls of
+    /// `stops` to the returned listener, and allows all else (the
     /// container's own filter still applies). Inherited by every process
     /// started afterwards; the calling process must not make those calls
     /// itself (nobody would answer), and must have no other thread yet.
-    pub fn install(syscalls: &[libc::c_long]) -> io::Result<Self> {
-        let mut program = program(syscalls);
-        let fprog = libc::sock_fprog {
-            len: u16::try_from(program.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
-            filter: program.as_mut_ptr(),
-        };
-        // SAFETY: `fprog` points at `program`, alive for the call; the
-        // kernel copies it. No new privileges is set by the runtime (and
-        // needed only to install, which fails cleanly without it).
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                &fprog as *const libc::sock_fprog,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = i32::try_from(fd).map_err(|_| io::ErrorKind::InvalidData)?;
+    pub fn install(stops: &[Stop]) -> io::Result<Self> {
+        let fd = install_filter(&mut program(stops))?;
         // SAFETY: the kernel just returned this descriptor, ours alone.
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Starts `command` with the filter of `stops` installed in it just
+    /// before it becomes its program, so this process stays free to make
+    /// those calls. Call it while this process has a single thread.
+    pub fn spawn(command: &mut Command, stops: &[Stop]) -> io::Result<(Child, Self)> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut program = program(stops);
+        // SAFETY: the closure runs in the forked child of a process with
+        // one thread (so no lock, the allocator's included, can be held by
+        // a thread that is gone), before exec; it owns what it touches.
+        unsafe {
+            command.pre_exec(move || {
+                let fd = install_filter(&mut program)?;
+                let sent = send_fd(theirs_fd, fd);
+                libc::close(fd);
+                sent
+            })
+        };
+        let child = command.spawn()?;
+        drop(theirs);
+        let fd = receive_fd(&ours)?;
+        Ok((child, Self(fd)))
     }
 
     /// Waits for the next call (EINTR retried).
@@ -153,22 +182,104 @@ impl Listener {
     }
 }
 
-/// The classic BPF program: calls of another architecture and of any
-/// syscall not in `syscalls` are allowed; those are notified.
-fn program(syscalls: &[libc::c_long]) -> Vec<libc::sock_filter> {
-    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let n = syscalls.len();
-    let mut p = Vec::with_capacity(n + 5);
-    p.push(op(BPF_LD_W_ABS, 0, 0, ARCH));
-    // Not x86_64: past the number and every comparison, to "allow".
-    p.push(op(BPF_JEQ_K, 0, (n + 1) as u8, AUDIT_ARCH_X86_64));
-    p.push(op(BPF_LD_W_ABS, 0, 0, NR));
-    for (i, &nr) in syscalls.iter().enumerate() {
-        // Equal: past the comparisons left and "allow", to "notify".
-        p.push(op(BPF_JEQ_K, (n - i) as u8, 0, nr as u32));
+/// `seccomp(SECCOMP_SET_MODE_FILTER, NEW_LISTENER)`: the listener's
+/// descriptor.
+fn install_filter(program: &mut [libc::sock_filter]) -> io::Result<RawFd> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, alive for the call; the kernel
+    // copies it. No new privileges is set by the runtime (and needed only
+    // to install, which fails cleanly without it).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    p.push(op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
-    p.push(op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF));
+    RawFd::try_from(fd).map_err(|_| io::ErrorKind::InvalidData.into())
+}
+
+/// Sends `fd` over the socket `to` (SCM_RIGHTS). nix allocates the
+/// control buffer: safe after the fork of a process with one thread.
+fn send_fd(to: RawFd, fd: RawFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd];
+    let byte = [0u8];
+    sendmsg::<()>(
+        to,
+        &[IoSlice::new(&byte)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+    .map_err(io::Error::from)
+}
+
+fn receive_fd(from: &UnixStream) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(RawFd);
+    let msg = recvmsg::<()>(
+        from.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just put this descriptor in our table.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    // The program could not be started under the filter: the spawn
+    // itself reports why; this is only what is left.
+    Err(io::Error::other("the filter's listener did not arrive"))
+}
+
+/// The classic BPF program: calls of another architecture and of any
+/// syscall not stopped are allowed; those stopped are notified. One block
+/// per stop, each ending in its own "allow" and "notify", so every jump
+/// is short.
+fn program(stops: &[Stop]) -> Vec<libc::sock_filter> {
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let allow = op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW);
+    let notify = op(BPF_RET_K, 0, 0, libc::SECCOMP_RET_USER_NOTIF);
+    let mut p = vec![
+        op(BPF_LD_W_ABS, 0, 0, ARCH),
+        // x86_64: over the "allow".
+        op(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        allow,
+        op(BPF_LD_W_ABS, 0, 0, NR),
+    ];
+    for stop in stops {
+        let k = stop.fd_args.len();
+        let body = if k == 0 { 1 } else { 2 * k + 2 };
+        // Another syscall: over this block, the number still loaded.
+        p.push(op(BPF_JEQ_K, 0, body as u8, stop.nr as u32));
+        for (m, &arg) in stop.fd_args.iter().enumerate() {
+            // The low half (little endian): a descriptor is an int.
+            p.push(op(BPF_LD_W_ABS, 0, 0, ARGS + 8 * arg));
+            // 0 or 1: to this block's "notify"; else on.
+            p.push(op(BPF_JGE_K, 0, (2 * (k - m) - 1) as u8, 2));
+        }
+        if k > 0 {
+            p.push(allow);
+        }
+        p.push(notify);
+    }
+    p.push(allow);
     p
 }
 
@@ -176,18 +287,75 @@ fn program(syscalls: &[libc::c_long]) -> Vec<libc::sock_filter> {
 mod tests {
     use super::*;
 
+    /// Runs `p` on one call the way the kernel would (only the opcodes
+    /// `program` emits).
+    fn run(p: &[libc::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
+        data[4..8].copy_from_slice(&arch.to_le_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let ins = p[pc];
+            pc += 1;
+            match ins.code {
+                BPF_LD_W_ABS => {
+                    let at = ins.k as usize;
+                    acc = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+                }
+                BPF_JEQ_K | BPF_JGE_K => {
+                    let taken = if ins.code == BPF_JEQ_K {
+                        acc == ins.k
+                    } else {
+                        acc >= ins.k
+                    };
+                    pc += usize::from(if taken { ins.jt } else { ins.jf });
+                }
+                BPF_RET_K => return ins.k,
+                other => panic!("opcode {other:#x}"),
+            }
+        }
+    }
+
     #[test]
     fn the_program_notifies_only_the_calls_named() {
-        let p = program(&[libc::SYS_bind, libc::SYS_listen]);
-        assert_eq!(p.len(), 7);
-        // Another architecture lands on "allow".
-        assert_eq!(1 + 1 + usize::from(p[1].jf), 5);
-        assert_eq!(p[5].k, libc::SECCOMP_RET_ALLOW);
-        // Each comparison's match lands on "notify".
-        for i in [3, 4] {
-            assert_eq!(i + 1 + usize::from(p[i].jt), 6);
+        let p = program(&[Stop::every(libc::SYS_bind), Stop::every(libc::SYS_listen)]);
+        let x86 = AUDIT_ARCH_X86_64;
+        for nr in [libc::SYS_bind, libc::SYS_listen] {
+            assert_eq!(run(&p, x86, nr, [3; 6]), libc::SECCOMP_RET_USER_NOTIF);
+            assert_eq!(run(&p, 0x4000_0003, nr, [3; 6]), libc::SECCOMP_RET_ALLOW);
         }
-        assert_eq!(p[6].k, libc::SECCOMP_RET_USER_NOTIF);
-        assert_eq!(p[3].k, libc::SYS_bind as u32);
+        for nr in [libc::SYS_connect, libc::SYS_read, 0] {
+            assert_eq!(run(&p, x86, nr, [3; 6]), libc::SECCOMP_RET_ALLOW);
+        }
+    }
+
+    #[test]
+    fn descriptor_stops_notify_only_stdin_and_stdout() {
+        let p = program(&[
+            Stop::on_stdio(libc::SYS_read, &[0]),
+            Stop::on_stdio(libc::SYS_dup2, &[0, 1]),
+            Stop::every(libc::SYS_clone),
+            Stop::on_stdio(libc::SYS_epoll_ctl, &[2]),
+        ]);
+        let x86 = AUDIT_ARCH_X86_64;
+        let notified = |nr, args| run(&p, x86, nr, args) == libc::SECCOMP_RET_USER_NOTIF;
+        assert!(notified(libc::SYS_read, [0, 9, 9, 9, 9, 9]));
+        assert!(notified(libc::SYS_read, [1, 9, 9, 9, 9, 9]));
+        assert!(!notified(libc::SYS_read, [2, 0, 0, 0, 0, 0]));
+        assert!(!notified(libc::SYS_read, [7, 1, 1, 1, 1, 1]));
+        assert!(notified(libc::SYS_dup2, [5, 1, 9, 9, 9, 9]));
+        assert!(notified(libc::SYS_dup2, [0, 5, 9, 9, 9, 9]));
+        assert!(!notified(libc::SYS_dup2, [5, 6, 0, 0, 0, 0]));
+        assert!(notified(libc::SYS_clone, [5; 6]));
+        assert!(notified(libc::SYS_epoll_ctl, [4, 1, 0, 9, 9, 9]));
+        assert!(!notified(libc::SYS_epoll_ctl, [0, 1, 5, 0, 0, 0]));
+        assert!(!notified(libc::SYS_write, [1; 6]));
+        assert_eq!(
+            run(&p, 0x4000_0003, libc::SYS_read, [0; 6]),
+            libc::SECCOMP_RET_ALLOW
+        );
     }
 }
