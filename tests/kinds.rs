@@ -295,6 +295,27 @@ fn plain_servers_on_a_port_serve_single_use_and_reused() {
         kv(&second.1)["net"],
         "a fresh container each"
     );
+    // The server's own accept returned the client's connection.
+    let (body, client_port) = get_from(once, "/cgi-bin/id");
+    assert_eq!(kv(&body)["peer"], client_port.to_string(), "{body}");
+    // A server that waits for its listener to be readable before it
+    // accepts (selectors: poll) is woken, and its accept gets the client,
+    // address included.
+    let polls = d
+        .deploy(
+            "port-polls",
+            &python_image_of(POLLING_SERVER.as_bytes().to_vec(), "selectors, socket"),
+            &kind(HandlerKind::ContainerPort(8080), 1),
+        )
+        .ip;
+    for _ in 0..2 {
+        let (body, client_port) = get_from(polls, "/");
+        assert_eq!(body, format!("peer={client_port}\n"));
+    }
+    for name in ["port-once", "port-polls"] {
+        let log = String::from_utf8_lossy(&d.faas(&["logs", name], None).stdout).into_owned();
+        assert!(!log.contains("relaying instead"), "{name}: {log}");
+    }
 
     let reused = DeployOptions {
         reuse: true,
@@ -602,7 +623,37 @@ fn bad_kind_combinations_are_refused_before_anything_changes() {
 /// A FROM-scratch image of this machine's Python (Debian's python3.11:
 /// the binary, the libraries it loads and the standard-library files the
 /// handler imports) running examples/python/handler.py.
+/// Waits for its listener to be readable, then accepts (non-blocking),
+/// and answers with the client's port as accept reported it.
+const POLLING_SERVER: &str = "\
+import selectors, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 8080))
+s.listen()
+s.setblocking(False)
+sel = selectors.DefaultSelector()
+sel.register(s, selectors.EVENT_READ)
+while True:
+    for _ in sel.select():
+        try:
+            c, addr = s.accept()
+        except BlockingIOError:
+            continue
+        c.setblocking(True)
+        if c.recv(4096):
+            c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\npeer=%d\\n' % addr[1])
+        c.close()
+";
+
 fn python_image() -> ImageSpec {
+    let handler = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/handler.py");
+    python_image_of(std::fs::read(handler).expect("handler.py"), "socket, sys")
+}
+
+/// An image of this machine's Python running `script` as /handler.py,
+/// with the modules `imports` needs.
+fn python_image_of(script: Vec<u8>, imports: &str) -> ImageSpec {
     let python = PathBuf::from("/usr/bin/python3.11");
     assert!(
         python.exists(),
@@ -627,7 +678,7 @@ fn python_image() -> ImageSpec {
             "-S",
             "-I",
             "-c",
-            "import socket, sys\nfor m in list(sys.modules.values()):\n    f = getattr(m, '__file__', None)\n    if f: print(f)",
+            &format!("import {imports}, sys\nfor m in list(sys.modules.values()):\n    f = getattr(m, '__file__', None)\n    if f: print(f)"),
         ])
         .output()
         .expect("python");
@@ -660,11 +711,7 @@ fn python_image() -> ImageSpec {
         let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         entries.push(Entry::exe(&rel, data));
     }
-    let handler = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/handler.py");
-    entries.push(Entry::file(
-        "handler.py",
-        std::fs::read(handler).expect("handler.py"),
-    ));
+    entries.push(Entry::file("handler.py", script));
     ImageSpec {
         layers: vec![Layer {
             entries,

@@ -10,8 +10,9 @@
 //! /.faas-init listen -- PROGRAM ARGS...     a listening socket is fd 3 (systemd's
 //!                                           LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES)
 //! /.faas-init port N -- PROGRAM ARGS...     PROGRAM is a server binding port N inside
-//!                                           the container; each connection is relayed
-//!                                           to it (see `port`)
+//!                                           the container; single use: its accept gets
+//!                                           the connection (see `accept`); reuse with
+//!                                           no warm pool: relayed to it (see `port`)
 //! /.faas-init bind N -- PROGRAM ARGS...     the same server, reused: its bind of port N
 //!                                           gets the function's listening socket, and
 //!                                           it accepts by itself (see `bind`)
@@ -30,7 +31,9 @@ use std::process::ExitCode;
 
 use faas_handler::Control;
 
+mod accept;
 mod bind;
+mod cpu;
 mod flow;
 mod port;
 mod relay;
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let result = match mode {
         Mode::Stdio => stdio::serve(&program),
         Mode::Listen => listen(&program),
+        Mode::Port(port) if !faas_handler::reuse_enabled() => accept::serve(port, &program),
         Mode::Port(port) => port::serve(port, &program),
         Mode::Bind(port) => receive("the listening socket")
             .and_then(|listener| bind::serve(port, &program, listener)),

@@ -5,10 +5,13 @@
 //! server that is not ready — and relays each connection it receives to
 //! the server over the container's loopback.
 //!
-//! One-shot (the default): one connection, then faas-init exits and the
-//! container ends with it. Reuse: it asks for the next connection as soon
-//! as one is handed to the relay (`relay`), so one container serves many
-//! at once (up to `MAX_RELAYS`).
+//! One-shot (where `accept` cannot stop the server's accept): one
+//! connection, then faas-init exits and the container ends with it.
+//! Reuse (`--warm 0`, or where `bind` cannot stop the server's bind): it
+//! asks for the next connection as soon as one is handed to the relay
+//! (`relay`), so one container serves many at once (up to `MAX_RELAYS`).
+//! The server start, the wait for its listener and the reaper serve
+//! `accept` and `bind` too.
 
 use std::ffi::OsString;
 use std::io::{ErrorKind, Write};
@@ -89,7 +92,11 @@ pub fn start(program: &[OsString]) -> Result<Arc<Ended>, String> {
         .args(&program[1..])
         .spawn()
         .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
-    let server = Pid::from_raw(server.id() as i32);
+    watch(Pid::from_raw(server.id() as i32))
+}
+
+/// Reaps `server` and every orphan in the container (see `reap`).
+pub fn watch(server: Pid) -> Result<Arc<Ended>, String> {
     let ended = Arc::new(Ended::default());
     {
         let ended = Arc::clone(&ended);
@@ -201,7 +208,7 @@ fn finish(ended: &Ended, how: String) {
 /// Waits until something listens on TCP port `port` in this network
 /// namespace (read from /proc/net/tcp, so the server sees no probe), and
 /// returns where to connect.
-fn wait_listening(port: u16, wait: Duration, ended: &Ended) -> Result<SocketAddr, String> {
+pub fn wait_listening(port: u16, wait: Duration, ended: &Ended) -> Result<SocketAddr, String> {
     let deadline = Instant::now() + wait;
     let started = Instant::now();
     loop {
@@ -230,26 +237,34 @@ fn wait_listening(port: u16, wait: Duration, ended: &Ended) -> Result<SocketAddr
 }
 
 fn listening(port: u16) -> Option<SocketAddr> {
-    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        if let Some(addr) = text.lines().skip(1).find_map(|l| listener_in(l, port, v6)) {
-            return Some(addr);
-        }
-    }
-    None
+    listeners(port).first().map(|&(addr, _)| addr)
 }
 
-/// The address to reach a LISTEN socket on `port` from one line of
-/// /proc/net/tcp{,6} (a wildcard address becomes loopback).
-fn listener_in(line: &str, port: u16, v6: bool) -> Option<SocketAddr> {
-    let mut fields = line.split_whitespace();
-    let local = fields.nth(1)?;
-    let state = fields.nth(1)?;
-    if state != "0A" {
+/// Every LISTEN socket on TCP `port` in this network namespace: where to
+/// reach it, and its inode (how /proc/PID/fd names it).
+pub fn listeners(port: u16) -> Vec<(SocketAddr, u64)> {
+    let mut found = Vec::new();
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            found.extend(
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| listener_in(l, port, v6)),
+            );
+        }
+    }
+    found
+}
+
+/// The address to reach a LISTEN socket on `port`, and its inode, from
+/// one line of /proc/net/tcp{,6} (a wildcard address becomes loopback).
+fn listener_in(line: &str, port: u16, v6: bool) -> Option<(SocketAddr, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (local, state) = (fields.get(1)?, fields.get(3)?);
+    if *state != "0A" {
         return None;
     }
+    let inode = fields.get(9)?.parse().ok()?;
     let (addr, p) = local.split_once(':')?;
     if u16::from_str_radix(p, 16).ok()? != port {
         return None;
@@ -272,7 +287,7 @@ fn listener_in(line: &str, port: u16, v6: bool) -> Option<SocketAddr> {
             IpAddr::V4(ip)
         }
     };
-    Some(SocketAddr::new(ip, port))
+    Some((SocketAddr::new(ip, port), inode))
 }
 
 /// An IPv6 address as /proc prints it: four host-order 32-bit words.
@@ -297,24 +312,24 @@ mod tests {
         let v4 = "   1: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
         assert_eq!(
             listener_in(v4, 8080, false),
-            Some("127.0.0.1:8080".parse().expect("addr"))
+            Some(("127.0.0.1:8080".parse().expect("addr"), 12345))
         );
         assert_eq!(listener_in(v4, 80, false), None);
         let lo = "   2: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
         assert_eq!(
-            listener_in(lo, 8080, false),
+            listener_in(lo, 8080, false).map(|(a, _)| a),
             Some("127.0.0.1:8080".parse().expect("addr"))
         );
         let established = "   3: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
         assert_eq!(listener_in(established, 8080, false), None);
         let v6 = "   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
         assert_eq!(
-            listener_in(v6, 8080, true),
+            listener_in(v6, 8080, true).map(|(a, _)| a),
             Some("[::1]:8080".parse().expect("addr"))
         );
         let v6lo = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
         assert_eq!(
-            listener_in(v6lo, 8080, true),
+            listener_in(v6lo, 8080, true).map(|(a, _)| a),
             Some("[::1]:8080".parse().expect("addr"))
         );
     }

@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use nix::fcntl::{open, OFlag};
 use nix::libc;
-use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::cpu::OneCpu;
 use crate::unotify::{Listener, Stop};
 
 /// Every call that could look at stdin or stdout (by the descriptor's
@@ -119,7 +119,7 @@ pub fn serve(program: &[OsString]) -> Result<ExitCode, String> {
     // thread answers it right after the connection, with no hand-off.
     let conn = crate::receive("a connection")?;
     delivered.store(true, Ordering::Release);
-    let pinned = OneCpu::pin(Pid::from_raw(child.id() as i32));
+    let pinned = Pinned::pin(Pid::from_raw(child.id() as i32));
     hold(&calls, conn, pinned);
     // Nothing holds the filter any more: the reaper ends the process with
     // the program's status.
@@ -149,12 +149,12 @@ fn stdin_from_null() -> Result<(), String> {
 
 /// Answers the program's stopped calls: the first gets the connection
 /// as 0 and 1, the rest go on.
-fn hold(calls: &Listener, conn: OwnedFd, mut pinned: Option<OneCpu>) {
+fn hold(calls: &Listener, conn: OwnedFd, mut pinned: Option<Pinned>) {
     let mut conn = Some(conn);
     // Fails only once nothing holds the filter any more.
     while let Ok(call) = calls.recv() {
-        if let Some(one) = pinned.take_if(|one| one.done_with(call.nr)) {
-            one.release();
+        if let Some(held) = pinned.take_if(|held| held.done_with(call.nr)) {
+            held.cpu.release();
         }
         if let Some(fd) = conn.take() {
             let put = calls
@@ -181,36 +181,22 @@ fn hold(calls: &Listener, conn: OwnedFd, mut pinned: Option<OneCpu>) {
     }
 }
 
-/// The hand-over on one CPU. Each stopped call is a round trip between
-/// the program and this thread; on two CPUs every one of them would wake
-/// a sleeping CPU (costly in a VM: about 0.1 ms a wake-up here, which
-/// doubled the hit), on one it is a switch between two tasks. The program
-/// gets every CPU back before it forks (so what it starts inherits them)
-/// or after its first few stopped calls, whichever comes first.
-struct OneCpu {
-    program: Pid,
-    all: CpuSet,
+/// The hand-over on one CPU (see `cpu`): the program gets every CPU back
+/// before it forks (so what it starts inherits them) or after its first
+/// few stopped calls, whichever comes first.
+struct Pinned {
+    cpu: OneCpu,
     calls_left: u32,
 }
 
-impl OneCpu {
+impl Pinned {
     const CALLS: u32 = 8;
 
-    /// Puts this thread and the (single-threaded, stopped) program on the
-    /// CPU this thread runs on; None where the sandbox or the kernel
-    /// refuses, which only costs time.
+    /// The program is single-threaded and stopped: its pid is its one
+    /// task.
     fn pin(program: Pid) -> Option<Self> {
-        let all = sched_getaffinity(Pid::from_raw(0)).ok()?;
-        let mut one = CpuSet::new();
-        one.set(sched_getcpu().ok()?).ok()?;
-        sched_setaffinity(Pid::from_raw(0), &one).ok()?;
-        if sched_setaffinity(program, &one).is_err() {
-            let _ = sched_setaffinity(Pid::from_raw(0), &all);
-            return None;
-        }
-        Some(Self {
-            program,
-            all,
+        OneCpu::pin(program).map(|cpu| Self {
+            cpu,
             calls_left: Self::CALLS,
         })
     }
@@ -226,12 +212,6 @@ impl OneCpu {
             libc::SYS_vfork,
         ];
         self.calls_left == 0 || forks.contains(&nr)
-    }
-
-    fn release(self) {
-        // Before its first fork the program is one thread: its pid is it.
-        let _ = sched_setaffinity(self.program, &self.all);
-        let _ = sched_setaffinity(Pid::from_raw(0), &self.all);
     }
 }
 

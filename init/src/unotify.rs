@@ -2,13 +2,14 @@
 //! faas-init calls the kernel without a safe wrapper: a filter that turns
 //! chosen syscalls of this process (or of a program it starts) and
 //! everything started from there into notifications, and the listener
-//! that answers them — let the call go on, fail or succeed it, or put a
-//! descriptor of ours into the caller's table first. nix has no wrapper
+//! that answers them — let the call go on, fail or succeed it, put a
+//! descriptor of ours into the caller's table first, or end the call with
+//! one as its result. nix has no wrapper
 //! for any of it.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -156,6 +157,34 @@ impl Listener {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Puts `fd` into the caller's table at its lowest free number and
+    /// ends the call with that number as its result, in one step (as an
+    /// `accept` would return a new socket).
+    pub fn give(&self, id: u64, fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<i32> {
+        let mut add = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+            srcfd: u32::try_from(fd.as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput)?,
+            newfd: 0,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        let n = self.ioctl(
+            libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+            &mut add as *mut _ as *mut _,
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n)
+    }
+
+    /// Whether a call waits to be received, without waiting for one.
+    pub fn is_pending(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
     }
 
     fn respond(&self, id: u64, val: i64, error: i32, flags: u32) -> io::Result<()> {
