@@ -35,6 +35,7 @@ mod accept;
 mod bind;
 mod cpu;
 mod flow;
+mod listening;
 mod port;
 mod relay;
 mod stdio;

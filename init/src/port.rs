@@ -241,8 +241,12 @@ fn listening(port: u16) -> Option<SocketAddr> {
 }
 
 /// Every LISTEN socket on TCP `port` in this network namespace: where to
-/// reach it, and its inode (how /proc/PID/fd names it).
+/// reach it, and its inode (how /proc/PID/fd names it). Asked of
+/// sock_diag (`listening`); /proc/net/tcp where that is refused.
 pub fn listeners(port: u16) -> Vec<(SocketAddr, u64)> {
+    if let Some(found) = crate::listening::listeners(port) {
+        return found;
+    }
     let mut found = Vec::new();
     for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
         if let Ok(text) = std::fs::read_to_string(table) {
@@ -270,24 +274,16 @@ fn listener_in(line: &str, port: u16, v6: bool) -> Option<(SocketAddr, u64)> {
         return None;
     }
     let ip = if v6 {
-        let bytes = hex_words(addr)?;
-        let ip = Ipv6Addr::from(bytes);
-        if ip.is_unspecified() {
-            IpAddr::V6(Ipv6Addr::LOCALHOST)
-        } else {
-            IpAddr::V6(ip)
-        }
+        IpAddr::V6(Ipv6Addr::from(hex_words(addr)?))
     } else {
         let raw = u32::from_str_radix(addr, 16).ok()?;
         // The kernel prints the address as a host-order (little-endian) word.
-        let ip = Ipv4Addr::from(raw.to_le_bytes());
-        if ip.is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            IpAddr::V4(ip)
-        }
+        IpAddr::V4(Ipv4Addr::from(raw.to_le_bytes()))
     };
-    Some((SocketAddr::new(ip, port), inode))
+    Some((
+        crate::listening::reachable(SocketAddr::new(ip, port)),
+        inode,
+    ))
 }
 
 /// An IPv6 address as /proc prints it: four host-order 32-bit words.
