@@ -64,10 +64,17 @@ row("reuse, `--cores 2` against `--cores 1`", f"{reuse2:.0f} req/s", f"{reuse1:.
 if "kind_control" in r:
     ctl = r["kind_control"]["p50_us"]
     for kind, label, limit in (("stdio", "`--stdio` (the probe on stdout)", 1.5),
+                               ("pport", "`--container-port` single use (the plain server's code)", 2.0),
                                ("port", "`--container-port` single use (busybox httpd -f)", 2.0)):
+        if f"kind_{kind}" not in r:
+            continue
         v = r[f"kind_{kind}"]["p50_us"]
         row(f"{label} warm hit p50, to Content-Length", us(v), f"control-socket probe {us(ctl)}",
             f"{v / ctl:.2f}", f"≤ {limit:g}", v / ctl <= limit)
+    if "kind_busybox_host" in r:
+        v, host = r["kind_port"]["p50_us"], r["kind_busybox_host"]["p50_us"]
+        row("(busybox httpd -f single use against busybox httpd on the host, p50)", us(v), us(host),
+            f"{v / host:.2f}", "—", True)
     kw = r["kinds_wrk"]
     bb, port_reuse = mean(kw["busybox"]), mean(kw["port_reuse"])
     row("`--container-port --reuse`, busybox httpd -f, wrk -t2 -c16", f"{port_reuse:.0f} req/s",
@@ -94,6 +101,10 @@ print()
 print(f"warm (C client, {r['warm_cl']['n']} requests each): "
       + ", ".join(f"{k} p50/p90/p99 {r[k]['p50_us']:.0f}/{r[k]['p90_us']:.0f}/{r[k]['p99_us']:.0f} µs"
                   for k in ("warm_eof", "warm_cl", "plain_eof", "plain_cl")))
+kinds = [k for k in ("kind_control", "kind_stdio", "kind_pport", "kind_port", "kind_busybox_host") if k in r]
+if kinds:
+    print("kinds (C client, to Content-Length): " + ", ".join(
+        f"{k[5:]} p50/p90/p99 {r[k]['p50_us']:.0f}/{r[k]['p90_us']:.0f}/{r[k]['p99_us']:.0f} µs" for k in kinds))
 print(f"wrk rounds (req/s): plain {re['plain']}, reuse cores 2 {re['reuse2']}, cores 1 {re['reuse1']}")
 print(f"metrics rounds: p50 µs on {mt['on']['p50']}, off {mt['off']['p50']}; req/s on {mt['on']['rps']}, off {mt['off']['rps']}")
 print(f"memory per container: unreclaimable slab {grew('SUnreclaim'):.0f} kB (all slab {grew('Slab'):.0f} kB: "

@@ -21,8 +21,9 @@
 #                beside the handler's own (its Pss); all slab and MemAvailable's drop
 #                for orientation
 #   kinds        ordinary images: --stdio (the probe answering on stdout) and
-#                --container-port (busybox httpd -f) warm latency against the
-#                control-socket probe's; --container-port --reuse with busybox
+#                --container-port (the plain server's code, and busybox httpd -f)
+#                warm latency against the control-socket probe's (busybox httpd
+#                on the host beside it); --container-port --reuse with busybox
 #                httpd -f against the same busybox httpd on the host (wrk -c16);
 #                --socket-activation with the plain server's code against it on
 #                the host (wrk -t2 -c32); alternated
@@ -199,17 +200,22 @@ printf 'Hello from FaaS handler!\n' > "$work/bb/www/index.html"
 python3 loadtest/mkimage.py "$work/bb" "$work/busybox.tar" '["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]'
 $FAAS pack "$handlers/probe" -o "$work/probe.tar"
 $FAAS pack "$handlers/plain_server" -o "$work/plain.tar"
+mkdir -p "$work/pp"
+cp "$handlers/plain_server" "$work/pp/plain_server"
+python3 loadtest/mkimage.py "$work/pp" "$work/plain-port.tar" '["/plain_server", "0.0.0.0:8080"]'
 start_faasd runc 2
 $FAAS deploy k-control --warm 8 --env PROBE_MODE=hello --image "$work/probe.tar" >/dev/null
 $FAAS deploy k-stdio --stdio --warm 8 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
 $FAAS deploy k-port --container-port 8080 --warm 8 --image "$work/busybox.tar" >/dev/null
+$FAAS deploy k-pport --container-port 8080 --warm 8 --image "$work/plain-port.tar" >/dev/null
 $FAAS deploy k-port-reuse --container-port 8080 --reuse --warm 2 --image "$work/busybox.tar" >/dev/null
 $FAAS deploy k-activated --socket-activation --warm 2 --image "$work/plain.tar" >/dev/null
-for f in k-control:8 k-stdio:8 k-port:8 k-port-reuse:2; do wait_ready "${f%%:*}" "${f#*:}"; done
+for f in k-control:8 k-stdio:8 k-port:8 k-pport:8 k-port-reuse:2; do wait_ready "${f%%:*}" "${f#*:}"; done
 busybox httpd -f -p "$plain_host:18192" -h "$work/bb/www" & bb_pid=$!
-for kind in control stdio port; do
+for kind in control stdio port pport; do
     put "kind_$kind" "$(latency "$($FAAS ip "k-$kind")" 80 cl)"
 done
+put kind_busybox_host "$(latency "$plain_host" 18192 cl)"
 bb_runs=(); port_runs=(); plain2_runs=(); act_runs=()
 for round in 1 2; do
     bb_runs+=("$(wrk_rps 16 "http://$plain_host:18192/index.html" "bb-$round")")
