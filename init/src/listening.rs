@@ -13,6 +13,7 @@
 //! refused.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
     recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -60,7 +61,7 @@ fn dump(family: u8) -> nix::Result<Vec<(SocketAddr, u64)>> {
         SockProtocol::NetlinkSockDiag,
     )?;
     sendto(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        fd.as_raw_fd(),
         &request(family),
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
@@ -68,11 +69,7 @@ fn dump(family: u8) -> nix::Result<Vec<(SocketAddr, u64)>> {
     let mut found = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = recv(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &mut buf,
-            MsgFlags::empty(),
-        )?;
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
         if n == 0 {
             return Ok(found);
         }
@@ -175,12 +172,9 @@ mod tests {
     fn finds_a_listener_with_its_inode() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let inode = std::fs::metadata(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&l)
-        ))
-        .expect("stat")
-        .ino();
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
+            .expect("stat")
+            .ino();
         let found = listeners(port).expect("sock_diag answers");
         assert_eq!(found, vec![(l.local_addr().expect("addr"), inode)]);
         drop(l);

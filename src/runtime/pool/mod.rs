@@ -66,8 +66,6 @@ pub struct WarmPool {
     pub(crate) retired: Notify,
     epoch: Instant,
     last_used_ms: AtomicU64,
-    /// When a one-shot container was last taken (µs since `epoch`).
-    taken_us: AtomicU64,
 }
 
 impl std::fmt::Debug for WarmPool {
@@ -96,7 +94,6 @@ impl WarmPool {
             retired: Notify::new(),
             epoch: Instant::now(),
             last_used_ms: AtomicU64::new(0),
-            taken_us: AtomicU64::new(0),
         }
     }
 
@@ -154,16 +151,8 @@ impl WarmPool {
     /// hand-over, so that waking the refiller costs the connection nothing.
     pub fn taken(&self) {
         if !self.reuse {
-            let now = self.epoch.elapsed().as_micros() as u64;
-            self.taken_us.store(now, Ordering::Release);
             self.wake.notify_one();
         }
-    }
-
-    /// How long the connection of the last one-shot take has had to itself.
-    fn since_taken(&self) -> Duration {
-        let now = self.epoch.elapsed().as_micros() as u64;
-        Duration::from_micros(now.saturating_sub(self.taken_us.load(Ordering::Acquire)))
     }
 
     /// Records traffic, so an idle-shrunk pool fills again.
@@ -275,7 +264,8 @@ pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
         if pool.is_closed() || *rt.stopping.borrow() {
             return;
         }
-        let since = pool.since_taken();
+        // The last take (`touch`, ms granularity: 2–3 ms of real time).
+        let since = pool.idle_for();
         if since < REFILL_AFTER_TAKE {
             tokio::time::sleep(REFILL_AFTER_TAKE - since).await;
         }
