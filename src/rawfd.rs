@@ -1,8 +1,9 @@
 //! Socket descriptors where std, nix and socket2 stop: the one place that
 //! turns an io_uring stream's raw descriptor into a typed borrow, and the
-//! TCP options neither nix nor socket2 wraps (TCP_INFO for the queue
+//! socket options neither nix nor socket2 wraps (TCP_INFO for the queue
 //! deadline and the answer to a handler that died silent,
-//! TCP_DEFER_ACCEPT for listeners).
+//! TCP_DEFER_ACCEPT for listeners, SO_PEEK_OFF for a reuse handler's
+//! control connection).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -50,14 +51,35 @@ fn tcp_info(sock: BorrowedFd<'_>) -> Option<libc::tcp_info> {
 /// about `secs`), so a handler never waits for the request it was given.
 pub fn defer_accept(sock: &impl AsFd, secs: u32) -> io::Result<()> {
     let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `secs` is a readable c_int of the length passed; the
-    // descriptor is open (borrowed from `sock` for the call).
+    set_int(
+        sock.as_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        secs,
+    )
+}
+
+/// Makes `MSG_PEEK` reads on `sock` start after the bytes peeked before
+/// (a plain read of them moves the offset back): each peek then sees only
+/// what is new instead of copying everything still unread again.
+pub fn peek_from_offset(sock: &impl AsFd) -> io::Result<()> {
+    set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)
+}
+
+fn set_int(
+    sock: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a readable c_int of the length passed; the
+    // descriptor is open for the borrow's lifetime.
     let rc = unsafe {
         libc::setsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
