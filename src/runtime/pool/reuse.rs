@@ -351,3 +351,47 @@ async fn ask(kept: Option<&AsyncFd<UnixStream>>, unread: &AtomicU32) -> Asked {
         Err(_would_block) => Asked::Nothing,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Each peek counts only the bytes written since the last one, and a
+    /// bulk read of the counted bytes leaves later ones to be seen.
+    #[test]
+    fn a_peek_sees_only_new_ready_bytes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut handler, faasd) = UnixStream::pair().expect("pair");
+            faasd.set_nonblocking(true).expect("nonblocking");
+            let kept = watch_control(faasd).expect("watch");
+            let unread = AtomicU32::new(0);
+            let mut asked = Vec::new();
+            for byte in [3u8, 8, 200] {
+                handler.write_all(&[byte]).expect("ready byte");
+                asked.push(match ask(Some(&kept), &unread).await {
+                    Asked::Ready(batch) => Some(batch),
+                    _ => None,
+                });
+                assert!(
+                    matches!(
+                        tokio::time::timeout(Duration::from_millis(20), ask(Some(&kept), &unread))
+                            .await,
+                        Err(_) | Ok(Asked::Nothing)
+                    ),
+                    "no new byte, no ready"
+                );
+            }
+            assert_eq!(asked, [Some(3), Some(8), Some(1)]);
+            assert_eq!(unread.load(Ordering::Acquire), 3);
+            let mut bytes = [0u8; 2];
+            recv(kept.as_raw_fd(), &mut bytes, MsgFlags::MSG_DONTWAIT).expect("read two");
+            handler.write_all(&[5]).expect("ready byte");
+            assert!(matches!(ask(Some(&kept), &unread).await, Asked::Ready(5)));
+        });
+    }
+}
