@@ -165,6 +165,7 @@ impl Sim {
         let token_file = token.path().join("token");
         std::fs::write(&token_file, "cluster-test-token\n").expect("token");
         let mut sides = Vec::new();
+        let mut links = Vec::new();
         let mut nodes = Vec::new();
         for i in 0..count {
             let ns = Netns::new("cnode");
@@ -181,6 +182,7 @@ impl Sim {
             ns.ip(&["link", "set", &nv, "up"]);
             ns.ip(&["route", "add", "198.18.0.0/23", "via", &router_side]);
             sides.push(addr.clone());
+            links.push(format!("{rv}={addr}"));
             let listen = format!("{addr}:8080");
             let faasd = Daemon::start_in(
                 &ns.0,
@@ -213,6 +215,7 @@ impl Sim {
             node.bird();
             nodes.push(node);
         }
+        pin_flows(&router, &links);
         let peers: Vec<&str> = sides.iter().map(String::as_str).collect();
         let router_bird = Bird::start(&router, &router_config("198.18.0.1", &peers));
         Sim {
@@ -253,6 +256,19 @@ fn paths(router: &Netns, addr: IpAddr) -> usize {
         0 if route.contains(" via ") => 1,
         n => n,
     }
+}
+
+/// The documented router recipe that keeps a connection on the node it
+/// started on when that node's path goes (`dist/router/pin-flows.sh`).
+fn pin_flows(router: &Netns, links: &[String]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/router/pin-flows.sh");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &router.0])
+        .arg(script)
+        .args(links)
+        .output()
+        .expect("pin-flows.sh");
+    assert!(out.status.success(), "pin-flows.sh {links:?}: {out:?}");
 }
 
 fn router_sysctl(ns: &Netns, setting: &str) {
@@ -536,24 +552,37 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
     // Planned stop of node 2 under steady load: nothing fails.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        let path = format!("/run/netns/{}", sim.router.0);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            while !stop.load(Ordering::Relaxed) {
-                match call(f) {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("planned stop: a request failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
+    // Three clients at once, so connections are in flight at the instant
+    // the router drops node 2's path.
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            let path = format!("/run/netns/{}", sim.router.0);
+            std::thread::spawn(move || {
+                let ns = std::fs::File::open(&path).expect("netns");
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                while !stop.load(Ordering::Relaxed) {
+                    match call(f) {
+                        Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("planned stop: a request failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
         })
-    };
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
+    // And connections made before the stop whose request goes out only
+    // after the router dropped node 2's path: with 12 of them, some are
+    // on node 2 (all but certainly: (2/3)^12 < 1 %), and plain ECMP would
+    // send every one of those to a node that resets it.
+    let held: Vec<std::net::TcpStream> = sim.router.run(move || {
+        (0..12)
+            .map(|_| std::net::TcpStream::connect((f, 80)).expect("connect before the stop"))
+            .collect()
+    });
     let stopped = Instant::now();
     let (router, node2) = (&sim.router, &mut sim.nodes[1]);
     let (status, took) = std::thread::scope(|s| {
@@ -565,12 +594,22 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
             "MEASURE planned_stop router_forgot_after_ms {}",
             stopped.elapsed().as_millis()
         );
+        let answers: Vec<_> = held
+            .into_iter()
+            .map(|c| http_get_on(c, "/", Duration::from_secs(10)).map(|(s, _)| s))
+            .collect();
+        assert!(
+            answers.iter().all(|a| matches!(a, Ok(200))),
+            "connections made before the stop, used after the route change: {answers:?}"
+        );
         stopping.join().expect("stop")
     });
     assert!(status.success());
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    load.join().expect("load");
+    for client in load {
+        client.join().expect("load");
+    }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
         "MEASURE planned_stop ok={ok} failed={failed} stop_took_ms={}",
@@ -578,13 +617,13 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
     );
     assert!(ok > 50, "load ran: {ok}");
     // The drain serves everything that reaches the node after its route
-    // went. What plain ECMP cannot keep is a connection in flight to it at
-    // the instant the router drops its path: the router rehashes that
-    // flow to another node, which resets it (docs/network.md). The load
-    // is one connection at a time, so that is at most one.
-    assert!(
-        failed <= 1,
-        "a planned stop loses at most the connection in flight at the route change: {failed} failed\n{}",
+    // went, and the router keeps a connection that was in flight at the
+    // route change on node 2 (dist/router/pin-flows.sh): plain ECMP would
+    // rehash it to a node that resets it (docs/network.md).
+    assert_eq!(
+        failed,
+        0,
+        "a planned stop loses no connection: {failed} failed\n{}",
         ctx(&sim)
     );
     wait_until(

@@ -598,7 +598,17 @@ pub fn http_get_timeout(
             .parse()
             .map_err(|_| std::io::Error::other(format!("bad address {host}")))?,
     };
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
+    http_get_on(s, path, timeout)
+}
+
+/// GET `path` on a connection already made; reads the answer to EOF.
+pub fn http_get_on(
+    mut s: TcpStream,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let addr = s.peer_addr()?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(
