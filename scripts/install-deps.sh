@@ -6,14 +6,15 @@
 # (metrics tests), gcc (C handlers and test servers, the load test's
 # client), Debian's python3 (an image of it runs a Python handler),
 # systemd-analyze (the unit file is verified), bird2 (BGP tests: a router
-# and nodes in network namespaces), etcd-server (the cluster test's
-# registry), protobuf-compiler and libprotobuf-dev (etcd-client's build
-# needs protoc and the well-known .proto files), curl,
-# and iptables (egress rules).
+# and nodes in network namespaces), frr (the same router in FRR),
+# etcd-server (the cluster test's registry), protobuf-compiler and
+# libprotobuf-dev (etcd-client's build needs protoc and the well-known
+# .proto files), curl, and iptables (egress rules; the cluster test's
+# router pins flows).
 set -euo pipefail
 
 # command:package, or /path:package for a file a package brings
-wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 etcd:etcd-server protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev curl:curl nsenter:util-linux iptables:iptables"
+wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 /usr/lib/frr/bgpd:frr etcd:etcd-server protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev curl:curl nsenter:util-linux iptables:iptables"
 have() {
     case $1 in
         /*) [ -e "$1" ] ;;

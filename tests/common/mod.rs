@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bird;
+pub mod frr;
 pub mod netns;
 
 use std::io::{Read, Write};
