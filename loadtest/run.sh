@@ -8,7 +8,8 @@
 #                GAP_MS apart as faasd's warm hits are) and wrk -t2 -c32
 #   sandboxed    `runc run` / `crun run` of the config.json faasd writes, with the handler
 #                replaced by a static `true` (loadtest/refbundle.py): sequential p50
-#                alternated with faasd's cold requests; creation rate of 4 `runc run` loops
+#                alternated with faasd's cold requests; creation rate of 4 `runc run` loops,
+#                alternated with faasd's fresh rounds
 #   unsandboxed  `runc run` of runc's default spec (read-only rootfs), for orientation
 # faasd (example handler, release build, --cores 2 unless said):
 #   warm         --warm 8: C client latency, eof and cl, GAP_MS apart
@@ -151,14 +152,20 @@ for runtime in runc crun; do
         done
         echo "== unsandboxed runc run" >&2
         put unsandboxed "$(python3 loadtest/seq.py runc "$work/root-runc" "$work/plainref" 20)"
-        echo "== runc creation rate (sandboxed, 4 loops)" >&2
-        put runc_rate "$(RUNTIME=runc python3 loadtest/seq.py runc-rate "$work/root-runc" "$work/ref" 4 10)"
     fi
     echo "== $runtime run (sandboxed) against faasd --warm 0, alternated" >&2
     put "cold_$runtime" "$(RUNTIME=$runtime in_runtime_ns "$runtime" python3 loadtest/seq.py versus "$work/root-$runtime" "$work/ref" "$cold_ip" 80 5 $((N / 5)))"
-    echo "== fresh containers: wrk -c16 --warm 8" >&2
-    wait_ready warm 8
-    put "fresh_$runtime" "$(wrk_rps 16 "http://$warm_ip/" "fresh-$runtime")"
+    # Both sides swing by ±10 % from minute to minute here: two rounds
+    # each, alternated.
+    echo "== fresh containers: wrk -c16 --warm 8, alternated with the runc creation rate (sandboxed, 4 loops)" >&2
+    rates=(); fresh=()
+    for round in 1 2; do
+        rates+=("$(RUNTIME=runc python3 loadtest/seq.py runc-rate "$work/root-runc" "$work/ref" 4 10)")
+        wait_ready warm 8
+        fresh+=("$(wrk_rps 16 "http://$warm_ip/" "fresh-$runtime-$round")")
+    done
+    put "runc_rate_$runtime" "[$(IFS=,; echo "${rates[*]}")]"
+    put "fresh_$runtime" "[$(IFS=,; echo "${fresh[*]}")]"
     if [ "$runtime" = crun ]; then
         put crun_rate "$(RUNTIME=crun in_runtime_ns crun python3 loadtest/seq.py runc-rate "$work/root-crun" "$work/ref" 4 10)"
     fi
