@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::bird::{node_config, router_config, router_route, wait_until, Bird};
+use common::bird::{node_config, paths, router_config, router_route, wait_until, Bird};
 use common::netns::{ip, unique, Netns};
 use common::*;
 use faasd::api::{DeployOptions, FunctionInfo};
@@ -246,15 +246,6 @@ impl Sim {
     /// GET `addr` from the router (a client behind it).
     fn get(&self, addr: IpAddr) -> std::io::Result<(u16, String)> {
         self.router.run(move || call(addr))
-    }
-}
-
-/// How many next hops `router` has for `addr`.
-fn paths(router: &Netns, addr: IpAddr) -> usize {
-    let route = router_route(router, addr);
-    match route.matches("nexthop").count() {
-        0 if route.contains(" via ") => 1,
-        n => n,
     }
 }
 

@@ -8,23 +8,13 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::bird::{node_config, router_route, wait_until, Bird};
+use common::bird::{node_config, paths, router_route, wait_until, Bird};
 use common::frr::{router_config, Frr};
 use common::netns::{ip, unique, Netns};
 use common::*;
-
-/// How many next hops `router` has for `addr`.
-fn paths(router: &Netns, addr: IpAddr) -> usize {
-    let route = router_route(router, addr);
-    match route.matches("nexthop").count() {
-        0 if route.contains(" via ") => 1,
-        n => n,
-    }
-}
 
 #[test]
 fn an_frr_router_spreads_two_nodes_and_follows_their_withdrawals() {

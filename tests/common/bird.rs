@@ -111,6 +111,15 @@ pub fn router_route(router: &Netns, addr: IpAddr) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// How many next hops `router` has for `addr`.
+pub fn paths(router: &Netns, addr: IpAddr) -> usize {
+    let route = router_route(router, addr);
+    match route.matches("nexthop").count() {
+        0 if route.contains(" via ") => 1,
+        n => n,
+    }
+}
+
 pub fn wait_until(
     what: &str,
     within: Duration,
