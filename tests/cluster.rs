@@ -140,6 +140,8 @@ struct Sim {
     nodes: Vec<Node>,
     router_bird: Bird,
     etcd: Etcd,
+    /// A client's namespace behind the router (its traffic is forwarded).
+    client: Netns,
     router: Netns,
     _token: tempfile::TempDir,
 }
@@ -160,6 +162,17 @@ impl Sim {
             router_sysctl(&router, sysctl);
         }
         router.ip(&["addr", "add", &format!("{ETCD}/32"), "dev", "lo"]);
+        let client = Netns::new("cclient");
+        let (rc, cc) = (unique("cr"), unique("cc"));
+        ip(&[
+            "link", "add", &rc, "netns", &router.0, "type", "veth", "peer", "name", &cc, "netns",
+            &client.0,
+        ]);
+        router.ip(&["addr", "add", "198.18.0.5/30", "dev", &rc]);
+        router.ip(&["link", "set", &rc, "up"]);
+        client.ip(&["addr", "add", "198.18.0.6/30", "dev", &cc]);
+        client.ip(&["link", "set", &cc, "up"]);
+        client.ip(&["route", "add", "default", "via", "198.18.0.5"]);
         let etcd = Etcd::start(&router);
         let token = tempfile::tempdir().expect("tempdir");
         let token_file = token.path().join("token");
@@ -219,6 +232,7 @@ impl Sim {
         let peers: Vec<&str> = sides.iter().map(String::as_str).collect();
         let router_bird = Bird::start(&router, &router_config("198.18.0.1", &peers));
         Sim {
+            client,
             router,
             router_bird,
             etcd,
@@ -566,14 +580,17 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     // And connections made before the stop whose request goes out only
-    // after the router dropped node 2's path: with 12 of them, some are
-    // on node 2 (all but certainly: (2/3)^12 < 1 %), and plain ECMP would
-    // send every one of those to a node that resets it.
-    let held: Vec<std::net::TcpStream> = sim.router.run(move || {
+    // after the router dropped node 2's path, 12 from the router itself
+    // and 12 from a client behind it: of each dozen some are on node 2
+    // (all but certainly: (2/3)^12 < 1 %), and plain ECMP would send
+    // every one of those to a node that resets it.
+    let connect = move || {
         (0..12)
             .map(|_| std::net::TcpStream::connect((f, 80)).expect("connect before the stop"))
-            .collect()
-    });
+            .collect::<Vec<_>>()
+    };
+    let mut held = sim.router.run(connect);
+    held.extend(sim.client.run(connect));
     let stopped = Instant::now();
     let (router, node2) = (&sim.router, &mut sim.nodes[1]);
     let (status, took) = std::thread::scope(|s| {
