@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::bird::{node_config, paths, router_config, router_route, wait_until, Bird};
-use common::netns::{ip, unique, Netns};
+use common::netns::{link, Netns};
 use common::*;
 use faasd::api::{DeployOptions, FunctionInfo};
 use faasd::image::build::{Entry, ImageSpec, Layer};
@@ -163,15 +163,7 @@ impl Sim {
         }
         router.ip(&["addr", "add", &format!("{ETCD}/32"), "dev", "lo"]);
         let client = Netns::new("cclient");
-        let (rc, cc) = (unique("cr"), unique("cc"));
-        ip(&[
-            "link", "add", &rc, "netns", &router.0, "type", "veth", "peer", "name", &cc, "netns",
-            &client.0,
-        ]);
-        router.ip(&["addr", "add", "198.18.0.5/30", "dev", &rc]);
-        router.ip(&["link", "set", &rc, "up"]);
-        client.ip(&["addr", "add", "198.18.0.6/30", "dev", &cc]);
-        client.ip(&["link", "set", &cc, "up"]);
+        link(&router, "198.18.0.5/30", &client, "198.18.0.6/30");
         client.ip(&["route", "add", "default", "via", "198.18.0.5"]);
         let etcd = Etcd::start(&router);
         let token = tempfile::tempdir().expect("tempdir");
@@ -182,17 +174,14 @@ impl Sim {
         let mut nodes = Vec::new();
         for i in 0..count {
             let ns = Netns::new("cnode");
-            let (rv, nv) = (unique("cr"), unique("cn"));
-            ip(&[
-                "link", "add", &rv, "netns", &router.0, "type", "veth", "peer", "name", &nv,
-                "netns", &ns.0,
-            ]);
             let router_side = format!("198.18.1.{}", 4 * i + 2);
             let addr = format!("198.18.1.{}", 4 * i + 1);
-            router.ip(&["addr", "add", &format!("{router_side}/30"), "dev", &rv]);
-            router.ip(&["link", "set", &rv, "up"]);
-            ns.ip(&["addr", "add", &format!("{addr}/30"), "dev", &nv]);
-            ns.ip(&["link", "set", &nv, "up"]);
+            let (rv, _) = link(
+                &router,
+                &format!("{router_side}/30"),
+                &ns,
+                &format!("{addr}/30"),
+            );
             ns.ip(&["route", "add", "198.18.0.0/23", "via", &router_side]);
             sides.push(addr.clone());
             links.push(format!("{rv}={addr}"));

@@ -11,7 +11,7 @@ use std::net::{IpAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::netns::{ip, unique, Netns};
+use common::netns::{link, Netns};
 use common::*;
 use faasd::api::{DeployOptions, EgressRule};
 
@@ -71,15 +71,7 @@ fn egress(allow: &[&str]) -> DeployOptions {
 fn egress_reaches_the_allow_list_and_nothing_else() {
     let node = Netns::new("enode");
     let outside = Netns::new("eout");
-    let (nv, ov) = (unique("en"), unique("eo"));
-    ip(&[
-        "link", "add", &nv, "netns", &node.0, "type", "veth", "peer", "name", &ov, "netns",
-        &outside.0,
-    ]);
-    node.ip(&["addr", "add", "198.18.5.1/30", "dev", &nv]);
-    node.ip(&["link", "set", &nv, "up"]);
-    outside.ip(&["addr", "add", "198.18.5.2/30", "dev", &ov]);
-    outside.ip(&["link", "set", &ov, "up"]);
+    link(&node, "198.18.5.1/30", &outside, "198.18.5.2/30");
     outside.ip(&["addr", "add", "198.18.6.1/32", "dev", "lo"]);
     outside.ip(&["addr", "add", "198.18.7.1/32", "dev", "lo"]);
     node.ip(&["route", "add", "198.18.6.0/23", "via", "198.18.5.2"]);

@@ -11,9 +11,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::bird::{node_config, paths, router_route, wait_until, Bird};
+use common::bird::{node_config, paths, router_route, stop_withdrawing_first, wait_until, Bird};
 use common::frr::{router_config, Frr};
-use common::netns::{ip, unique, Netns};
+use common::netns::{link, Netns};
 use common::*;
 
 #[test]
@@ -37,19 +37,11 @@ fn an_frr_router_spreads_two_nodes_and_follows_their_withdrawals() {
     let mut peers = Vec::new();
     for i in 0..2 {
         let ns = Netns::new("fnode");
-        let (rv, nv) = (unique("fr"), unique("fn"));
-        ip(&[
-            "link", "add", &rv, "netns", &router.0, "type", "veth", "peer", "name", &nv, "netns",
-            &ns.0,
-        ]);
         let (addr, side) = (
             format!("198.18.1.{}", 4 * i + 1),
             format!("198.18.1.{}", 4 * i + 2),
         );
-        router.ip(&["addr", "add", &format!("{side}/30"), "dev", &rv]);
-        router.ip(&["link", "set", &rv, "up"]);
-        ns.ip(&["addr", "add", &format!("{addr}/30"), "dev", &nv]);
-        ns.ip(&["link", "set", &nv, "up"]);
+        link(&router, &format!("{side}/30"), &ns, &format!("{addr}/30"));
         // Back to the router's addresses on the other node links too: a
         // connection's source address may be another link's.
         ns.ip(&["route", "add", "198.18.0.0/23", "via", &side]);
@@ -121,30 +113,9 @@ fn an_frr_router_spreads_two_nodes_and_follows_their_withdrawals() {
     }
 
     // A planned stop of node 2: FRR forgets f before faasd has stopped.
-    let t0 = std::time::Instant::now();
-    let (status, took) = std::thread::scope(|s| {
-        let node2 = &mut nodes[1].0;
-        let stopping = s.spawn(move || node2.stop());
-        wait_until(
-            "FRR to forget f",
-            Duration::from_secs(10),
-            || router_route(&router, f).is_empty(),
-            context,
-        );
-        let forgotten = t0.elapsed();
-        let (status, took) = stopping.join().expect("stop");
-        assert!(
-            forgotten < took,
-            "the route went ({forgotten:?}) before faasd stopped ({took:?})"
-        );
-        println!(
-            "MEASURE frr_planned_stop forgotten_ms {}",
-            forgotten.as_millis()
-        );
-        (status, took)
-    });
-    assert!(
-        status.success(),
-        "faasd stopped with {status:?} after {took:?}"
+    let forgotten = stop_withdrawing_first(&mut nodes[1].0, &router, f, context);
+    println!(
+        "MEASURE frr_planned_stop forgotten_ms {}",
+        forgotten.as_millis()
     );
 }

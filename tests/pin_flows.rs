@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::netns::{ip, unique, Netns};
+use common::netns::{link, Netns};
 
 const PORT: u16 = 7000;
 
@@ -120,18 +120,12 @@ fn across_a_removed_hop(plan: &Plan, pin: bool) -> Vec<Result<String, String>> {
     let mut hops = Vec::new();
     for (i, (router_side, node_side)) in plan.links.iter().enumerate() {
         let ns = Netns::new("pnode");
-        let (rv, nv) = (unique("pr"), unique("pn"));
-        ip(&[
-            "link", "add", &rv, "netns", &router.0, "type", "veth", "peer", "name", &nv, "netns",
-            &ns.0,
-        ]);
-        let nodad: &[&str] = if plan.family == "-6" { &["nodad"] } else { &[] };
-        let router_addr = format!("{router_side}/{}", plan.len);
-        let node_addr = format!("{node_side}/{}", plan.len);
-        router.ip(&[&["addr", "add", &router_addr, "dev", &rv][..], nodad].concat());
-        router.ip(&["link", "set", &rv, "up"]);
-        ns.ip(&[&["addr", "add", &node_addr, "dev", &nv][..], nodad].concat());
-        ns.ip(&["link", "set", &nv, "up"]);
+        let (rv, _) = link(
+            &router,
+            &format!("{router_side}/{}", plan.len),
+            &ns,
+            &format!("{node_side}/{}", plan.len),
+        );
         ns.ip(&[plan.family, "route", "add", "default", "via", router_side]);
         let host = format!("{}/{}", plan.anycast, plan.host);
         ns.ip(&["addr", "add", &host, "dev", "lo"]);

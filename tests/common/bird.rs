@@ -120,6 +120,37 @@ pub fn paths(router: &Netns, addr: IpAddr) -> usize {
     }
 }
 
+/// Stops `d` with SIGTERM and checks the planned stop's order: `router`
+/// forgets `addr` while faasd still drains, then faasd exits cleanly.
+/// Returns how long after the signal the router forgot it.
+pub fn stop_withdrawing_first(
+    d: &mut super::Daemon,
+    router: &Netns,
+    addr: IpAddr,
+    context: impl Fn() -> String,
+) -> Duration {
+    let t0 = Instant::now();
+    let (forgotten, (status, took)) = std::thread::scope(|s| {
+        let stopping = s.spawn(|| d.stop());
+        wait_until(
+            &format!("the router to forget {addr}"),
+            Duration::from_secs(10),
+            || router_route(router, addr).is_empty(),
+            context,
+        );
+        (t0.elapsed(), stopping.join().expect("stop"))
+    });
+    assert!(
+        forgotten < took,
+        "the route went ({forgotten:?}) before faasd stopped ({took:?})"
+    );
+    assert!(
+        status.success(),
+        "faasd stopped with {status:?} after {took:?}"
+    );
+    forgotten
+}
+
 pub fn wait_until(
     what: &str,
     within: Duration,

@@ -60,6 +60,25 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair between `a` and `b`, both ends up, `a_addr` on a's end and
+/// `b_addr` on b's (with prefix length; IPv6 without duplicate address
+/// detection, so usable at once). Returns the ends' names (a's, b's).
+pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, String) {
+    let (va, vb) = (unique("va"), unique("vb"));
+    ip(&[
+        "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0,
+    ]);
+    for (ns, dev, addr) in [(a, &va, a_addr), (b, &vb, b_addr)] {
+        let mut add = vec!["addr", "add", addr, "dev", dev.as_str()];
+        if addr.contains(':') {
+            add.push("nodad");
+        }
+        ns.ip(&add);
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    (va, vb)
+}
+
 pub fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("ip");
     assert!(
