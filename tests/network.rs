@@ -146,6 +146,14 @@ fn routable_v4_and_v6_pools_serve_another_namespace_and_rm_cleans_up() {
             "{addr}"
         );
     }
+    // The IPv6 address skips DAD, which would keep it unbindable for a
+    // moment after each deploy.
+    let v6 = t.node.ip(&["-6", "-o", "addr", "show", "dev", "lo"]);
+    let line = v6.lines().find(|l| l.contains(" fd00:faa5:100::1/"));
+    assert!(
+        line.is_some_and(|l| l.contains("nodad") && !l.contains("tentative")),
+        "{v6}"
+    );
     // Nothing of this on the host's own loopback.
     let host_lo = ip(&["-o", "addr", "show", "dev", "lo"]);
     assert!(

@@ -128,7 +128,13 @@ fn across_a_removed_hop(plan: &Plan, pin: bool) -> Vec<Result<String, String>> {
         );
         ns.ip(&[plan.family, "route", "add", "default", "via", router_side]);
         let host = format!("{}/{}", plan.anycast, plan.host);
-        ns.ip(&["addr", "add", &host, "dev", "lo"]);
+        let mut add = vec!["addr", "add", &host, "dev", "lo"];
+        if plan.family == "-6" {
+            // IPv6 on lo too stays tentative (bind fails) until the
+            // kernel's DAD work has run.
+            add.push("nodad");
+        }
+        ns.ip(&add);
         let name = ["n1", "n2"][i];
         let server = Server::start(&ns, anycast, name);
         pairs.push(format!("{rv}={node_side}"));

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressMessage, AddressProtocol, AddressScope,
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope,
 };
 
 use super::{NetError, LABEL, PROTOCOL};
@@ -83,7 +83,10 @@ impl Netlink {
 
     /// Adds `ip/32` (or `/128`) to `lo`, tagged as ours. A loopback
     /// address gets host scope; any other global scope, so traffic routed
-    /// to this node reaches it.
+    /// to this node reaches it. IPv6 goes without duplicate address
+    /// detection: even on `lo` the kernel keeps a new address tentative
+    /// (unbindable) until its DAD work has run, and an anycast address
+    /// announced by several nodes is duplicated on purpose.
     pub async fn add(&self, ip: IpAddr) -> Result<Added, NetError> {
         let len = if ip.is_ipv4() { 32 } else { 128 };
         let mut req = self.handle.address().add(self.lo, ip, len);
@@ -95,6 +98,8 @@ impl Netlink {
         };
         if ip.is_ipv4() {
             msg.attributes.push(AddressAttribute::Label(LABEL.into()));
+        } else {
+            msg.header.flags |= AddressHeaderFlags::Nodad;
         }
         msg.attributes
             .push(AddressAttribute::Protocol(AddressProtocol::Other(PROTOCOL)));
