@@ -142,8 +142,9 @@ for runtime in runc crun; do
     echo "== $runtime" >&2
     start_faasd "$runtime" 2
     if [ "$runtime" = runc ]; then
-        # The sandboxed reference: faasd's own config.json for this image.
-        python3 loadtest/refbundle.py "$(ls -d "$work"/state/bundles/warm-* | head -1)/config.json" \
+        # The sandboxed reference: faasd's own config.json for this image
+        # (its bundles are a tmpfs in faasd's own mount namespace).
+        python3 loadtest/refbundle.py "$(ls -d "/proc/$faasd_pid/root$work"/state/bundles/warm-* | head -1)/config.json" \
             "$work/ref" "$(command -v busybox)"
         echo "== warm latency against the plain server, ${GAP_MS} ms apart" >&2
         for mode in eof cl; do

@@ -65,7 +65,8 @@ snapshot() { # label
     rss=$(awk '/^VmRSS/ {print $2}' /proc/$faasd_pid/status)
     zombies=$(ps --ppid $faasd_pid -o stat= | grep -c '^Z' || true)
     containers=$(containers)
-    bundles=$(ls "$work/state/bundles" | wc -l)
+    # The bundles are a tmpfs in faasd's own mount namespace.
+    bundles=$(ls "/proc/$faasd_pid/root$work/state/bundles" | wc -l)
     cgroups=$(find /sys/fs/cgroup -path "*faasd-*" -mindepth 2 -type d -name '*-*' 2>/dev/null \
         | grep -c -E '/(fast|oneshot|crash|hang|slow|close)-[0-9a-z]+-[0-9]+$' || true)
     mounts=$(grep -c "$work" /proc/mounts || true)

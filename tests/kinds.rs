@@ -235,7 +235,7 @@ fn socket_activated_servers_accept_many_connections_and_are_restarted() {
     let victims = d.runc_containers();
     assert_eq!(victims.len(), 2, "{victims:?}");
     // A container the runtime is still creating has no pid file yet.
-    let pid_file = d.state.join("bundles").join(&victims[0]).join("pid");
+    let pid_file = d.bundles_dir().join(&victims[0]).join("pid");
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid: i32 = loop {
         if let Some(pid) = std::fs::read_to_string(&pid_file)

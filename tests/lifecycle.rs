@@ -129,6 +129,10 @@ fn a_crash_leaves_nothing_a_restart_does_not_clean() {
         !d.runc_containers().is_empty(),
         "the crash should leave the container behind"
     );
+    // A bundle on the disk below the tmpfs, as faasd before the tmpfs left them.
+    let on_disk = d.state.join("bundles").join("hang-old-1");
+    std::fs::create_dir_all(&on_disk).expect("old bundle");
+    std::fs::write(on_disk.join("config.json"), "{}").expect("old config");
 
     d.spawn();
     assert!(
@@ -160,6 +164,8 @@ fn a_crash_leaves_nothing_a_restart_does_not_clean() {
     };
     let ip = d.deploy("hang", &probe_image("hello", &[]), &quick).ip;
     assert_eq!(call(ip).expect("after recovery").0, 200);
+    d.stop();
+    assert!(!on_disk.exists(), "the old bundle on disk is removed");
 }
 
 #[test]

@@ -299,7 +299,7 @@ fn secrets_reach_their_function_and_nowhere_else() {
         "{ls}"
     );
     // The bundles that hold the values are the runtime's alone.
-    for entry in std::fs::read_dir(d.state.join("bundles"))
+    for entry in std::fs::read_dir(d.bundles_dir())
         .expect("bundles")
         .flatten()
     {

@@ -70,7 +70,7 @@ fn a_pool_container_killed_from_outside_is_replaced() {
     assert_eq!(victims.len(), 2);
     // Killed from outside, as an operator or the OOM killer would: the
     // container's process, found through the pid file its runtime wrote.
-    let pid: i32 = std::fs::read_to_string(d.state.join("bundles").join(&victims[0]).join("pid"))
+    let pid: i32 = std::fs::read_to_string(d.bundles_dir().join(&victims[0]).join("pid"))
         .expect("pid file")
         .trim()
         .parse()

@@ -19,6 +19,7 @@ use crate::api::DeployOptions;
 use crate::image::ImageConfig;
 use crate::name::FunctionName;
 
+pub mod bundles;
 mod cold;
 pub mod container;
 pub mod fdpass;
@@ -297,12 +298,17 @@ impl Runtime {
         self.config.state_dir.join("logs")
     }
 
-    /// Sets up the runtime on the current (control) runtime; `reaper` must
-    /// already run.
+    /// Sets up the runtime on the current (control) runtime, in faasd's
+    /// own mount namespace (the bundles' tmpfs is mounted there); `reaper`
+    /// must already run.
     pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Arc<Self>, RuntimeError> {
         let io = |op| move |source| RuntimeError::Io { op, source };
         // The runtime's `--root` (named for runc, whichever runtime runs).
+        // It stays on disk: a restart after a crash finds the containers
+        // that run on there, to delete them.
         let runtime_root = config.state_dir.join("runc");
+        bundles::mount_tmpfs(&config.state_dir.join("bundles"))
+            .map_err(io("mounting the bundles' tmpfs"))?;
         // Containers (unprivileged host ids) pass through `bundles` to
         // their control socket; the runtime's state and the logs are private.
         for (dir, mode) in [("bundles", 0o711), ("runc", 0o700), ("logs", 0o700)] {
@@ -357,7 +363,7 @@ impl Runtime {
 
     /// Removes what an earlier run left: containers in the runtime's root
     /// (the runtime's own `delete --force`, which kills them first) and
-    /// bundle directories. Call before serving.
+    /// their cgroups. (Its bundles went with its tmpfs.) Call before serving.
     pub async fn recover(&self) -> usize {
         let mut removed = 0;
         for id in self.oci.list() {
@@ -367,13 +373,6 @@ impl Runtime {
             }
         }
         cgroup::sweep(&self.cgroup_scope);
-        if let Ok(rd) = std::fs::read_dir(self.bundles_dir()) {
-            for entry in rd.flatten() {
-                if let Err(e) = crate::image::store::remove_tree(&entry.path()) {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "removing leftover bundle");
-                }
-            }
-        }
         removed
     }
 

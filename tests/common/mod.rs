@@ -488,8 +488,19 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The bundles directory as faasd sees it: a tmpfs in faasd's own
+    /// mount namespace, reached through `/proc/PID/root` while faasd runs;
+    /// once it stopped, the directory on disk below (which nothing uses).
+    pub fn bundles_dir(&self) -> PathBuf {
+        let dir = self.state.join("bundles");
+        match &self.child {
+            Some(c) => PathBuf::from(format!("/proc/{}/root{}", c.id(), dir.display())),
+            None => dir,
+        }
+    }
+
     pub fn bundles(&self) -> Vec<String> {
-        std::fs::read_dir(self.state.join("bundles"))
+        std::fs::read_dir(self.bundles_dir())
             .map(|d| {
                 d.filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
