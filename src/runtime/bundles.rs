@@ -18,13 +18,15 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 
 /// Mounts the tmpfs on `dir` (created if missing), after removing what
-/// an older faasd left on the disk below it. Call in faasd's own mount
-/// namespace only (`sys::private_mounts`): elsewhere the mount would
-/// outlive faasd.
+/// an older faasd left on the disk below it (what cannot be removed is
+/// only hidden, and said in the log). Call in faasd's own mount namespace
+/// only (`sys::private_mounts`): elsewhere the mount would outlive faasd.
 pub fn mount_tmpfs(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)?.flatten() {
-        crate::image::store::remove_tree(&entry.path())?;
+        if let Err(e) = crate::image::store::remove_tree(&entry.path()) {
+            tracing::warn!(path = %entry.path().display(), error = %e, "removing a bundle an older faasd left on disk");
+        }
     }
     mount(
         Some("faasd-bundles"),

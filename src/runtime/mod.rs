@@ -304,8 +304,8 @@ impl Runtime {
     pub fn new(config: RuntimeConfig, reaper: Reaper) -> Result<Arc<Self>, RuntimeError> {
         let io = |op| move |source| RuntimeError::Io { op, source };
         // The runtime's `--root` (named for runc, whichever runtime runs).
-        // It stays on disk: a restart after a crash finds the containers
-        // that run on there, to delete them.
+        // It stays on disk: after a crash, the next start finds there the
+        // containers still running, to delete them.
         let runtime_root = config.state_dir.join("runc");
         bundles::mount_tmpfs(&config.state_dir.join("bundles"))
             .map_err(io("mounting the bundles' tmpfs"))?;
