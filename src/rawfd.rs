@@ -1,7 +1,8 @@
 //! Socket descriptors where std, nix and socket2 stop: the one place that
-//! turns an io_uring stream's raw descriptor into a typed borrow, and the
-//! socket options neither nix nor socket2 wraps (TCP_INFO for the queue
-//! deadline and the answer to a handler that died silent,
+//! turns an io_uring stream's or listener's raw descriptor into a typed
+//! borrow, and the socket options neither nix nor socket2 wraps (TCP_INFO
+//! for the queue deadline, the answer to a handler that died silent and
+//! a listener's accept queue,
 //! TCP_DEFER_ACCEPT for listeners, SO_PEEK_OFF for a reuse handler's
 //! control connection).
 #![allow(unsafe_code)]
@@ -17,6 +18,18 @@ pub fn uring_stream(stream: &tokio_uring::net::TcpStream) -> BorrowedFd<'_> {
     // SAFETY: the stream owns an open descriptor until it is dropped, and
     // the borrow cannot outlive `stream` (same lifetime).
     unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+}
+
+/// A listener on the ring, as a typed borrow (see `uring_stream`).
+pub fn uring_listener(listener: &tokio_uring::net::TcpListener) -> BorrowedFd<'_> {
+    // SAFETY: as for `uring_stream`: open until dropped, borrow tied to it.
+    unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) }
+}
+
+/// Connections waiting in a listening socket's accept queue (on a
+/// listener, TCP_INFO's `tcpi_unacked` is that queue's length).
+pub fn accept_queue_len(listener: BorrowedFd<'_>) -> u32 {
+    tcp_info(listener).map_or(0, |info| info.tcpi_unacked)
 }
 
 /// How long an accepted connection sat since the kernel last heard from

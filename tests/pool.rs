@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -316,4 +317,62 @@ fn a_reuse_burst_waits_for_busy_containers_instead_of_starting_one_each() {
         "{} cold starts for 160 connections: busy containers were not waited for",
         stats.cold_starts
     );
+}
+
+#[test]
+fn connections_queued_together_reach_an_idle_reuse_handler_in_one_message() {
+    let d = Daemon::start();
+    let options = DeployOptions {
+        warm: 1,
+        reuse: true,
+        ..Default::default()
+    };
+    let ip = d
+        .deploy("queued", &probe_image("inspect", &[]), &options)
+        .ip;
+    d.wait_for("queued", Duration::from_secs(20), "pool of 1", |i| {
+        i.stats.warm_ready >= 1
+    });
+    // Connected first, the requests written afterwards back to back: with
+    // deferred accept each connection joins the accept queue when its
+    // request lands, faster than the core wakes for the first. The
+    // handler waits in the pool, so the first message it gets is the
+    // accept's own: alone unless the queue behind it came along.
+    let mut first_message = Vec::new();
+    for burst in 0..10 {
+        let mut conns: Vec<std::net::TcpStream> = (0..12)
+            .map(|_| std::net::TcpStream::connect((ip, 80)).expect("connect"))
+            .collect();
+        for c in &mut conns {
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+        }
+        let mut answers = Vec::new();
+        for mut c in conns {
+            c.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut text = String::new();
+            c.read_to_string(&mut text).expect("answer");
+            assert!(text.starts_with("HTTP/1.1 200"), "burst {burst}: {text}");
+            let v = kv(&text);
+            let served: u32 = v["served"].parse().expect("served");
+            let queued: u32 = v["queued"].parse().expect("queued");
+            answers.push((served, queued));
+        }
+        let Some(&(_, queued)) = answers.iter().min_by_key(|(served, _)| *served) else {
+            continue;
+        };
+        first_message.push(queued + 1);
+        if queued > 0 {
+            break;
+        }
+        // Back to the pool before the next burst.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("connections in each burst's first message: {first_message:?}");
+    assert!(
+        first_message.iter().any(|&n| n > 1),
+        "every burst's first message carried one connection: {first_message:?}"
+    );
+    let stats = d.client().inspect("queued").expect("inspect").stats;
+    assert_eq!(stats.failed, 0, "{stats:?}");
 }

@@ -91,6 +91,12 @@ impl Control {
         Ok(self.queued.pop_front())
     }
 
+    /// Connections received with the last one taken and not taken yet
+    /// (faasd hands over several in one message when they queue).
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
     /// The next descriptor faasd sends, whatever it is (`faas-init` gets a
     /// listening socket this way); `None` when faasd closed the connection.
     pub fn next_fd(&mut self) -> io::Result<Option<OwnedFd>> {

@@ -7,6 +7,11 @@
 //! connection no container can take goes to a cold start on the control
 //! runtime).
 //!
+//! Under load connections queue in the kernel faster than one accept at a
+//! time takes them: behind each accept the loop takes what else waits
+//! (up to `MAX_TAKEN`, within the limit) and offers them together, so a
+//! handler that takes several gets them in one message.
+//!
 //! The accept loop enforces the function's concurrency limit: at the limit
 //! it stops taking connections, so they wait in the kernel's backlog; one
 //! connection at most is held here meanwhile, and a connection that has
@@ -14,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +40,9 @@ const FD_BACKOFF: Duration = Duration::from_millis(100);
 /// Re-check the limit at least this often (a wake-up may slip past us).
 const RECHECK: Duration = Duration::from_millis(20);
 const RING_ENTRIES: u32 = 256;
+/// The most connections taken from the queue behind one accept: a
+/// handler's largest batch (`fdpass::MAX_BATCH`) minus the one accepted.
+const MAX_TAKEN: usize = 15;
 
 /// Thread body: builds the ring, reports whether that worked, serves commands.
 pub(super) fn run(
@@ -133,7 +142,7 @@ async fn accept_loop(
         let queued_recently = last_saturated.is_some_and(|t| t.elapsed() < ctx.queue_timeout);
         if !saturated {
             if let Some(h) = held.take() {
-                dispatch(h.stream, h.accepted, &served, &ctx);
+                dispatch(h.stream, Vec::new(), h.accepted, &served, &ctx);
                 continue;
             }
         }
@@ -150,13 +159,21 @@ async fn accept_loop(
                         accepts.increment(1);
                         let accepted = Instant::now();
                         if let Some(stream) = admit(stream, saturated, queued_recently, &mut held, &served, &ctx) {
-                            dispatch(stream, accepted, &served, &ctx);
+                            // After a recent wait at the limit, queued
+                            // connections need admit's deadline check.
+                            let more = if queued_recently {
+                                Vec::new()
+                            } else {
+                                take_queued(&listener, &served, limit)
+                            };
+                            accepts.increment(more.len() as u64);
+                            dispatch(stream, more, accepted, &served, &ctx);
                         }
                         if *release.borrow() {
                             // Moved to another core: a connection held back
                             // here is served rather than dropped.
                             if let Some(h) = held.take() {
-                                dispatch(h.stream, h.accepted, &served, &ctx);
+                                dispatch(h.stream, Vec::new(), h.accepted, &served, &ctx);
                             }
                             return;
                         }
@@ -214,17 +231,48 @@ fn admit(
     Some(stream)
 }
 
-/// Serves one accepted connection (accepted at `accepted`).
-fn dispatch(stream: TcpStream, accepted: Instant, served: &Arc<Served>, ctx: &Arc<Ctx>) {
+/// What else waits in `listener`'s queue behind a connection just
+/// accepted, as much as the function's limit leaves room for.
+fn take_queued(listener: &TcpListener, served: &Served, limit: u32) -> Vec<std::net::TcpStream> {
+    let room = limit.saturating_sub(served.inflight().saturating_add(1));
+    let room = usize::try_from(room).unwrap_or(usize::MAX).min(MAX_TAKEN);
+    super::listener::accept_queued(rawfd::uring_listener(listener), room)
+}
+
+/// Serves a connection accepted at `accepted`, and `more` taken from the
+/// queue behind it.
+fn dispatch(
+    stream: TcpStream,
+    more: Vec<std::net::TcpStream>,
+    accepted: Instant,
+    served: &Arc<Served>,
+    ctx: &Arc<Ctx>,
+) {
     let func = served.func.load_full();
-    func.ledger.accepted();
-    let lease: Lease = Box::new(Inflight::new(served));
     let conn = rawfd::uring_stream(&stream);
-    if let Delivery::Cold(waiting) = handoff::deliver(&ctx.rt, &func, conn, accepted, lease) {
-        ctx.rt.serve_cold(func, waiting, None);
+    if more.is_empty() {
+        func.ledger.accepted();
+        let lease: Lease = Box::new(Inflight::new(served));
+        if let Delivery::Cold(waiting) = handoff::deliver(&ctx.rt, &func, conn, accepted, lease) {
+            ctx.rt.serve_cold(func, waiting, None);
+        }
+        // Dropping `stream` closes our copy; the handler (or the cold
+        // start) has its own.
+        return;
     }
-    // Dropping `stream` closes our copy; the handler (or the cold start)
-    // has its own.
+    let conns: Vec<_> = std::iter::once(conn)
+        .chain(more.iter().map(|c| c.as_fd()))
+        .collect();
+    let leases = conns
+        .iter()
+        .map(|_| {
+            func.ledger.accepted();
+            Box::new(Inflight::new(served)) as Lease
+        })
+        .collect();
+    for waiting in handoff::deliver_many(&ctx.rt, &func, &conns, accepted, leases) {
+        ctx.rt.serve_cold(Arc::clone(&func), waiting, None);
+    }
 }
 
 /// Answers 503: the connection waited past the queue deadline.
@@ -251,6 +299,12 @@ async fn accept_failed(e: &std::io::Error) -> bool {
             true
         }
         Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => true,
+        // Only if `accept_queued` could not make the listener blocking
+        // again (it said so): no spinning meanwhile.
+        Some(libc::EAGAIN) => {
+            tokio::time::sleep(FD_BACKOFF).await;
+            true
+        }
         _ => {
             tracing::debug!(error = %e, "accept: listener closed");
             false

@@ -82,6 +82,70 @@ pub fn deliver(
     Delivery::Handled
 }
 
+/// Offers connections accepted together (`conns`, a lease each) to the
+/// running containers. A handler that takes several at once gets its
+/// share in one message — shared among the handlers waiting now, so none
+/// idles while another has a queue — and a burst costs a wake-up per
+/// handler instead of one per connection. The rest go as `deliver` sends
+/// them; those that need a cold start are returned.
+pub fn deliver_many(
+    rt: &Arc<Runtime>,
+    func: &Arc<Function>,
+    conns: &[BorrowedFd<'_>],
+    accepted: Instant,
+    leases: Vec<Lease>,
+) -> Vec<Waiting> {
+    let mut leases = VecDeque::from(leases);
+    let mut next = 0;
+    while next < conns.len() {
+        let Some(slot) = func.pool.take() else { break };
+        let handlers = func.pool.ready() as usize + 1;
+        let n = slot
+            .batch()
+            .min((conns.len() - next).div_ceil(handlers))
+            .max(1);
+        let chunk = &conns[next..next + n];
+        let handed = match chunk {
+            [client] => {
+                let Some(lease) = leases.pop_front() else {
+                    func.pool.push(slot);
+                    break;
+                };
+                slot.hand_over(*client, lease)
+                    .map_err(|(l, e)| (vec![l], e))
+            }
+            _ => slot.hand_over_batch(chunk, leases.drain(..n).collect()),
+        };
+        func.pool.taken();
+        match handed {
+            Ok(handed) => {
+                for _ in chunk {
+                    func.ledger.handed_over(accepted.elapsed(), true);
+                }
+                handed.follow(func);
+                next += n;
+            }
+            // That handler died while waiting; its supervisor replaces it.
+            Err((back, e)) => {
+                tracing::debug!(function = %func.name, error = %e, "warm container gone");
+                for lease in back.into_iter().rev() {
+                    leases.push_front(lease);
+                }
+            }
+        }
+    }
+    conns[next..]
+        .iter()
+        .zip(leases)
+        .filter_map(
+            |(client, lease)| match deliver(rt, func, *client, accepted, lease) {
+                Delivery::Cold(waiting) => Some(waiting),
+                Delivery::Handled => None,
+            },
+        )
+        .collect()
+}
+
 /// Hands `client` to a container waiting in the pool and records the hit;
 /// the lease comes back if none is waiting.
 fn from_pool(

@@ -27,7 +27,8 @@
 //! With FAAS_REUSE=1 it asks for the next connection on the same control
 //! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
 //! for each one (the protocol's older form); `inspect` then reports the
-//! same `instance` and a growing `served`.
+//! same `instance` and a growing `served`, and `queued`: how many
+//! connections came in the same message and are still to be served.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -85,6 +86,7 @@ fn main() {
             Ok(None) | Err(_) => return,
         };
         served += 1;
+        let queued = ctl.queued();
         match mode.as_str() {
             "hang" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
@@ -103,7 +105,10 @@ fn main() {
                 let _ = read_request_head(&mut conn);
                 answer(
                     &mut conn,
-                    &format!("instance={instance}\nserved={served}\n{}", inspect()),
+                    &format!(
+                        "instance={instance}\nserved={served}\nqueued={queued}\n{}",
+                        inspect()
+                    ),
                 );
             }
             "slow" => {
