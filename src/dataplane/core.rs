@@ -37,6 +37,9 @@ use crate::timer::sleep_until_opt;
 
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
 const FD_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after an accept found the listener non-blocking (see
+/// `accept_failed`).
+const NONBLOCK_BACKOFF: Duration = Duration::from_millis(1);
 /// Re-check the limit at least this often (a wake-up may slip past us).
 const RECHECK: Duration = Duration::from_millis(20);
 const RING_ENTRIES: u32 = 256;
@@ -299,10 +302,11 @@ async fn accept_failed(e: &std::io::Error) -> bool {
             true
         }
         Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => true,
-        // Only if `accept_queued` could not make the listener blocking
-        // again (it said so): no spinning meanwhile.
+        // The listener was non-blocking at the moment: the other core
+        // taking its queue while it moves between cores, or (logged by
+        // `accept_queued`) left so. Again, shortly, without spinning.
         Some(libc::EAGAIN) => {
-            tokio::time::sleep(FD_BACKOFF).await;
+            tokio::time::sleep(NONBLOCK_BACKOFF).await;
             true
         }
         _ => {
