@@ -15,8 +15,8 @@
 #   warm         --warm 8: C client latency, eof and cl, GAP_MS apart
 #   cold         --warm 0: sequential p50 (runc and crun)
 #   fresh        --warm 8: wrk -t2 -c16, every connection a fresh container (runc and crun)
-#   reuse        --reuse --warm 2: wrk -t2 -c32, alternated with the plain server;
-#                --cores 2 against --cores 1
+#   reuse        --reuse --warm 2: wrk -t2 -c32 after 2 s of unmeasured load, alternated
+#                with the plain server; --cores 2 against --cores 1
 #   memory       a --warm 40 pool, per container: the kernel's objects (unreclaimable
 #                slab, page tables, kernel stacks, per-cpu) and faasd's own growth,
 #                beside the handler's own (its Pss); all slab and MemAvailable's drop
@@ -85,6 +85,11 @@ wait_ready() { # name count
         sleep 0.1
     done
     echo "pool of $1 never reached $2" >&2; exit 1
+}
+warm_up() { # url: 2 s of unmeasured load on a faasd just started (its handlers' first
+    # requests, reuse scale-outs while the burst begins); the plain server it is
+    # compared with has been serving all along
+    wrk -t2 -c32 -d2s "$1" >/dev/null
 }
 wrk_rps() { # connections url label
     wrk -t2 -c"$1" -d"$DURATION" "$2" > "$work/wrk-$3.txt"
@@ -175,11 +180,13 @@ done
 
 echo "== reuse against the plain server, cores 2 against cores 1 (alternated)" >&2
 plain_runs=(); reuse2_runs=(); reuse1_runs=()
-for round in 1 2; do
+# Four rounds: with two, the machine's round-to-round spread (±5%) alone
+# moved the --cores ratio between 0.92 and 1.10 across runs.
+for round in $(seq "${REUSE_ROUNDS:-4}"); do
     plain_runs+=("$(wrk_rps 32 "http://$plain_host:$plain_port/" "plain-$round")")
-    start_faasd runc 2
+    start_faasd runc 2; warm_up "http://$reuse_ip/"
     reuse2_runs+=("$(wrk_rps 32 "http://$reuse_ip/" "reuse2-$round")")
-    stop_faasd; start_faasd runc 1
+    stop_faasd; start_faasd runc 1; warm_up "http://$reuse_ip/"
     reuse1_runs+=("$(wrk_rps 32 "http://$reuse_ip/" "reuse1-$round")")
     stop_faasd
 done
@@ -242,6 +249,7 @@ for round in 1 2; do
     for mode in on off; do
         if [ $mode = on ]; then start_faasd runc 2; else start_faasd runc 2 --no-metrics; fi
         p50=$(latency "$warm_ip" 80 cl | python3 -c 'import json,sys; print(json.load(sys.stdin)["p50_us"])')
+        warm_up "http://$reuse_ip/"
         rps=$(wrk_rps 32 "http://$reuse_ip/" "metrics-$mode-$round")
         metrics_runs+=("$mode $p50 $rps")
         stop_faasd
