@@ -44,8 +44,8 @@ const NONBLOCK_BACKOFF: Duration = Duration::from_millis(1);
 const RECHECK: Duration = Duration::from_millis(20);
 const RING_ENTRIES: u32 = 256;
 /// The most connections taken from the queue behind one accept: a
-/// handler's largest batch (`fdpass::MAX_BATCH`) minus the one accepted.
-const MAX_TAKEN: usize = 15;
+/// handler's largest batch minus the one accepted.
+const MAX_TAKEN: usize = crate::runtime::fdpass::MAX_BATCH - 1;
 
 /// Thread body: builds the ring, reports whether that worked, serves commands.
 pub(super) fn run(

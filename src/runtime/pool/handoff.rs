@@ -58,10 +58,21 @@ pub fn deliver(
     accepted: Instant,
     lease: Lease,
 ) -> Delivery {
-    let lease = match from_pool(func, conn, accepted, lease) {
-        Ok(()) => return Delivery::Handled,
-        Err(lease) => lease,
-    };
+    match from_pool(func, conn, accepted, lease) {
+        Ok(()) => Delivery::Handled,
+        Err(lease) => without_pool(rt, func, conn, accepted, lease),
+    }
+}
+
+/// A connection no waiting container took: it waits for a busy reuse-mode
+/// container to come back, or needs a cold start.
+fn without_pool(
+    rt: &Arc<Runtime>,
+    func: &Arc<Function>,
+    conn: BorrowedFd<'_>,
+    accepted: Instant,
+    lease: Lease,
+) -> Delivery {
     let client = match conn.try_clone_to_owned() {
         Ok(fd) => TcpStream::from(fd),
         Err(e) => {
@@ -86,8 +97,9 @@ pub fn deliver(
 /// running containers. A handler that takes several at once gets its
 /// share in one message — shared among the handlers waiting now, so none
 /// idles while another has a queue — and a burst costs a wake-up per
-/// handler instead of one per connection. The rest go as `deliver` sends
-/// them; those that need a cold start are returned.
+/// handler instead of one per connection. The rest, once the pool is
+/// empty, wait or need a cold start as in `deliver`; the latter are
+/// returned.
 pub fn deliver_many(
     rt: &Arc<Runtime>,
     func: &Arc<Function>,
@@ -138,7 +150,7 @@ pub fn deliver_many(
         .iter()
         .zip(leases)
         .filter_map(
-            |(client, lease)| match deliver(rt, func, *client, accepted, lease) {
+            |(client, lease)| match without_pool(rt, func, *client, accepted, lease) {
                 Delivery::Cold(waiting) => Some(waiting),
                 Delivery::Handled => None,
             },
