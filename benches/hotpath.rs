@@ -21,6 +21,7 @@ use faasd::image::ImageConfig;
 use faasd::runtime::fdpass::{recv_fd, send_fd};
 use faasd::runtime::sandbox::spec::{render, SpecInput};
 use faasd::runtime::{Slot, WarmPool};
+use faasd::sys::closer::Foreign;
 
 fn receive(conn: &UnixStream) -> std::os::fd::OwnedFd {
     recv_fd(conn.as_fd()).expect("recvmsg").expect("an fd")
@@ -77,7 +78,7 @@ fn warm(c: &mut Criterion) {
         bench.iter(|| {
             // A "container" waiting on its control socket.
             let (control, handler) = UnixStream::pair().expect("pair");
-            let (slot, _watch) = Slot::new(control);
+            let (slot, _watch) = Slot::new(Foreign::new(control));
             pool.push(slot);
             let client = TcpStream::connect(addr).expect("connect");
             let (accepted, _) = listener.accept().expect("accept");

@@ -29,6 +29,8 @@ use crate::secrets::{SecretError, SecretStore};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Shutdown as a whole stays well inside the 10 s an operator expects.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(7);
+/// The closer gets this long to close what shutdown let go.
+const CLOSER_FLUSH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -164,6 +166,12 @@ async fn serve(
         None
     };
 
+    // After the recorder, so its counters are real.
+    if !crate::sys::closer::start_now() {
+        tracing::warn!(
+            "no closer thread: descriptors containers shaped are closed where they are let go"
+        );
+    }
     let reaper = Reaper::start().map_err(|source| DaemonError::Io {
         op: "starting reaper",
         path: PathBuf::new(),
@@ -190,6 +198,7 @@ async fn serve(
             max_concurrent_starts: config.max_concurrent_starts,
             pool_idle: config.pool_idle,
             init,
+            refuse_descriptors: config.refuse_descriptors && descriptors_refusable(),
         },
         reaper,
     )?;
@@ -230,7 +239,9 @@ async fn serve(
                     endpoints: c.endpoints.clone(),
                     node: c.node.clone(),
                     url: c.url.clone(),
-                    token: token.clone(),
+                    // The configuration refuses --etcd without a token.
+                    token: token.clone().unwrap_or_default(),
+                    tls: c.tls.clone(),
                 },
                 Arc::clone(&manager),
                 state,
@@ -310,8 +321,25 @@ async fn serve(
     let _ = control_task.await;
     drop(socket_guard);
     manager.shutdown(SHUTDOWN_DEADLINE).await;
+    if !crate::sys::closer::flush(CLOSER_FLUSH) {
+        tracing::warn!("the closer had not closed everything at exit");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Whether this kernel lets control sockets refuse descriptors
+/// (SO_PASSRIGHTS, Linux 6.16); said once at start, either way.
+fn descriptors_refusable() -> bool {
+    let probe = std::os::unix::net::UnixStream::pair()
+        .and_then(|(a, _b)| crate::rawfd::refuse_descriptors(&a));
+    match probe {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "this kernel has no SO_PASSRIGHTS (Linux 6.16): descriptors a container sends to faasd are taken and closed by the closer thread");
+            false
+        }
+    }
 }
 
 fn tell(n: &Notifier, state: &str) {

@@ -7,7 +7,7 @@
 //!                                            │──▶ net (IP pool, rtnetlink lo:faas)
 //!                                            └──▶ dataplane (listeners, sharded to cores)
 //!  client ──TCP──▶ core N (io_uring accept) ──▶ warm pool: a started container whose
-//!                  handler waits on /control.sock ──▶ sendmsg(SCM_RIGHTS) ──▶ close ours
+//!                  handler waits on /control.sock ──▶ sendmsg(SCM_RIGHTS) ──▶ ours to the closer
 //!                  (pool empty: cold start on the control runtime — bundle, runc run)
 //!  runtime: supervisors end containers at their timeout, refillers keep pools full
 //! ```

@@ -24,6 +24,9 @@ pub const ACCEPTS: &str = "faas_accepts_total";
 pub const DEPLOY_DURATION: &str = "faas_deploy_duration_seconds";
 pub const DEPLOY_BYTES: &str = "faas_deploy_bytes_total";
 pub const IMAGE_ERRORS: &str = "faas_image_errors_total";
+pub const CLOSER_CLOSED: &str = "faas_closer_closed_total";
+pub const CLOSER_LINGER_CLEARED: &str = "faas_closer_lingers_cleared_total";
+pub const CLOSER_INTERRUPTED: &str = "faas_closer_interrupted_total";
 
 /// Accept → hand-over spans a warm hit (tens of µs) to a slow cold start
 /// (seconds): roughly ×2.5 steps over that range.
@@ -118,6 +121,18 @@ fn describe() {
         "Bytes of image archives received."
     );
     describe_counter!(IMAGE_ERRORS, "Image uploads refused, by reason.");
+    describe_counter!(
+        CLOSER_CLOSED,
+        "Descriptors a container had its hands on, closed by the closer thread."
+    );
+    describe_counter!(
+        CLOSER_LINGER_CLEARED,
+        "Of those, sockets whose SO_LINGER was cleared so their close would not wait."
+    );
+    describe_counter!(
+        CLOSER_INTERRUPTED,
+        "Closes that waited anyway and were interrupted by the closer's watchdog."
+    );
 }
 
 /// How a connection ended.

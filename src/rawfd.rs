@@ -72,6 +72,17 @@ pub fn defer_accept(sock: &impl AsFd, secs: u32) -> io::Result<()> {
     )
 }
 
+/// `SO_PASSRIGHTS` (Linux 6.16; not in libc yet): whether SCM_RIGHTS may be
+/// sent to a Unix socket.
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Makes a Unix socket refuse descriptors: a sender's SCM_RIGHTS fails
+/// with EPERM. Set on a listener, what it accepts inherits it (also a
+/// connection still queued on it). ENOPROTOOPT before Linux 6.16.
+pub fn refuse_descriptors(sock: &impl AsFd) -> io::Result<()> {
+    set_int(sock.as_fd(), libc::SOL_SOCKET, SO_PASSRIGHTS, 0)
+}
+
 /// Makes `MSG_PEEK` reads on `sock` start after the bytes peeked before
 /// (a plain read of them moves the offset back): each peek then sees only
 /// what is new instead of copying everything still unread again.

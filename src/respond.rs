@@ -2,10 +2,13 @@
 //! HTTP error, then an orderly close (drain what the client sent, so the
 //! kernel does not turn our answer into a reset).
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::sys::closer::Foreign;
 
 /// How long we keep reading the client's request after answering.
 const DRAIN: Duration = Duration::from_millis(500);
@@ -38,15 +41,21 @@ pub fn render(status: Status, reason: &str) -> String {
     )
 }
 
-/// `error` on a std stream (made non-blocking here: it may be the same
-/// open file a handler was given, which must stay blocking until then).
-pub async fn error_std(client: std::net::TcpStream, status: Status, reason: &str) {
-    let client = client
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(client));
-    if let Ok(client) = client {
-        error(client, status, reason).await;
+/// `error` on a connection a container may have had (made non-blocking
+/// here: it may be the same open file a handler was given, which must stay
+/// blocking until then). Written through a copy of ours, closed first, so
+/// the last close is the closer's.
+pub async fn error_std<T: Into<OwnedFd> + AsFd>(client: Foreign<T>, status: Status, reason: &str) {
+    let copy = client
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from)
+        .and_then(|c| c.set_nonblocking(true).map(|()| c))
+        .and_then(TcpStream::from_std);
+    if let Ok(copy) = copy {
+        error(copy, status, reason).await;
     }
+    drop(client);
 }
 
 pub async fn error(mut client: TcpStream, status: Status, reason: &str) {

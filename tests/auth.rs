@@ -126,6 +126,24 @@ fn the_tcp_api_needs_the_token_faasd_created() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+    // --token works, and says what it shows to every local user; the
+    // help and the man page point to the ways that do not.
+    let out = faas(&[("FAAS_URL", &d.url)], &["list", "--token", &token]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: --token shows the token to every local user"),
+        "{}",
+        stderr(&out)
+    );
+    let quiet = faas(&[("FAAS_URL", &d.url), ("FAAS_TOKEN", &token)], &["list"]);
+    assert!(!stderr(&quiet).contains("warning"), "{}", stderr(&quiet));
+    for args in [&["--help"][..], &["man"][..]] {
+        let text = String::from_utf8_lossy(&faas(&[], args).stdout).into_owned();
+        assert!(
+            text.contains("prefer FAAS_TOKEN") || text.contains("prefer FAAS\\_TOKEN"),
+            "{args:?}: {text}"
+        );
+    }
     let out = faas(&[("FAAS_URL", &d.url)], &["rm", "hello"]);
     assert!(!out.status.success(), "no token, no change");
     let err = stderr(&out);

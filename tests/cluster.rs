@@ -9,12 +9,13 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::bird::{node_config, paths, router_config, router_route, wait_until, Bird};
+use common::etcd::{Etcd, Pki};
 use common::netns::{link, Netns};
 use common::*;
 use faasd::api::{DeployOptions, FunctionInfo};
@@ -23,91 +24,6 @@ use nix::sys::signal::Signal;
 
 const ETCD: &str = "198.18.0.1";
 const POOL: &str = "198.18.100.0/24";
-
-/// The test's etcd, in the router's namespace; killed on drop.
-struct Etcd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    ns: String,
-}
-
-impl Etcd {
-    fn start(ns: &Netns) -> Self {
-        let mut e = Etcd {
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir"),
-            ns: ns.0.clone(),
-        };
-        e.spawn();
-        e
-    }
-
-    fn spawn(&mut self) {
-        let etcd =
-            which("etcd").expect("etcd not found: scripts/install-deps.sh installs etcd-server");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .expect("log");
-        let client = format!("http://{ETCD}:2379");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(etcd)
-            .args(["--name", "e1", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("etcd");
-        self.child = Some(child);
-        let path = format!("/run/netns/{}", self.ns);
-        let up = std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if http_get(&format!("{ETCD}:2379"), "/health")
-                    .is_ok_and(|(s, b)| s == 200 && b.contains("true"))
-                {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
-        })
-        .join()
-        .expect("thread");
-        assert!(up, "etcd did not come up: {}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One node: its namespace, BIRD and faasd.
 /// Fields drop in order: faasd and BIRD before their namespace.
@@ -144,6 +60,7 @@ struct Sim {
     client: Netns,
     router: Netns,
     _token: tempfile::TempDir,
+    _pki: Pki,
 }
 
 impl Sim {
@@ -165,7 +82,8 @@ impl Sim {
         let client = Netns::new("cclient");
         link(&router, "198.18.0.5/30", &client, "198.18.0.6/30");
         client.ip(&["route", "add", "default", "via", "198.18.0.5"]);
-        let etcd = Etcd::start(&router);
+        let pki = Pki::new(ETCD);
+        let etcd = Etcd::start(&router, ETCD, &pki);
         let token = tempfile::tempdir().expect("tempdir");
         let token_file = token.path().join("token");
         std::fs::write(&token_file, "cluster-test-token\n").expect("token");
@@ -186,27 +104,28 @@ impl Sim {
             sides.push(addr.clone());
             links.push(format!("{rv}={addr}"));
             let listen = format!("{addr}:8080");
-            let faasd = Daemon::start_in(
-                &ns.0,
-                &[
-                    "--ip-pool",
-                    POOL,
-                    "--route-table",
-                    "100",
-                    "--drain",
-                    "2",
-                    "--etcd",
-                    &format!("http://{ETCD}:2379"),
-                    "--node-name",
-                    &format!("n{}", i + 1),
-                    "--listen",
-                    &listen,
-                    "--advertise-url",
-                    &format!("http://{listen}"),
-                    "--token-file",
-                    &token_file.to_string_lossy(),
-                ],
-            );
+            let etcd_args = pki.faasd_args(&etcd.url());
+            let mut args: Vec<&str> = etcd_args.iter().map(String::as_str).collect();
+            let node_name = format!("n{}", i + 1);
+            let advertise = format!("http://{listen}");
+            let token_path = token_file.to_string_lossy().into_owned();
+            args.extend([
+                "--ip-pool",
+                POOL,
+                "--route-table",
+                "100",
+                "--drain",
+                "2",
+                "--node-name",
+                &node_name,
+                "--listen",
+                &listen,
+                "--advertise-url",
+                &advertise,
+                "--token-file",
+                &token_path,
+            ]);
+            let faasd = Daemon::start_in(&ns.0, &args);
             let mut node = Node {
                 ns,
                 addr,
@@ -227,6 +146,7 @@ impl Sim {
             etcd,
             nodes,
             _token: token,
+            _pki: pki,
         }
     }
 

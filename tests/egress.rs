@@ -36,6 +36,29 @@ fn servers(ns: &Netns, addrs: &[&str]) {
     }
 }
 
+/// A UDP socket on `[::]:port` in `ns` for 2 s: the datagram it got, if any.
+fn udp_listener(ns: &Netns, port: u16) -> std::sync::mpsc::Receiver<Option<String>> {
+    let path = format!("/run/netns/{}", ns.0);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (heard_tx, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let sock = std::net::UdpSocket::bind(("::", port)).expect("bind udp");
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 64];
+        let got = sock
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, from)| format!("{:?} from {from}", &buf[..n]));
+        let _ = heard_tx.send(got);
+    });
+    ready.recv().expect("udp listener up");
+    heard
+}
+
 fn in_ns(ns: &Netns, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.0])
@@ -140,6 +163,32 @@ fn egress_reaches_the_allow_list_and_nothing_else() {
     assert!(
         got == "failed(timeout)" || got == "failed(101)",
         "the host at 100.127.0.1:22: {got}"
+    );
+
+    // IPv6 is closed as IPv4 is: neither end of a container's link has an
+    // IPv6 address (no link-local address to reach the host by), and a
+    // datagram to every node on the link (ff02::1) reaches no one.
+    let heard = udp_listener(&node, 9999);
+    let got = reach(&node, open, "v6/9999");
+    // No address to send from: EADDRNOTAVAIL.
+    assert_eq!(got, "inet6=\nmulticast=failed(99)", "the container's side");
+    let host_v6 = node.ip(&["-o", "-6", "addr", "show"]);
+    let links: Vec<&str> = host_v6
+        .lines()
+        .filter(|l| !l.contains(": lo ") && !l.contains(": va"))
+        .collect();
+    assert!(links.is_empty(), "IPv6 on the host's ends: {links:?}");
+    assert_eq!(
+        heard.recv().expect("listener"),
+        None,
+        "a datagram reached the host"
+    );
+    // A port is TCP unless it says otherwise; `/udp` says so.
+    let rule = EgressRule::parse("198.18.6.0/24:53/udp").expect("udp rule");
+    assert_eq!(rule.to_string(), "198.18.6.0/24:53/udp");
+    assert_eq!(
+        EgressRule::parse("198.18.6.0/24:5432").expect("tcp rule"),
+        EgressRule::parse("198.18.6.0/24:5432/tcp").expect("tcp rule")
     );
 
     // An update replaces the list.

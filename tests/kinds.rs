@@ -461,6 +461,7 @@ fn every_kind_runs_sandboxed_as_the_image_user() {
     let check = "while read -r l; do [ ${#l} -le 1 ] && break; done; \
                  printf 'HTTP/1.0 200 OK\\r\\n\\r\\n'; echo uid=$(id -u); \
                  if echo x > /.faas-init 2>/dev/null; then echo init=writable; else echo init=read-only; fi; \
+                 if (exec 3<>/proc/1/mem) 2>/dev/null; then echo init_mem=open; else echo init_mem=denied; fi; \
                  grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t' | sed 's/:/=/'";
     let stdio = d
         .deploy(
@@ -472,6 +473,9 @@ fn every_kind_runs_sandboxed_as_the_image_user() {
     let v = kv(&get(stdio, "/").1);
     assert_eq!(v["uid"], "1000");
     assert_eq!(v["init"], "read-only");
+    // faas-init (pid 1, the program's parent, same user) is not dumpable:
+    // its memory is out of the program's reach.
+    assert_eq!(v["init_mem"], "denied");
     assert_eq!(v["CapEff"], "0000000000000000");
     assert_eq!(v["NoNewPrivs"], "1");
     assert_eq!(v["Seccomp"], "2");

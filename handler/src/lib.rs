@@ -121,6 +121,13 @@ impl Control {
     }
 }
 
+impl std::os::fd::AsFd for Control {
+    /// The control connection itself.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
 /// Whether faasd lets this handler serve more than one connection.
 pub fn reuse_enabled() -> bool {
     std::env::var_os("FAAS_REUSE").is_some_and(|v| v == "1")

@@ -51,6 +51,13 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
+    // The program runs as our user, often as our child: without this it
+    // could open /proc/1/mem and write into us. Our own /proc entries
+    // then belong to the container's root; the program's exec makes it
+    // dumpable again, as any program is.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        return fail(&format!("prctl(PR_SET_DUMPABLE, 0): {e}"));
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (mode, program) = match parse(&args) {
         Ok(parsed) => parsed,

@@ -142,21 +142,45 @@ pub struct DeployOptions {
 }
 
 /// A destination a function with egress may reach: an IPv4 prefix, and
-/// one port of it (TCP and UDP) or all.
+/// one port of it over TCP or UDP, or all of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct EgressRule {
     pub net: ipnet::Ipv4Net,
     pub port: Option<u16>,
+    /// The port's protocol (TCP unless the rule says `/udp`).
+    pub proto: Proto,
+}
+
+/// The transport protocol of an egress rule's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
 }
 
 impl EgressRule {
-    /// `10.1.2.0/24:5432`, `10.1.2.0/24`, `10.1.2.3:443` or `10.1.2.3`.
+    /// `10.1.2.0/24:5432` (TCP), `10.1.2.3:53/udp`, `10.1.2.3:443/tcp`,
+    /// `10.1.2.0/24` or `10.1.2.3` (every port, every protocol).
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
             format!(
-                "invalid egress destination {text:?}: {why} (PREFIX[:PORT], e.g. 10.1.2.0/24:5432)"
+                "invalid egress destination {text:?}: {why} (PREFIX[:PORT[/tcp|/udp]], e.g. 10.1.2.0/24:5432)"
             )
+        };
+        let (text, proto) = match text.rsplit_once('/') {
+            Some((rest, "tcp")) => (rest, Some(Proto::Tcp)),
+            Some((rest, "udp")) => (rest, Some(Proto::Udp)),
+            _ => (text, None),
         };
         let (net, port) = match text.rsplit_once(':') {
             Some((net, port)) if !net.contains(':') => {
@@ -176,18 +200,23 @@ impl EgressRule {
             let ip: std::net::Ipv4Addr = net.parse().map_err(|_| bad("bad address"))?;
             ipnet::Ipv4Net::from(ip)
         };
+        if port.is_none() && proto.is_some() {
+            return Err(bad("a protocol needs a port"));
+        }
         Ok(Self {
             net: net.trunc(),
             port,
+            proto: proto.unwrap_or(Proto::Tcp),
         })
     }
 }
 
 impl std::fmt::Display for EgressRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.port {
-            Some(p) => write!(f, "{}:{p}", self.net),
-            None => write!(f, "{}", self.net),
+        match (self.port, self.proto) {
+            (Some(p), Proto::Tcp) => write!(f, "{}:{p}", self.net),
+            (Some(p), Proto::Udp) => write!(f, "{}:{p}/udp", self.net),
+            (None, _) => write!(f, "{}", self.net),
         }
     }
 }

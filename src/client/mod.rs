@@ -225,9 +225,16 @@ impl Client {
     }
 
     /// An image archive a cluster node keeps, by digest (for its peers).
-    pub fn archive(&self, digest: &str) -> Result<Box<dyn Read + Send>, ClientError> {
+    /// A peer's archive, fetched with a node's credential (never the
+    /// token: the peer's address came from etcd).
+    pub fn archive(
+        &self,
+        digest: &str,
+        credential: &str,
+    ) -> Result<Box<dyn Read + Send>, ClientError> {
         let path = format!("/v1/archives/{}", escape(digest));
-        Ok(self.send("GET", &path, &[], Body::Empty)?.body)
+        let headers = [(crate::cluster::seal::PEER_HEADER, credential)];
+        Ok(self.send("GET", &path, &headers, Body::Empty)?.body)
     }
 
     /// Any request, for what has no method here (`/metrics`, `/api/...`).

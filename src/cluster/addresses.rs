@@ -49,6 +49,27 @@ impl Cluster {
         Err(ClusterError::Exhausted)
     }
 
+    /// The addresses etcd holds for `name`.
+    pub(super) async fn addresses_of(
+        &self,
+        name: &FunctionName,
+    ) -> Result<Vec<IpAddr>, ClusterError> {
+        let got = self
+            .client
+            .clone()
+            .get(keys::ADDRESSES, Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(got
+            .kvs()
+            .iter()
+            .filter(|kv| kv.value() == name.as_str().as_bytes())
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                keys::tail(key, keys::ADDRESSES)?.parse().ok()
+            })
+            .collect())
+    }
+
     pub(super) async fn release_address(&self, ip: IpAddr) {
         if let Err(e) = self.client.clone().delete(keys::address(ip), None).await {
             tracing::warn!(%ip, error = %e, "releasing a reserved address");

@@ -117,12 +117,13 @@ impl Archives {
     }
 
     /// Fetches `digest` from the first of `peers` (control API URLs) that
-    /// has it, checks the digest, and keeps it. Blocking.
+    /// has it, presenting `credential` (`seal::Seal::credential`), checks
+    /// the digest, and keeps it. Blocking.
     pub fn fetch(
         &self,
         digest: &str,
         peers: &[String],
-        token: Option<&str>,
+        credential: &str,
     ) -> Result<PathBuf, String> {
         if !valid_digest(digest) {
             return Err(format!("{digest:?} is not an archive digest"));
@@ -132,7 +133,7 @@ impl Archives {
         }
         let mut why = vec![];
         for url in peers {
-            match self.fetch_from(digest, url, token) {
+            match self.fetch_from(digest, url, credential) {
                 Ok(path) => return Ok(path),
                 Err(e) => why.push(format!("{url}: {e}")),
             }
@@ -143,9 +144,11 @@ impl Archives {
         Err(why.join("; "))
     }
 
-    fn fetch_from(&self, digest: &str, url: &str, token: Option<&str>) -> Result<PathBuf, String> {
-        let client = Client::new(url).with_token(token.map(str::to_string));
-        let mut body = client.archive(digest).map_err(|e| e.to_string())?;
+    fn fetch_from(&self, digest: &str, url: &str, credential: &str) -> Result<PathBuf, String> {
+        let client = Client::new(url);
+        let mut body = client
+            .archive(digest, credential)
+            .map_err(|e| e.to_string())?;
         let tmp = self.dir.join(format!("{digest}.part"));
         let copied = fs::File::create(&tmp).and_then(|mut out| {
             let got = copy_hashing(&mut body, &mut out)?;
@@ -198,9 +201,9 @@ mod tests {
         let state = tempfile::tempdir().expect("tempdir");
         let archives = Archives::open(state.path()).expect("open");
         let err = archives
-            .fetch(&"0".repeat(64), &[], None)
+            .fetch(&"0".repeat(64), &[], "")
             .expect_err("nobody");
         assert!(err.contains("no live node"), "{err}");
-        assert!(archives.fetch("nope", &[], None).is_err());
+        assert!(archives.fetch("nope", &[], "").is_err());
     }
 }

@@ -19,13 +19,16 @@ use crate::name::FunctionName;
 use crate::net::AddressPool;
 
 mod addresses;
+mod admit;
 pub mod archives;
 pub mod keys;
 mod reports;
+pub mod seal;
 mod sync;
 
 use archives::Archives;
 use keys::Spec;
+use seal::{Seal, SealError};
 
 /// Seconds a node's membership (and what it says it serves) outlives its
 /// last keep-alive.
@@ -48,6 +51,10 @@ pub enum ClusterError {
     Identity { joined: String, found: String },
     #[error("corrupt cluster record {0}")]
     Corrupt(String),
+    #[error("refused the cluster's record: {0}")]
+    Refused(String),
+    #[error("etcd's TLS: {0}")]
+    Tls(String),
     #[error("{op}: {source}")]
     Io {
         op: &'static str,
@@ -71,13 +78,17 @@ pub struct Membership {
     pub node: String,
     /// This node's control API, for peers fetching archives.
     pub url: String,
-    /// The token peers present (every node's `--token-file` holds it).
-    pub token: Option<String>,
+    /// The cluster token (every node's `--token-file` holds it): the key
+    /// of what nodes sign (`seal`).
+    pub token: String,
+    /// TLS to etcd; `None` is plain http (`--etcd-insecure`).
+    pub tls: Option<crate::config::EtcdTls>,
 }
 
 pub struct Cluster {
     client: Client,
     me: Membership,
+    seal: Seal,
     manager: Arc<Manager>,
     archives: Archives,
     pool: AddressPool,
@@ -98,11 +109,16 @@ impl Cluster {
         state: &std::path::Path,
         pool: AddressPool,
     ) -> Result<Arc<Self>, ClusterError> {
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
+        match &me.tls {
+            Some(tls) => options = options.with_tls(tls_options(tls)?),
+            None => tracing::warn!("etcd over plain http (--etcd-insecure): anyone who reaches etcd reads the cluster's records and can keep nodes from converging; use https:// with --etcd-cafile, --etcd-certfile and --etcd-keyfile"),
+        }
         let client = Client::connect(&me.endpoints, Some(options)).await?;
+        let seal = Seal::new(&me.token);
         let archives = Archives::open(state).map_err(|source| ClusterError::Io {
             op: "opening the archive directory",
             source,
@@ -110,6 +126,7 @@ impl Cluster {
         Ok(Arc::new(Self {
             client,
             me,
+            seal,
             manager,
             archives,
             pool,
@@ -217,27 +234,42 @@ impl Cluster {
     /// Removes `name` from the cluster (and here).
     pub async fn remove(&self, name: &FunctionName) -> Result<(), ClusterError> {
         let _one = self.applying.lock().await;
-        let (current, revision) = self.spec(name).await?;
-        if let Some(spec) = &current {
-            let key = keys::function(name);
+        let key = keys::function(name);
+        let (revision, held) = match self.spec(name).await {
+            Ok((current, revision)) => (revision, current.map(|s| s.ip).into_iter().collect()),
+            // A record no node signed goes all the same; the address it
+            // names is not trusted, the addresses etcd holds for the name
+            // go instead.
+            Err(ClusterError::Refused(why)) => {
+                tracing::warn!(function = %name, why, "removing a refused cluster record");
+                let got = self.client.clone().get(key.as_str(), None).await?;
+                let revision = got.kvs().first().map_or(0, |kv| kv.mod_revision());
+                (revision, self.addresses_of(name).await?)
+            }
+            Err(e) => return Err(e),
+        };
+        if revision > 0 {
+            let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+            ops.extend(
+                held.iter()
+                    .map(|ip: &IpAddr| TxnOp::delete(keys::address(*ip), None)),
+            );
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.as_str(),
                     CompareOp::Equal,
                     revision,
                 )])
-                .and_then([
-                    TxnOp::delete(key.as_str(), None),
-                    TxnOp::delete(keys::address(spec.ip), None),
-                ]);
+                .and_then(ops);
             if !self.client.clone().txn(txn).await?.succeeded() {
                 return Err(ClusterError::Conflict(name.clone()));
             }
         }
         let removed = self.manager.remove(name).await;
-        match (removed, current) {
-            (Err(ManagerError::NotFound(_)), Some(_)) | (Ok(()), _) => {}
-            (Err(e), _) => return Err(e.into()),
+        match removed {
+            Err(ManagerError::NotFound(_)) if revision > 0 => {}
+            Ok(()) => {}
+            Err(e) => return Err(e.into()),
         }
         self.forget_status(name).await;
         Ok(())
@@ -278,7 +310,7 @@ impl Cluster {
         let got = self.client.clone().get(key.as_str(), None).await?;
         match got.kvs().first() {
             Some(kv) => Ok((
-                Some(keys::decode(&key, kv.value()).map_err(ClusterError::Corrupt)?),
+                Some(self.seal.open_spec(&key, kv.value()).map_err(refused)?),
                 kv.mod_revision(),
             )),
             None => Ok((None, 0)),
@@ -332,7 +364,7 @@ impl Cluster {
                 CompareOp::Equal,
                 revision,
             )])
-            .and_then([TxnOp::put(key.as_str(), keys::encode(&spec), None)]);
+            .and_then([TxnOp::put(key.as_str(), self.seal.seal_spec(&spec), None)]);
         let done = self.client.clone().txn(txn).await?;
         if !done.succeeded() {
             return Err(ClusterError::Conflict(name.clone()));
@@ -370,7 +402,8 @@ impl Cluster {
             .await
         {
             for kv in got.kvs() {
-                if let Ok(spec) = keys::decode::<Spec>("", kv.value()) {
+                let key = String::from_utf8_lossy(kv.key());
+                if let Ok(spec) = self.seal.open_spec(&key, kv.value()) {
                     keep.extend(spec.archives.into_values());
                 }
             }
@@ -380,4 +413,23 @@ impl Cluster {
         }
         keep
     }
+}
+
+fn refused(e: SealError) -> ClusterError {
+    ClusterError::Refused(e.to_string())
+}
+
+/// etcd's TLS from its files: the CA etcd's certificate must chain to,
+/// and this node's client certificate.
+fn tls_options(tls: &crate::config::EtcdTls) -> Result<etcd_client::TlsOptions, ClusterError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ClusterError::Tls(format!("reading {}: {e}", path.display())))
+    };
+    let mut options = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
 }

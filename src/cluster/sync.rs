@@ -14,7 +14,7 @@ use etcd_client::{
 };
 
 use super::keys::{self, Spec};
-use super::{Cluster, ClusterError, LEASE_TTL, REQUEST_TIMEOUT};
+use super::{seal, Cluster, ClusterError, LEASE_TTL, REQUEST_TIMEOUT};
 use crate::api::{NodeInfo, OptionsPatch};
 use crate::manager::ManagerError;
 use crate::name::FunctionName;
@@ -111,11 +111,11 @@ async fn session_inner(
     let mut specs: HashMap<FunctionName, (Spec, i64)> = HashMap::new();
     for kv in all.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        match keys::decode::<Spec>(&key, kv.value()) {
+        match cluster.admit(&key, kv.value()) {
             Ok(spec) => {
                 specs.insert(spec.name.clone(), (spec, kv.mod_revision()));
             }
-            Err(e) => tracing::warn!(error = %e, "skipping a corrupt cluster record"),
+            Err(e) => cluster.refuse(&key, kv.mod_revision(), &e).await,
         }
     }
     let mut failed: HashMap<FunctionName, (Spec, i64)> = HashMap::new();
@@ -165,12 +165,12 @@ async fn session_inner(
                     let name = keys::tail(&key, keys::FUNCTIONS).and_then(|n| FunctionName::parse(n).ok());
                     let Some(name) = name else { continue };
                     match event.event_type() {
-                        EventType::Put => match keys::decode::<Spec>(&key, kv.value()) {
+                        EventType::Put => match cluster.admit(&key, kv.value()) {
                             Ok(spec) => {
                                 failed.remove(&name);
                                 cluster.converge(&spec, kv.mod_revision(), &mut failed).await;
                             }
-                            Err(e) => tracing::warn!(error = %e, "skipping a corrupt cluster record"),
+                            Err(e) => cluster.refuse(&key, kv.mod_revision(), &e).await,
                         },
                         EventType::Delete => {
                             failed.remove(&name);
@@ -330,12 +330,12 @@ impl Cluster {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
             .collect();
         let archives = self.archives.clone();
-        let token = self.me.token.clone();
+        let credential = self.seal.credential(&self.me.node, digest, seal::now());
         let wanted = digest.to_string();
         let started = std::time::Instant::now();
         let fetched = tokio::time::timeout(
             FETCH_TIMEOUT,
-            tokio::task::spawn_blocking(move || archives.fetch(&wanted, &peers, token.as_deref())),
+            tokio::task::spawn_blocking(move || archives.fetch(&wanted, &peers, &credential)),
         )
         .await
         .map_err(|_| "timed out".to_string())

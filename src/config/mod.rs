@@ -13,7 +13,7 @@ use serde::Serialize;
 mod cluster;
 mod file;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, EtcdTls};
 pub use file::is_default_config;
 
 use crate::image::Limits;
@@ -67,6 +67,21 @@ pub struct Args {
     /// comma-separated); without it the local registry is the record.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
+    /// The CA certificate (PEM) that signed etcd's certificate, for
+    /// https:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// This node's client certificate (PEM) for etcd's client-certificate
+    /// authentication (with --etcd-keyfile).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// The key (PEM) of --etcd-certfile.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// Talk to etcd over plain http:// (anyone who reaches etcd can then
+    /// read the cluster's records and change what every node runs).
+    #[arg(long)]
+    pub etcd_insecure: bool,
     /// This node's name in the cluster (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
@@ -131,6 +146,11 @@ pub struct Args {
     /// container-port kinds (default: `faas-init` next to `faasd`).
     #[arg(long, value_name = "PATH")]
     pub init: Option<PathBuf>,
+    /// Let containers send descriptors to faasd over /control.sock, as
+    /// kernels before 6.16 (no SO_PASSRIGHTS) do: tests that fallback.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub accept_passed_descriptors: bool,
 }
 
 /// How faasd writes its own log.
@@ -177,6 +197,8 @@ pub struct Config {
     pub init: Option<PathBuf>,
     /// `--etcd`: this node's part in a cluster.
     pub cluster: Option<ClusterConfig>,
+    /// Control sockets refuse descriptors containers send (SO_PASSRIGHTS).
+    pub refuse_descriptors: bool,
 }
 
 impl Args {
@@ -249,8 +271,18 @@ impl Args {
                 self.state_dir.display()
             ));
         }
+        if !self.etcd.is_empty() && token == TokenSource::None {
+            return Err("--etcd needs the cluster's token (--token-file, the same on every node): it authenticates nodes to each other and signs what they record in etcd".into());
+        }
+        let etcd = cluster::EtcdFlags {
+            endpoints: self.etcd,
+            cafile: self.etcd_cafile,
+            certfile: self.etcd_certfile,
+            keyfile: self.etcd_keyfile,
+            insecure: self.etcd_insecure,
+        };
         let cluster =
-            cluster::cluster_config(self.etcd, self.node_name, self.advertise_url, self.listen)?;
+            cluster::cluster_config(etcd, self.node_name, self.advertise_url, self.listen)?;
         Ok(Config {
             cluster,
             state_dir: self.state_dir,
@@ -278,6 +310,7 @@ impl Args {
             route_table: self.route_table,
             drain: Duration::from_secs_f64(self.drain),
             init: self.init,
+            refuse_descriptors: !self.accept_passed_descriptors,
         })
     }
 }

@@ -78,7 +78,11 @@ fn cluster_status(e: &ClusterError) -> StatusCode {
         ClusterError::Exhausted => StatusCode::INSUFFICIENT_STORAGE,
         ClusterError::Fetch { .. } => StatusCode::BAD_GATEWAY,
         ClusterError::Io { source, .. } => io_status(source),
-        ClusterError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // A record in etcd no node of this cluster signed: someone else
+        // wrote it; this node will not act on it.
+        ClusterError::Corrupt(_) | ClusterError::Refused(_) | ClusterError::Tls(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
         ClusterError::Manager(m) => manager_status(m),
     }
 }

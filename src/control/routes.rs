@@ -25,7 +25,10 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
         .map(percent_decode)
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    if segments != ["healthz"] && !authorized(control, peer, &req) {
+    if segments != ["healthz"]
+        && !authorized(control, peer, &req)
+        && !a_peer(control, &req, &segments)
+    {
         return ApiError::Unauthorized.response();
     }
     let reply = match (&method, segments.as_slice()) {
@@ -373,6 +376,32 @@ fn authorized(control: &Control, peer: Peer, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+/// Whether the request is a cluster peer's for an archive, with a
+/// credential good for that archive (`cluster::seal`): peers never send
+/// the token, since their addresses come from etcd.
+fn a_peer(control: &Control, req: &Request<Incoming>, segments: &[&str]) -> bool {
+    let (Some(cluster), ["v1", "archives", digest]) = (&control.cluster, segments) else {
+        return false;
+    };
+    let Some(credential) = req
+        .headers()
+        .get(crate::cluster::seal::PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match cluster.check_peer(credential, digest) {
+        Ok(node) => {
+            tracing::debug!(node, digest, "archive for a peer");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(digest, error = %e, "refused an archive request");
+            false
+        }
+    }
 }
 
 /// Compares without an early exit, so timing tells nothing about where a

@@ -33,6 +33,7 @@ use crate::rawfd;
 use crate::respond::{self, Status};
 use crate::runtime::pool::handoff::{self, Delivery};
 use crate::runtime::Lease;
+use crate::sys::closer::Foreign;
 use crate::timer::sleep_until_opt;
 
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
@@ -243,7 +244,10 @@ fn take_queued(listener: &TcpListener, served: &Served, limit: u32) -> Vec<std::
 }
 
 /// Serves a connection accepted at `accepted`, and `more` taken from the
-/// queue behind it.
+/// queue behind it. Once handed over, a container may shape these sockets
+/// (a linger, data its client never takes), so our copies are closed by
+/// the closer, never here: the ring's stream closes its descriptor in
+/// place when dropped, so it goes at once, a copy standing in for it.
 fn dispatch(
     stream: TcpStream,
     more: Vec<std::net::TcpStream>,
@@ -252,18 +256,27 @@ fn dispatch(
     ctx: &Arc<Ctx>,
 ) {
     let func = served.func.load_full();
-    let conn = rawfd::uring_stream(&stream);
+    let first = match rawfd::uring_stream(&stream).try_clone_to_owned() {
+        Ok(fd) => Foreign::new(std::net::TcpStream::from(fd)),
+        Err(e) => {
+            tracing::debug!(function = %func.name, error = %e, "keeping a connection");
+            func.ledger.accepted();
+            func.ledger.failed(Outcome::HandlerError);
+            return;
+        }
+    };
+    drop(stream);
     if more.is_empty() {
         func.ledger.accepted();
         let lease: Lease = Box::new(Inflight::new(served));
+        let conn = first.as_fd();
         if let Delivery::Cold(waiting) = handoff::deliver(&ctx.rt, &func, conn, accepted, lease) {
             ctx.rt.serve_cold(func, waiting, None);
         }
-        // Dropping `stream` closes our copy; the handler (or the cold
-        // start) has its own.
         return;
     }
-    let conns: Vec<_> = std::iter::once(conn)
+    let more: Vec<_> = more.into_iter().map(Foreign::new).collect();
+    let conns: Vec<_> = std::iter::once(first.as_fd())
         .chain(more.iter().map(|c| c.as_fd()))
         .collect();
     let leases = conns
@@ -287,7 +300,7 @@ fn reject(stream: TcpStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
         return;
     };
     ctx.control.spawn(respond::error_std(
-        client.into(),
+        Foreign::new(client),
         Status::ServiceUnavailable,
         "function is at its concurrency limit; try again",
     ));

@@ -335,6 +335,11 @@ impl Manager {
     }
 
     /// Stored secrets and the functions whose serving version uses each.
+    /// Whether every secret in `refs` is stored here (and fits its use).
+    pub fn check_secrets(&self, refs: &[crate::api::SecretRef]) -> Result<(), ManagerError> {
+        self.secrets.check(refs).map_err(ManagerError::from)
+    }
+
     pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ManagerError> {
         let registry = self.registry.lock().await;
         Ok(self

@@ -7,10 +7,18 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use std::os::unix::net::UnixStream;
+
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+use crate::sys::closer::Foreign;
 
 /// Most descriptors handed over in one message (a reuse handler's batch).
 pub const MAX_BATCH: usize = 16;
+
+/// A handler's `/control.sock` connection: the container holds the other
+/// end, so ours is closed by the closer.
+pub type ControlConn = Foreign<UnixStream>;
 
 /// Sends `fd` (plus one data byte, which SCM_RIGHTS needs) over `conn`.
 pub fn send_fd(conn: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -37,10 +45,48 @@ fn send_raw(conn: BorrowedFd<'_>, fds: &[RawFd]) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// The most descriptors one message can carry (the kernel's SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
+
+/// Reads up to `buf.len()` bytes a handler wrote on its control connection
+/// (its ready bytes), without waiting. Descriptors it sent along (which the
+/// listener's `SO_PASSRIGHTS` refuses where the kernel has it) are taken
+/// with them and go to the closer: a plain `recv` would have the kernel
+/// close them in this thread.
+pub fn read_ready(conn: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), flags)
+        .map_err(io::Error::from)?;
+    let read = msg.bytes;
+    for fd in owned_rights(&msg) {
+        drop(Foreign::new(fd));
+    }
+    Ok(read)
+}
+
+/// The descriptors a received message carried, owned.
+#[allow(unsafe_code)]
+fn owned_rights(msg: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
+    let Ok(cmsgs) = msg.cmsgs() else {
+        return Vec::new();
+    };
+    cmsgs
+        .filter_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        // SAFETY: recvmsg just installed these descriptors in our table;
+        // nothing else refers to them.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
 /// The handler's side: receives one descriptor sent with `send_fd`
 /// (`None` if the message carried none). faasd itself never receives; the
 /// benches and tests play the handler with it.
-#[allow(unsafe_code)]
 pub fn recv_fd(conn: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
@@ -52,16 +98,7 @@ pub fn recv_fd(conn: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .map_err(io::Error::from)?;
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: recvmsg just installed this descriptor in our
-                // table; nothing else refers to it.
-                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
-    }
-    Ok(None)
+    Ok(owned_rights(&msg).into_iter().next())
 }
 
 #[cfg(test)]

@@ -114,6 +114,9 @@ pub struct RuntimeConfig {
     pub pool_idle: Duration,
     /// `faas-init`, installed in the state directory, if there is one.
     pub init: Option<PathBuf>,
+    /// Control sockets refuse descriptors containers send (SO_PASSRIGHTS,
+    /// where the kernel has it).
+    pub refuse_descriptors: bool,
 }
 
 /// A rootfs directory shared by the containers of one deployed version;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bird;
+pub mod etcd;
 pub mod frr;
 pub mod netns;
 
@@ -174,8 +175,12 @@ fn socket_arg(extra: &[String], socket: &Path) -> Vec<String> {
     vec!["--socket".into(), socket.to_string_lossy().into_owned()]
 }
 
-/// `--cores N` from FAASD_TEST_CORES, so the suite can run per core count.
-fn cores_arg() -> Vec<String> {
+/// `--cores N` from FAASD_TEST_CORES, so the suite can run per core count
+/// (unless the test picks its own).
+fn cores_arg(extra: &[String]) -> Vec<String> {
+    if extra.iter().any(|a| a == "--cores") {
+        return Vec::new();
+    }
     match std::env::var("FAASD_TEST_CORES") {
         Ok(n) if !n.is_empty() => vec!["--cores".into(), n],
         _ => Vec::new(),
@@ -290,7 +295,7 @@ impl Daemon {
             .args(pool_arg(&self.extra, &self.pool))
             .args(runtime_arg(&self.extra))
             .args(socket_arg(&self.extra, &self.socket))
-            .args(cores_arg())
+            .args(cores_arg(&self.extra))
             .arg("--init")
             .arg(handlers_dir().join("faas-init"))
             .args(&self.extra)

@@ -22,7 +22,9 @@ pub struct Cli {
     /// faasd's control API: http://HOST:PORT or unix:///PATH.
     #[arg(long, env = "FAAS_URL", global = true)]
     pub url: Option<String>,
-    /// Bearer token for faasd's TCP address.
+    /// Bearer token for faasd's TCP address. On the command line it shows
+    /// in `ps` to every local user while faas runs: prefer FAAS_TOKEN or
+    /// --token-file.
     #[arg(long, env = "FAAS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the token.
@@ -213,8 +215,8 @@ pub struct OptionArgs {
     /// Containers may open connections out, through NAT (--egress=false: off).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub egress: Option<bool>,
-    /// With --egress: the only destinations allowed, PREFIX[:PORT] (repeatable; given, it replaces the list).
-    #[arg(long = "egress-allow", value_parser = EgressRule::parse, value_name = "PREFIX[:PORT]")]
+    /// With --egress: the only destinations allowed, PREFIX[:PORT[/udp]] (a port is TCP unless /udp; no port: every port and protocol; repeatable; given, it replaces the list).
+    #[arg(long = "egress-allow", value_parser = EgressRule::parse, value_name = "PREFIX[:PORT[/udp]]")]
     pub egress_allow: Vec<EgressRule>,
 }
 

@@ -29,6 +29,9 @@ fn main() -> std::process::ExitCode {
         }
         Err(e) => e.exit(),
     };
+    if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
+        eprintln!("faas: warning: --token shows the token to every local user (ps); use FAAS_TOKEN or --token-file");
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

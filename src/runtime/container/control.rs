@@ -9,16 +9,16 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 
 use tokio::io::unix::AsyncFd;
 
-pub struct ControlListener(AsyncFd<UnixListener>);
+use crate::runtime::fdpass::ControlConn;
+use crate::sys::closer::Foreign;
 
-/// Registers a non-blocking listener with the current runtime's reactor.
-pub fn register(listener: UnixListener) -> io::Result<AsyncFd<UnixListener>> {
-    register_owned(listener)
-}
+/// A container's `/control.sock` listener (the container can connect to it
+/// and queue on it, so it is closed by the closer).
+pub struct ControlListener(AsyncFd<Foreign<UnixListener>>);
 
 /// Registers a non-blocking descriptor owner with the current reactor.
 pub fn register_owned<T: AsFd + AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
@@ -32,19 +32,19 @@ pub fn register_owned<T: AsFd + AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
 impl ControlListener {
     /// `listener` must be non-blocking.
     pub fn new(listener: UnixListener) -> io::Result<Self> {
-        register(listener).map(Self)
+        register_owned(Foreign::new(listener)).map(Self)
     }
 
-    /// The std listener back (off the reactor).
-    pub fn into_inner(self) -> UnixListener {
+    /// The listener back (off the reactor).
+    pub fn into_inner(self) -> Foreign<UnixListener> {
         self.0.into_inner()
     }
 
-    pub async fn accept(&self) -> io::Result<UnixStream> {
+    pub async fn accept(&self) -> io::Result<ControlConn> {
         loop {
             let mut ready = self.0.readable().await?;
             if let Ok(result) = ready.try_io(|l| l.get_ref().accept()) {
-                return result.map(|(s, _)| s);
+                return result.map(|(s, _)| Foreign::new(s));
             }
         }
     }

@@ -10,12 +10,12 @@
 //! nothing is left behind.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
+use super::fdpass::ControlConn;
 use super::reaper::Exit;
 use super::{Function, Runtime, RuntimeError};
 use control::ControlListener;
@@ -35,7 +35,7 @@ pub struct Starting {
 /// A container whose handler is connected and waiting for a connection.
 pub struct Ready {
     guard: Guard,
-    control: UnixStream,
+    control: ControlConn,
     /// Kept in reuse mode, for the handler's next connect.
     listener: Option<ControlListener>,
 }

@@ -154,6 +154,12 @@ impl Guard {
         std::fs::create_dir(&self.bundle).map_err(io("creating bundle"))?;
         let sock = self.bundle.join("control.sock");
         let listener = StdListener::bind(&sock).map_err(io("binding control socket"))?;
+        if self.rt.config.refuse_descriptors {
+            // Before anyone can connect: nothing the container sends
+            // can then make a close here wait (`sys::closer`).
+            crate::rawfd::refuse_descriptors(&listener)
+                .map_err(io("refusing descriptors on the control socket"))?;
+        }
         // The handler may run as any user of its image.
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))
             .map_err(io("chmod control socket"))?;

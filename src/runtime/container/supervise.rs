@@ -6,7 +6,6 @@
 //! janitor, so none of it competes with a request).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +13,14 @@ use std::time::{Duration, Instant};
 use super::control::ControlListener;
 use super::{End, Guard, Ready};
 use crate::respond::{self, Status};
+use crate::runtime::fdpass::ControlConn;
 use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
 use crate::runtime::pool::{Handed, Slot, SlotWatch, Taken};
 use crate::runtime::reaper::Exit;
 use crate::runtime::sandbox::cgroup;
 use crate::runtime::{fdpass, Function, Lease, RuntimeError};
+use crate::sys::closer::Foreign;
 use crate::timer::sleep_until_opt;
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
@@ -242,7 +243,7 @@ impl Guard {
 
     /// Makes this a reuse-mode container, counted live until
     /// `supervise_reuse` ends.
-    fn reuse(&self, listener: ControlListener, control: UnixStream) -> Arc<Reuse> {
+    fn reuse(&self, listener: ControlListener, control: ControlConn) -> Arc<Reuse> {
         let options = &self.func.options;
         self.func.pool.reuse_started();
         Reuse::new(
@@ -260,7 +261,7 @@ enum Parked {
 }
 
 /// Puts the connected one-shot handler into the pool.
-fn offer(func: &Function, control: UnixStream) -> SlotWatch {
+fn offer(func: &Function, control: ControlConn) -> SlotWatch {
     let (slot, watch) = Slot::new(control);
     func.pool.push(slot);
     watch
@@ -310,7 +311,7 @@ async fn supervise_once(mut guard: Guard, taken: Taken) {
 /// Our copy of a one-shot connection, kept to answer for a handler that
 /// dies silent, and let go once the handler has answered.
 struct ClientCopy {
-    fd: Option<OwnedFd>,
+    fd: Option<Foreign<OwnedFd>>,
     check: Instant,
 }
 
@@ -336,7 +337,7 @@ impl ClientCopy {
 /// A handler that failed or timed out without sending a byte leaves its
 /// client waiting for nothing: faasd answers in its place. (One that sent
 /// something has said what it had to say; its client sees the close.)
-fn answer_if_silent(guard: &Guard, end: &End, client: OwnedFd) {
+fn answer_if_silent(guard: &Guard, end: &End, client: Foreign<OwnedFd>) {
     let (status, reason) = match end {
         End::Kill("timeout") => (Status::GatewayTimeout, "the function timed out"),
         End::Exited if guard.exited.is_some_and(|e| !e.success()) => {
@@ -356,14 +357,14 @@ fn answer_if_silent(guard: &Guard, end: &End, client: OwnedFd) {
     guard
         .rt
         .control
-        .spawn(respond::error_std(client.into(), status, reason));
+        .spawn(respond::error_std(client, status, reason));
 }
 
 /// A socket-activation container for its whole life: it gets the
 /// function's listening socket (once the data plane has bound it) and
 /// accepts by itself until it ends — then the pool starts another — or
 /// the version is retired.
-async fn supervise_activation(mut guard: Guard, control: UnixStream) {
+async fn supervise_activation(mut guard: Guard, control: ControlConn) {
     let func = Arc::clone(&guard.func);
     let retired = func.pool.retired.notified();
     tokio::pin!(retired);

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use super::slot::{Handed, Slot};
 use crate::metrics::Outcome;
 use crate::runtime::{Function, Lease, Runtime};
+use crate::sys::closer::Foreign;
 
 /// How long a connection waits for a busy reuse-mode container before a
 /// cold start serves it instead.
@@ -43,8 +44,9 @@ pub enum Delivery {
 
 /// A connection not yet handed to a handler, held by our own descriptor.
 pub struct Waiting {
-    /// Blocking, as handlers expect (it is the same open file they get).
-    pub client: TcpStream,
+    /// Blocking, as handlers expect (it is the same open file they get);
+    /// closed by the closer, since a handler may have shaped it.
+    pub client: Foreign<TcpStream>,
     pub accepted: Instant,
     pub lease: Lease,
 }
@@ -74,7 +76,7 @@ fn without_pool(
     lease: Lease,
 ) -> Delivery {
     let client = match conn.try_clone_to_owned() {
-        Ok(fd) => TcpStream::from(fd),
+        Ok(fd) => Foreign::new(TcpStream::from(fd)),
         Err(e) => {
             tracing::debug!(function = %func.name, error = %e, "keeping a connection");
             func.ledger.failed(Outcome::HandlerError);

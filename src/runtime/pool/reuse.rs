@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,7 +41,9 @@ use tokio::sync::Notify;
 use super::handoff;
 use super::slot::{Handed, Slot};
 use crate::runtime::container::control::register_owned;
+use crate::runtime::fdpass::ControlConn;
 use crate::runtime::{fdpass, Function, Lease};
+use crate::sys::closer::Foreign;
 
 /// Ready bytes peeked, or read, at most at once.
 const PEEK: usize = 64;
@@ -53,11 +55,11 @@ const READ_READY_AFTER: u32 = 32;
 pub struct Reuse {
     /// The container's `/control.sock` listener (non-blocking), for
     /// handlers that connect again.
-    listener: UnixListener,
+    listener: Foreign<UnixListener>,
     /// The listener on a reactor, registered once on whichever runtime
     /// first waits and kept: re-registering per connection costs syscalls.
     /// Taken out while waited on (one wait at a time).
-    watcher: Mutex<Option<AsyncFd<UnixListener>>>,
+    watcher: Mutex<Option<AsyncFd<Foreign<UnixListener>>>>,
     /// The handler's control connection, kept between connections.
     control: Mutex<Option<Kept>>,
     /// Ready bytes seen (peeked) and not read yet: see `send`. The control
@@ -83,8 +85,8 @@ pub struct Reuse {
 
 /// A control connection, on a reactor once somebody waited on it.
 enum Kept {
-    Plain(UnixStream),
-    Watched(AsyncFd<UnixStream>),
+    Plain(ControlConn),
+    Watched(AsyncFd<ControlConn>),
 }
 
 impl Kept {
@@ -95,7 +97,7 @@ impl Kept {
         }
     }
 
-    fn watched(self) -> io::Result<AsyncFd<UnixStream>> {
+    fn watched(self) -> io::Result<AsyncFd<ControlConn>> {
         match self {
             Kept::Plain(s) => watch_control(s),
             Kept::Watched(w) => Ok(w),
@@ -107,7 +109,7 @@ impl Kept {
 /// bytes already peeked: a handler's unread ready bytes are separate
 /// messages, and peeking all of them again for each new one cost the core
 /// a fifth of its CPU under load (perf, wrk -c32).
-fn watch_control(control: UnixStream) -> io::Result<AsyncFd<UnixStream>> {
+fn watch_control(control: ControlConn) -> io::Result<AsyncFd<ControlConn>> {
     crate::rawfd::peek_from_offset(&control)?;
     register_owned(control)
 }
@@ -118,8 +120,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Reuse {
     pub fn new(
-        listener: UnixListener,
-        control: UnixStream,
+        listener: Foreign<UnixListener>,
+        control: ControlConn,
         max: u32,
         timeout: Duration,
     ) -> Arc<Self> {
@@ -155,11 +157,7 @@ impl Reuse {
         if unread >= READ_READY_AFTER {
             let mut bytes = [0u8; PEEK];
             let n = (unread as usize).min(PEEK);
-            if let Ok(read) = recv(
-                kept.fd().as_raw_fd(),
-                &mut bytes[..n],
-                MsgFlags::MSG_DONTWAIT,
-            ) {
+            if let Ok(read) = fdpass::read_ready(kept.fd(), &mut bytes[..n]) {
                 self.unread.store(unread - read as u32, Ordering::Release);
             }
         }
@@ -255,10 +253,10 @@ async fn wait_ready(reuse: &Reuse) -> bool {
         return false;
     }
     let kept = lock(&reuse.control).take().map(Kept::watched).transpose();
-    let listener = lock(&reuse.watcher)
-        .take()
-        .map(Ok)
-        .unwrap_or_else(|| reuse.listener.try_clone().and_then(register_owned));
+    let listener = lock(&reuse.watcher).take().map(Ok).unwrap_or_else(|| {
+        let listener = reuse.listener.try_clone().map(Foreign::new);
+        listener.and_then(register_owned)
+    });
     let (mut kept, listener) = match (kept, listener) {
         (Ok(k), Ok(l)) => (k, l),
         (Err(e), _) | (_, Err(e)) => {
@@ -283,7 +281,7 @@ async fn wait_ready(reuse: &Reuse) -> bool {
                 let Ok(mut guard) = accepted else { break false };
                 match guard.try_io(|l| l.get_ref().accept()) {
                     Ok(Ok((control, _))) => {
-                        kept = watch_control(control).ok();
+                        kept = watch_control(Foreign::new(control)).ok();
                         reuse.batch.store(1, Ordering::Release);
                         reuse.unread.store(0, Ordering::Release);
                         break kept.is_some();
@@ -328,7 +326,7 @@ fn batch_of(byte: u8) -> u8 {
 /// peeked: the peek starts after the `unread` bytes counted before, so
 /// whatever it sees is new. They are read in bulk after a later send
 /// (`Reuse::send`).
-async fn ask(kept: Option<&AsyncFd<UnixStream>>, unread: &AtomicU32) -> Asked {
+async fn ask(kept: Option<&AsyncFd<ControlConn>>, unread: &AtomicU32) -> Asked {
     let Some(kept) = kept else {
         return std::future::pending().await;
     };
@@ -356,6 +354,7 @@ async fn ask(kept: Option<&AsyncFd<UnixStream>>, unread: &AtomicU32) -> Asked {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::net::UnixStream;
 
     /// Each peek counts only the bytes written since the last one, and a
     /// bulk read of the counted bytes leaves later ones to be seen.
@@ -368,7 +367,7 @@ mod tests {
         rt.block_on(async {
             let (mut handler, faasd) = UnixStream::pair().expect("pair");
             faasd.set_nonblocking(true).expect("nonblocking");
-            let kept = watch_control(faasd).expect("watch");
+            let kept = watch_control(Foreign::new(faasd)).expect("watch");
             let unread = AtomicU32::new(0);
             let mut asked = Vec::new();
             for byte in [3u8, 8, 200] {

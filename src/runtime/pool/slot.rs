@@ -4,14 +4,15 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use super::reuse::{self, Reuse};
+use crate::runtime::fdpass::ControlConn;
 use crate::runtime::{fdpass, Function, Lease};
+use crate::sys::closer::Foreign;
 
 /// A container waiting in the pool.
 pub struct Slot {
@@ -24,7 +25,7 @@ pub struct Slot {
 enum Kind {
     /// One-shot: the handler's control connection, and the supervisor
     /// waiting for the connection.
-    Once(UnixStream, oneshot::Sender<Taken>),
+    Once(ControlConn, oneshot::Sender<Taken>),
     /// Reuse mode (the control connection is the container's): whoever
     /// hands over keeps the lease until the handler asks for the next
     /// connection (`reuse::await_next`); the supervisor is not woken per
@@ -56,7 +57,7 @@ pub struct Taken {
     pub lease: Lease,
     /// Our own copy of the connection (the handler has the same socket),
     /// to answer the client if the handler dies having sent nothing.
-    pub client: Option<OwnedFd>,
+    pub client: Option<Foreign<OwnedFd>>,
 }
 
 impl Taken {
@@ -65,7 +66,7 @@ impl Taken {
     pub fn new(lease: Lease, client: BorrowedFd<'_>) -> Self {
         Self {
             lease,
-            client: client.try_clone_to_owned().ok(),
+            client: client.try_clone_to_owned().ok().map(Foreign::new),
         }
     }
 }
@@ -87,7 +88,7 @@ impl SlotWatch {
 impl Slot {
     /// Wraps a connected one-shot handler; the watch tells its supervisor
     /// when the slot is used (`Ok(taken)`) or dropped unused (`Err`).
-    pub fn new(control: UnixStream) -> (Slot, SlotWatch) {
+    pub fn new(control: ControlConn) -> (Slot, SlotWatch) {
         let (tx, rx) = oneshot::channel();
         let claimed = Arc::new(AtomicBool::new(false));
         let slot = Slot {

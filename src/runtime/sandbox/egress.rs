@@ -5,7 +5,9 @@
 //! `fe<slot>x<n>` on the host's side (`slot`: the function's id range, so
 //! one interface pattern matches all its containers) and `eth0` inside, on
 //! a /30 of `RANGE`, with the host's end as its default route; what leaves
-//! is masqueraded. Chains of our own decide what may leave: each function
+//! is masqueraded. The link carries no IPv6: neither end gets a link-local
+//! address, and the host's end drops every IPv6 packet (`disable_ipv6`),
+//! so the IPv4 rules below are the only way out. Chains of our own decide what may leave: each function
 //! its allow-list (or anything), nothing to this host itself, nothing in
 //! from outside but answers. The links are made with `ip -batch` (two
 //! processes per container, off the request path: pool containers are made
@@ -72,6 +74,21 @@ fn pattern(slot: u32) -> String {
 
 fn chain(slot: u32) -> String {
     format!("FAASD-F{slot:x}")
+}
+
+/// Turns IPv6 off on the host's end of a link (before it is up): what
+/// arrives there over IPv6 is dropped, nothing is routed on. A kernel
+/// without IPv6 has nothing to turn off.
+fn no_ipv6(host: &str) -> Result<String, EgressError> {
+    let knob = format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6");
+    match std::fs::write(&knob, "1") {
+        Ok(()) => Ok(String::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(EgressError::Command {
+            what: format!("writing 1 to {knob}"),
+            why: e.to_string(),
+        }),
+    }
 }
 
 fn forwarding() -> bool {
@@ -165,23 +182,26 @@ impl Egress {
             host: format!("{PREFIX}{slot:x}x{n:x}"),
         };
         let (host_ip, container_ip) = addresses(index);
-        let made = self.run(
-            "ip",
-            &["-batch", "-"],
-            Some(&format!(
-                "link add {h} type veth peer name eth0 netns {pid}\naddr add {host_ip}/30 dev {h}\nlink set {h} up\n",
-                h = link.host
-            )),
-        )
-        .and_then(|_| {
-            self.run(
-                "nsenter",
-                &["-t", &pid.to_string(), "-n", "ip", "-batch", "-"],
+        let made = self
+            .run(
+                "ip",
+                &["-batch", "-"],
                 Some(&format!(
-                    "addr add {container_ip}/30 dev eth0\nlink set eth0 up\nroute add default via {host_ip}\n"
+                    "link add {h} type veth peer name eth0 netns {pid}\nlink set {h} addrgenmode none\naddr add {host_ip}/30 dev {h}\n",
+                    h = link.host
                 )),
             )
-        });
+            .and_then(|_| no_ipv6(&link.host))
+            .and_then(|_| self.run("ip", &["link", "set", &link.host, "up"], None))
+            .and_then(|_| {
+                self.run(
+                    "nsenter",
+                    &["-t", &pid.to_string(), "-n", "ip", "-batch", "-"],
+                    Some(&format!(
+                        "link set eth0 addrgenmode none\naddr add {container_ip}/30 dev eth0\nlink set eth0 up\nroute add default via {host_ip}\n"
+                    )),
+                )
+            });
         match made {
             Ok(_) => Ok(link),
             Err(e) => {
@@ -215,11 +235,10 @@ impl Egress {
             match rule.port {
                 Some(port) => {
                     let port = port.to_string();
-                    for proto in ["tcp", "udp"] {
-                        self.iptables(&[
-                            "-A", &chain, "-d", &net, "-p", proto, "--dport", &port, "-j", "ACCEPT",
-                        ])?;
-                    }
+                    let proto = rule.proto.as_str();
+                    self.iptables(&[
+                        "-A", &chain, "-d", &net, "-p", proto, "--dport", &port, "-j", "ACCEPT",
+                    ])?;
                 }
                 None => {
                     self.iptables(&["-A", &chain, "-d", &net, "-j", "ACCEPT"])?;

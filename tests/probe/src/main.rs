@@ -22,7 +22,24 @@
 //! - `banner`: speak first: write `220 probe ready` before reading, then
 //!   answer a line with `250 ok` (a server-first protocol)
 //! - `egress`: `GET /IP:PORT`: connect there (1 s at most) and answer
-//!   `connected <what the server said first>` or `failed(ERRNO)`
+//!   `connected <what the server said first>` or `failed(ERRNO)`;
+//!   `GET /v6/PORT`: answer `inet6=` its IPv6 addresses on `eth0` and
+//!   `multicast=` what came of a UDP datagram to `[ff02::1%eth0]:PORT`
+//!   (`sent` or `failed(ERRNO)`)
+//!
+//! Hostile to faasd itself (tests/tenants.rs):
+//!
+//! - `pass-fds`: while waiting for its connection, send faasd descriptors
+//!   over `/control.sock`: with PROBE_PASS=linger (the default) two
+//!   loopback TCP sockets, B (a receiver that never reads) then A (full of
+//!   data for B, SO_LINGER at its maximum), whose last close would wait
+//!   for B forever; with PROBE_PASS=flood 10,000 references to such an A.
+//!   Then answer `passed=ok`, or `passed=N,refused(ERRNO)` when the
+//!   message after N sent ones failed.
+//! - `linger-client`: take the connection (in reuse mode, each of them),
+//!   fill its send buffer toward a client that does not read, set
+//!   SO_LINGER (PROBE_LINGER_SECS, default 40) and close it.
+//! - `deaf`: connect to `/control.sock` and never read from it.
 //!
 //! With FAAS_REUSE=1 it asks for the next connection on the same control
 //! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
@@ -64,8 +81,15 @@ fn main() {
         "noconnect" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
+        "deaf" => {
+            let _control = Control::connect();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         _ => {}
     }
+    let mut passed = String::new();
     let instance = format!("{}-{}", std::process::id(), nanos());
     let mut served = 0u32;
     let mut control: Option<Control> = None;
@@ -74,7 +98,12 @@ fn main() {
             // Closing the previous control connection tells faasd it is done.
             drop(control.take());
             match Control::connect() {
-                Ok(c) => control = Some(c),
+                Ok(c) => {
+                    if mode == "pass-fds" && passed.is_empty() {
+                        passed = hostile::pass_fds(&c);
+                    }
+                    control = Some(c);
+                }
                 // faasd refused us: no more work.
                 Err(_) => return,
             }
@@ -132,9 +161,21 @@ fn main() {
                     std::thread::sleep(Duration::from_millis(sleep_ms()));
                 }
             }
+            "pass-fds" => {
+                let _ = read_request_head(&mut conn);
+                answer(&mut conn, &format!("passed={passed}\n"));
+            }
+            "linger-client" => {
+                let _ = read_request_head(&mut conn);
+                hostile::stuff_and_linger(conn);
+            }
             "egress" => {
                 let path = read_request_path(&mut conn);
-                answer(&mut conn, &format!("{}\n", connect_out(&path)));
+                let said = match path.strip_prefix("v6/") {
+                    Some(port) => ipv6_out(port),
+                    None => connect_out(&path),
+                };
+                answer(&mut conn, &format!("{said}\n"));
             }
             "print" => {
                 println!("probe stdout line pid={}", std::process::id());
@@ -150,6 +191,80 @@ fn main() {
         if !reuse {
             return;
         }
+    }
+}
+
+/// Ways a function could try to make faasd's own threads wait.
+mod hostile {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+    use nix::sys::socket::{sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags};
+
+    /// A (lingering forever, its data stuck) and B (the peer that never
+    /// reads): A's last close waits for B's, whoever makes it.
+    fn stuck_pair() -> std::io::Result<(TcpStream, TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        setsockopt(&listener, sockopt::RcvBuf, &2048)?;
+        let a = TcpStream::connect(listener.local_addr()?)?;
+        let (b, _) = listener.accept()?;
+        fill(&a);
+        linger(&a, i32::MAX)?;
+        Ok((a, b))
+    }
+
+    fn fill(sock: &TcpStream) {
+        if sock.set_nonblocking(true).is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut out = sock;
+        while out.write(&chunk).is_ok() {}
+        let _ = sock.set_nonblocking(false);
+    }
+
+    fn linger(sock: &TcpStream, secs: i32) -> std::io::Result<()> {
+        let l = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: secs,
+        };
+        setsockopt(sock, sockopt::Linger, &l).map_err(Into::into)
+    }
+
+    /// Sends faasd descriptors over `control`; what came of it.
+    pub fn pass_fds(control: &impl AsFd) -> String {
+        let (a, b) = match stuck_pair() {
+            Ok(pair) => pair,
+            Err(e) => return format!("setup({e})"),
+        };
+        let flood = std::env::var("PROBE_PASS").is_ok_and(|p| p == "flood");
+        let messages: Vec<Vec<RawFd>> = if flood {
+            (0..40).map(|_| vec![a.as_raw_fd(); 250]).collect()
+        } else {
+            vec![vec![b.as_raw_fd()], vec![a.as_raw_fd()]]
+        };
+        for (sent, fds) in messages.iter().enumerate() {
+            let iov = [std::io::IoSlice::new(b"x")];
+            let cmsg = [ControlMessage::ScmRights(fds)];
+            let fd = control.as_fd().as_raw_fd();
+            if let Err(e) = sendmsg::<()>(fd, &iov, &cmsg, MsgFlags::empty(), None) {
+                return format!("{sent},refused({})", e as i32);
+            }
+        }
+        // faasd holds them now; ours go.
+        "ok".into()
+    }
+
+    /// Fills `conn` toward a client that does not read, lingers, closes.
+    pub fn stuff_and_linger(conn: TcpStream) {
+        let secs = std::env::var("PROBE_LINGER_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40);
+        fill(&conn);
+        let _ = linger(&conn, secs);
+        drop(conn);
     }
 }
 
@@ -371,6 +486,33 @@ fn read_request_path(conn: &mut TcpStream) -> String {
         .unwrap_or("/")
         .trim_start_matches('/')
         .to_string()
+}
+
+/// Its IPv6 addresses on eth0, and a datagram to every node on that link.
+fn ipv6_out(port: &str) -> String {
+    let inet6: Vec<String> = std::fs::read_to_string("/proc/net/if_inet6")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(5) == Some("eth0"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    let multicast = (|| {
+        let port: u16 = port.parse().map_err(|_| "bad-port".to_string())?;
+        let index =
+            nix::net::if_::if_nametoindex("eth0").map_err(|e| format!("failed({})", e as i32))?;
+        let sock = std::net::UdpSocket::bind("[::]:0")
+            .map_err(|e| format!("failed({})", e.raw_os_error().unwrap_or(0)))?;
+        let all_nodes =
+            std::net::SocketAddrV6::new("ff02::1".parse().map_err(|_| "addr")?, port, 0, index);
+        sock.send_to(b"probe", all_nodes)
+            .map(|_| "sent".to_string())
+            .map_err(|e| format!("failed({})", e.raw_os_error().unwrap_or(0)))
+    })();
+    format!(
+        "inet6={}\nmulticast={}",
+        inet6.join(","),
+        multicast.unwrap_or_else(|e| e)
+    )
 }
 
 /// Connects to `target` (IP:PORT) and reads what the server says first.

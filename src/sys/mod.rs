@@ -2,8 +2,12 @@
 //! process is signalled by identity rather than by a pid number that may
 //! already belong to someone else, and scheduling policies, so background
 //! work (pool refills, cleanup) only runs on CPU time serving leaves idle;
-//! and faasd's own mount namespace.
+//! and faasd's own mount namespace; and the closer, which closes the
+//! descriptors containers had their hands on away from every thread that
+//! serves (`closer`).
 #![allow(unsafe_code)]
+
+pub mod closer;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

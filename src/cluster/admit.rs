@@ -1,0 +1,53 @@
+//! What a node takes from etcd. A function's record is applied only if a
+//! node of this cluster signed it (`seal`) and it would pass here as an
+//! API request: its name is its key's, its options are valid, its address
+//! is in this node's pool, its archives are digests, and every secret it
+//! names is stored on this node. Anything else is refused with the reason,
+//! logged and reported as this node's status of the function; what serves
+//! here goes on serving.
+
+use super::keys::{self, Spec};
+use super::seal::{self, SealError};
+use super::{archives, refused, Cluster, ClusterError};
+
+impl Cluster {
+    /// The spec stored under `key`, if this node may apply it.
+    pub(super) fn admit(&self, key: &str, value: &[u8]) -> Result<Spec, ClusterError> {
+        let spec = self.seal.open_spec(key, value).map_err(refused)?;
+        let refuse = |why: String| ClusterError::Refused(format!("{key}: {why}"));
+        if keys::tail(key, keys::FUNCTIONS) != Some(spec.name.as_str()) {
+            return Err(refuse(format!("it names function {}", spec.name)));
+        }
+        spec.options.validate().map_err(refuse)?;
+        if !self.pool.contains(spec.ip) {
+            return Err(refuse(format!(
+                "address {} is outside this node's --ip-pool",
+                spec.ip
+            )));
+        }
+        let digests = std::iter::once(&spec.archive).chain(spec.archives.values());
+        if let Some(bad) = digests.into_iter().find(|d| !archives::valid_digest(d)) {
+            return Err(refuse(format!("{bad:?} is not an archive digest")));
+        }
+        self.manager
+            .check_secrets(&spec.options.secrets)
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(spec)
+    }
+
+    /// Says why the record under `key` (at `revision`) is not applied.
+    pub(super) async fn refuse(&self, key: &str, revision: i64, why: &ClusterError) {
+        tracing::warn!(key, revision, error = %why, "refusing a cluster record");
+        let name =
+            keys::tail(key, keys::FUNCTIONS).and_then(|n| crate::name::FunctionName::parse(n).ok());
+        if let Some(name) = name {
+            self.report(&name, revision, Some(why.to_string())).await;
+        }
+    }
+
+    /// The node a peer's archive request comes from, if its credential is
+    /// good for `digest` now.
+    pub fn check_peer(&self, credential: &str, digest: &str) -> Result<String, SealError> {
+        self.seal.check_credential(credential, digest, seal::now())
+    }
+}
