@@ -79,6 +79,13 @@ impl FunctionRecord {
         }
     }
 
+    /// The number of this function's next new version: versions count per
+    /// function (1, 2, 3, …), a rollback serving a kept one again.
+    pub fn next_version(&self) -> u64 {
+        let newest = self.history.iter().map(|v| v.version).max().unwrap_or(0);
+        newest.max(self.version) + 1
+    }
+
     /// Every store directory this record needs: the serving one and the
     /// kept ones.
     pub fn rootfs_ids(&self) -> impl Iterator<Item = u64> + '_ {
@@ -117,7 +124,10 @@ impl FunctionRecord {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Contents {
-    next_version: u64,
+    /// The last store directory id handed out (named for when it was the
+    /// version number too).
+    #[serde(rename = "next_version")]
+    next_store_id: u64,
     functions: BTreeMap<FunctionName, FunctionRecord>,
 }
 
@@ -186,10 +196,12 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// A version number never used before (store directories are unique).
-    pub fn next_version(&mut self) -> u64 {
-        self.contents.next_version += 1;
-        self.contents.next_version
+    /// A store directory id never used before, by any function: a
+    /// removed function's directories may still be in use while one of
+    /// the same name is deployed again.
+    pub fn next_store_id(&mut self) -> u64 {
+        self.contents.next_store_id += 1;
+        self.contents.next_store_id
     }
 
     /// Inserts or replaces a record and saves.
@@ -295,7 +307,7 @@ mod tests {
     fn survives_reload() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut reg = Registry::load(dir.path()).expect("load");
-        assert_eq!(reg.next_version(), 1);
+        assert_eq!(reg.next_store_id(), 1);
         reg.put(record("a", [127, 10, 0, 1])).expect("put");
         reg.put(record("b", [127, 10, 0, 2])).expect("put");
         reg.remove(&FunctionName::parse("a").expect("name"))

@@ -50,6 +50,7 @@ fn uploads_left(d: &Daemon) -> usize {
 fn killed_during_a_deploy_the_previous_version_serves_and_nothing_partial_stays() {
     let mut d = Daemon::start();
     let v1 = d.deploy("fn", &probe_image("hello", &[]), &opts());
+    let v1_dir = d.store_dirs("fn").pop().expect("fn's directory");
     let big = image_bytes(&padded_probe(256 << 20));
     let url = d.unix_url();
     let uploader = std::thread::spawn(move || {
@@ -57,7 +58,7 @@ fn killed_during_a_deploy_the_previous_version_serves_and_nothing_partial_stays(
     });
     // Kill it while it unpacks the new version into a staging directory.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while store_extras(&d, &format!("fn-v{}", v1.version)).is_empty() {
+    while store_extras(&d, &v1_dir).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the deploy never started unpacking"
@@ -74,7 +75,7 @@ fn killed_during_a_deploy_the_previous_version_serves_and_nothing_partial_stays(
     );
     assert_eq!(call(v1.ip).expect("serves").0, 200);
     assert_eq!(
-        store_extras(&d, &format!("fn-v{}", v1.version)),
+        store_extras(&d, &v1_dir),
         Vec::<String>::new(),
         "partial rootfs left"
     );
@@ -130,6 +131,7 @@ fn a_full_filesystem_fails_the_deploy_clearly_and_serving_goes_on() {
     let fs = SmallFs::start("24m");
     let d = fs.d();
     let v1 = d.deploy("fn", &probe_image("hello", &[]), &opts());
+    let v1_dir = d.store_dirs("fn").pop().expect("fn's directory");
     // Too big to upload, then small enough to upload but not to unpack too.
     for (label, extra) in [("upload", 30 << 20), ("unpack", 8 << 20)] {
         let err = d
@@ -146,7 +148,7 @@ fn a_full_filesystem_fails_the_deploy_clearly_and_serving_goes_on() {
             v1.version
         );
         assert_eq!(
-            store_extras(d, &format!("fn-v{}", v1.version)),
+            store_extras(d, &v1_dir),
             Vec::<String>::new(),
             "{label}: partial rootfs left"
         );

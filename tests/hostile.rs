@@ -165,11 +165,9 @@ fn odd_entries_unpack_harmlessly_inside_the_rootfs() {
         assert!(written.is_empty(), "{name} wrote outside: {written:?}");
         assert_eq!(call(victim).expect("victim").0, 200, "after {name}");
         if let Ok(info) = result {
-            let rootfs = d.seen(
-                &d.state
-                    .join("rootfs")
-                    .join(format!("{name}-v{}", info.version)),
-            );
+            let dirs = d.store_dirs(name);
+            assert_eq!(dirs.len(), 1, "{name} (version {}): {dirs:?}", info.version);
+            let rootfs = d.seen(&d.state.join("rootfs").join(&dirs[0]));
             let entries = walk(&rootfs);
             assert!(
                 entries.iter().any(|(p, _)| p.ends_with("probe")),
@@ -236,7 +234,8 @@ fn sparse_layer(real: u64) -> Vec<u8> {
 fn bombs_and_lies_are_refused_with_the_reason() {
     let d = Daemon::start_with(&["--max-extracted", "32M"]);
     let victim = d.deploy("victim", &probe_image("hello", &[]), &opts());
-    let keep = vec![format!("victim-v{}", victim.version)];
+    let keep = d.store_dirs("victim");
+    assert_eq!(keep.len(), 1, "victim version {}", victim.version);
     let good = image_bytes(&image(vec![Entry::file("x", "x")], false));
 
     let bomb = image_bytes(&image(

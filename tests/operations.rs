@@ -112,10 +112,11 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
     // Versions: 3 serves, 2 and 1 kept (--keep-versions 2 by default).
     let versions: Vec<(u64, bool)> = v3.versions.iter().map(|v| (v.version, v.current)).collect();
     assert_eq!(versions, vec![(3, true), (2, false), (1, false)]);
-    // A fourth version pushes version 1 (and its rootfs) out.
+    // A fourth version pushes version 1 (and its rootfs) out. (Store
+    // directories are numbered apart from versions: an update makes none.)
     ok(&d.faas(&["deploy", "f", "--image", &img], None));
     wait_until("v1's rootfs removed", Duration::from_secs(10), || {
-        rootfs_dirs(&d) == vec!["f-v2", "f-v4"]
+        rootfs_dirs(&d) == vec!["f-v2", "f-v3"]
     });
     // Roll back: version 3 again (its options, v2's rootfs), atomically.
     let out = ok(&d.faas(&["rollback", "f"], None));
@@ -144,6 +145,9 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
         .expect("call after restart")
         .1
         .contains("env.B=2"));
+    // Versions count per function: another's first is 1.
+    ok(&d.faas(&["deploy", "g", "--warm", "0", "--image", &img], None));
+    assert_eq!(inspect(&d, "g").version, 1);
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod caps;
 mod options;
 mod patch;
 

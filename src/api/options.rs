@@ -19,6 +19,8 @@ pub const DEFAULT_CONCURRENCY: u32 = 64;
 /// Default seconds a reused container may wait for its next connection
 /// (while the pool holds more than `warm`).
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Default size of a container's writable layer (and of each VOLUME).
+pub const DEFAULT_SCRATCH: u64 = 64 << 20;
 
 /// How a function's program takes its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -139,6 +141,16 @@ pub struct DeployOptions {
     /// With `egress`: the only destinations they may reach (empty: any
     /// but this host itself).
     pub egress_allow: Vec<EgressRule>,
+    /// The container's root is the image itself, read-only; otherwise a
+    /// writable layer of its own lies over it, gone with the container.
+    pub read_only: bool,
+    /// The writable layer's size in bytes (each VOLUME's too); its pages
+    /// count against `memory`.
+    pub scratch: u64,
+    /// Capabilities added to Docker's default set (`caps`), or `ALL`.
+    pub cap_add: Vec<String>,
+    /// Capabilities taken from it, or `ALL`.
+    pub cap_drop: Vec<String>,
 }
 
 /// A destination a function with egress may reach: an IPv4 prefix, and
@@ -251,6 +263,10 @@ impl Default for DeployOptions {
             secrets: Vec::new(),
             egress: false,
             egress_allow: Vec::new(),
+            read_only: false,
+            scratch: DEFAULT_SCRATCH,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         }
     }
 }
@@ -298,6 +314,18 @@ impl DeployOptions {
         }
         if !self.egress && !self.egress_allow.is_empty() {
             return Err("--egress-allow needs --egress".into());
+        }
+        if !(1 << 20..=16 << 30).contains(&self.scratch) {
+            return Err(format!(
+                "scratch size {} must be within 1M..=16G",
+                self.scratch
+            ));
+        }
+        for cap in self.cap_add.iter().chain(&self.cap_drop) {
+            let known = super::caps::parse(cap)?;
+            if known != *cap {
+                return Err(format!("capability {cap:?}: write it {known}"));
+            }
         }
         match self.kind {
             HandlerKind::ContainerPort(0) => {

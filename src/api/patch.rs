@@ -29,6 +29,12 @@ pub struct OptionsPatch {
     /// The whole allow-list (given means replaced); giving one turns
     /// egress on unless `egress` says otherwise.
     pub egress_allow: Option<Vec<EgressRule>>,
+    pub read_only: Option<bool>,
+    pub scratch: Option<u64>,
+    /// All the added capabilities (given means replaced).
+    pub cap_add: Option<Vec<String>>,
+    /// All the dropped ones (given means replaced).
+    pub cap_drop: Option<Vec<String>>,
 }
 
 impl From<&DeployOptions> for OptionsPatch {
@@ -48,6 +54,10 @@ impl From<&DeployOptions> for OptionsPatch {
             secrets: Some(o.secrets.clone()),
             egress: Some(o.egress),
             egress_allow: Some(o.egress_allow.clone()),
+            read_only: Some(o.read_only),
+            scratch: Some(o.scratch),
+            cap_add: Some(o.cap_add.clone()),
+            cap_drop: Some(o.cap_drop.clone()),
         }
     }
 }
@@ -80,6 +90,13 @@ impl OptionsPatch {
                 .egress_allow
                 .clone()
                 .unwrap_or_else(|| base.egress_allow.clone()),
+            read_only: self.read_only.unwrap_or(base.read_only),
+            scratch: pick(self.scratch, base.scratch),
+            cap_add: self.cap_add.clone().unwrap_or_else(|| base.cap_add.clone()),
+            cap_drop: self
+                .cap_drop
+                .clone()
+                .unwrap_or_else(|| base.cap_drop.clone()),
         };
         out.validate()?;
         Ok(out)
@@ -140,6 +157,19 @@ impl OptionsPatch {
             }
             None => {}
         }
+        put("read_only", self.read_only.map(|v| v.to_string()));
+        put("scratch", self.scratch.map(|v| v.to_string()));
+        for (key, list) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
+            match list {
+                Some(l) if l.is_empty() => put(key, Some(String::new())),
+                Some(l) => {
+                    for cap in l {
+                        put(key, Some(cap.clone()));
+                    }
+                }
+                None => {}
+            }
+        }
         q.finish()
     }
 
@@ -188,6 +218,21 @@ impl OptionsPatch {
                     }
                 }
                 "egress" => p.egress = Some(parse_bool("egress", &value)?),
+                "read_only" => p.read_only = Some(parse_bool("read_only", &value)?),
+                "scratch" => p.scratch = Some(parse_size(&value)?),
+                "cap_add" | "cap_drop" => {
+                    let list = if key == "cap_add" {
+                        p.cap_add.get_or_insert_with(Vec::new)
+                    } else {
+                        p.cap_drop.get_or_insert_with(Vec::new)
+                    };
+                    if !value.is_empty() {
+                        let cap = super::caps::parse(&value)?;
+                        if !list.contains(&cap) {
+                            list.push(cap);
+                        }
+                    }
+                }
                 "egress_allow" => {
                     let allow = p.egress_allow.get_or_insert_with(Vec::new);
                     if !value.is_empty() {
@@ -262,6 +307,10 @@ mod tests {
             kind: HandlerKind::ContainerPort(8080),
             server_first: true,
             secrets: vec![SecretRef::parse("db-password=PGPASSWORD").expect("secret")],
+            read_only: true,
+            scratch: 8 << 20,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["ALL".into()],
             ..Default::default()
         };
         opts.env.insert("GREETING".into(), "a=b & c".into());

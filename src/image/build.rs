@@ -97,6 +97,10 @@ pub struct RunConfig {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// `EXPOSE`d ports (`8000/tcp`).
+    pub exposed: Vec<String>,
+    /// `VOLUME` paths.
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,12 +138,16 @@ pub fn write_image<W: Write>(spec: &ImageSpec, out: W) -> io::Result<()> {
         layer_blobs.push(blob);
     }
     let c = &spec.config;
+    let set = |items: &[String]| -> serde_json::Map<String, serde_json::Value> {
+        items.iter().map(|i| (i.clone(), json!({}))).collect()
+    };
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {
             "Entrypoint": c.entrypoint, "Cmd": c.cmd, "Env": c.env,
             "WorkingDir": c.working_dir, "User": c.user,
+            "ExposedPorts": set(&c.exposed), "Volumes": set(&c.volumes),
         },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))?;

@@ -16,12 +16,31 @@ pub struct ImageConfig {
     pub user: String,
     pub uid: u32,
     pub gid: u32,
+    /// `ExposedPorts` as written (`8000/tcp`, `53/udp`), sorted.
+    #[serde(default)]
+    pub exposed: Vec<String>,
+    /// `Volumes`: paths the image expects writable (absolute), sorted.
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 impl ImageConfig {
     /// Entrypoint followed by Cmd: the container's argv.
     pub fn argv(&self) -> Vec<String> {
         self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+
+    /// The TCP ports the image exposes (`EXPOSE 8000`, `EXPOSE 80/tcp`).
+    pub fn tcp_ports(&self) -> Vec<u16> {
+        self.exposed
+            .iter()
+            .filter_map(|p| match p.split_once('/') {
+                Some((n, "tcp")) | Some((n, "")) => n.parse().ok(),
+                None => p.parse().ok(),
+                Some(_) => None,
+            })
+            .filter(|&p| p > 0)
+            .collect()
     }
 }
 
@@ -89,6 +108,10 @@ pub struct RawRunConfig {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    #[serde(default)]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +145,15 @@ pub fn run_settings(raw: RawImageConfig) -> Result<(ImageConfig, Vec<String>), I
         user: run.user.unwrap_or_default(),
         uid: 0,
         gid: 0,
+        exposed: run.exposed_ports.unwrap_or_default().into_keys().collect(),
+        volumes: run.volumes.unwrap_or_default().into_keys().collect(),
     };
+    let odd = |v: &String| !v.starts_with('/') || v.split('/').any(|c| c == "..");
+    if let Some(bad) = config.volumes.iter().find(|v| odd(v)) {
+        return Err(ImageError::Invalid(format!(
+            "Volume {bad:?} is not an absolute path without '..'"
+        )));
+    }
     if config.argv().is_empty() {
         return Err(ImageError::Invalid(
             "image config has neither Entrypoint nor Cmd".into(),
@@ -159,7 +190,8 @@ mod tests {
     fn settings_from_config() {
         let raw: RawImageConfig = parse_json(
             "config",
-            br#"{"config":{"Env":["A=1"],"Entrypoint":["/bin/h"],"Cmd":["x"],"WorkingDir":"/w","User":"1000:1000"},
+            br#"{"config":{"Env":["A=1"],"Entrypoint":["/bin/h"],"Cmd":["x"],"WorkingDir":"/w","User":"1000:1000",
+                 "ExposedPorts":{"8000/tcp":{},"53/udp":{}},"Volumes":{"/data":{}}},
                 "rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#,
         )
         .expect("parse");
@@ -167,6 +199,8 @@ mod tests {
         assert_eq!(cfg.argv(), vec!["/bin/h", "x"]);
         assert_eq!(cfg.working_dir, "/w");
         assert_eq!(cfg.user, "1000:1000");
+        assert_eq!(cfg.tcp_ports(), vec![8000]);
+        assert_eq!(cfg.volumes, vec!["/data"]);
         assert_eq!(ids.len(), 1);
     }
 

@@ -291,6 +291,16 @@ pub fn ensure_secrets_mountpoint(rootfs: &Path) -> Result<(), ImageError> {
         .map_err(store_err("creating", &rootfs.join(SECRETS_DIR)))
 }
 
+/// Creates directory `path` (absolute, as the image names it) in a rootfs,
+/// symlinks resolved inside it: a VOLUME's mount point.
+pub fn ensure_mountpoint(rootfs: &Path, path: &str) -> Result<(), ImageError> {
+    let root = Root::open(rootfs).map_err(store_err("opening", rootfs))?;
+    let inside = Path::new(path.trim_start_matches('/'));
+    root.ensure_dir(inside)
+        .map(drop)
+        .map_err(store_err("creating", &rootfs.join(inside)))
+}
+
 fn prepare_mountpoints(rootfs: &Path) -> Result<(), ImageError> {
     let root = Root::open(rootfs).map_err(store_err("opening", rootfs))?;
     let top = root

@@ -108,7 +108,8 @@ impl Manager {
                     .unwrap_or_default(),
             )
             .map_err(ManagerError::Options)?;
-        let version = registry.next_version();
+        let store_id = registry.next_store_id();
+        let version = previous.as_ref().map_or(1, FunctionRecord::next_version);
         let id_slot = previous
             .as_ref()
             .and_then(|p| p.id_slot)
@@ -122,7 +123,7 @@ impl Manager {
             store.commit(
                 staging,
                 commit_name.as_str(),
-                version,
+                store_id,
                 owners::base(id_slot),
             )
         })
@@ -133,7 +134,7 @@ impl Manager {
         })??;
         let next = Version {
             version,
-            rootfs: version,
+            rootfs: store_id,
             image_id: unpacked.image_id.clone(),
             image: unpacked.config.clone(),
             options,
@@ -162,7 +163,7 @@ impl Manager {
                     options: next.options,
                     deployed_at: next.deployed_at,
                     id_slot: Some(id_slot),
-                    rootfs: Some(version),
+                    rootfs: Some(store_id),
                     origin: next.origin,
                     history: Vec::new(),
                 };
@@ -234,7 +235,7 @@ impl Manager {
         }
         self.check_options(&options)?;
         let next = Version {
-            version: registry.next_version(),
+            version: previous.next_version(),
             options,
             deployed_at: now_secs(),
             origin: "update".into(),

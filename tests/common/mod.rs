@@ -483,6 +483,24 @@ impl Daemon {
             .unwrap_or(0)
     }
 
+    /// The version store's directories of function `name` (`NAME-vID`).
+    pub fn store_dirs(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{name}-v");
+        let mut dirs: Vec<String> = std::fs::read_dir(self.state.join("rootfs"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        n.strip_prefix(&prefix)
+                            .is_some_and(|id| id.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.sort();
+        dirs
+    }
+
     pub fn runc_containers(&self) -> Vec<String> {
         std::fs::read_dir(self.state.join("runc"))
             .map(|d| {

@@ -218,6 +218,18 @@ pub struct OptionArgs {
     /// With --egress: the only destinations allowed, PREFIX[:PORT[/udp]] (a port is TCP unless /udp; no port: every port and protocol; repeatable; given, it replaces the list).
     #[arg(long = "egress-allow", value_parser = EgressRule::parse, value_name = "PREFIX[:PORT[/udp]]")]
     pub egress_allow: Vec<EgressRule>,
+    /// The container's root is the image, read-only (default: a writable layer of its own, gone with the container).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub read_only: Option<bool>,
+    /// Size of the writable layer and of each VOLUME (counted against --memory; default 64M).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub scratch: Option<u64>,
+    /// A capability beyond Docker's default set, inside the container's user namespace (repeatable; ALL; given, it replaces the list).
+    #[arg(long = "cap-add", value_parser = faasd::api::caps::parse, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// A capability of Docker's default set to leave out, or ALL (repeatable; given, it replaces the list).
+    #[arg(long = "cap-drop", value_parser = faasd::api::caps::parse, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
 }
 
 impl OptionArgs {
@@ -259,6 +271,10 @@ impl OptionArgs {
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
             egress: self.egress,
             egress_allow: (!self.egress_allow.is_empty()).then(|| self.egress_allow.clone()),
+            read_only: self.read_only,
+            scratch: self.scratch,
+            cap_add: (!self.cap_add.is_empty()).then(|| self.cap_add.clone()),
+            cap_drop: (!self.cap_drop.is_empty()).then(|| self.cap_drop.clone()),
         })
     }
 }

@@ -14,7 +14,7 @@ use super::{io, End, Guard, Process, Ready, Starting};
 use crate::metrics::Phase;
 use crate::runtime::oci::{self, Flavor, Oci};
 use crate::runtime::sandbox::spec::{render, SpecInput};
-use crate::runtime::sandbox::{bpf, cgroup};
+use crate::runtime::sandbox::{bpf, cgroup, scratch};
 use crate::runtime::{logs, Function, Runtime, RuntimeError};
 use crate::sys::{self, Priority};
 
@@ -167,6 +167,19 @@ impl Guard {
             .set_nonblocking(true)
             .map_err(io("control socket"))?;
         let listener = ControlListener::new(listener).map_err(io("control socket"))?;
+        let options = &self.func.options;
+        let volumes = &self.func.image.volumes;
+        // Mounted where the runtime will look (the state directory's view,
+        // when that is another path: a mount under the bundles' tmpfs does
+        // not show through the other).
+        let rootfs = if options.read_only && volumes.is_empty() {
+            self.rt.view.path(&self.func.rootfs.path)
+        } else {
+            let bundle = self.rt.view.path(&self.bundle);
+            let lower = self.rt.view.path(&self.func.rootfs.path);
+            scratch::mount_root(&bundle, &lower, options.scratch, volumes)
+                .map_err(io("mounting the writable layer"))?
+        };
         let cgroup = cgroup::runtime_path(&self.rt.cgroup_scope, &self.id);
         let init = self.rt.config.init.as_ref().map(|p| self.rt.view.path(p));
         let secrets_dir = self
@@ -176,7 +189,7 @@ impl Guard {
             .map(|s| self.rt.view.path(&s.dir));
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
-            rootfs: &self.rt.view.path(&self.func.rootfs.path),
+            rootfs: &rootfs,
             control_sock: &self.rt.view.path(&sock),
             image: &self.func.image,
             options: &self.func.options,

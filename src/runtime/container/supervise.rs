@@ -211,6 +211,11 @@ impl Guard {
                 usage = usage.or_else(|| cgroup::usage(&scope, &id));
                 cgroup::remove(&scope, &id);
             }
+            if let Err(e) =
+                crate::runtime::sandbox::scratch::unmount_root(&links.view.path(&bundle))
+            {
+                tracing::warn!(%id, error = %e, "unmounting the writable layer");
+            }
             if let Err(e) = crate::image::store::remove_tree(&bundle) {
                 tracing::warn!(%id, error = %e, "removing bundle");
             }

@@ -121,6 +121,7 @@ fn number(name: &str) -> Option<u32> {
         "capget" => libc::SYS_capget,
         "capset" => libc::SYS_capset,
         "chdir" => libc::SYS_chdir,
+        "chroot" => libc::SYS_chroot,
         "chmod" => libc::SYS_chmod,
         "chown" => libc::SYS_chown,
         "clock_getres" => libc::SYS_clock_getres,

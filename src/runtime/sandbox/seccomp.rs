@@ -257,6 +257,8 @@ pub(super) const ALLOWED: &[&str] = &[
     "setresuid",
     "setreuid",
     "setuid",
+    // With CAP_SYS_CHROOT (Docker's default set), inside the container.
+    "chroot",
     // Signals, futexes, time.
     "alarm",
     "futex",

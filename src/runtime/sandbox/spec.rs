@@ -1,17 +1,19 @@
 //! The OCI runtime spec (`config.json`) of a function container, rendered
-//! as a pure function of the function's settings: read-only shared rootfs,
-//! its own user (root mapped to the function's unprivileged host id
-//! range), pid, mount, ipc, uts, cgroup and network namespaces, no
-//! capabilities, no new privileges, the default seccomp allowlist, masked
-//! /proc paths, resource limits, tmpfs /tmp and the control socket
-//! bind-mounted at `/control.sock`.
+//! as a pure function of the function's settings: the image's rootfs
+//! (under a writable layer of the container's own, or read-only with
+//! `--read-only`), its own user (root mapped to the function's
+//! unprivileged host id range), pid, mount, ipc, uts, cgroup and network
+//! namespaces, Docker's default capabilities inside that user namespace
+//! (`api::caps`), unprivileged low ports, no new privileges, the default
+//! seccomp allowlist, masked /proc paths, resource limits, tmpfs /tmp and
+//! VOLUMEs, and the control socket bind-mounted at `/control.sock`.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use super::seccomp;
-use crate::api::{DeployOptions, HandlerKind, Sandbox};
+use crate::api::{caps, DeployOptions, HandlerKind, Sandbox};
 use crate::image::owners::ID_RANGE;
 use crate::image::store::{INIT, SECRETS_DIR};
 use crate::image::ImageConfig;
@@ -49,12 +51,19 @@ pub fn sandbox(options: &DeployOptions, id_base: u32) -> Sandbox {
     Sandbox {
         host_ids: format!("{id_base}-{}", u64::from(id_base) + u64::from(ID_RANGE) - 1),
         seccomp: "default allowlist (anything else: EPERM)".into(),
-        capabilities: Vec::new(),
+        capabilities: caps::resolve(&options.cap_add, &options.cap_drop),
         no_new_privileges: true,
-        rootfs: format!(
-            "read-only; /tmp tmpfs {}",
-            TMP_SIZE.trim_start_matches("size=")
-        ),
+        rootfs: match options.read_only {
+            true => format!(
+                "read-only; /tmp tmpfs {}",
+                TMP_SIZE.trim_start_matches("size=")
+            ),
+            false => format!(
+                "writable layer of {} MiB, gone with the container; /tmp tmpfs {}",
+                options.scratch >> 20,
+                TMP_SIZE.trim_start_matches("size=")
+            ),
+        },
         network: match (options.egress, options.egress_allow.as_slice()) {
             (false, _) => "none: only the connection handed over".into(),
             (true, []) => "egress to anywhere but this host (NAT)".into(),
@@ -170,7 +179,11 @@ pub fn render(input: &SpecInput<'_>) -> Value {
     } = *input;
     let secret_env = secrets.map(|(_, env)| env).unwrap_or_default();
     let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
-    let no_caps: Vec<&str> = Vec::new();
+    // Docker's way: the set bounds every process; only root starts with
+    // it in effect (a non-root user gains nothing by exec).
+    let bounding = caps::resolve(&options.cap_add, &options.cap_drop);
+    let in_effect: &[String] = if image.uid == 0 { &bounding } else { &[] };
+    let none: &[String] = &[];
     let mut annotations = serde_json::Map::new();
     if let Some(bpf) = seccomp_bpf {
         // crun then loads this instead of compiling `linux.seccomp` itself.
@@ -185,13 +198,13 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "env": environment(image, options, secret_env, function, connect_timeout_ms),
             "cwd": image.working_dir,
             "capabilities": {
-                "bounding": no_caps, "effective": no_caps, "inheritable": no_caps,
-                "permitted": no_caps, "ambient": no_caps,
+                "bounding": bounding, "effective": in_effect, "inheritable": none,
+                "permitted": in_effect, "ambient": none,
             },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
             "noNewPrivileges": true,
         },
-        "root": { "path": rootfs, "readonly": true },
+        "root": { "path": rootfs, "readonly": options.read_only },
         "annotations": annotations,
         "hostname": function,
         "mounts": [
@@ -220,6 +233,9 @@ pub fn render(input: &SpecInput<'_>) -> Value {
                 { "type": "user" }, { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
                 { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
             ],
+            // As Docker: a server as any user binds port 80 (in its own
+            // network namespace, where nothing else lives).
+            "sysctl": { "net.ipv4.ip_unprivileged_port_start": "0" },
             "uidMappings": ids,
             "gidMappings": ids,
             "seccomp": seccomp::profile(),
@@ -227,6 +243,16 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "readonlyPaths": READONLY,
         },
     });
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        let size = format!("size={}", options.scratch);
+        let owner = [format!("uid={}", image.uid), format!("gid={}", image.gid)];
+        for volume in &image.volumes {
+            mounts.push(json!({
+                "destination": volume, "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=755", owner[0], owner[1], size],
+            }));
+        }
+    }
     if let (Some((dir, _)), Some(mounts)) = (secrets, spec["mounts"].as_array_mut()) {
         mounts.push(json!({
             "destination": format!("/{SECRETS_DIR}"), "type": "bind", "source": dir,
@@ -259,6 +285,7 @@ mod tests {
             user: "1000".into(),
             uid: 1000,
             gid: 1000,
+            ..Default::default()
         }
     }
 

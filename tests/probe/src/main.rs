@@ -282,7 +282,24 @@ fn inspect() -> String {
     out += &format!("gid={}\n", nix::unistd::getgid());
     let cwd = std::env::current_dir().map(|p| p.display().to_string());
     out += &format!("cwd={}\n", cwd.unwrap_or_else(|e| format!("error {e}")));
+    // What an earlier container of the function may have left.
+    out += &format!(
+        "rootfs_seen={}\n",
+        std::path::Path::new("/probe-write").exists()
+    );
     out += &format!("rootfs_write={}\n", try_write("/probe-write"));
+    for path in list_var("PROBE_WRITES") {
+        out += &format!(
+            "write.{path}={}\n",
+            try_write(&format!("{path}/probe-write"))
+        );
+    }
+    if let Some(mb) = std::env::var("PROBE_FILL_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        out += &format!("fill={}\n", try_fill("/probe-fill", mb));
+    }
     out += &format!("tmp_write={}\n", try_write("/tmp/probe-write"));
     out += &format!("egress={}\n", try_egress());
     out += &format!("mount={}\n", try_mount());
@@ -290,6 +307,11 @@ fn inspect() -> String {
     out += &format!("keyctl={}\n", errno_of(try_keyctl()));
     out += &format!("unshare_user={}\n", errno_of(try_unshare_user()));
     out += &format!("procs={}\n", visible_processes());
+    out += &format!("chown_other={}\n", errno_of(try_chown_other()));
+    out += &format!("setuid_unmapped={}\n", errno_of(try_setuid_unmapped()));
+    out += &format!("raw_socket={}\n", errno_of(try_raw_socket()));
+    out += &format!("mknod={}\n", errno_of(try_mknod()));
+    out += &format!("bind80={}\n", errno_of(try_bind_80()));
     let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     out += &format!(
         "uid_map={}\n",
@@ -335,6 +357,69 @@ fn errno_of(r: nix::Result<()>) -> String {
         Ok(()) => "ok".into(),
         Err(e) => format!("denied({})", e as i32),
     }
+}
+
+/// A file of ours given to another id of the container (CAP_CHOWN).
+fn try_chown_other() -> nix::Result<()> {
+    let path = "/tmp/probe-chown";
+    std::fs::write(path, b"x").map_err(|_| nix::errno::Errno::EIO)?;
+    let id = Some(nix::unistd::Uid::from_raw(4242));
+    nix::unistd::chown(path, id, Some(nix::unistd::Gid::from_raw(4242)))
+}
+
+/// An id outside the container's mapping: EINVAL whatever the capability.
+/// Run in a child, so the probe keeps its own id.
+fn try_setuid_unmapped() -> nix::Result<()> {
+    // SAFETY: the child only calls setuid and _exit.
+    #[allow(unsafe_code)]
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let code = match nix::unistd::setuid(nix::unistd::Uid::from_raw(70_000)) {
+                Ok(()) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: leaving the forked child at once.
+            #[allow(unsafe_code)]
+            unsafe {
+                nix::libc::_exit(code)
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+            nix::sys::wait::WaitStatus::Exited(_, code) => Err(nix::errno::Errno::from_raw(code)),
+            _ => Err(nix::errno::Errno::ECHILD),
+        },
+    }
+}
+
+/// A raw socket (NET_RAW is not in the set).
+fn try_raw_socket() -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+    socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::empty(),
+        SockProtocol::Icmp,
+    )
+    .map(drop)
+}
+
+/// A device node (MKNOD is not in the set).
+fn try_mknod() -> nix::Result<()> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    mknod(
+        "/tmp/probe-null",
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(1, 3),
+    )
+}
+
+/// Port 80 inside the container, as whatever user the probe is.
+fn try_bind_80() -> nix::Result<()> {
+    std::net::TcpListener::bind("127.0.0.1:80")
+        .map(drop)
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
 }
 
 fn try_mount() -> String {
@@ -428,6 +513,21 @@ fn list_var(name: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// Writes `mb` MiB to `path`.
+fn try_fill(path: &str, mb: usize) -> String {
+    let chunk = vec![7u8; 1 << 20];
+    let written = std::fs::File::create(path).and_then(|mut f| {
+        for _ in 0..mb {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    });
+    match written {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("denied({})", e.raw_os_error().unwrap_or(0)),
+    }
 }
 
 fn try_write(path: &str) -> String {
