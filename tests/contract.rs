@@ -155,3 +155,55 @@ fn dockers_capabilities_act_only_inside_the_container() {
         "{out:?}"
     );
 }
+
+/// faas-init holds CAP_SYS_PTRACE (to serve servers whose workers change
+/// user) and its program never gets it, nor the variable that names it.
+#[test]
+fn the_program_faas_init_starts_gets_only_the_functions_capabilities() {
+    let d = Daemon::start();
+    let script = "while read -r l; do [ ${#l} -le 1 ] && break; done; \
+                  printf 'HTTP/1.0 200 OK\\r\\n\\r\\n'; \
+                  grep -E '^Cap(Eff|Bnd|Prm|Amb):' /proc/self/status | tr -d '\\t' | sed 's/:/=/'; \
+                  echo drop=${FAAS_INIT_DROP:-unset}";
+    let busybox =
+        which("busybox").expect("busybox: scripts/install-deps.sh installs busybox-static");
+    let mut tree = common::stock::Tree::default();
+    let busybox = busybox.to_string_lossy().into_owned();
+    tree.file(&busybox).link("/bin/sh", &busybox).users();
+    let image = tree.image(
+        faasd::image::build::RunConfig {
+            entrypoint: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        },
+        "busybox-caps:test",
+    );
+    let root = "00000000a00405fb";
+    let zero = "0000000000000000";
+    // (options, user, CapEff = CapPrm, CapBnd)
+    for (options, user, in_effect, bounding) in [
+        (DeployOptions::default(), "0", root, root),
+        (DeployOptions::default(), "1000", zero, root),
+        (
+            DeployOptions {
+                cap_drop: vec!["ALL".into()],
+                ..DeployOptions::default()
+            },
+            "0",
+            zero,
+            zero,
+        ),
+    ] {
+        let options = DeployOptions {
+            kind: faasd::api::HandlerKind::Stdio,
+            ..with(options)
+        };
+        let mut image = image.clone();
+        image.config.user = user.into();
+        let v = ask(d.deploy("caps", &image, &options).ip);
+        assert_eq!(v["CapEff"], in_effect, "user {user}");
+        assert_eq!(v["CapPrm"], in_effect, "user {user}");
+        assert_eq!(v["CapBnd"], bounding, "user {user}");
+        assert_eq!(v["CapAmb"], zero, "user {user}");
+        assert_eq!(v["drop"], "unset");
+    }
+}

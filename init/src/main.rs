@@ -33,6 +33,7 @@ use faas_handler::Control;
 
 mod accept;
 mod bind;
+mod caps;
 mod cpu;
 mod flow;
 mod listening;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         return fail(&format!("prctl(PR_SET_DUMPABLE, 0): {e}"));
     }
+    caps::take();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (mode, program) = match parse(&args) {
         Ok(parsed) => parsed,
@@ -133,7 +135,13 @@ fn listen(program: &[OsString]) -> Result<ExitCode, String> {
         ("LISTEN_PID", std::process::id().to_string()),
         ("LISTEN_FDNAMES", name),
     ];
-    exec(program, &env)
+    // A program told the descriptor on its command line (gunicorn's
+    // documented `--bind fd://3`) takes it from there; gunicorn would
+    // also take it from LISTEN_FDS, twice, and fail (EBADF).
+    let named = program
+        .iter()
+        .any(|a| a.to_string_lossy().contains("fd://3"));
+    exec(program, if named { &[] } else { &env })
 }
 
 /// Connects to faasd and waits for one descriptor.
@@ -170,6 +178,7 @@ fn exec(program: &[OsString], extra: &[(&str, String)]) -> Result<ExitCode, Stri
     for (k, v) in extra {
         env.push(cstr(OsString::from(format!("{k}={v}")))?);
     }
+    caps::drop_for_program().map_err(|e| format!("dropping faas-init's own capabilities: {e}"))?;
     let err = nix::unistd::execvpe(&argv[0], &argv, &env).unwrap_err();
     Err(format!("executing {:?}: {err}", program[0]))
 }

@@ -88,8 +88,14 @@ pub fn relay_accepted(
 /// Starts the server, and as the container's first process reaps it and
 /// every orphan in it (see `reap`); returns whether it has ended.
 pub fn start(program: &[OsString]) -> Result<Arc<Ended>, String> {
-    let server = Command::new(&program[0])
-        .args(&program[1..])
+    let mut command = Command::new(&program[0]);
+    command.args(&program[1..]);
+    // SAFETY: only syscalls between fork and exec (`caps`).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, crate::caps::drop_for_program)
+    };
+    let server = command
         .spawn()
         .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
     watch(Pid::from_raw(server.id() as i32))

@@ -83,6 +83,7 @@ impl Listener {
         // a thread that is gone), before exec; it owns what it touches.
         unsafe {
             command.pre_exec(move || {
+                crate::caps::drop_for_program()?;
                 let fd = install_filter(&mut program)?;
                 let sent = send_fd(theirs_fd, fd);
                 libc::close(fd);

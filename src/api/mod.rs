@@ -56,6 +56,10 @@ pub struct FunctionInfo {
     /// In a cluster (`--etcd`): what each node serves of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeStatus>,
+    /// What a deploy decided for the operator that they should hear of
+    /// (the kind taken from the image's EXPOSE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A member of the cluster, as `faas nodes` lists it.

@@ -108,6 +108,15 @@ impl Manager {
                     .unwrap_or_default(),
             )
             .map_err(ManagerError::Options)?;
+        let fresh_kind = patch.kind.is_none() && previous.is_none();
+        let (options, note) = if fresh_kind {
+            kind_from_expose(options, &unpacked.config)?
+        } else {
+            (options, None)
+        };
+        if note.is_some() {
+            self.check_options(&options)?;
+        }
         let store_id = registry.next_store_id();
         let version = previous.as_ref().map_or(1, FunctionRecord::next_version);
         let id_slot = previous
@@ -182,7 +191,10 @@ impl Manager {
         if switched.is_err() {
             fresh.retire();
         }
-        switched
+        switched.map(|mut info| {
+            info.notes.extend(note);
+            info
+        })
     }
 
     /// A new version of `name` with the same image and the options `patch`
@@ -430,5 +442,34 @@ impl Manager {
         let mut taken: HashSet<IpAddr> = registry.list().map(|r| r.ip).collect();
         taken.extend(self.net.list().await?.into_iter().map(|a| a.ip));
         Ok(self.pool.allocate(&taken)?)
+    }
+}
+
+/// A new function deployed without a kind: an image that exposes exactly
+/// one TCP port is served as `--container-port` of it, as `docker run`
+/// users expect of such an image (said in a note); several ports are a
+/// question only the operator can answer; none keeps faasd's own
+/// protocol (the original project's handlers).
+fn kind_from_expose(
+    options: DeployOptions,
+    image: &crate::image::ImageConfig,
+) -> Result<(DeployOptions, Option<String>), ManagerError> {
+    match image.tcp_ports().as_slice() {
+        [] => Ok((options, None)),
+        [port] => {
+            let options = DeployOptions {
+                kind: crate::api::HandlerKind::ContainerPort(*port),
+                ..options
+            };
+            options.validate().map_err(ManagerError::Options)?;
+            let note = format!(
+                "serving port {port}, from the image's EXPOSE; --control-socket for faasd's protocol"
+            );
+            Ok((options, Some(note)))
+        }
+        ports => Err(ManagerError::Options(format!(
+            "the image exposes ports {}: name the one that serves with --container-port N (or --control-socket for faasd's protocol)",
+            ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+        ))),
     }
 }

@@ -331,6 +331,7 @@ impl Manager {
                 })
                 .collect(),
             nodes: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

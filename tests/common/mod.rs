@@ -8,6 +8,7 @@ pub mod bird;
 pub mod etcd;
 pub mod frr;
 pub mod netns;
+pub mod stock;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};

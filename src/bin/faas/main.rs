@@ -158,6 +158,9 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
         "deployed {} at {} (version {})",
         info.name, info.ip, info.version
     );
+    for note in &info.notes {
+        println!("{note}");
+    }
     Ok(())
 }
 

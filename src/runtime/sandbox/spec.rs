@@ -163,6 +163,37 @@ pub fn environment(
     env
 }
 
+/// Capabilities `faas-init` holds and the program it starts must not (it
+/// drops them from the bounding set before the exec, `FAAS_INIT_DROP`):
+/// CAP_SYS_PTRACE, to read the fds and write the memory of a server's
+/// processes that changed user (nginx's workers: not dumpable), and
+/// CAP_SETPCAP, to drop it; each only where the function has not got it.
+fn init_capabilities(options: &DeployOptions, granted: &[String]) -> Vec<String> {
+    if !options.kind.needs_init() {
+        return Vec::new();
+    }
+    ["CAP_SYS_PTRACE", "CAP_SETPCAP"]
+        .into_iter()
+        .filter(|c| !granted.iter().any(|g| g == c))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The environment with `FAAS_INIT_DROP` (capability numbers) for those.
+fn init_env(mut env: Vec<String>, init_only: &[String]) -> Vec<String> {
+    let numbers: Vec<&str> = init_only
+        .iter()
+        .map(|c| match c.as_str() {
+            "CAP_SYS_PTRACE" => "19",
+            _ => "8",
+        })
+        .collect();
+    if !numbers.is_empty() {
+        env.push(format!("FAAS_INIT_DROP={}", numbers.join(",")));
+    }
+    env
+}
+
 pub fn render(input: &SpecInput<'_>) -> Value {
     let SpecInput {
         function,
@@ -181,9 +212,28 @@ pub fn render(input: &SpecInput<'_>) -> Value {
     let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
     // Docker's way: the set bounds every process; only root starts with
     // it in effect (a non-root user gains nothing by exec).
-    let bounding = caps::resolve(&options.cap_add, &options.cap_drop);
-    let in_effect: &[String] = if image.uid == 0 { &bounding } else { &[] };
-    let none: &[String] = &[];
+    let mut bounding = caps::resolve(&options.cap_add, &options.cap_drop);
+    let mut in_effect: Vec<String> = if image.uid == 0 {
+        bounding.clone()
+    } else {
+        Vec::new()
+    };
+    let init_only = init_capabilities(options, &bounding);
+    for cap in &init_only {
+        bounding.push(cap.clone());
+    }
+    // faas-init needs them in effect whatever its user (CAP_SETPCAP to
+    // drop the others): ambient, which is how a non-root process keeps a
+    // capability across its exec; it clears the ambient set and drops
+    // them from the bounding set before it starts the program.
+    let setpcap = "CAP_SETPCAP".to_string();
+    let needs_setpcap = (!init_only.is_empty()).then_some(&setpcap);
+    let ambient: Vec<String> = init_only.iter().chain(needs_setpcap).cloned().collect();
+    for cap in &ambient {
+        if !in_effect.contains(cap) {
+            in_effect.push(cap.clone());
+        }
+    }
     let mut annotations = serde_json::Map::new();
     if let Some(bpf) = seccomp_bpf {
         // crun then loads this instead of compiling `linux.seccomp` itself.
@@ -195,11 +245,11 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "terminal": false,
             "user": { "uid": image.uid, "gid": image.gid },
             "args": args(image, options),
-            "env": environment(image, options, secret_env, function, connect_timeout_ms),
+            "env": init_env(environment(image, options, secret_env, function, connect_timeout_ms), &init_only),
             "cwd": image.working_dir,
             "capabilities": {
-                "bounding": bounding, "effective": in_effect, "inheritable": none,
-                "permitted": in_effect, "ambient": none,
+                "bounding": bounding, "effective": in_effect, "inheritable": ambient,
+                "permitted": in_effect, "ambient": ambient,
             },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
             "noNewPrivileges": true,
