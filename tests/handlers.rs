@@ -23,12 +23,38 @@ fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
         timeout_secs: 2,
         ..Default::default()
     };
-    let crash = d.deploy("crash", &probe_image("crash", &[]), &quick).ip;
-    let noconnect = d
-        .deploy("noconnect", &probe_image("noconnect", &[]), &quick)
-        .ip;
+    // A handler that cannot come up fails its deploy, with the reason.
+    for (mode, why) in [
+        ("crash", "exited (exit code 3) before taking a connection"),
+        (
+            "noconnect",
+            "did not connect to /control.sock within 3 s; a server? deploy with --container-port N",
+        ),
+    ] {
+        let refused = d
+            .client()
+            .deploy(
+                mode,
+                &quick,
+                image_bytes(&probe_image(mode, &[])).as_slice(),
+            )
+            .expect_err(mode);
+        assert!(refused.to_string().contains(why), "{mode}: {refused}");
+        assert!(d.client().inspect(mode).is_err(), "{mode} is not deployed");
+        let logs = String::from_utf8_lossy(&d.faas(&["logs", mode], None).stdout).into_owned();
+        assert!(
+            logs.contains(" v1 faasd | "),
+            "{mode}: faasd's line in its log: {logs}"
+        );
+    }
+    // Ones that come up, then fail when they get connections.
+    let (late_crash, _) = probe_later("crash", Duration::from_secs(4));
+    let (late_noconnect, from) = probe_later("noconnect", Duration::from_secs(4));
+    let crash = d.deploy("crash", &late_crash, &quick).ip;
+    let noconnect = d.deploy("noconnect", &late_noconnect, &quick).ip;
     let hang = d.deploy("hang", &probe_image("hang", &[]), &quick).ip;
     let close = d.deploy("close", &probe_image("close", &[]), &quick).ip;
+    sleep_until(from);
     // An entrypoint that is not in the image cannot start: the deploy is
     // refused with the runtime's reason, and nothing is registered.
     let mut spec = probe_image("hello", &[]);
@@ -47,6 +73,10 @@ fn misbehaving_handlers_are_answered_promptly_and_leave_nothing() {
     let (status, body) = r.expect("crash is answered");
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("exited"), "{body}");
+    assert!(
+        body.contains("faas logs crash"),
+        "points to the log: {body}"
+    );
     assert!(
         !body.contains("crash-"),
         "no container ids for clients: {body}"
@@ -242,9 +272,9 @@ fn hostile_handlers_are_contained() {
     assert_eq!(call(bystander).expect("bystander").0, 200);
 
     // A memory hog is OOM-killed: before taking the connection, a 502.
-    let ip = d
-        .deploy("hog-early", &probe_image("memhog-early", &[]), &limited)
-        .ip;
+    let (hog, from) = probe_later("memhog-early", Duration::from_secs(4));
+    let ip = d.deploy("hog-early", &hog, &limited).ip;
+    sleep_until(from);
     let (status, body) = call(ip).expect("memory hog answered");
     assert_eq!(status, 502, "{body}");
     // ... after taking it, the connection ends promptly (answered 502 when

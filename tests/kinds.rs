@@ -30,7 +30,7 @@ fn busybox_image(entrypoint: &[&str], user: &str) -> ImageSpec {
     let mut entries = vec![Entry::dir("bin"), Entry::exe("bin/busybox", busybox)];
     // This busybox runs its applets only by name.
     for applet in [
-        "sh", "httpd", "readlink", "id", "grep", "tr", "sed", "sleep", "cat", "cut",
+        "sh", "httpd", "readlink", "id", "grep", "tr", "sed", "sleep", "cat", "cut", "date",
     ] {
         entries.push(Entry::Symlink {
             path: format!("bin/{applet}"),
@@ -404,10 +404,32 @@ fn a_server_slow_to_listen_is_waited_for_and_one_that_never_does_is_a_502() {
             &kind(HandlerKind::ContainerPort(8080), 0),
         )
         .ip;
+    // One that never listens cannot be deployed: its first container
+    // says why (the test daemon's --connect-timeout is 3 s).
+    let refused = d
+        .client()
+        .deploy(
+            "never",
+            &kind(HandlerKind::ContainerPort(8080), 0),
+            image_bytes(&busybox_image(&["/bin/sh", "-c", "sleep 3600"], "")).as_slice(),
+        )
+        .expect_err("a server that never listens");
+    assert!(refused.to_string().contains("is not up"), "{refused}");
+    let logs = String::from_utf8_lossy(&d.faas(&["logs", "never"], None).stdout).into_owned();
+    assert!(logs.contains("nothing listened on port 8080"), "{logs}");
+    // One that listens at its deploy and stops doing so for later
+    // containers: each such connection is a 502 within the wait.
+    let from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 4)
+        .unwrap_or_default();
+    let script = format!(
+        "if [ $(date +%s) -ge {from} ]; then sleep 3600; fi; exec /bin/busybox httpd -f -p 8080 -h /www"
+    );
     let never = d
         .deploy(
             "never",
-            &busybox_image(&["/bin/sh", "-c", "sleep 3600"], ""),
+            &busybox_image(&["/bin/sh", "-c", &script], ""),
             &kind(HandlerKind::ContainerPort(8080), 0),
         )
         .ip;
@@ -422,6 +444,14 @@ fn a_server_slow_to_listen_is_waited_for_and_one_that_never_does_is_a_502() {
         t0.elapsed()
     );
 
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+        < from
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let t0 = Instant::now();
     let (status, _) = get(never, "/");
     // The test daemon's --connect-timeout is 3 s.

@@ -60,8 +60,11 @@ fn counters_move_exactly_with_what_happens() {
             },
         )
         .ip;
-    let crash = d.deploy("crash", &probe_image("crash", &[]), &quick).ip;
-    let stuck = d.deploy("stuck", &probe_image("noconnect", &[]), &quick).ip;
+    // Up at their deploy, failing for every container started later.
+    let (late_crash, _) = probe_later("crash", Duration::from_secs(4));
+    let (late_stuck, from) = probe_later("noconnect", Duration::from_secs(4));
+    let crash = d.deploy("crash", &late_crash, &quick).ip;
+    let stuck = d.deploy("stuck", &late_stuck, &quick).ip;
     let one = DeployOptions {
         warm: 0,
         concurrency: 1,
@@ -73,6 +76,7 @@ fn counters_move_exactly_with_what_happens() {
     d.wait_for("w", Duration::from_secs(20), "pool of 1", |i| {
         i.stats.warm_ready == 1
     });
+    sleep_until(from);
     let before = scrape(&d);
 
     for _ in 0..2 {

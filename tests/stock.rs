@@ -210,3 +210,112 @@ fn python_servers_run_as_their_readmes_say() {
     }
     let _ = Duration::ZERO;
 }
+
+/// A socket-activated server that serves one request and ends; from
+/// `$FROM` (seconds since the epoch) on, one that ends at once.
+const ONE_SHOT_SERVER: &str = "import os, socket, sys, time\nif time.time() >= float(os.environ['FROM']):\n    sys.exit('failing from now on')\nl = socket.socket(fileno=3)\nc, _ = l.accept()\nhead = b''\nwhile b'\\r\\n\\r\\n' not in head:\n    head += c.recv(4096)\nc.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nserved\\n')\nc.close()\n";
+
+#[test]
+fn crash_loops_are_bounded_and_visible() {
+    let d = Daemon::start();
+    // A server that cannot come up fails its deploy, with the reason and
+    // its own words in faas logs.
+    let image = python_image(
+        &[
+            "/usr/bin/python3",
+            "-m",
+            "gunicorn",
+            "--chdir",
+            "/app",
+            "nosuch:app",
+        ],
+        "nobody",
+        &[],
+    );
+    let options = DeployOptions {
+        warm: 1,
+        kind: faasd::api::HandlerKind::SocketActivation,
+        ..DeployOptions::default()
+    };
+    let refused = d
+        .client()
+        .deploy("broken", &options, image_bytes(&image).as_slice())
+        .expect_err("gunicorn without its app");
+    assert!(refused.to_string().contains("is not up"), "{refused}");
+    let logs = String::from_utf8_lossy(&d.faas(&["logs", "broken"], None).stdout).into_owned();
+    assert!(logs.contains("No module named 'nosuch'"), "{logs}");
+    assert!(logs.contains(" faasd | "), "{logs}");
+
+    // Pool containers that start failing after the deploy: crash-looping,
+    // the restarts counted, clients told so at once (503).
+    let (late, from) = probe_later("crash", Duration::from_secs(4));
+    let ip = d.deploy("later", &late, &DeployOptions::default()).ip;
+    sleep_until(from);
+    for _ in 0..2 {
+        assert_eq!(call(ip).expect("the warm ones").0, 200);
+    }
+    let info = d.wait_for("later", Duration::from_secs(20), "crash-looping", |i| {
+        i.state == "crash-looping"
+    });
+    assert!(info.restarts >= 3, "{info:?}");
+    assert!(
+        info.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("exited (exit code 3)")),
+        "{:?}",
+        info.last_error
+    );
+    let t0 = std::time::Instant::now();
+    let (status, body) = call(ip).expect("answered");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("keep failing; faas logs later"), "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+
+    // A socket-activated server that starts failing: clients hear 503
+    // from faasd instead of waiting in the backlog.
+    let mut image = python_image(&["/usr/bin/python3", "/app/server.py"], "nobody", &[]);
+    image.layers[0]
+        .entries
+        .push(faasd::image::build::Entry::file(
+            "app/server.py",
+            ONE_SHOT_SERVER,
+        ));
+    let bytes = image_bytes(&image);
+    // Time enough for the deploy's first server to come up first.
+    let from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 10)
+        .unwrap_or_default()
+        .to_string();
+    let mut options = options.clone();
+    options.env.insert("FROM".into(), from.clone());
+    let ip = d
+        .client()
+        .deploy("served-once", &options, bytes.as_slice())
+        .expect("served-once")
+        .ip;
+    let from: u64 = from.parse().expect("from");
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+        < from
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = call(ip).expect("the first server serves once");
+    assert_eq!(status, 200);
+    d.wait_for(
+        "served-once",
+        Duration::from_secs(20),
+        "crash-looping",
+        |i| i.state == "crash-looping",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    let (status, body) =
+        http_get_timeout(&ip.to_string(), "/", Duration::from_secs(10)).expect("answered");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("servers are not up"), "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}

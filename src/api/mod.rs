@@ -44,6 +44,16 @@ pub struct FunctionInfo {
     pub working_dir: String,
     pub user: String,
     pub stats: FunctionStats,
+    /// `ready`, `starting` (no container up yet) or `crash-looping`
+    /// (containers keep failing; clients get 503 meanwhile).
+    #[serde(default = "ready")]
+    pub state: String,
+    /// Containers of the serving version that failed or ended unasked.
+    #[serde(default)]
+    pub restarts: u64,
+    /// What the last of them said (the rest is in `faas logs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// The isolation its containers run with.
     #[serde(default)]
     pub sandbox: Sandbox,
@@ -87,6 +97,10 @@ pub struct NodeStatus {
     /// Why it does not serve the spec, if it failed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn ready() -> String {
+    "ready".into()
 }
 
 fn default_port() -> u16 {

@@ -114,7 +114,10 @@ fn manager_status(e: &ManagerError) -> StatusCode {
         }
         // The runtime cannot start the image (a missing entrypoint, a
         // config it refuses): the deploy is refused, with its reason.
-        ManagerError::Runtime(RuntimeError::Start { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+        // The image cannot serve as deployed: its first container failed.
+        ManagerError::Runtime(RuntimeError::Start { .. } | RuntimeError::NotUp { .. }) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         // The host cannot give egress (no forwarding, iptables failing).
         ManagerError::Egress(_) => StatusCode::SERVICE_UNAVAILABLE,
         ManagerError::Net(_)

@@ -1,5 +1,5 @@
 //! `GET /v1/functions/NAME/logs?tail=N&follow=true`: the last lines of a
-//! function's log ring, then, when following, what is appended (polled;
+//! function's log ring (also of one whose first deploy was refused), then, when following, what is appended (polled;
 //! rotation is noticed by the file getting shorter).
 
 use std::io::{Read, Seek, SeekFrom};
@@ -23,7 +23,12 @@ const CHUNK: usize = 64 << 10;
 
 pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     let name = FunctionName::parse(name)?;
-    control.manager.inspect(&name).await?;
+    // A function whose first deploy was refused has a log too: why.
+    if let Err(e) = control.manager.inspect(&name).await {
+        if !control.manager.log_path(&name).exists() {
+            return Err(e.into());
+        }
+    }
     let mut tail = 100usize;
     let mut follow = false;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {

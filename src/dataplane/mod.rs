@@ -126,6 +126,9 @@ struct Entry {
     /// A listener no core accepts on: the function's own servers do
     /// (socket activation).
     handed: Option<TcpListener>,
+    /// The core accepting on `handed` while no server of the function is
+    /// up (`stand_in`).
+    standing_in: Option<usize>,
 }
 
 /// How a function's address is listened on.
@@ -210,6 +213,7 @@ impl Dataplane {
                     served,
                     listeners: Vec::new(),
                     handed: Some(listener),
+                    standing_in: None,
                 },
             );
             return Ok(Some(copy));
@@ -241,9 +245,44 @@ impl Dataplane {
                 served,
                 listeners,
                 handed: None,
+                standing_in: None,
             },
         );
         Ok(None)
+    }
+
+    /// While a socket-activated function's servers keep failing, a core
+    /// accepts on its handed listener, so clients hear why (503, from the
+    /// runtime) instead of waiting in the backlog; `false` lets go again
+    /// (the accept already in flight still takes one connection).
+    pub fn stand_in(&self, name: &FunctionName, on: bool) {
+        let mut entries = self.lock();
+        let loads = core_loads(&entries, self.cores.len());
+        let Some(entry) = entries.get_mut(name) else {
+            return;
+        };
+        match (on, entry.standing_in) {
+            (true, None) => {
+                let Some(copy) = entry.handed.as_ref().and_then(|l| l.try_clone().ok()) else {
+                    return;
+                };
+                let core = argmin(&loads).unwrap_or(0);
+                entry.standing_in = Some(core);
+                self.send(
+                    core,
+                    Command::Listen {
+                        name: name.clone(),
+                        listener: copy,
+                        served: Arc::clone(&entry.served),
+                    },
+                );
+            }
+            (false, Some(core)) => {
+                entry.standing_in = None;
+                self.send(core, Command::Release { name: name.clone() });
+            }
+            _ => {}
+        }
     }
 
     /// A copy of `name`'s handed listener (a redeploy keeps it).

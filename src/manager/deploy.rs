@@ -347,22 +347,54 @@ impl Manager {
                 if let Some(fd) = self.dataplane.handed(&name) {
                     func.listener.set(fd);
                 }
-                // Connections accepted before the swap finish on the old version.
-                let old = served.func.swap(func);
-                self.let_go(&old, &needed);
-                Ok(())
+                // A new server takes the listener beside the old ones, and
+                // must be up before they go.
+                match self.server_up(&func).await {
+                    Ok(()) => {
+                        self.watch_servers(Arc::clone(&func));
+                        // Connections accepted before the swap finish on the old version.
+                        let old = served.func.swap(func);
+                        self.let_go(&old, &needed);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        func.close();
+                        Err(e)
+                    }
+                }
             }
             Some((served, _)) => {
                 let old = served.func.load_full();
                 self.let_go(&old, &needed);
-                self.start_serving(&record, func, None)
+                servers_gone(&old).await;
+                let up = match self.start_serving(&record, Arc::clone(&func), None) {
+                    Ok(()) => self.server_up(&func).await,
+                    Err(e) => Err(e),
+                };
+                if up.is_ok() {
+                    self.watch_servers(func);
+                }
+                up
             }
             None => {
                 let started = self.start_serving(&record, Arc::clone(&func), added);
-                if started.is_ok() {
-                    self.announce_when_ready(record.ip, func);
+                let up = match started {
+                    Ok(()) => self.server_up(&func).await,
+                    Err(e) => Err(e),
+                };
+                match up {
+                    Ok(()) => {
+                        self.watch_servers(Arc::clone(&func));
+                        self.announce_when_ready(record.ip, func);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.dataplane.stop(&name);
+                        self.live().remove(&name);
+                        func.close();
+                        Err(e)
+                    }
                 }
-                started
             }
         };
         if let Err(e) = result {
@@ -384,6 +416,39 @@ impl Manager {
 
     /// The replaced version takes no more containers; its rootfs goes with
     /// its last one unless the record still needs it.
+    /// A socket-activated version's first server is up (every other kind:
+    /// its first container came up in `first_start`).
+    async fn server_up(&self, func: &Function) -> Result<(), ManagerError> {
+        if !func.options.hands_listener() {
+            return Ok(());
+        }
+        self.runtime
+            .server_up(func)
+            .await
+            .map_err(ManagerError::from)
+    }
+
+    /// While `func` (socket-activated) serves, a core stands in for its
+    /// servers whenever they crash-loop (`Dataplane::stand_in`): clients
+    /// hear why (503) instead of waiting in the backlog.
+    pub(super) fn watch_servers(&self, func: Arc<Function>) {
+        if !func.options.hands_listener() {
+            return;
+        }
+        let dataplane = Arc::clone(&self.dataplane);
+        tokio::spawn(async move {
+            let mut standing_in = false;
+            while !func.pool.is_closed() {
+                let failing = func.pool.crash_looping();
+                if failing != standing_in {
+                    dataplane.stand_in(&func.name, failing);
+                    standing_in = failing;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+    }
+
     fn let_go(&self, old: &Function, needed: &HashSet<u64>) {
         old.close();
         if !needed.contains(&old.rootfs_id) {
@@ -471,5 +536,18 @@ fn kind_from_expose(
             "the image exposes ports {}: name the one that serves with --container-port N (or --control-socket for faasd's protocol)",
             ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
         ))),
+    }
+}
+
+/// Waits (a second at most) until a retired version's long-lived servers
+/// (socket-activated, or reused ones given the listener) have ended: its
+/// listener is shut only then, or they would spin on accept (EINVAL).
+pub(super) async fn servers_gone(old: &Function) {
+    if !old.options.hands_listener() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while old.pool.live() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

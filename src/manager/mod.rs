@@ -84,7 +84,7 @@ pub struct Manager {
     net: Netlink,
     pool: AddressPool,
     runtime: Arc<Runtime>,
-    dataplane: Dataplane,
+    dataplane: Arc<Dataplane>,
     limits: Limits,
     live: Mutex<HashMap<FunctionName, Live>>,
     sinks: Mutex<HashMap<FunctionName, Arc<LogSink>>>,
@@ -139,7 +139,7 @@ impl Manager {
             net,
             pool,
             runtime,
-            dataplane,
+            dataplane: Arc::new(dataplane),
             limits,
             live: Mutex::new(HashMap::new()),
             sinks: Mutex::new(HashMap::new()),
@@ -173,11 +173,14 @@ impl Manager {
         } else {
             crate::image::store::ensure_secrets_mountpoint(&rootfs)?;
             let owner = (id_base + record.image.uid, id_base + record.image.gid);
-            let key = format!("{}-v{}", record.name, record.version);
+            // Versions count per function (a removed one's come again);
+            // store directories never repeat.
+            let key = format!("{}-v{}-{}", record.name, record.version, record.rootfs_id());
             Some(self.secrets.deliver(&key, &record.options.secrets, owner)?)
         };
         let func = Arc::new(Function {
             name: record.name.clone(),
+            version: record.version,
             rootfs: self.rootfs_dir(rootfs),
             rootfs_id: record.rootfs_id(),
             secrets,
@@ -225,8 +228,13 @@ impl Manager {
             // Routers stop sending here before the listener goes.
             self.withdraw(ip).await?;
         }
-        self.dataplane.stop(name);
         let live = self.live().remove(name);
+        if let Some(live) = &live {
+            let func = live.served.func.load_full();
+            func.retire();
+            deploy::servers_gone(&func).await;
+        }
+        self.dataplane.stop(name);
         if let Some(record) = registry.remove(name)? {
             if record.options.egress {
                 self.forget_egress(&record).await;
@@ -289,21 +297,31 @@ impl Manager {
     }
 
     fn info(&self, r: &FunctionRecord) -> FunctionInfo {
-        let stats = self
-            .live()
-            .get(&r.name)
-            .map(|l| {
-                let func = l.served.func.load();
+        let live = self.live().get(&r.name).map(|l| {
+            let func = l.served.func.load_full();
+            let inflight = l.served.inflight();
+            (func, inflight)
+        });
+        let stats = live
+            .as_ref()
+            .map(|(func, inflight)| {
                 // Servers handed the listener never wait in the pool: up is ready.
                 let ready = if func.options.hands_listener() {
                     func.pool.live()
                 } else {
                     func.pool.ready()
                 };
-                func.ledger
-                    .snapshot(u64::from(ready), u64::from(l.served.inflight()))
+                func.ledger.snapshot(u64::from(ready), u64::from(*inflight))
             })
             .unwrap_or_default();
+        let (state, restarts, last_error) = match &live {
+            Some((func, _)) => (
+                func.pool.state().to_string(),
+                func.pool.restarts(),
+                func.pool.last_error(),
+            ),
+            None => ("starting".to_string(), 0, None),
+        };
         FunctionInfo {
             name: r.name.to_string(),
             ip: r.ip,
@@ -315,6 +333,9 @@ impl Manager {
             working_dir: r.image.working_dir.clone(),
             user: r.image.user.clone(),
             stats,
+            state,
+            restarts,
+            last_error,
             sandbox: crate::runtime::sandbox::spec::sandbox(
                 &r.options,
                 owners::base(r.id_slot.unwrap_or_default()),

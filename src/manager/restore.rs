@@ -76,6 +76,7 @@ impl Manager {
             let func = self.function(record, Arc::default())?;
             self.runtime.refill(&func);
             self.start_serving(record, Arc::clone(&func), Some(added))?;
+            self.watch_servers(Arc::clone(&func));
             self.announce_when_ready(record.ip, func);
             tracing::info!(function = %record.name, ip = %record.ip, "serving");
         }

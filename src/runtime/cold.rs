@@ -34,6 +34,13 @@ async fn serve(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
         accepted,
         lease,
     } = waiting;
+    if let Some(why) = cannot_start(&func) {
+        func.ledger.failed(Outcome::Unavailable);
+        let reason = format!("{why}; faas logs {}", func.name);
+        respond::error_std(client, Status::ServiceUnavailable, &reason).await;
+        drop(lease);
+        return;
+    }
     let result = match rt.start(&func, Priority::Normal).await {
         Ok(ready) => ready.hand_over(client.as_fd(), lease),
         Err(e) => Err((lease, e)),
@@ -46,13 +53,36 @@ async fn serve(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
         Err((lease, e)) => {
             tracing::info!(function = %func.name, error = %e, "request failed");
             let (status, outcome) = match e {
-                RuntimeError::ShuttingDown => (Status::ServiceUnavailable, Outcome::Unavailable),
+                RuntimeError::ShuttingDown | RuntimeError::Retired => {
+                    (Status::ServiceUnavailable, Outcome::Unavailable)
+                }
                 ref e if e.is_timeout() => (Status::GatewayTimeout, Outcome::Timeout),
                 _ => (Status::BadGateway, Outcome::HandlerError),
             };
+            if outcome != Outcome::Unavailable {
+                let why = e.for_operator(&func);
+                func.say(&format!("starting a container for a connection: {why}"));
+                func.pool.failed(why);
+            }
             func.ledger.failed(outcome);
-            respond::error_std(client, status, e.public_reason()).await;
+            let reason = format!("{}; faas logs {}", e.public_reason(), func.name);
+            respond::error_std(client, status, &reason).await;
             drop(lease);
         }
     }
+}
+
+/// Why no container may be started for a connection now, if so (for the
+/// client: no ids or paths, `faas logs` has the rest): a socket-activated
+/// function's servers take connections themselves (one reaches here only
+/// while none runs), and a function whose containers keep failing gets
+/// one try per back-off period, not one per connection.
+fn cannot_start(func: &Function) -> Option<&'static str> {
+    if func.options.hands_listener() {
+        return Some("the function's servers are not up");
+    }
+    if !func.pool.may_start_cold() {
+        return Some("the function's containers keep failing");
+    }
+    None
 }

@@ -1,7 +1,8 @@
 //! Handler output: each container's stdout and stderr come through a pipe,
 //! are split into lines and written to the function's log tagged with the
-//! time and the container (one container per connection, except in reuse
-//! mode). The log is a bounded ring on disk: past `MAX_BYTES` the file
+//! time, the version and the container (one container per connection,
+//! except in reuse mode); faasd's own lines about the function (starts
+//! that failed, exits, timeouts) go there too, tagged `faasd`. The log is a bounded ring on disk: past `MAX_BYTES` the file
 //! becomes `NAME.log.1` (replacing the older one) and a new one starts.
 
 use std::fs::{File, OpenOptions};
@@ -53,10 +54,11 @@ impl LogSink {
         PathBuf::from(p)
     }
 
-    /// Appends one tagged line.
-    pub fn line(&self, container: &str, text: &str) {
+    /// Appends one line of `source` (a container, or faasd) about version
+    /// `version`.
+    pub fn line(&self, version: u64, source: &str, text: &str) {
         let stamp = humantime::format_rfc3339_millis(SystemTime::now());
-        let record = format!("{stamp} {container} | {text}\n");
+        let record = format!("{stamp} v{version} {source} | {text}\n");
         let mut sink = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if sink.size + record.len() as u64 > MAX_BYTES {
             if let Err(e) = self.rotate(&mut sink) {
@@ -86,7 +88,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Copies the container's output into the log until every writer is gone.
-pub async fn collect(read: OwnedFd, sink: Arc<LogSink>, container: String) {
+pub async fn collect(read: OwnedFd, sink: Arc<LogSink>, version: u64, container: String) {
     let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(read) else {
         return;
     };
@@ -103,7 +105,7 @@ pub async fn collect(read: OwnedFd, sink: Arc<LogSink>, container: String) {
             Ok(n) => n,
         };
         let text = String::from_utf8_lossy(&buf[..n]);
-        sink.line(&container, text.trim_end_matches(['\n', '\r']));
+        sink.line(version, &container, text.trim_end_matches(['\n', '\r']));
     }
 }
 
@@ -117,7 +119,7 @@ mod tests {
         let sink = LogSink::open(dir.path().join("f.log")).expect("open");
         let line = "x".repeat(1000);
         for _ in 0..(MAX_BYTES / 1000 + 100) {
-            sink.line("f-1", &line);
+            sink.line(3, "f-1", &line);
         }
         let current = std::fs::metadata(sink.path()).expect("current").len();
         let previous = std::fs::metadata(LogSink::previous(sink.path()))
@@ -129,6 +131,6 @@ mod tests {
         );
         assert!(current > 0 && previous > MAX_BYTES / 2);
         let text = std::fs::read_to_string(sink.path()).expect("read");
-        assert!(text.lines().all(|l| l.contains(" f-1 | ")));
+        assert!(text.lines().all(|l| l.contains(" v3 f-1 | ")));
     }
 }

@@ -61,6 +61,10 @@ pub enum RuntimeError {
     },
     #[error("faasd is shutting down")]
     ShuttingDown,
+    #[error("the function's version was replaced or removed")]
+    Retired,
+    #[error("the first server of {function} is not up: {why}")]
+    NotUp { function: String, why: String },
     #[error("{op}: {source}")]
     Io {
         op: &'static str,
@@ -85,6 +89,29 @@ impl RuntimeError {
             RuntimeError::ShuttingDown => "the node is shutting down",
             RuntimeError::Start { .. } => "the function's container failed to start",
             _ => "the function could not be started",
+        }
+    }
+
+    /// What the operator is told (`faas logs`, `faas inspect`'s
+    /// `last_error`): the cause, and what to do where that is clear.
+    pub fn for_operator(&self, func: &Function) -> String {
+        match self {
+            RuntimeError::ConnectTimeout { secs, .. } if !func.options.kind.needs_init() => {
+                let port = match func.image.tcp_ports().as_slice() {
+                    [port] => port.to_string(),
+                    _ => "N".into(),
+                };
+                format!(
+                    "did not connect to /control.sock within {secs:.0} s; a server? deploy with --container-port {port}"
+                )
+            }
+            RuntimeError::ConnectTimeout { secs, .. } => {
+                format!("the server did not listen within {secs:.0} s")
+            }
+            RuntimeError::HandlerExited { exit, .. } => {
+                format!("the program exited ({exit}) before taking a connection")
+            }
+            other => other.to_string(),
         }
     }
 
@@ -165,6 +192,8 @@ impl Drop for RootfsDir {
 #[derive(Debug)]
 pub struct Function {
     pub name: FunctionName,
+    /// Its version number (per function), as its log lines carry it.
+    pub version: u64,
     pub rootfs: Arc<RootfsDir>,
     /// The store directory `rootfs` is (versions may share one).
     pub rootfs_id: u64,
@@ -213,6 +242,12 @@ impl ActivationListener {
 }
 
 impl Function {
+    /// Writes one of faasd's own lines about this version into the
+    /// function's log, where `faas logs` shows it beside the handler's.
+    pub fn say(&self, text: &str) {
+        self.logs.line(self.version, "faasd", text);
+    }
+
     /// This version takes no more containers: its waiting ones go.
     pub fn close(&self) {
         self.pool.close();

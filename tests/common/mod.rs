@@ -120,6 +120,26 @@ pub fn probe_image(mode: &str, env: &[&str]) -> ImageSpec {
     }
 }
 
+/// A probe whose containers come up as `hello` until `after` from now
+/// (a deploy's first container must come up), and behave as `mode` in
+/// every container started later; and that moment.
+pub fn probe_later(mode: &str, after: Duration) -> (ImageSpec, Instant) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let from = format!("PROBE_FROM={}", now_ms + after.as_millis());
+    let later = format!("PROBE_LATER={mode}");
+    let mut spec = probe_image("hello", &[&from, &later]);
+    spec.tag = format!("probe-later-{mode}:latest");
+    (spec, Instant::now() + after)
+}
+
+/// Sleeps until `when`.
+pub fn sleep_until(when: Instant) {
+    std::thread::sleep(when.saturating_duration_since(Instant::now()));
+}
+
 pub fn hello_image() -> ImageSpec {
     faasd::image::build::single_binary(handler_bytes("hello"), "hello:latest")
 }

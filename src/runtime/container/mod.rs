@@ -24,6 +24,8 @@ pub mod control;
 mod start;
 mod supervise;
 
+pub use supervise::SERVER_SETTLE;
+
 /// A container whose process runs, waiting for its handler to connect.
 pub struct Starting {
     guard: Guard,

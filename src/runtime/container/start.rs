@@ -45,6 +45,9 @@ impl Runtime {
         if *self.stopping.borrow() {
             return Err(RuntimeError::ShuttingDown);
         }
+        if func.pool.is_closed() {
+            return Err(RuntimeError::Retired);
+        }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{}-{seq}", func.name, self.run);
         let bundle = self.bundles_dir().join(&id);
@@ -80,10 +83,15 @@ impl Runtime {
         tokio::spawn(logs::collect(
             output,
             Arc::clone(&func.logs),
+            func.version,
             guard.id.clone(),
         ));
         if let Err(e) = guard.create(runtime_output, priority).await {
             return Err(guard.fail(e));
+        }
+        // Replaced or removed while it was being created: it never runs.
+        if func.pool.is_closed() {
+            return Err(guard.fail(RuntimeError::Retired));
         }
         if func.options.egress {
             if let Err(e) = guard.attach_egress().await {

@@ -29,6 +29,10 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// asked (TCP_INFO) whether it answered yet; most have ended long before.
 const FIRST_ANSWER_CHECK: Duration = Duration::from_millis(20);
 const ANSWER_CHECK: Duration = Duration::from_millis(250);
+/// A socket-activated server that still runs this long after it got the
+/// listener is up (one that fails at start, gunicorn with a bad flag, is
+/// gone within a second); before that, its end is a failed start.
+pub const SERVER_SETTLE: Duration = Duration::from_secs(1);
 
 impl Ready {
     /// Sends the client socket to the handler (the cold path); the
@@ -68,6 +72,13 @@ impl Ready {
         }
     }
 
+    /// Kills the container: it was only started to see that it serves
+    /// (a version whose pool is empty).
+    pub fn discard(self) {
+        let rt = Arc::clone(&self.guard.rt);
+        rt.control.spawn(self.guard.finish(End::Kill("discarded")));
+    }
+
     /// Puts the container into its function's pool (before returning, so
     /// the pool's count is right at once), supervised there on the control
     /// runtime (whatever runtime started it).
@@ -104,6 +115,20 @@ impl Ready {
 }
 
 impl Guard {
+    /// One of faasd's lines about this container in the function's log.
+    fn say(&self, text: &str) {
+        self.func.say(&format!("{}: {text}", self.id));
+    }
+
+    /// This container failed (`what`, and how its process ended): said in
+    /// the function's log, counted by its pool (back-off, crash loops).
+    fn failed(&self, what: &str) {
+        let exit = self.exited.map(|e| format!(" ({e})")).unwrap_or_default();
+        let why = format!("{what}{exit}");
+        self.say(&why);
+        self.func.pool.failed(why);
+    }
+
     /// Waits for the container's process to end and records how (at once
     /// if it already has; never if there is none).
     pub(super) async fn wait_process(&mut self) -> Exit {
@@ -284,6 +309,9 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
             // Died (or faasd stops) while waiting: out of the pool, so it
             // is replaced. If the data plane took it meanwhile, its send
             // failed and it went on with a cold start.
+            if end == End::Exited {
+                guard.failed("exited while waiting in the pool");
+            }
             if watch.withdraw() {
                 func.pool.withdrawn();
             }
@@ -306,6 +334,12 @@ async fn supervise_once(mut guard: Guard, taken: Taken) {
         check: Instant::now() + FIRST_ANSWER_CHECK,
     };
     let end = guard.wait_exit(Some(deadline), Some(&mut copy)).await;
+    if end == End::Kill("timeout") {
+        let secs = guard.func.options.timeout_secs;
+        guard.say(&format!(
+            "still serving at its --timeout of {secs} s: killed"
+        ));
+    }
     if let Some(client) = copy.fd {
         answer_if_silent(&guard, &end, client);
     }
@@ -353,16 +387,15 @@ fn answer_if_silent(guard: &Guard, end: &End, client: Foreign<OwnedFd>) {
     if crate::rawfd::bytes_sent(client.as_fd()) != Some(0) {
         return;
     }
-    tracing::info!(
-        function = %guard.func.name,
-        id = %guard.id,
-        exit = ?guard.exited,
-        "handler ended without answering: {reason}"
-    );
+    let exit = guard.exited.map(|e| format!(" ({e})")).unwrap_or_default();
+    guard.say(&format!(
+        "ended{exit} without answering its connection: {reason}"
+    ));
+    let reason = format!("{reason}; faas logs {}", guard.func.name);
     guard
         .rt
         .control
-        .spawn(respond::error_std(client, status, reason));
+        .spawn(async move { respond::error_std(client, status, &reason).await });
 }
 
 /// A socket-activation container for its whole life: it gets the
@@ -374,6 +407,7 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
     let retired = func.pool.retired.notified();
     tokio::pin!(retired);
     retired.as_mut().enable();
+    let mut settled = false;
     let end = if func.pool.is_closed() {
         End::Kill("retired")
     } else {
@@ -382,9 +416,17 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
                 match fdpass::send_fd(control.as_fd(), listener.as_fd()) {
                     Ok(()) => {
                         drop(control);
-                        tokio::select! {
-                            end = guard.wait_exit(None, None) => end,
-                            _ = &mut retired => End::Kill("retired"),
+                        let settle = tokio::time::sleep(SERVER_SETTLE);
+                        tokio::pin!(settle);
+                        loop {
+                            tokio::select! {
+                                end = guard.wait_exit(None, None) => break end,
+                                _ = &mut retired => break End::Kill("retired"),
+                                _ = &mut settle, if !settled => {
+                                    settled = true;
+                                    func.pool.came_up();
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -397,6 +439,13 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
             _ = &mut retired => End::Kill("retired"),
         }
     };
+    if end == End::Exited {
+        guard.failed(if settled {
+            "the server ended; starting another"
+        } else {
+            "the server ended within a second of its start"
+        });
+    }
     guard.finish(end).await;
     func.pool.reuse_ended();
 }
@@ -409,6 +458,9 @@ async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
         end = guard.wait_exit(None, None) => end,
         _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
     };
+    if end == End::Exited && guard.exited.is_some_and(|e| !e.success()) {
+        guard.failed("the reused handler exited");
+    }
     if reuse.withdraw() {
         guard.func.pool.withdrawn();
     }

@@ -26,6 +26,8 @@ pub use slot::{Handed, Slot, SlotWatch, Taken};
 /// Longest pause between start attempts of a function whose containers fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Containers failing in a row before the function counts as crash-looping.
+const CRASH_LOOP: u32 = 3;
 /// How long after a one-shot take its replacement waits to start: the
 /// connection is served in the meantime (a warm hit takes 0.3–1 ms here).
 /// The refiller runs at `SCHED_IDLE`, yet the scheduler still lets it
@@ -58,7 +60,15 @@ pub struct WarmPool {
     waiters: Waiters,
     /// Reuse mode: cold starts under way for waiting connections.
     scaling: AtomicU32,
+    /// Containers that failed in a row (reset by one that came up).
     failures: AtomicU32,
+    /// Containers that ended unasked and were started again.
+    restarts: AtomicU64,
+    /// When the last failure was (ms since `epoch`), and what it was.
+    last_failure_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// A container of this version came up once.
+    ever_up: AtomicBool,
     closed: AtomicBool,
     wake: Notify,
     /// Wakes the supervisors of long-lived (socket-activation) containers
@@ -89,6 +99,10 @@ impl WarmPool {
             waiters: Waiters::default(),
             scaling: AtomicU32::new(0),
             failures: AtomicU32::new(0),
+            restarts: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            ever_up: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wake: Notify::new(),
             retired: Notify::new(),
@@ -205,7 +219,7 @@ impl WarmPool {
             // the surplus's retirement (once per surge, not per request).
             self.wake.notify_one();
         }
-        self.failures.store(0, Ordering::Release);
+        self.came_up();
     }
 
     /// A container left the pool without being used.
@@ -253,6 +267,101 @@ impl WarmPool {
     pub fn surplus(&self) -> bool {
         self.ready() > self.target
     }
+
+    /// A container of this version failed (did not start, ended before
+    /// serving, or ended a long-lived server): the next start backs off,
+    /// `why` is its `last_error`.
+    pub fn failed(&self, why: String) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        self.restarts.fetch_add(1, Ordering::AcqRel);
+        self.last_failure_ms.store(self.now_ms(), Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.wake.notify_one();
+    }
+
+    /// A container came up (its handler connected, or a server outlived
+    /// its start): the failures in a row are over.
+    pub fn came_up(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.ever_up.store(true, Ordering::Release);
+    }
+
+    /// Whether a container of this version ever came up.
+    fn settled(&self) -> bool {
+        self.ever_up.load(Ordering::Acquire)
+    }
+
+    /// What went wrong, if a container failed before any came up.
+    fn first_failure(&self) -> Option<String> {
+        if self.settled() || self.restarts() == 0 {
+            return None;
+        }
+        self.last_error()
+    }
+
+    /// Containers keep failing and none serves.
+    pub fn crash_looping(&self) -> bool {
+        self.failures.load(Ordering::Acquire) >= CRASH_LOOP && self.ready() == 0
+    }
+
+    /// The pause before the next start after the failures so far.
+    fn backoff(&self) -> Duration {
+        match self.failures.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            n => FIRST_BACKOFF
+                .saturating_mul(1 << n.min(10))
+                .min(MAX_BACKOFF),
+        }
+    }
+
+    /// Whether a connection may have a container started for it now: not
+    /// while the function crash-loops, but for one try per back-off
+    /// period (so a function with no pool recovers too).
+    pub fn may_start_cold(&self) -> bool {
+        if !self.crash_looping() {
+            return true;
+        }
+        let since = self
+            .now_ms()
+            .saturating_sub(self.last_failure_ms.load(Ordering::Acquire));
+        Duration::from_millis(since) >= self.backoff()
+    }
+
+    /// `ready`, `starting` or `crash-looping`, as `faas inspect` says.
+    pub fn state(&self) -> &'static str {
+        let up = if self.reuse {
+            self.live()
+        } else {
+            self.ready()
+        };
+        match (self.crash_looping(), up > 0 || self.target == 0) {
+            (true, _) => "crash-looping",
+            (false, true) => "ready",
+            (false, false) => "starting",
+        }
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until the pool is closed (at once if it is).
+    async fn closing(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Keeps `func`'s pool filled until the pool is closed. Runs on the
@@ -275,12 +384,13 @@ pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
             tracing::debug!(function = %func.name, "pool idle: shrinking to zero");
             pool.drain();
         }
-        let failures = pool.failures.load(Ordering::Acquire);
-        if failures > 0 {
-            let backoff = FIRST_BACKOFF
-                .saturating_mul(1 << failures.min(10))
-                .min(MAX_BACKOFF);
-            tokio::time::sleep(backoff).await;
+        let backoff = pool.backoff();
+        if !backoff.is_zero() {
+            // A retired version stops trying at once.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = pool.closing() => return,
+            }
         }
         let have = pool.have() + pool.starting.load(Ordering::Acquire);
         for _ in have..want {
@@ -326,8 +436,11 @@ async fn start_one(rt: Arc<Runtime>, func: Arc<Function>) {
 fn parked(func: &Function, started: Result<Ready, RuntimeError>) {
     match started {
         Ok(ready) => ready.park(),
+        Err(RuntimeError::ShuttingDown) | Err(RuntimeError::Retired) => {}
         Err(e) => {
-            func.pool.failures.fetch_add(1, Ordering::AcqRel);
+            let why = e.for_operator(func);
+            func.say(&format!("starting a container: {why}"));
+            func.pool.failed(why);
             tracing::warn!(function = %func.name, error = %e, "starting a warm container");
         }
     }
@@ -336,24 +449,62 @@ fn parked(func: &Function, started: Result<Ready, RuntimeError>) {
 }
 
 impl Runtime {
-    /// Starts a new version's first container — what the runtime says of
-    /// it decides whether the version is deployed at all — then keeps its
-    /// pool filled. The first container joins the pool, or is discarded
-    /// when the pool's target is zero. Its handler is not waited for: one
-    /// that fails is a request's 502, not a refused deploy.
+    /// Starts a new version's first container and waits until its handler
+    /// is connected (for a server on a container port: once it listens):
+    /// what the runtime and the program say of it decides whether the
+    /// version is deployed at all, the version before serving on. It then
+    /// joins the pool (or goes, when the pool's target is zero) and the
+    /// pool is kept filled. A socket-activated server is up only once it
+    /// got the listener and outlived `SERVER_SETTLE` (`server_up`).
     pub async fn first_start(self: &Arc<Self>, func: &Arc<Function>) -> Result<(), RuntimeError> {
-        let starting = self.launch(func, Priority::Normal).await?;
+        let ready = match self.start(func, Priority::Normal).await {
+            Ok(ready) => ready,
+            Err(e @ (RuntimeError::ShuttingDown | RuntimeError::Start { .. })) => {
+                func.say(&format!("the first container of this version: {e}"));
+                return Err(e);
+            }
+            Err(e) => {
+                let why = e.for_operator(func);
+                func.say(&format!("the first container of this version: {why}"));
+                return Err(RuntimeError::NotUp {
+                    function: func.name.to_string(),
+                    why,
+                });
+            }
+        };
         if func.pool.target == 0 {
-            starting.discard();
+            ready.discard();
         } else {
-            func.pool.starting.fetch_add(1, Ordering::AcqRel);
-            let func = Arc::clone(func);
-            self.background.spawn(async move {
-                let connected = starting.connected().await;
-                parked(&func, connected);
-            });
+            ready.park();
         }
         self.refill(func);
         Ok(())
+    }
+
+    /// Waits until a socket-activated version's first server is up (it got
+    /// the listener, which the data plane binds after `first_start`, and
+    /// still runs `SERVER_SETTLE` later); its failure, or none in time, is
+    /// the error.
+    pub async fn server_up(&self, func: &Function) -> Result<(), RuntimeError> {
+        let within = self.config.connect_timeout + crate::runtime::container::SERVER_SETTLE * 2;
+        let deadline = Instant::now() + within;
+        loop {
+            if func.pool.settled() {
+                return Ok(());
+            }
+            if let Some(why) = func.pool.first_failure() {
+                return Err(RuntimeError::NotUp {
+                    function: func.name.to_string(),
+                    why,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::NotUp {
+                    function: func.name.to_string(),
+                    why: format!("no server up within {:.0} s", within.as_secs_f64()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! - `hello`: answer "probe ok"
 //! - `inspect`: answer `key=value` lines describing the sandbox it runs in
 //! - `crash`: exit 3 before connecting to `/control.sock`
+//! - `fail`: take the connection, exit 3 without a word
 //! - `noconnect`: never connect
 //! - `hang`: take the connection, never answer
 //! - `close`: take the connection, close it without answering
@@ -41,6 +42,10 @@
 //!   SO_LINGER (PROBE_LINGER_SECS, default 40) and close it.
 //! - `deaf`: connect to `/control.sock` and never read from it.
 //!
+//! With PROBE_LATER=MODE and PROBE_FROM=T (ms since the epoch), a probe
+//! started at or after T behaves as MODE: a deploy's first container
+//! comes up, the containers started for later requests misbehave.
+//!
 //! With FAAS_REUSE=1 it asks for the next connection on the same control
 //! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
 //! for each one (the protocol's older form); `inspect` then reports the
@@ -54,10 +59,12 @@ use std::time::Duration;
 use faas_handler::Control;
 
 fn main() {
-    let mode = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("PROBE_MODE").ok())
-        .unwrap_or_else(|| "hello".into());
+    let mode = later_mode().unwrap_or_else(|| {
+        std::env::args()
+            .nth(1)
+            .or_else(|| std::env::var("PROBE_MODE").ok())
+            .unwrap_or_else(|| "hello".into())
+    });
     let reuse = faas_handler::reuse_enabled();
     let reconnect = std::env::var_os("PROBE_RECONNECT").is_some();
     match mode.as_str() {
@@ -121,6 +128,7 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(3600));
             },
             "close" => return,
+            "fail" => std::process::exit(3),
             "memhog" => hog_memory(),
             "spin" => loop {
                 std::hint::spin_loop();
@@ -266,6 +274,12 @@ mod hostile {
         let _ = linger(&conn, secs);
         drop(conn);
     }
+}
+
+/// PROBE_LATER's mode, once PROBE_FROM has passed.
+fn later_mode() -> Option<String> {
+    let from: u128 = std::env::var("PROBE_FROM").ok()?.parse().ok()?;
+    (nanos() / 1_000_000 >= from).then(|| std::env::var("PROBE_LATER").ok())?
 }
 
 fn nanos() -> u128 {
