@@ -32,7 +32,18 @@ impl Runtime {
         func: &Arc<Function>,
         priority: Priority,
     ) -> Result<Ready, RuntimeError> {
-        self.launch(func, priority).await?.connected().await
+        self.launch(func, priority, false).await?.connected().await
+    }
+
+    /// `start` for the pool: given up before the program runs if the
+    /// version is retired meanwhile (a connection accepted before a swap
+    /// is still served by its version; a pool refill is not wanted).
+    pub async fn start_for_pool(
+        self: &Arc<Self>,
+        func: &Arc<Function>,
+        priority: Priority,
+    ) -> Result<Ready, RuntimeError> {
+        self.launch(func, priority, true).await?.connected().await
     }
 
     /// Creates and starts a container for `func`, without waiting for its
@@ -41,11 +52,13 @@ impl Runtime {
         self: &Arc<Self>,
         func: &Arc<Function>,
         priority: Priority,
+        for_pool: bool,
     ) -> Result<Starting, RuntimeError> {
         if *self.stopping.borrow() {
             return Err(RuntimeError::ShuttingDown);
         }
-        if func.pool.is_closed() {
+        let retired = || for_pool && func.pool.is_closed();
+        if retired() {
             return Err(RuntimeError::Retired);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -90,7 +103,7 @@ impl Runtime {
             return Err(guard.fail(e));
         }
         // Replaced or removed while it was being created: it never runs.
-        if func.pool.is_closed() {
+        if retired() {
             return Err(guard.fail(RuntimeError::Retired));
         }
         if func.options.egress {

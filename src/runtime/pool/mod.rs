@@ -428,7 +428,7 @@ pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
 
 async fn start_one(rt: Arc<Runtime>, func: Arc<Function>) {
     // Nothing waits on a pool refill: the runtime works on idle CPU time.
-    let started = rt.start(&func, Priority::Idle).await;
+    let started = rt.start_for_pool(&func, Priority::Idle).await;
     parked(&func, started);
 }
 

@@ -370,12 +370,24 @@ mod tests {
             connect_timeout_ms: 5000,
             secrets: None,
         });
-        assert_eq!(spec["root"]["readonly"], true);
+        // A writable layer (mounted by the runtime's caller) by default.
+        assert_eq!(spec["root"]["readonly"], false);
         assert_eq!(spec["process"]["noNewPrivileges"], true);
         assert_eq!(spec["process"]["args"], json!(["/handler", "serve"]));
         assert_eq!(spec["process"]["user"]["uid"], 1000);
         assert_eq!(spec["process"]["cwd"], "/work");
-        assert_eq!(spec["process"]["capabilities"]["bounding"], json!([]));
+        // Docker's set bounds it; a non-root user has none in effect.
+        let bounding = spec["process"]["capabilities"]["bounding"]
+            .as_array()
+            .expect("bounding")
+            .len();
+        assert_eq!(bounding, crate::api::caps::DEFAULT.len());
+        assert_eq!(spec["process"]["capabilities"]["effective"], json!([]));
+        assert_eq!(spec["process"]["capabilities"]["ambient"], json!([]));
+        assert_eq!(
+            spec["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+            "0"
+        );
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
         let ns: Vec<&str> = spec["linux"]["namespaces"]
             .as_array()
