@@ -72,6 +72,28 @@ pub fn defer_accept(sock: &impl AsFd, secs: u32) -> io::Result<()> {
     )
 }
 
+/// Bytes sent on a Unix stream socket that its peer has not read yet
+/// (SIOCOUTQ: what is still charged to our side).
+pub fn unsent(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through the pointer; the
+    // descriptor is open for the borrow's lifetime.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(n).unwrap_or(0))
+}
+
+/// Whether a stream socket's peer is still there (a peek finds no end).
+pub fn peer_open(sock: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    // SAFETY: one writable byte; the descriptor is open for the borrow.
+    let rc = unsafe { libc::recv(sock.as_raw_fd(), byte.as_mut_ptr().cast(), 1, flags) };
+    rc != 0 && (rc > 0 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+}
+
 /// `SO_PASSRIGHTS` (Linux 6.16; not in libc yet): whether SCM_RIGHTS may be
 /// sent to a Unix socket.
 const SO_PASSRIGHTS: libc::c_int = 83;

@@ -185,6 +185,36 @@ fn stdio_programs_serve_each_connection_from_a_fresh_container() {
         )
         .ip;
     assert_eq!(call(probe).expect("probe").1, "probe ok\n");
+    // A program that fails without a word is answered 502 by faasd; one
+    // that ends before it even touches its connection, by faas-init.
+    for (name, program, says) in [
+        (
+            "fails",
+            &["/bin/sh", "-c", "sleep 0.3; exit 3"][..],
+            "without answering its connection",
+        ),
+        (
+            "quits",
+            &["/bin/busybox", "sleep", "0.3"][..],
+            "before taking its connection",
+        ),
+    ] {
+        let ip = d
+            .deploy(
+                name,
+                &busybox_image(program, ""),
+                &kind(HandlerKind::Stdio, 0),
+            )
+            .ip;
+        let (status, body) = http_get(&ip.to_string(), "/").unwrap_or_else(|e| {
+            let logs = d.faas(&["logs", name], None).stdout;
+            panic!("{name}: {e}: {}", String::from_utf8_lossy(&logs))
+        });
+        assert_eq!(status, 502, "{name}: {body}");
+        assert!(body.contains(&format!("faas logs {name}")), "{body}");
+        let logs = String::from_utf8_lossy(&d.faas(&["logs", name], None).stdout).into_owned();
+        assert!(logs.contains(says), "{name}: {logs}");
+    }
     for name in ["httpd", "script", "forks", "probe"] {
         let logs = String::from_utf8_lossy(&d.faas(&["logs", name], None).stdout).into_owned();
         assert!(
@@ -417,6 +447,27 @@ fn a_server_slow_to_listen_is_waited_for_and_one_that_never_does_is_a_502() {
     assert!(refused.to_string().contains("is not up"), "{refused}");
     let logs = String::from_utf8_lossy(&d.faas(&["logs", "never"], None).stdout).into_owned();
     assert!(logs.contains("nothing listened on port 8080"), "{logs}");
+
+    // One that takes its connection and hangs is answered 504 at its
+    // --timeout (faasd takes the connection back from it to say so).
+    let hangs = d
+        .deploy(
+            "hangs",
+            &busybox_image(
+                &["/bin/sh", "-c", "sleep 3600 | /bin/busybox nc -l -p 8080"],
+                "",
+            ),
+            &DeployOptions {
+                timeout_secs: 2,
+                ..kind(HandlerKind::ContainerPort(8080), 0)
+            },
+        )
+        .ip;
+    let t0 = Instant::now();
+    let (status, body) = get(hangs, "/");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("faas logs hangs"), "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     // One that listens at its deploy and stops doing so for later
     // containers: each such connection is a 502 within the wait.
     let from = std::time::SystemTime::now()

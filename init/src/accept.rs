@@ -85,6 +85,9 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
         }
         // Fails only once nothing holds the filter any more.
         let Ok(call) = calls.recv() else {
+            if let Some(h) = &handed {
+                crate::unserved(&h.client);
+            }
             return Ok(ExitCode::SUCCESS);
         };
         let given = match &handed {

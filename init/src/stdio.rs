@@ -22,7 +22,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{open, OFlag};
 use nix::libc;
@@ -108,19 +108,23 @@ pub fn serve(program: &[OsString]) -> Result<ExitCode, String> {
         }
     };
     let delivered = Arc::new(AtomicBool::new(false));
+    // The connection until the program takes it (as 0 and 1).
+    let waiting: Arc<Mutex<Option<OwnedFd>>> = Arc::default();
     {
         let delivered = Arc::clone(&delivered);
+        let waiting = Arc::clone(&waiting);
         let program = Pid::from_raw(child.id() as i32);
         std::thread::Builder::new()
-            .spawn(move || reap(program, &delivered))
+            .spawn(move || reap(program, &delivered, &waiting))
             .map_err(|e| format!("starting the reaper thread: {e}"))?;
     }
     // The program's first stopped call waits in the kernel meanwhile; this
     // thread answers it right after the connection, with no hand-off.
     let conn = crate::receive("a connection")?;
+    *lock(&waiting) = Some(conn);
     delivered.store(true, Ordering::Release);
     let pinned = Pinned::pin(Pid::from_raw(child.id() as i32));
-    hold(&calls, conn, pinned);
+    hold(&calls, &waiting, pinned);
     // Nothing holds the filter any more: the reaper ends the process with
     // the program's status.
     loop {
@@ -149,13 +153,13 @@ fn stdin_from_null() -> Result<(), String> {
 
 /// Answers the program's stopped calls: the first gets the connection
 /// as 0 and 1, the rest go on.
-fn hold(calls: &Listener, conn: OwnedFd, mut pinned: Option<Pinned>) {
-    let mut conn = Some(conn);
+fn hold(calls: &Listener, waiting: &Mutex<Option<OwnedFd>>, mut pinned: Option<Pinned>) {
     // Fails only once nothing holds the filter any more.
     while let Ok(call) = calls.recv() {
         if let Some(held) = pinned.take_if(|held| held.done_with(call.nr)) {
             held.cpu.release();
         }
+        let mut conn = lock(waiting);
         if let Some(fd) = conn.take() {
             let put = calls
                 .place(call.id, fd.as_fd(), 0, false)
@@ -164,7 +168,7 @@ fn hold(calls: &Listener, conn: OwnedFd, mut pinned: Option<Pinned>) {
                 Ok(()) => {}
                 // A signal interrupted the call, which comes again.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    conn = Some(fd);
+                    *conn = Some(fd);
                     continue;
                 }
                 Err(e) => {
@@ -215,9 +219,14 @@ impl Pinned {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// As the container's first process, reaps every orphan in it; when the
-/// program ends, ends with its status.
-fn reap(program: Pid, delivered: &AtomicBool) {
+/// program ends, answers a connection it never took and ends with its
+/// status.
+fn reap(program: Pid, delivered: &AtomicBool, waiting: &Mutex<Option<OwnedFd>>) {
     loop {
         let code = match waitpid(Pid::from_raw(-1), None) {
             Ok(WaitStatus::Exited(pid, code)) if pid == program => code,
@@ -230,6 +239,9 @@ fn reap(program: Pid, delivered: &AtomicBool) {
         };
         if !delivered.load(Ordering::Acquire) {
             eprintln!("faas-init: the program ended (status {code}) before its connection arrived");
+        }
+        if let Some(conn) = lock(waiting).take() {
+            crate::unserved(&conn);
         }
         std::process::exit(code);
     }

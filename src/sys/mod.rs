@@ -1,6 +1,7 @@
 //! Process syscalls neither std nor nix wraps: pidfds, so a container's
 //! process is signalled by identity rather than by a pid number that may
-//! already belong to someone else, and scheduling policies, so background
+//! already belong to someone else (and a descriptor taken back from it),
+//! and scheduling policies, so background
 //! work (pool refills, cleanup) only runs on CPU time serving leaves idle;
 //! and faasd's own mount namespace; and the closer, which closes the
 //! descriptors containers had their hands on away from every thread that
@@ -37,6 +38,21 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just returned this descriptor to us; nothing else
     // owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A copy of descriptor `fd` of the process behind `pidfd` (close-on-exec;
+/// needs the right to ptrace it, which root has).
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments only; the call returns a new descriptor
+    // or -1.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = i32::try_from(got).map_err(|_| io::Error::other("descriptor out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(got) })
 }
 
 /// Sends `signal` to the process behind `pidfd` (ESRCH once it is gone).

@@ -21,6 +21,7 @@ use super::{Function, Runtime, RuntimeError};
 use control::ControlListener;
 
 pub mod control;
+mod copy;
 mod start;
 mod supervise;
 

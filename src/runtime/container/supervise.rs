@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::control::ControlListener;
+use super::copy::{ClientCopy, Release};
 use super::{End, Guard, Ready};
 use crate::respond::{self, Status};
 use crate::runtime::fdpass::ControlConn;
@@ -25,10 +26,6 @@ use crate::timer::sleep_until_opt;
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// A one-shot handler still running this long after its hand-over is
-/// asked (TCP_INFO) whether it answered yet; most have ended long before.
-const FIRST_ANSWER_CHECK: Duration = Duration::from_millis(20);
-const ANSWER_CHECK: Duration = Duration::from_millis(250);
 /// A socket-activated server that still runs this long after it got the
 /// listener is up (one that fails at start, gunicorn with a bad flag, is
 /// gone within a second); before that, its end is a failed start.
@@ -58,9 +55,8 @@ impl Ready {
         let rt = Arc::clone(&guard.rt);
         match listener {
             None => {
-                drop(control);
                 rt.control
-                    .spawn(supervise_once(guard, Taken::new(lease, client)));
+                    .spawn(supervise_once(guard, Taken::new(lease, client, control)));
                 Ok(Handed::Done)
             }
             Some(listener) => {
@@ -148,13 +144,8 @@ impl Guard {
     }
 
     /// Waits for the container to end by itself until `deadline` (if any);
-    /// faasd stopping shortens that to the shutdown grace. `copy`, our copy
-    /// of a one-shot connection, is let go on the way once not needed.
-    async fn wait_exit(
-        &mut self,
-        deadline: Option<Instant>,
-        mut copy: Option<&mut ClientCopy>,
-    ) -> End {
+    /// faasd stopping shortens that to the shutdown grace.
+    async fn wait_exit(&mut self, deadline: Option<Instant>) -> End {
         let mut stopping = self.rt.stopping.subscribe();
         let grace = self.rt.config.shutdown_grace;
         loop {
@@ -167,18 +158,12 @@ impl Guard {
                 }
                 return End::Kill("shutdown");
             }
-            let next_check = copy.as_deref().and_then(ClientCopy::next_check);
             tokio::select! {
                 _ = self.wait_process() => return End::Exited,
                 _ = sleep_until_opt(deadline) => return End::Kill("timeout"),
                 changed = stopping.changed() => {
                     if changed.is_err() {
                         return End::Kill("shutdown");
-                    }
-                }
-                _ = sleep_until_opt(next_check) => {
-                    if let Some(copy) = copy.as_deref_mut() {
-                        copy.check();
                     }
                 }
             }
@@ -305,7 +290,7 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
             Ok(taken) => Parked::Handed(taken),
             Err(_) => Parked::Gone(End::Kill("retired from the pool")),
         },
-        end = guard.wait_exit(None, None) => {
+        end = guard.wait_exit(None) => {
             // Died (or faasd stops) while waiting: out of the pool, so it
             // is replaced. If the data plane took it meanwhile, its send
             // failed and it went on with a cold start.
@@ -328,49 +313,32 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
 /// has answered — for a handler that closes and then lingers.
 async fn supervise_once(mut guard: Guard, taken: Taken) {
     let deadline = Instant::now() + Duration::from_secs(guard.func.options.timeout_secs);
-    let Taken { lease, client } = taken;
-    let mut copy = ClientCopy {
-        fd: client,
-        check: Instant::now() + FIRST_ANSWER_CHECK,
-    };
-    let end = guard.wait_exit(Some(deadline), Some(&mut copy)).await;
+    let Taken {
+        lease,
+        client,
+        control,
+    } = taken;
+    let release = Release::of(guard.func.options.kind);
+    let copy = ClientCopy::watch(client, control, release);
+    let end = guard.wait_exit(Some(deadline)).await;
     if end == End::Kill("timeout") {
         let secs = guard.func.options.timeout_secs;
         guard.say(&format!(
             "still serving at its --timeout of {secs} s: killed"
         ));
     }
-    if let Some(client) = copy.fd {
+    // At a timeout the container still runs: a server that has the
+    // connection gives it back for the 504.
+    let client = if end == End::Kill("timeout") {
+        copy.take_back(&cgroup::procs(&guard.rt.cgroup_scope, &guard.id))
+    } else {
+        copy.take()
+    };
+    if let Some(client) = client {
         answer_if_silent(&guard, &end, client);
     }
     drop(lease);
     guard.finish(end).await;
-}
-
-/// Our copy of a one-shot connection, kept to answer for a handler that
-/// dies silent, and let go once the handler has answered.
-struct ClientCopy {
-    fd: Option<Foreign<OwnedFd>>,
-    check: Instant,
-}
-
-impl ClientCopy {
-    fn next_check(&self) -> Option<Instant> {
-        self.fd.as_ref().map(|_| self.check)
-    }
-
-    /// Lets the copy go if the handler sent something (TCP_INFO).
-    fn check(&mut self) {
-        let answered = self
-            .fd
-            .as_ref()
-            .and_then(|fd| crate::rawfd::bytes_sent(fd.as_fd()))
-            .is_some_and(|sent| sent > 0);
-        if answered {
-            self.fd = None;
-        }
-        self.check = Instant::now() + ANSWER_CHECK;
-    }
 }
 
 /// A handler that failed or timed out without sending a byte leaves its
@@ -420,7 +388,7 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
                         tokio::pin!(settle);
                         loop {
                             tokio::select! {
-                                end = guard.wait_exit(None, None) => break end,
+                                end = guard.wait_exit(None) => break end,
                                 _ = &mut retired => break End::Kill("retired"),
                                 _ = &mut settle, if !settled => {
                                     settled = true;
@@ -435,7 +403,7 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
                     }
                 }
             }
-            end = guard.wait_exit(None, None) => end,
+            end = guard.wait_exit(None) => end,
             _ = &mut retired => End::Kill("retired"),
         }
     };
@@ -455,7 +423,7 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
 /// be killed (timeout, retired, shutdown).
 async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
     let end = tokio::select! {
-        end = guard.wait_exit(None, None) => end,
+        end = guard.wait_exit(None) => end,
         _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
     };
     if end == End::Exited && guard.exited.is_some_and(|e| !e.success()) {

@@ -56,17 +56,21 @@ impl Handed {
 pub struct Taken {
     pub lease: Lease,
     /// Our own copy of the connection (the handler has the same socket),
-    /// to answer the client if the handler dies having sent nothing.
+    /// to answer the client if the handler dies before it took it.
     pub client: Option<Foreign<OwnedFd>>,
+    /// The handler's control connection, the connection on its way down
+    /// it: once the handler has read it, the copy goes.
+    pub control: ControlConn,
 }
 
 impl Taken {
     /// Keeps a copy of `client` (not kept if that fails: only the
     /// answer to a silent death is lost).
-    pub fn new(lease: Lease, client: BorrowedFd<'_>) -> Self {
+    pub fn new(lease: Lease, client: BorrowedFd<'_>, control: ControlConn) -> Self {
         Self {
             lease,
             client: client.try_clone_to_owned().ok().map(Foreign::new),
+            control,
         }
     }
 }
@@ -129,10 +133,10 @@ impl Slot {
             return Err((lease, e));
         }
         match std::mem::replace(&mut self.kind, Kind::Reuse(None)) {
-            Kind::Once(_, tx) => {
+            Kind::Once(control, tx) => {
                 // The supervisor may be gone only if the container already
                 // ended; the handler has the socket either way.
-                let _ = tx.send(Taken::new(lease, client));
+                let _ = tx.send(Taken::new(lease, client, control));
                 Ok(Handed::Done)
             }
             Kind::Reuse(Some(reuse)) => {

@@ -98,6 +98,18 @@ pub fn usage(scope: &str, id: &str) -> Option<Usage> {
     })
 }
 
+/// The processes in container `id` now.
+pub fn procs(scope: &str, id: &str) -> Vec<i32> {
+    let dir = if v2() {
+        Path::new(ROOT).join(scope).join(id)
+    } else {
+        Path::new(ROOT).join("memory").join(scope).join(id)
+    };
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|list| list.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Removes container `id`'s cgroups in every hierarchy (and the leaf
 /// `c` below it that faasd before 2026-12-01 gave the runtime).
 pub fn remove(scope: &str, id: &str) {

@@ -1,0 +1,210 @@
+//! Our copy of a one-shot container's connection. It is kept to answer
+//! the client (502, 504) for a handler that ends or hangs without a word,
+//! and it goes as soon as that cannot happen any more: while we hold it,
+//! the handler's own close is not the last one, so its client sees the
+//! end of the answer only when we let go (and a corked answer, nginx's,
+//! is not even sent until then).
+//!
+//! - A server behind `faas-init` (container port): once faas-init has
+//!   read its connection's message it holds the connection until the
+//!   server's accept takes it, and answers for a server that ends first;
+//!   ours goes at once. A server that accepts and then hangs until its
+//!   --timeout: the connection is taken back from it (pidfd_getfd, found
+//!   through /proc by its inode) to answer 504 before it is killed.
+//! - A handler that has the connection itself (faasd's protocol, stdio):
+//!   once it has the connection, its first byte out is looked for every
+//!   `FINE_STEP` for `FINE_FOR` (a small answer is out by then), then now
+//!   and then; once one is out, the handler has said what it had to say
+//!   and ours goes.
+//!
+//! The handler's read is seen on our side of the control connection: its
+//! unread bytes drop to zero (SIOCOUTQ), which wakes epoll (EPOLLOUT).
+//! The watch runs as a task of its own; the supervisor takes what is left
+//! of the copy when the container ends.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+
+use super::control::register_owned;
+use crate::api::HandlerKind;
+use crate::rawfd;
+use crate::runtime::fdpass::ControlConn;
+use crate::sys::{self, closer::Foreign};
+
+/// How often, and how long after the handler took the connection, its
+/// first byte is looked for closely (on a blocking thread: tokio's timers
+/// tick in milliseconds).
+const FINE_STEP: Duration = Duration::from_micros(50);
+const FINE_FOR: Duration = Duration::from_millis(3);
+/// Then: the first look after the handler took it, and the ones after.
+const FIRST_CHECK: Duration = Duration::from_millis(20);
+const CHECK: Duration = Duration::from_millis(250);
+
+/// When the copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Release {
+    /// Once faas-init has the connection (it answers from then on).
+    WhenInitHasIt,
+    /// Once the handler's first byte is out. `by_init`: faas-init reads
+    /// the message and closes its end, placing the connection in the
+    /// program itself; a handler of our protocol must still be there
+    /// once it has read.
+    WhenAnswered { by_init: bool },
+}
+
+impl Release {
+    pub(super) fn of(kind: HandlerKind) -> Self {
+        match kind {
+            HandlerKind::ContainerPort(_) => Release::WhenInitHasIt,
+            HandlerKind::Stdio => Release::WhenAnswered { by_init: true },
+            HandlerKind::ControlSocket | HandlerKind::SocketActivation => {
+                Release::WhenAnswered { by_init: false }
+            }
+        }
+    }
+}
+
+/// The copy, shared by its watch and the supervisor.
+pub(super) struct ClientCopy {
+    fd: Arc<Mutex<Option<Foreign<OwnedFd>>>>,
+    watch: Option<tokio::task::JoinHandle<()>>,
+    /// The connection's socket inode, to find it again.
+    inode: Option<u64>,
+}
+
+impl ClientCopy {
+    pub(super) fn watch(
+        fd: Option<Foreign<OwnedFd>>,
+        control: ControlConn,
+        release: Release,
+    ) -> Self {
+        let inode = fd
+            .as_ref()
+            .and_then(|c| nix::sys::stat::fstat(c.as_fd()).ok())
+            .map(|st| st.st_ino);
+        let fd = Arc::new(Mutex::new(fd));
+        let watch = register_owned(control)
+            .map_err(|e| tracing::debug!(error = %e, "watching a control connection"))
+            .ok()
+            .map(|control| tokio::spawn(watch(Arc::clone(&fd), control, release)));
+        Self { fd, watch, inode }
+    }
+
+    /// What is left of the copy (the watch stops).
+    pub(super) fn take(self) -> Option<Foreign<OwnedFd>> {
+        if let Some(w) = &self.watch {
+            w.abort();
+        }
+        lock(&self.fd).take()
+    }
+
+    /// The copy, or when it went, the connection as one of `procs` (the
+    /// container's processes, still running) holds it.
+    pub(super) fn take_back(self, procs: &[i32]) -> Option<Foreign<OwnedFd>> {
+        let inode = self.inode;
+        self.take()
+            .or_else(|| inode.and_then(|inode| held_by(procs, inode)))
+    }
+}
+
+/// A copy of socket `inode` from the first of `procs` holding it.
+fn held_by(procs: &[i32], inode: u64) -> Option<Foreign<OwnedFd>> {
+    let name = format!("socket:[{inode}]");
+    procs.iter().find_map(|&pid| {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        let fd: i32 = fds.flatten().find_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            (target.as_os_str() == name.as_str())
+                .then(|| e.file_name().to_str()?.parse().ok())
+                .flatten()
+        })?;
+        // The pid may have been reused since the listing: what we got is
+        // checked to be the connection.
+        let pidfd = sys::pidfd_open(pid).ok()?;
+        let got = sys::pidfd_getfd(pidfd.as_fd(), fd).ok()?;
+        let same = nix::sys::stat::fstat(got.as_fd()).is_ok_and(|st| st.st_ino == inode);
+        same.then(|| Foreign::new(got))
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn watch(
+    copy: Arc<Mutex<Option<Foreign<OwnedFd>>>>,
+    control: AsyncFd<ControlConn>,
+    release: Release,
+) {
+    let by_init = match release {
+        Release::WhenInitHasIt => true,
+        Release::WhenAnswered { by_init } => by_init,
+    };
+    if !taken(&control, by_init).await {
+        return;
+    }
+    drop(control);
+    if release == Release::WhenInitHasIt {
+        lock(&copy).take();
+        return;
+    }
+    // A copy to look through from the blocking thread (closed by the
+    // closer: it may be the last one).
+    let peek = lock(&copy)
+        .as_ref()
+        .and_then(|c| c.as_fd().try_clone_to_owned().ok())
+        .map(Foreign::new);
+    let Some(peek) = peek else {
+        return;
+    };
+    let answered = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + FINE_FOR;
+        while Instant::now() < until {
+            if sent(&peek) {
+                return true;
+            }
+            std::thread::sleep(FINE_STEP);
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let mut pause = FIRST_CHECK;
+    let mut answered = answered;
+    while !answered {
+        tokio::time::sleep(pause).await;
+        pause = CHECK;
+        answered = lock(&copy).as_ref().is_none_or(sent);
+    }
+    lock(&copy).take();
+}
+
+/// Whether anything went out on the connection (by whoever holds it).
+fn sent(fd: &impl AsFd) -> bool {
+    rawfd::bytes_sent(fd.as_fd()).is_some_and(|n| n > 0)
+}
+
+/// Waits until the handler has read the message on `control` (true), or
+/// until it is gone having not (false: its end is heard by the
+/// supervisor, which answers for it). faas-init reads at once and closes
+/// its end (`by_init`): a read is all there is to see; a handler of our
+/// protocol must still be there to be looked after.
+async fn taken(control: &AsyncFd<ControlConn>, by_init: bool) -> bool {
+    loop {
+        let Ok(mut ready) = control.writable().await else {
+            return false;
+        };
+        let fd = control.get_ref().as_fd();
+        let unread = rawfd::unsent(fd).unwrap_or(1);
+        let there = by_init || rawfd::peer_open(fd);
+        match (unread, there) {
+            (0, true) => return true,
+            (_, false) => return false,
+            // Woken before its read: the next change.
+            _ => ready.clear_ready(),
+        }
+    }
+}
