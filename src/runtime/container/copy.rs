@@ -37,7 +37,8 @@ use crate::sys::{self, closer::Foreign};
 /// How often, and how long after the handler took the connection, its
 /// first byte is looked for closely (on a blocking thread: tokio's timers
 /// tick in milliseconds).
-const FINE_STEP: Duration = Duration::from_micros(50);
+const FINE_FIRST: Duration = Duration::from_micros(10);
+const FINE_MAX: Duration = Duration::from_micros(160);
 const FINE_FOR: Duration = Duration::from_millis(3);
 /// Then: the first look after the handler took it, and the ones after.
 const FIRST_CHECK: Duration = Duration::from_millis(20);
@@ -144,42 +145,92 @@ async fn watch(
         Release::WhenAnswered { by_init } => by_init,
     };
     if !taken(&control, by_init).await {
+        // Gone: one that answered before it went leaves nothing to cover
+        // (the common case: a quick handler is done by the first look).
+        let mut copy = lock(&copy);
+        if copy.as_ref().is_some_and(sent) {
+            copy.take();
+        }
         return;
     }
-    drop(control);
     if release == Release::WhenInitHasIt {
         lock(&copy).take();
         return;
     }
-    // A copy to look through from the blocking thread (closed by the
-    // closer: it may be the last one).
+    // Copies to look through from the blocking thread (closed by the
+    // closer: either may be the last one).
     let peek = lock(&copy)
         .as_ref()
         .and_then(|c| c.as_fd().try_clone_to_owned().ok())
         .map(Foreign::new);
-    let Some(peek) = peek else {
+    let hangup = control
+        .get_ref()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(Foreign::new);
+    let (Some(peek), Some(hangup)) = (peek, hangup) else {
         return;
     };
-    let answered = tokio::task::spawn_blocking(move || {
-        let until = Instant::now() + FINE_FOR;
-        while Instant::now() < until {
-            if sent(&peek) {
-                return true;
-            }
-            std::thread::sleep(FINE_STEP);
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let mut answered = tokio::task::spawn_blocking(move || answered_soon(&peek, &hangup))
+        .await
+        .unwrap_or(false);
     let mut pause = FIRST_CHECK;
-    let mut answered = answered;
     while !answered {
-        tokio::time::sleep(pause).await;
-        pause = CHECK;
-        answered = lock(&copy).as_ref().is_none_or(sent);
+        // The handler's end (it may have answered just before) or the
+        // next look, whichever comes first.
+        tokio::select! {
+            ready = control.readable() => {
+                if let Ok(mut ready) = ready {
+                    ready.clear_ready();
+                }
+            }
+            _ = tokio::time::sleep(pause) => pause = CHECK,
+        }
+        let copy = lock(&copy);
+        answered = copy.as_ref().is_none_or(sent);
+        if !answered && gone(control.get_ref()) {
+            // Ended silent: the supervisor answers with the copy.
+            return;
+        }
+        drop(copy);
     }
     lock(&copy).take();
+}
+
+/// Looks closely for the handler's first byte, for `FINE_FOR` after it
+/// took the connection: every `FINE_FIRST`, twice as long each time up
+/// to `FINE_MAX`, and at once when its control connection ends (most end
+/// right after answering).
+fn answered_soon(peek: &impl AsFd, control: &impl AsFd) -> bool {
+    use nix::poll::{ppoll, PollFd, PollFlags};
+    // Sleeps this short are otherwise stretched by the default 50 µs
+    // timer slack.
+    let _ = nix::sys::prctl::set_timerslack(1_000);
+    let until = Instant::now() + FINE_FOR;
+    let mut step = FINE_FIRST;
+    loop {
+        if sent(peek) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        let wait = step.min(until - now);
+        // A hang-up is reported whatever is asked for.
+        let mut fds = [PollFd::new(control.as_fd(), PollFlags::empty())];
+        let ended = ppoll(&mut fds, Some(wait.into()), None).is_ok_and(|n| n > 0);
+        if ended {
+            return sent(peek);
+        }
+        step = (step * 2).min(FINE_MAX);
+    }
+}
+
+/// Whether the peer of `control` is gone.
+fn gone(control: &impl AsFd) -> bool {
+    !rawfd::peer_open(control.as_fd())
 }
 
 /// Whether anything went out on the connection (by whoever holds it).
@@ -188,10 +239,10 @@ fn sent(fd: &impl AsFd) -> bool {
 }
 
 /// Waits until the handler has read the message on `control` (true), or
-/// until it is gone having not (false: its end is heard by the
-/// supervisor, which answers for it). faas-init reads at once and closes
-/// its end (`by_init`): a read is all there is to see; a handler of our
-/// protocol must still be there to be looked after.
+/// until it is gone (false: whether it read is not known: a peer that
+/// closes drops what it did not read; the supervisor hears its end and
+/// answers for a silent one). faas-init reads at once and closes its end
+/// (`by_init`): a read is all there is to see.
 async fn taken(control: &AsyncFd<ControlConn>, by_init: bool) -> bool {
     loop {
         let Ok(mut ready) = control.writable().await else {
