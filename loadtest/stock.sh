@@ -8,7 +8,9 @@
 #                      host's nginx serving the same files (its stock config
 #                      but for the listen address, pid and log paths)
 #   nginx reused       --container-port 80 --reuse --warm 2, wrk -t2 -c16,
-#                      against the host's nginx, wrk -t2 -c16
+#                      against the host's nginx, wrk -t2 -c16; also on a
+#                      second faasd with --copy-layers (versions copied,
+#                      not composed from id-mapped shared layers)
 #   close-only probe   a handler that answers and closes without shutdown
 #                      (tests/probe noshutdown), --warm 8: EOF p50 against
 #                      its Content-Length p50
@@ -29,9 +31,10 @@ FAAS=target/release/faas
 work=$(mktemp -d /tmp/faasd-stock.XXXXXX); chmod 711 "$work"
 gcc -O2 -o "$work/latency" loadtest/latency.c
 port=18381; pool=127.253.0.0/24; host_port=18390
-faasd_pid=; host_pid=
+faasd_pid=; copy_pid=; host_pid=
 stop_faasd() {
     if [ -n "$faasd_pid" ]; then kill "$faasd_pid" 2>/dev/null || true; wait "$faasd_pid" 2>/dev/null || true; faasd_pid=; fi
+    if [ -n "$copy_pid" ]; then kill "$copy_pid" 2>/dev/null || true; wait "$copy_pid" 2>/dev/null || true; copy_pid=; fi
 }
 cleanup() {
     stop_faasd
@@ -88,6 +91,13 @@ start_faasd() {
             sleep 0.1
         done
     done
+    rm -rf "$work/state-copy"
+    target/release/faasd --state-dir "$work/state-copy" --listen 127.0.0.1:$((port + 1)) --ip-pool 127.253.1.0/24 --cores 2 \
+        --init "$handlers/faas-init" --socket "$work/faasd-copy.sock" --copy-layers >>"$work/faasd-copy.log" 2>&1 &
+    copy_pid=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null && break; sleep 0.1; done
+    FAAS_URL=unix://$work/faasd-copy.sock $FAAS deploy webc --container-port 80 --reuse --warm 2 --image "$work/nginx.tar" >/dev/null
+    sleep 1
 }
 lat() { # host port mode → p50 µs (requests that failed are counted in latency.log)
     { "$work/latency" "$1" "$2" "$LAT_N" "$3" $((GAP_MS * 1000)) || true; } | tee -a "$work/latency.log" |
@@ -99,15 +109,16 @@ cold() { python3 loadtest/seq.py http "$1" 80 20 30 | python3 -c 'import json,sy
 out=loadtest/out; mkdir -p "$out"; : > "$out/stock.txt"
 start_faasd
 web=$($FAAS ip web); webr=$($FAAS ip webr); close=$($FAAS ip close)
+webc=$(FAAS_URL=unix://$work/faasd-copy.sock $FAAS ip webc)
 curl -sf "http://$web/" | grep -q "Welcome to nginx" || { echo "stock nginx does not answer" >&2; tail "$work/faasd.log" >&2; exit 1; }
 for round in $(seq "$ROUNDS"); do
     host_eof=$(lat 127.0.0.1 $host_port eof); web_eof=$(lat "$web" 80 eof)
     host_cl=$(lat 127.0.0.1 $host_port cl); web_cl=$(lat "$web" 80 cl)
-    host_rps=$(rps "http://127.0.0.1:$host_port/"); webr_rps=$(rps "http://$webr/")
+    host_rps=$(rps "http://127.0.0.1:$host_port/"); webr_rps=$(rps "http://$webr/"); webc_rps=$(rps "http://$webc/")
     close_eof=$(lat "$close" 80 eof); close_cl=$(lat "$close" 80 cl)
     cold_rw=$(cold "$($FAAS ip cold-rw)"); cold_ro=$(cold "$($FAAS ip cold-ro)")
     grep -q '"errors": [1-9]' "$work/latency.log" && { echo "requests failed:" >&2; grep '"errors": [1-9]' "$work/latency.log" >&2; }
-    echo "round $round nginx_eof_us host $host_eof faasd $web_eof nginx_cl_us host $host_cl faasd $web_cl reuse_rps host $host_rps faasd $webr_rps close_us eof $close_eof cl $close_cl cold_ms rw $cold_rw ro $cold_ro" | tee -a "$out/stock.txt"
+    echo "round $round nginx_eof_us host $host_eof faasd $web_eof nginx_cl_us host $host_cl faasd $web_cl reuse_rps host $host_rps faasd $webr_rps copied $webc_rps close_us eof $close_eof cl $close_cl cold_ms rw $cold_rw ro $cold_ro" | tee -a "$out/stock.txt"
 done
 stop_faasd
 python3 - "$out/stock.txt" <<'PY' | tee "$out/stock.md"
@@ -120,6 +131,7 @@ print("|---|---|---|")
 print(f"| stock nginx single use, EOF p50 / host nginx | {ratio(6, 4):.2f} | ≤ 2 |")
 print(f"| stock nginx single use, CL p50 / host nginx | {ratio(11, 9):.2f} | (orientation) |")
 print(f"| stock nginx --reuse --warm 2, wrk -c16 / host nginx | {ratio(16, 14):.2f} | ≥ 0.85 |")
-print(f"| close-only probe, EOF p50 / CL p50 | {ratio(19, 21):.2f} | ≤ 1.3 |")
-print(f"| cold start, writable layer / --read-only | {ratio(24, 26):.2f} | ≤ 1.1 |")
+print(f"| same, faasd --copy-layers / host nginx | {ratio(18, 14):.2f} | (≥ 0.85) |")
+print(f"| close-only probe, EOF p50 / CL p50 | {ratio(21, 23):.2f} | ≤ 1.3 |")
+print(f"| cold start, writable layer / --read-only | {ratio(26, 28):.2f} | ≤ 1.1 |")
 PY

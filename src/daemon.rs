@@ -221,6 +221,7 @@ async fn serve(
         config
             .route_table
             .map(|table| crate::net::Routes::new(net_for_routes, table)),
+        config.copy_layers,
     )?);
     manager.restore().await?;
 

@@ -169,3 +169,81 @@ fn a_hundred_functions_from_one_image_take_about_one_copy() {
         "the state directory is back to its size"
     );
 }
+
+/// `--copy-layers`: new versions are copies of their own, owned by the
+/// function's ids (its containers see the image's owners all the same);
+/// versions made of shared layers before it are still composed, and
+/// both come back after a restart.
+#[test]
+fn copied_versions_are_the_functions_own_and_shared_ones_stay_composed() {
+    require_host();
+    let mut d = Daemon::start();
+    let spec = probe_image("inspect", &["PROBE_FILES=/probe,/"]);
+    let image = image_bytes(&spec);
+    let shared = d
+        .client()
+        .deploy("shared", &opts(), image.as_slice())
+        .expect("deploy")
+        .ip;
+    assert_eq!(layers(&d).len(), 1);
+
+    d.stop();
+    d.extra.push("--copy-layers".into());
+    d.spawn();
+    let copied = d
+        .client()
+        .deploy("copied", &opts(), image.as_slice())
+        .expect("deploy")
+        .ip;
+    assert_eq!(
+        layers(&d).len(),
+        1,
+        "a copy takes no layer: {:?}",
+        layers(&d)
+    );
+    let refs: Vec<String> = std::fs::read_dir(d.state.join("layers/refs"))
+        .expect("refs")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        refs.iter().all(|r| r.starts_with("shared-")),
+        "only the shared version uses layers: {refs:?}"
+    );
+    // The copy is a directory of the test's mount namespace, owned by
+    // the function's id range (not an overlay seen through an id map).
+    let rootfs = std::fs::read_dir(d.state.join("rootfs"))
+        .expect("rootfs")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("copied-"))
+        })
+        .expect("the copied version's rootfs");
+    let probe = std::fs::metadata(rootfs.join("probe")).expect("the copy holds the image");
+    assert!(
+        probe.uid() >= 1 << 30,
+        "owned by the range: {}",
+        probe.uid()
+    );
+    for _ in 0..2 {
+        for ip in [shared, copied] {
+            let (status, body) = call(ip).expect("call");
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(kv(&body)["meta./probe"], "0:0:755", "{body}");
+        }
+        d.crash();
+        d.spawn();
+    }
+    for name in ["shared", "copied"] {
+        let out = d.faas(&["rm", name], None);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while rootfs.exists() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!rootfs.exists(), "the copy goes with its function");
+    assert_eq!(layers(&d), Vec::<String>::new(), "no user, no layer");
+}

@@ -36,6 +36,9 @@ static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 pub struct Store {
     dir: PathBuf,
     layers: Option<Arc<Layers>>,
+    /// New versions are unpacked into copies of their own even where they
+    /// could share layers (`--copy-layers`; earlier ones stay as made).
+    copy: bool,
 }
 
 /// A directory being filled; removed on drop unless committed, with the
@@ -62,7 +65,11 @@ impl Store {
         // Containers (unprivileged host ids) pass through to their rootfs.
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .map_err(store_err("chmod", &dir))?;
-        Ok(Self { dir, layers: None })
+        Ok(Self {
+            dir,
+            layers: None,
+            copy: false,
+        })
     }
 
     /// Composes versions from the shared layer store at `layers` from now
@@ -85,6 +92,13 @@ impl Store {
         Ok(())
     }
 
+    /// Unpacks new versions into copies of their own, owned by their
+    /// function's ids: a container's path lookups then skip the id-mapped
+    /// layers, which overlayfs walks slowly (docs/performance.md).
+    pub fn copy_new_versions(&mut self) {
+        self.copy = true;
+    }
+
     /// The shared layer store, when versions are composed from it.
     pub fn layers(&self) -> Option<&Arc<Layers>> {
         self.layers.as_ref()
@@ -99,7 +113,7 @@ impl Store {
         staging: &mut Staging,
         limits: &Limits,
     ) -> Result<Unpacked, ImageError> {
-        let Some(layers) = &self.layers else {
+        let Some(layers) = self.layers.as_ref().filter(|_| !self.copy) else {
             return archive::unpack_image(archive, staging.path(), limits);
         };
         let key = staging.key();
@@ -231,6 +245,11 @@ pub fn remove_rootfs(path: &Path, layers: Option<&Layers>) -> io::Result<()> {
 }
 
 impl Staging {
+    /// Whether it is made of shared layers (else a copy of its own).
+    pub fn layered(&self) -> bool {
+        self.reserved.is_some()
+    }
+
     /// A new, empty staging directory in `dir`.
     pub(super) fn new_in(dir: &Path, label: &str) -> Result<Self, ImageError> {
         let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);

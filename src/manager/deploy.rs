@@ -123,7 +123,7 @@ impl Manager {
             .as_ref()
             .and_then(|p| p.id_slot)
             .unwrap_or_else(|| registry.free_id_slot());
-        if self.store.layers().is_none() {
+        if !staging.layered() {
             shift_owners(staging.path().to_path_buf(), id_slot).await?;
         }
         let store = self.store.clone();

@@ -127,10 +127,14 @@ impl Manager {
         secrets: Arc<SecretStore>,
         keep_versions: usize,
         routes: Option<Routes>,
+        copy_layers: bool,
     ) -> Result<Self, ManagerError> {
         let mut store = Store::open(state_dir.join("rootfs"))?;
         if let Err(e) = store.share_layers(state_dir.join("layers")) {
             tracing::warn!(error = %e, "versions cannot share image layers here: each gets its own copy");
+        }
+        if copy_layers {
+            store.copy_new_versions();
         }
         Ok(Self {
             store,
