@@ -12,10 +12,10 @@
 //!   --timeout: the connection is taken back from it (pidfd_getfd, found
 //!   through /proc by its inode) to answer 504 before it is killed.
 //! - A handler that has the connection itself (faasd's protocol, stdio):
-//!   once it has the connection, its first byte out is looked for every
-//!   `FINE_STEP` for `FINE_FOR` (a small answer is out by then), then now
-//!   and then; once one is out, the handler has said what it had to say
-//!   and ours goes.
+//!   once it has the connection, its first byte out is looked for closely
+//!   for `FINE_FOR` (a small answer is out by then) and at the handler's
+//!   end, then now and then; once one is out, the handler has said what
+//!   it had to say and ours goes.
 //!
 //! The handler's read is seen on our side of the control connection: its
 //! unread bytes drop to zero (SIOCOUTQ), which wakes epoll (EPOLLOUT).
