@@ -376,3 +376,40 @@ fn connections_queued_together_reach_an_idle_reuse_handler_in_one_message() {
     let stats = d.client().inspect("queued").expect("inspect").stats;
     assert_eq!(stats.failed, 0, "{stats:?}");
 }
+
+/// A handler that answers and ends at once is often done before its
+/// supervisor looks: its hand-over and its end are both there then, and
+/// neither its request nor the function's health may be lost to that
+/// (each such end counted as a failure, three in a row made a healthy
+/// function "crash-looping" and its next connection a 503).
+#[test]
+fn handlers_that_end_right_after_answering_are_served_not_failed() {
+    let d = Daemon::start();
+    let ip = d
+        .deploy("quick", &probe_image("noshutdown", &[]), &warm(4))
+        .ip;
+    const N: u64 = 1000;
+    for i in 0..N {
+        let (status, body) = call(ip).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(status, 200, "request {i}: {body}");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    d.wait_for(
+        "quick",
+        Duration::from_secs(10),
+        "every request counted",
+        |i| i.stats.requests == N,
+    );
+    let info = d.wait_for("quick", Duration::from_secs(20), "the pool refilled", |i| {
+        i.stats.warm_ready == 4
+    });
+    assert_eq!(
+        (
+            info.restarts,
+            info.last_error.as_deref(),
+            info.state.as_str()
+        ),
+        (0, None, "ready"),
+        "{info:?}"
+    );
+}

@@ -285,24 +285,31 @@ fn offer(func: &Function, control: ControlConn) -> SlotWatch {
 /// Waits until the data plane uses the offered container, it dies, or the
 /// pool retires it.
 async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWatch) -> Parked {
-    tokio::select! {
-        handed = &mut watch.handed => match handed {
+    // A quick handler is often done with its connection before we look:
+    // its hand-over and its end are then both there, and the hand-over
+    // is what happened first.
+    let end = tokio::select! {
+        biased;
+        handed = &mut watch.handed => return match handed {
             Ok(taken) => Parked::Handed(taken),
             Err(_) => Parked::Gone(End::Kill("retired from the pool")),
         },
-        end = guard.wait_exit(None) => {
-            // Died (or faasd stops) while waiting: out of the pool, so it
-            // is replaced. If the data plane took it meanwhile, its send
-            // failed and it went on with a cold start.
-            if end == End::Exited {
-                guard.failed("exited while waiting in the pool");
-            }
-            if watch.withdraw() {
-                func.pool.withdrawn();
-            }
-            Parked::Gone(end)
-        }
+        end = guard.wait_exit(None) => end,
+    };
+    if watch.withdraw() {
+        func.pool.withdrawn();
+    } else if let Ok(taken) = watch.handed.await {
+        // The data plane took it just before its end: the hand-over is
+        // on its way, and the connection is this container's to answer.
+        return Parked::Handed(taken);
     }
+    // Died (or faasd stops) while waiting: out of the pool, so it is
+    // replaced. If the data plane took it meanwhile, its send failed and
+    // it went on with a cold start.
+    if end == End::Exited {
+        guard.failed("exited while waiting in the pool");
+    }
+    Parked::Gone(end)
 }
 
 /// A one-shot container with a connection: served until it ends, or killed
