@@ -59,6 +59,8 @@ pub enum DaemonError {
     EmptyToken(PathBuf),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
+    #[error("no cgroup hierarchy is mounted at /sys/fs/cgroup here, and the OCI runtime needs one (`ip netns exec` mounts a /sys without them: run faasd in a network namespace with `nsenter --net=/run/netns/NAME` instead)")]
+    NoCgroups,
     #[error("io_uring is disabled on this host (kernel.io_uring_disabled = {0})")]
     IoUringDisabled(String),
     #[error(transparent)]
@@ -88,6 +90,9 @@ pub fn run(config: Config, notifier: Option<Notifier>) -> Result<(), DaemonError
         return Err(DaemonError::NotRoot);
     }
     check_io_uring()?;
+    if !cgroup::mounted() {
+        return Err(DaemonError::NoCgroups);
+    }
     let runtime_binary = find_binary(&config.runtime)
         .ok_or_else(|| DaemonError::NoRuntime(config.runtime.clone()))?;
     let flavor = Flavor::detect(&runtime_binary).map_err(|source| DaemonError::Io {

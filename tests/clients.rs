@@ -76,7 +76,9 @@ fn a_silent_client_is_bounded_and_stalls_no_one() {
     // container does, until the function's timeout: then it is closed.
     for s in &mut silent {
         let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap_or(0);
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("a silent client was not closed cleanly: {e}"));
         assert!(n == 0 || buf.starts_with(b"HTTP/1.1 50"), "{:?}", &buf[..n]);
     }
     let took = t0.elapsed();
@@ -84,5 +86,5 @@ fn a_silent_client_is_bounded_and_stalls_no_one() {
         took < Duration::from_secs(20),
         "silent clients held {took:?}"
     );
-    d.wait_quiet(Duration::from_secs(10));
+    assert!(d.wait_quiet(Duration::from_secs(10)), "containers left");
 }

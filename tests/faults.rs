@@ -176,6 +176,35 @@ fn a_missing_runtime_is_a_clear_startup_error() {
     );
 }
 
+/// `ip netns exec` mounts a /sys of its own, without the cgroup
+/// hierarchies the runtime needs: faasd says so at start instead of
+/// failing every deploy with runc's "no cgroup mount found".
+#[test]
+fn started_where_no_cgroup_is_mounted_faasd_says_why_and_how() {
+    require_host();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let netns = format!("faasd-nocg-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &netns]).status();
+    assert!(made.is_ok_and(|s| s.success()), "ip netns add {netns}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(env!("CARGO_BIN_EXE_faasd"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(["--listen", "127.0.0.1:0", "--runtime", &runtime()])
+        .stdin(Stdio::null())
+        .output();
+    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+    let out = out.expect("ip netns exec faasd");
+    assert!(!out.status.success(), "faasd started without cgroups");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no cgroup hierarchy") && stderr.contains("nsenter --net="),
+        "{stderr}"
+    );
+}
+
 /// The suite's runtime, except that `create` fails while `dir/fail`
 /// exists: it says why on stderr (the container's output) and in its JSON
 /// log, as runc and crun do.

@@ -577,6 +577,7 @@ impl Daemon {
     }
 
     /// Waits until only `pool` containers (the warm pool) are left.
+    #[must_use]
     pub fn wait_quiet_but_pool(&self, within: Duration, pool: usize) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -590,6 +591,7 @@ impl Daemon {
 
     /// Waits until no container or bundle is left (they are cleaned up in
     /// the background after each request).
+    #[must_use]
     pub fn wait_quiet(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {

@@ -30,6 +30,22 @@ pub fn runtime_path(scope: &str, id: &str) -> String {
     format!("/{scope}/{id}")
 }
 
+/// Whether a cgroup hierarchy is mounted under `/sys/fs/cgroup` in this
+/// mount namespace (the runtime needs one; `ip netns exec` mounts a
+/// fresh /sys without any). Unknown (no mountinfo) counts as yes: the
+/// runtime then says what it misses.
+pub fn mounted() -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    info.lines().any(|line| {
+        let mut halves = line.split(" - ");
+        let point = halves.next().and_then(|h| h.split(' ').nth(4));
+        let fstype = halves.next().and_then(|h| h.split(' ').next());
+        point.is_some_and(|p| p.starts_with(ROOT)) && matches!(fstype, Some("cgroup" | "cgroup2"))
+    })
+}
+
 fn v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").is_file()
 }

@@ -2,7 +2,7 @@
 //! container keeps a network namespace with nothing but `lo`.
 //!
 //! Each container of such a function gets a veth to the host, named
-//! `fe<slot>x<n>` on the host's side (`slot`: the function's id range, so
+//! `faase<slot>x<n>` on the host's side (`slot`: the function's id range, so
 //! one interface pattern matches all its containers) and `eth0` inside, on
 //! a /30 of `RANGE`, with the host's end as its default route; what leaves
 //! is masqueraded. The link carries no IPv6: neither end gets a link-local
@@ -28,8 +28,13 @@ use crate::runtime::reaper::Reaper;
 pub const RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 127, 0, 0), 16);
 /// /30s in `RANGE`: containers with egress at once.
 const LINKS: u32 = 1 << (32 - 16 - 2);
-/// Host-side interface names start so.
-const PREFIX: &str = "fe";
+/// Host-side interface names start so: a name no one else gives, since
+/// our rules claim every interface that starts with it (a host's own
+/// `fe…` veth lost its forwarded traffic to a prefix of `fe`).
+const PREFIX: &str = "faase";
+/// Link names count up to this and wrap (15 bytes in all: `faase`, the
+/// slot's 4 hex digits, `x`, 5 more; live links number far fewer).
+const NAMES: u32 = 1 << 20;
 
 const FORWARD: &str = "FAASD-FWD";
 const EGRESS: &str = "FAASD-EGRESS";
@@ -176,7 +181,7 @@ impl Egress {
             used.insert(free);
             free
         };
-        let n = self.names.fetch_add(1, Ordering::Relaxed);
+        let n = self.names.fetch_add(1, Ordering::Relaxed) % NAMES;
         let link = Link {
             index,
             host: format!("{PREFIX}{slot:x}x{n:x}"),
@@ -367,8 +372,8 @@ mod tests {
         );
         assert_eq!(addresses(LINKS - 1).1, Ipv4Addr::new(100, 127, 255, 254));
         // One pattern per function; none matches another's links.
-        assert_eq!(pattern(1), "fe1x+");
-        assert_eq!(pattern(0x12), "fe12x+");
-        assert!(format!("{PREFIX}{:x}x{:x}", 0xffffu32, u32::MAX).len() <= 15);
+        assert_eq!(pattern(1), "faase1x+");
+        assert_eq!(pattern(0x12), "faase12x+");
+        assert!(format!("{PREFIX}{:x}x{:x}", 0xffffu32, NAMES - 1).len() <= 15);
     }
 }
