@@ -27,18 +27,18 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessageOwned, MsgFlags};
+use faas_protocol::{recv_fds, send_ready, Wait};
 
 /// Where faasd puts the control socket in every container.
-pub const CONTROL_SOCKET: &str = "/control.sock";
+pub const CONTROL_SOCKET: &str = faas_protocol::layout::CONTROL_SOCKET;
 /// The most connections faasd hands over in one message.
-pub const MAX_BATCH: u8 = 16;
+pub const MAX_BATCH: u8 = faas_protocol::MAX_BATCH as u8;
 /// What this crate's handlers take at once: enough to spare most of the
 /// wake-ups under load, few enough that one slow request holds back
 /// little.
@@ -105,23 +105,11 @@ impl Control {
 
     /// Sends the ready byte; false if faasd is gone.
     fn ready(&self) -> io::Result<bool> {
-        let byte = [self.batch];
-        let iov = [IoSlice::new(&byte)];
-        match sendmsg::<()>(
-            self.stream.as_raw_fd(),
-            &iov,
-            &[],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(_) => Ok(true),
-            Err(nix::errno::Errno::EPIPE) | Err(nix::errno::Errno::ECONNRESET) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        send_ready(self.stream.as_fd(), self.batch)
     }
 }
 
-impl std::os::fd::AsFd for Control {
+impl AsFd for Control {
     /// The control connection itself.
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.stream.as_fd()
@@ -155,46 +143,22 @@ pub fn serve(mut handle: impl FnMut(TcpStream) -> io::Result<()>) -> io::Result<
 /// none when faasd closed the connection.
 fn receive(stream: &UnixStream) -> io::Result<VecDeque<TcpStream>> {
     let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; MAX_BATCH as usize]);
-    let msg = match recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    ) {
-        Ok(msg) => msg,
+    match recv_fds(stream.as_fd(), &mut byte, Wait::Yes) {
+        Ok(got) => Ok(got.fds.into_iter().map(TcpStream::from).collect()),
         // faasd closed without reading our ready byte: no more work.
-        Err(nix::errno::Errno::ECONNRESET) => return Ok(VecDeque::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut conns = VecDeque::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                #[allow(unsafe_code)]
-                // SAFETY: recvmsg just installed this descriptor for us;
-                // nothing else owns it.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                conns.push_back(TcpStream::from(owned));
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(VecDeque::new()),
+        Err(e) => Err(e),
     }
-    Ok(conns)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::AsFd;
 
     /// faasd's side, played with a socket pair.
     fn send_fds(conn: &UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) {
-        let fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let iov = [IoSlice::new(b"F")];
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).expect("sendmsg");
+        faas_protocol::send_fds(conn.as_fd(), fds).expect("sendmsg");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! for any of it.
 #![allow(unsafe_code)]
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -85,14 +85,27 @@ impl Listener {
             command.pre_exec(move || {
                 crate::caps::drop_for_program()?;
                 let fd = install_filter(&mut program)?;
-                let sent = send_fd(theirs_fd, fd);
+                // Both are open here: ours, and the pair's end this child
+                // inherited.
+                let sent = faas_protocol::send_fds(
+                    BorrowedFd::borrow_raw(theirs_fd),
+                    &[BorrowedFd::borrow_raw(fd)],
+                );
                 libc::close(fd);
                 sent
             })
         };
         let child = command.spawn()?;
         drop(theirs);
-        let fd = receive_fd(&ours)?;
+        let mut byte = [0u8];
+        let got = faas_protocol::recv_fds(ours.as_fd(), &mut byte, faas_protocol::Wait::Yes)?;
+        // The program could not be started under the filter: the spawn
+        // itself reports why; this is only what is left.
+        let fd = got
+            .fds
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::other("the filter's listener did not arrive"))?;
         Ok((child, Self(fd)))
     }
 
@@ -234,48 +247,6 @@ fn install_filter(program: &mut [libc::sock_filter]) -> io::Result<RawFd> {
         return Err(io::Error::last_os_error());
     }
     RawFd::try_from(fd).map_err(|_| io::ErrorKind::InvalidData.into())
-}
-
-/// Sends `fd` over the socket `to` (SCM_RIGHTS). nix allocates the
-/// control buffer: safe after the fork of a process with one thread.
-fn send_fd(to: RawFd, fd: RawFd) -> io::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let fds = [fd];
-    let byte = [0u8];
-    sendmsg::<()>(
-        to,
-        &[IoSlice::new(&byte)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map(drop)
-    .map_err(io::Error::from)
-}
-
-fn receive_fd(from: &UnixStream) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut byte = [0u8];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(RawFd);
-    let msg = recvmsg::<()>(
-        from.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just put this descriptor in our table.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    // The program could not be started under the filter: the spawn
-    // itself reports why; this is only what is left.
-    Err(io::Error::other("the filter's listener did not arrive"))
 }
 
 /// The classic BPF program: calls of another architecture and of any

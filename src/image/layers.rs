@@ -30,7 +30,7 @@ const TOP_DIRS: &[(&str, u32)] = &[
     // runc 1.1 gives a tmpfs the mode of its mount point.
     ("tmp", 0o1777),
     ("run", 0o755),
-    ("run/secrets", 0o755),
+    (super::store::SECRETS_DIR, 0o755),
 ];
 const TOP_FILES: &[&str] = &[super::store::CONTROL_SOCK, super::store::INIT];
 

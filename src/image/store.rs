@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use super::archive::{self, Unpacked};
 use super::fsops::{self, Root};
+use faas_protocol::layout;
+
 use super::layers::Layers;
 use super::{overlay, ImageError, Limits};
 
@@ -22,10 +24,11 @@ const STAGING_PREFIX: &str = ".staging-";
 /// Mount points runc needs; created at deploy so the read-only rootfs is
 /// never written when a container starts.
 const MOUNT_DIRS: &[&str] = &["proc", "dev", "sys", "tmp"];
-pub const CONTROL_SOCK: &str = "control.sock";
+/// The control socket's mount point (`faas_protocol::layout`).
+pub const CONTROL_SOCK: &str = layout::in_rootfs(layout::CONTROL_SOCKET);
 /// Where `faas-init` is bind-mounted in containers of the image kinds that
 /// need it.
-pub const INIT: &str = ".faas-init";
+pub const INIT: &str = layout::in_rootfs(layout::FAAS_INIT);
 /// Files the runtime bind-mounts over: created at deploy, so the
 /// read-only rootfs is never written at container start.
 const MOUNT_FILES: &[&str] = &[CONTROL_SOCK, INIT];
@@ -299,7 +302,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 /// Where a function's secrets are mounted.
-pub const SECRETS_DIR: &str = "run/secrets";
+pub const SECRETS_DIR: &str = layout::in_rootfs(layout::SECRETS);
 
 /// Creates `/run/secrets` in a rootfs committed before secrets existed
 /// (symlinks resolved inside the rootfs, as everywhere here).

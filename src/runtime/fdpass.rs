@@ -1,20 +1,19 @@
-//! Handing a connected socket to a handler: one `sendmsg` with SCM_RIGHTS
-//! on the handler's `/control.sock` connection. Each control connection
-//! carries one message per connection handed over, so its send buffer is
-//! always empty and the call never has to wait; it is made non-blocking
+//! faasd's side of the handler protocol (`faas-protocol` owns the wire):
+//! handing connected sockets to a handler in one `sendmsg` on its
+//! `/control.sock` connection, and reading its ready bytes. Each control
+//! connection carries one message per hand-over, so its send buffer is
+//! always empty and the call never has to wait; it is non-blocking
 //! anyway, so a broken handler can never stall the caller.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use faas_protocol::{recv_fds, send_fds as send_batch, Wait};
 
 use crate::sys::closer::Foreign;
 
-/// Most descriptors handed over in one message (a reuse handler's batch).
-pub const MAX_BATCH: usize = 16;
+pub use faas_protocol::{batch_of, MAX_BATCH};
 
 /// A handler's `/control.sock` connection: the container holds the other
 /// end, so ours is closed by the closer.
@@ -22,31 +21,13 @@ pub type ControlConn = Foreign<UnixStream>;
 
 /// Sends `fd` (plus one data byte, which SCM_RIGHTS needs) over `conn`.
 pub fn send_fd(conn: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    send_raw(conn, &[fd.as_raw_fd()])
+    send_batch(conn, &[fd])
 }
 
-/// Sends up to `MAX_BATCH` descriptors in one message.
+/// Sends 1 to `MAX_BATCH` descriptors in one message.
 pub fn send_fds(conn: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut raw = [0; MAX_BATCH];
-    let n = fds.len().min(MAX_BATCH);
-    for (r, fd) in raw.iter_mut().zip(fds) {
-        *r = fd.as_raw_fd();
-    }
-    send_raw(conn, &raw[..n])
+    send_batch(conn, fds)
 }
-
-fn send_raw(conn: BorrowedFd<'_>, fds: &[RawFd]) -> io::Result<()> {
-    let payload = [b'F'];
-    let iov = [IoSlice::new(&payload)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
-    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, flags, None)
-        .map(|_| ())
-        .map_err(io::Error::from)
-}
-
-/// The most descriptors one message can carry (the kernel's SCM_MAX_FD).
-const SCM_MAX_FD: usize = 253;
 
 /// Reads up to `buf.len()` bytes a handler wrote on its control connection
 /// (its ready bytes), without waiting. Descriptors it sent along (which the
@@ -54,34 +35,11 @@ const SCM_MAX_FD: usize = 253;
 /// with them and go to the closer: a plain `recv` would have the kernel
 /// close them in this thread.
 pub fn read_ready(conn: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), flags)
-        .map_err(io::Error::from)?;
-    let read = msg.bytes;
-    for fd in owned_rights(&msg) {
+    let got = recv_fds(conn, buf, Wait::No)?;
+    for fd in got.fds {
         drop(Foreign::new(fd));
     }
-    Ok(read)
-}
-
-/// The descriptors a received message carried, owned.
-#[allow(unsafe_code)]
-fn owned_rights(msg: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
-    let Ok(cmsgs) = msg.cmsgs() else {
-        return Vec::new();
-    };
-    cmsgs
-        .filter_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => Some(fds),
-            _ => None,
-        })
-        .flatten()
-        // SAFETY: recvmsg just installed these descriptors in our table;
-        // nothing else refers to them.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect()
+    Ok(got.bytes)
 }
 
 /// The handler's side: receives one descriptor sent with `send_fd`
@@ -89,16 +47,7 @@ fn owned_rights(msg: &nix::sys::socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
 /// benches and tests play the handler with it.
 pub fn recv_fd(conn: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    Ok(owned_rights(&msg).into_iter().next())
+    Ok(recv_fds(conn, &mut byte, Wait::Yes)?.fds.into_iter().next())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent
 
 /// Descriptor 3, when it was passed to this process (LISTEN_PID) by a
 /// socket activator.
+#[allow(unsafe_code)]
 fn activated() -> Option<OwnedFd> {
     let ours = std::env::var("LISTEN_PID").ok()? == std::process::id().to_string();
     if !ours || std::env::var("LISTEN_FDS").ok()? != "1" {

@@ -315,11 +315,7 @@ enum Asked {
 
 /// What a ready byte says: how many connections the handler takes at once.
 fn batch_of(byte: u8) -> u8 {
-    if (1..=fdpass::MAX_BATCH as u8).contains(&byte) {
-        byte
-    } else {
-        1
-    }
+    u8::try_from(fdpass::batch_of(byte)).unwrap_or(1)
 }
 
 /// The handler's word on its control connection (never, without one),

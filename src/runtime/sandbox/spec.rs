@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use super::seccomp;
 use crate::api::{caps, DeployOptions, HandlerKind, Sandbox};
 use crate::image::owners::ID_RANGE;
-use crate::image::store::{INIT, SECRETS_DIR};
 use crate::image::ImageConfig;
+use faas_protocol::layout;
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const PIDS_LIMIT: i64 = 64;
@@ -118,7 +118,7 @@ pub fn args(image: &ImageConfig, options: &DeployOptions) -> Vec<String> {
         }
         HandlerKind::ContainerPort(port) => vec!["port".into(), port.to_string()],
     };
-    let mut args = vec![format!("/{INIT}")];
+    let mut args = vec![layout::FAAS_INIT.to_string()];
     args.extend(mode);
     args.push("--".into());
     args.extend(image.argv());
@@ -269,7 +269,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
             { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
               "options": ["nosuid", "nodev", "mode=1777", TMP_SIZE] },
-            { "destination": "/control.sock", "type": "bind", "source": control_sock, "options": ["bind"] },
+            { "destination": layout::CONTROL_SOCKET, "type": "bind", "source": control_sock, "options": ["bind"] },
         ],
         "linux": {
             "cgroupsPath": cgroup,
@@ -305,7 +305,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
     }
     if let (Some((dir, _)), Some(mounts)) = (secrets, spec["mounts"].as_array_mut()) {
         mounts.push(json!({
-            "destination": format!("/{SECRETS_DIR}"), "type": "bind", "source": dir,
+            "destination": layout::SECRETS, "type": "bind", "source": dir,
             "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
         }));
     }
@@ -315,7 +315,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         spec["mounts"].as_array_mut(),
     ) {
         mounts.push(json!({
-            "destination": format!("/{INIT}"), "type": "bind", "source": init,
+            "destination": layout::FAAS_INIT, "type": "bind", "source": init,
             "options": ["bind", "ro", "nosuid", "nodev"],
         }));
     }
