@@ -3,7 +3,7 @@
 //! accepting, ends in-flight containers and removes its addresses.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +19,11 @@ use crate::control::{self, Control};
 use crate::dataplane::{Ctx, Dataplane, DataplaneError};
 use crate::manager::{Manager, ManagerError};
 use crate::net::{NetError, Netlink};
-use crate::notify::Notifier;
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::sandbox::cgroup;
 use crate::runtime::{Flavor, Reaper, Runtime, RuntimeConfig, RuntimeError};
 use crate::secrets::{SecretError, SecretStore};
+use crate::sys::notify::Notifier;
 
 /// In-flight containers get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -74,7 +74,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
-    Init(#[from] crate::init::InitError),
+    Init(#[from] crate::runtime::faas_init::InitError),
     #[error(transparent)]
     Socket(#[from] SocketError),
     #[error(transparent)]
@@ -182,8 +182,8 @@ async fn serve(
         path: PathBuf::new(),
         source,
     })?;
-    let init = match crate::init::source(config.init.as_deref()) {
-        Some(from) => Some(crate::init::install(&from, state)?),
+    let init = match crate::runtime::faas_init::source(config.init.as_deref()) {
+        Some(from) => Some(crate::runtime::faas_init::install(&from, state)?),
         None => {
             tracing::warn!("faas-init not found next to faasd (or --init): functions deployed with --stdio, --socket-activation or --container-port cannot start");
             None
@@ -338,7 +338,7 @@ async fn serve(
 /// (SO_PASSRIGHTS, Linux 6.16); said once at start, either way.
 fn descriptors_refusable() -> bool {
     let probe = std::os::unix::net::UnixStream::pair()
-        .and_then(|(a, _b)| crate::rawfd::refuse_descriptors(&a));
+        .and_then(|(a, _b)| crate::sys::rawfd::refuse_descriptors(&a));
     match probe {
         Ok(()) => true,
         Err(e) => {
@@ -381,18 +381,8 @@ fn state_token(state: &Path) -> Result<String, DaemonError> {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
             .map_err(io("reading /dev/urandom for"))?;
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = path.with_extension("new");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+        crate::sys::fs::write_private(&path, format!("{hex}\n").as_bytes())
             .map_err(io("creating"))?;
-        std::io::Write::write_all(&mut file, format!("{hex}\n").as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io("writing"))?;
-        fs::rename(&tmp, &path).map_err(io("creating"))?;
         tracing::info!(path = %path.display(), "created the control API token");
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io("chmod"))?;

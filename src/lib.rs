@@ -32,31 +32,18 @@ pub mod daemon;
 pub mod dataplane;
 /// Docker-save / OCI image archives: reading, layering, building.
 pub mod image;
-/// Installing the static `faas-init` helper into the state directory.
-pub mod init;
 /// Deployed functions: deploy, remove, list, restore; ties the parts together.
 pub mod manager;
 /// Metric names, help texts, buckets and recording handles.
 pub mod metrics;
-/// Function names (DNS-label rules).
-pub mod name;
 /// Function IP addresses: the pool allocator and the loopback addresses.
 pub mod net;
-/// systemd's readiness protocol (`sd_notify`).
-pub mod notify;
-/// Socket descriptors: the io_uring stream's typed borrow, TCP options std lacks.
-pub mod rawfd;
 /// Persistent record of deployed functions.
 pub mod registry;
-/// HTTP error answers faasd writes itself.
-pub mod respond;
 /// Containers: sandbox, one container's life, the warm pool, the cold path.
 pub mod runtime;
 /// Secrets: stored root-only, delivered on a tmpfs and as variables.
 pub mod secrets;
-/// Process syscalls std and nix lack: pidfds, scheduling priorities.
+/// What the OS gives where std stops: pidfds, priorities, the closer,
+/// socket options, private files, sd_notify, optional deadlines.
 pub mod sys;
-/// Optional deadlines for `select!`.
-pub mod timer;
-/// Human sizes ("64M") and durations for flags and the API.
-pub mod units;

@@ -4,16 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::name::FunctionName;
 use crate::api::DeployOptions;
 use crate::image::ImageConfig;
-use crate::name::FunctionName;
 
 const FILE: &str = "registry.json";
 
@@ -223,26 +221,13 @@ impl Registry {
     /// Writes the whole registry crash-safely.
     pub fn save(&self) -> Result<(), RegistryError> {
         let path = self.dir.join(FILE);
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
         let werr = |source| RegistryError::Write {
             path: path.clone(),
             source,
         };
         let bytes = serde_json::to_vec_pretty(&self.contents).map_err(|e| werr(e.into()))?;
         // Deploy options hold the functions' environment: private.
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(werr)?;
-        file.write_all(&bytes).map_err(werr)?;
-        file.sync_all().map_err(werr)?;
-        fs::rename(&tmp, &path).map_err(werr)?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)
+        crate::sys::fs::write_private(&path, &bytes).map_err(werr)
     }
 }
 

@@ -99,18 +99,7 @@ impl SecretStore {
         if path.exists() && !replace {
             return Err(SecretError::Exists(name.into()));
         }
-        let tmp = self.dir.join(format!(".{name}.new"));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        file.write_all(value)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err("writing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))
+        crate::sys::fs::write_private(&path, value).map_err(io_err("writing", &path))
     }
 
     pub fn remove(&self, name: &str) -> Result<(), SecretError> {

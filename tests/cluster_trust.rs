@@ -240,7 +240,7 @@ fn the_cluster_trusts_no_one_unauthenticated() {
         .open_spec("/faasd/functions/web", &stored)
         .expect("nodes sign their records");
     let mut evil = real.clone();
-    evil.name = faasd::name::FunctionName::parse("evil").expect("name");
+    evil.name = faasd::api::name::FunctionName::parse("evil").expect("name");
     evil.ip = "198.18.100.250".parse().expect("ip");
     evil.options.secrets = vec![faasd::api::SecretRef::parse("dbpass").expect("secret")];
     sim.etcd.put(

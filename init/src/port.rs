@@ -212,7 +212,8 @@ fn finish(ended: &Ended, how: String) {
 }
 
 /// Waits until something listens on TCP port `port` in this network
-/// namespace (read from /proc/net/tcp, so the server sees no probe), and
+/// namespace (asked of sock_diag, /proc/net/tcp where that is refused:
+/// the server sees no probe connection), and
 /// returns where to connect.
 pub fn wait_listening(port: u16, wait: Duration, ended: &Ended) -> Result<SocketAddr, String> {
     let deadline = Instant::now() + wait;

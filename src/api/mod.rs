@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub mod caps;
+pub mod name;
 mod options;
 mod patch;
+pub mod units;
 
 pub use options::*;
 pub use patch::OptionsPatch;

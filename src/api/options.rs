@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::patch::OptionsPatch;
-
 /// Default per-function memory limit.
 pub const DEFAULT_MEMORY: u64 = 128 << 20;
 /// Default per-connection handler timeout.
@@ -272,16 +270,6 @@ impl Default for DeployOptions {
 }
 
 impl DeployOptions {
-    /// Every option, as a query string (without the `?`).
-    pub fn to_query(&self) -> String {
-        OptionsPatch::from(self).to_query()
-    }
-
-    /// A query applied to the defaults (a new function).
-    pub fn from_query(query: &str) -> Result<Self, String> {
-        OptionsPatch::from_query(query)?.apply(&Self::default())
-    }
-
     pub fn validate(&self) -> Result<(), String> {
         if self.memory < 4 << 20 {
             return Err(format!("memory limit {} is below 4M", self.memory));
@@ -427,8 +415,6 @@ mod tests {
         for bad in ["", "../etc", "a/b", ".hidden", "x=1VAR", "x=A-B"] {
             assert!(SecretRef::parse(bad).is_err(), "{bad}");
         }
-        assert!(OptionsPatch::from_query("secret=a&secret=a=B").is_err());
-        assert!(DeployOptions::from_query("secret=a=X&secret=b=X").is_err());
         let env = parse_env_file("# comment\n\nexport A=1\nB=\"two words\"\nC='x'\nD=a=b\n")
             .expect("env file");
         assert_eq!(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::options::*;
-use crate::units::parse_size;
+use crate::api::units::parse_size;
 
 /// Options a deploy or update names; `None` keeps the current value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +59,18 @@ impl From<&DeployOptions> for OptionsPatch {
             cap_add: Some(o.cap_add.clone()),
             cap_drop: Some(o.cap_drop.clone()),
         }
+    }
+}
+
+impl DeployOptions {
+    /// Every option, as a query string (without the `?`).
+    pub fn to_query(&self) -> String {
+        OptionsPatch::from(self).to_query()
+    }
+
+    /// A query applied to the defaults (a new function).
+    pub fn from_query(query: &str) -> Result<Self, String> {
+        OptionsPatch::from_query(query)?.apply(&Self::default())
     }
 }
 
@@ -342,6 +354,8 @@ mod tests {
         assert!(cleared.env.is_empty() && cleared.secrets.is_empty());
         assert_eq!(cleared.kind, HandlerKind::ControlSocket);
         assert!(OptionsPatch::from_query("").expect("empty").is_empty());
+        assert!(OptionsPatch::from_query("secret=a&secret=a=B").is_err());
+        assert!(DeployOptions::from_query("secret=a=X&secret=b=X").is_err());
         // The query round-trips, the cleared lists included.
         let p = OptionsPatch {
             env: Some(BTreeMap::new()),

@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
         None => {}
     }
     // Still one thread: the environment may change safely.
-    let notifier = match faasd::notify::Notifier::take_from_env() {
+    let notifier = match faasd::sys::notify::Notifier::take_from_env() {
         Ok(n) => n,
         Err(e) => {
             eprintln!("faasd: NOTIFY_SOCKET: {e}");

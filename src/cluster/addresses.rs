@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use super::{keys, Cluster, ClusterError};
-use crate::name::FunctionName;
+use crate::api::name::FunctionName;
 
 impl Cluster {
     /// Takes the lowest pool address no function of the cluster holds

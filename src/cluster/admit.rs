@@ -38,8 +38,8 @@ impl Cluster {
     /// Says why the record under `key` (at `revision`) is not applied.
     pub(super) async fn refuse(&self, key: &str, revision: i64, why: &ClusterError) {
         tracing::warn!(key, revision, error = %why, "refusing a cluster record");
-        let name =
-            keys::tail(key, keys::FUNCTIONS).and_then(|n| crate::name::FunctionName::parse(n).ok());
+        let name = keys::tail(key, keys::FUNCTIONS)
+            .and_then(|n| crate::api::name::FunctionName::parse(n).ok());
         if let Some(name) = name {
             self.report(&name, revision, Some(why.to_string())).await;
         }

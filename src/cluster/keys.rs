@@ -15,8 +15,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::name::FunctionName;
 use crate::api::DeployOptions;
-use crate::name::FunctionName;
 
 pub const FUNCTIONS: &str = "/faasd/functions/";
 pub const ADDRESSES: &str = "/faasd/addresses/";

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
+use crate::api::name::FunctionName;
 use crate::api::{FunctionInfo, NodeInfo, NodeStatus, OptionsPatch};
 use crate::manager::{Manager, ManagerError};
-use crate::name::FunctionName;
 use crate::net::AddressPool;
 
 mod addresses;

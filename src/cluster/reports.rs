@@ -7,8 +7,8 @@ use std::time::Duration;
 use etcd_client::PutOptions;
 
 use super::{keys, Cluster};
+use crate::api::name::FunctionName;
 use crate::api::NodeStatus;
-use crate::name::FunctionName;
 
 impl Cluster {
     /// Tells peers this node holds `digest`.

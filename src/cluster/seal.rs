@@ -174,8 +174,8 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::name::FunctionName;
     use crate::api::DeployOptions;
-    use crate::name::FunctionName;
 
     fn spec() -> Spec {
         Spec {

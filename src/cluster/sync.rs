@@ -15,9 +15,9 @@ use etcd_client::{
 
 use super::keys::{self, Spec};
 use super::{seal, Cluster, ClusterError, LEASE_TTL, REQUEST_TIMEOUT};
+use crate::api::name::FunctionName;
 use crate::api::{NodeInfo, OptionsPatch};
 use crate::manager::ManagerError;
-use crate::name::FunctionName;
 
 /// The longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);

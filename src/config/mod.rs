@@ -16,9 +16,9 @@ mod file;
 pub use cluster::{ClusterConfig, EtcdTls};
 pub use file::is_default_config;
 
+use crate::api::units::parse_size;
 use crate::image::Limits;
 use crate::net::AddressPool;
-use crate::units::parse_size;
 
 /// The config file read when `--config` does not name one (a missing
 /// default file is no error).

@@ -3,11 +3,11 @@
 
 use hyper::{Response, StatusCode};
 
+use crate::api::name::NameError;
 use crate::api::ErrorBody;
 use crate::cluster::ClusterError;
 use crate::image::{ImageError, LayerError};
 use crate::manager::ManagerError;
-use crate::name::NameError;
 use crate::net::NetError;
 use crate::runtime::RuntimeError;
 use crate::secrets::SecretError;

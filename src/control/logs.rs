@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 
 use super::reply::{text, Reply};
 use super::{ApiError, Control};
-use crate::name::FunctionName;
+use crate::api::name::FunctionName;
 use crate::runtime::logs::LogSink;
 
 /// Bytes of each log file we read at most to find the last lines.

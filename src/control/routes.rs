@@ -10,11 +10,11 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::reply::{json, text, Reply};
 use super::{logs, secrets, upload, ApiError, Body, Control, Peer};
+use crate::api::name::FunctionName;
 use crate::api::OptionsPatch;
 use crate::cluster::ClusterError;
 use crate::manager::ManagerError;
 use crate::metrics;
-use crate::name::FunctionName;
 
 pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();

@@ -29,12 +29,12 @@ use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::{Command, Ctx, Inflight, Served};
 use crate::metrics::Outcome;
-use crate::rawfd;
-use crate::respond::{self, Status};
 use crate::runtime::pool::handoff::{self, Delivery};
+use crate::runtime::respond::{self, Status};
 use crate::runtime::Lease;
 use crate::sys::closer::Foreign;
-use crate::timer::sleep_until_opt;
+use crate::sys::rawfd;
+use crate::sys::timer::sleep_until_opt;
 
 /// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
 const FD_BACKOFF: Duration = Duration::from_millis(100);
@@ -72,7 +72,7 @@ pub(super) fn run(
     };
     let _ = ready.send(Ok(()));
     runtime.block_on(async move {
-        let mut releases: HashMap<crate::name::FunctionName, Vec<watch::Sender<bool>>> =
+        let mut releases: HashMap<crate::api::name::FunctionName, Vec<watch::Sender<bool>>> =
             HashMap::new();
         while let Some(cmd) = rx.recv().await {
             match cmd {

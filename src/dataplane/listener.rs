@@ -32,7 +32,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<
         socket.set_reuse_port(true)?;
     }
     if defer {
-        crate::rawfd::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
+        crate::sys::rawfd::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -46,7 +46,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<
 /// an empty queue costs one `getsockopt`.
 pub fn accept_queued(listener: BorrowedFd<'_>, max: usize) -> Vec<TcpStream> {
     let mut taken = Vec::new();
-    if max == 0 || crate::rawfd::accept_queue_len(listener) == 0 {
+    if max == 0 || crate::sys::rawfd::accept_queue_len(listener) == 0 {
         return taken;
     }
     let sock = SockRef::from(&listener);
@@ -75,7 +75,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn queue_len(l: &TcpListener) -> u32 {
-        crate::rawfd::accept_queue_len(l.as_fd())
+        crate::sys::rawfd::accept_queue_len(l.as_fd())
     }
 
     /// Takes what is queued, no more than asked, never waits, and leaves

@@ -21,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, Notify};
 
-use crate::name::FunctionName;
+use crate::api::name::FunctionName;
 use crate::runtime::{Function, Runtime};
 
 pub mod core;

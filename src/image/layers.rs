@@ -13,8 +13,10 @@ use std::sync::Mutex;
 
 use super::fsops::{self, Root};
 use super::overlay::{self, Upper};
-use super::store::{remove_tree, store_err as err, Staging};
+use super::staging::{self, store_err as err};
 use super::ImageError;
+use crate::sys::fs::remove_tree;
+use faas_protocol::layout;
 
 const REFS: &str = "refs";
 const TOP: &str = "top";
@@ -30,9 +32,12 @@ const TOP_DIRS: &[(&str, u32)] = &[
     // runc 1.1 gives a tmpfs the mode of its mount point.
     ("tmp", 0o1777),
     ("run", 0o755),
-    (super::store::SECRETS_DIR, 0o755),
+    (layout::in_rootfs(layout::SECRETS), 0o755),
 ];
-const TOP_FILES: &[&str] = &[super::store::CONTROL_SOCK, super::store::INIT];
+const TOP_FILES: &[&str] = &[
+    layout::in_rootfs(layout::CONTROL_SOCKET),
+    layout::in_rootfs(layout::FAAS_INIT),
+];
 
 /// Refs are written and layers collected one at a time, so a layer a
 /// deploy has just reserved is never collected under it.
@@ -107,7 +112,7 @@ impl Layers {
         below: &[String],
         apply: impl FnOnce(&Root) -> Result<(), ImageError>,
     ) -> Result<(), ImageError> {
-        let staging = Staging::new_in(&self.dir, "layer")?;
+        let staging = staging::Dir::new_in(&self.dir, "layer")?;
         let upper = staging.path().join("upper");
         fs::create_dir(&upper).map_err(err("creating", &upper))?;
         if below.is_empty() {
@@ -143,12 +148,12 @@ impl Layers {
     }
 
     /// A directory for `top`.
-    fn staging(&self) -> Result<Staging, ImageError> {
-        Staging::new_in(&self.dir, "top")
+    fn staging(&self) -> Result<staging::Dir, ImageError> {
+        staging::Dir::new_in(&self.dir, "top")
     }
 
     /// Moves `top`, made, into place.
-    fn commit(&self, mut staging: Staging, name: &str) -> Result<(), ImageError> {
+    fn commit(&self, mut staging: staging::Dir, name: &str) -> Result<(), ImageError> {
         let to = self.path(name);
         let from = staging.keep();
         fs::rename(&from, &to).map_err(err("renaming", &from))

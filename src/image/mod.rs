@@ -12,6 +12,7 @@ pub mod layer;
 pub mod layers;
 pub mod overlay;
 pub mod owners;
+pub mod staging;
 pub mod store;
 pub mod user;
 

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::archive::{self, Unpacked};
@@ -18,9 +17,10 @@ use super::fsops::{self, Root};
 use faas_protocol::layout;
 
 use super::layers::Layers;
+use super::staging::{self, store_err};
 use super::{overlay, ImageError, Limits};
+use crate::sys::fs::remove_tree;
 
-const STAGING_PREFIX: &str = ".staging-";
 /// Mount points runc needs; created at deploy so the read-only rootfs is
 /// never written when a container starts.
 const MOUNT_DIRS: &[&str] = &["proc", "dev", "sys", "tmp"];
@@ -33,8 +33,6 @@ pub const INIT: &str = layout::in_rootfs(layout::FAAS_INIT);
 /// read-only rootfs is never written at container start.
 const MOUNT_FILES: &[&str] = &[CONTROL_SOCK, INIT];
 
-static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
-
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
@@ -44,22 +42,11 @@ pub struct Store {
     copy: bool,
 }
 
-/// A directory being filled; removed on drop unless committed, with the
-/// layers it reserved.
+/// A version's rootfs being made; removed on drop unless committed, with
+/// its claim on the layers it reserved.
 pub struct Staging {
-    path: Option<PathBuf>,
+    dir: staging::Dir,
     reserved: Option<Arc<Layers>>,
-}
-
-pub(super) fn store_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> ImageError + 'a {
-    move |source| ImageError::Store {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 impl Store {
@@ -81,7 +68,7 @@ impl Store {
     /// own.
     pub fn share_layers(&mut self, layers: PathBuf) -> Result<(), ImageError> {
         let layers = Layers::open(layers)?;
-        let probe = self.dir.join(format!("{STAGING_PREFIX}probe"));
+        let probe = self.dir.join(format!("{}probe", staging::PREFIX));
         let _ = overlay::unmount(&probe);
         let _ = remove_tree(&probe);
         fs::create_dir(&probe).map_err(store_err("creating", &probe))?;
@@ -149,7 +136,10 @@ impl Store {
     }
 
     pub fn staging(&self, name: &str) -> Result<Staging, ImageError> {
-        Staging::new_in(&self.dir, name)
+        Ok(Staging {
+            dir: staging::Dir::new_in(&self.dir, name)?,
+            reserved: None,
+        })
     }
 
     /// Moves a fully unpacked staging directory into place as `version`;
@@ -253,22 +243,8 @@ impl Staging {
         self.reserved.is_some()
     }
 
-    /// A new, empty staging directory in `dir`.
-    pub(super) fn new_in(dir: &Path, label: &str) -> Result<Self, ImageError> {
-        let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            "{STAGING_PREFIX}{label}-{}-{seq}",
-            std::process::id()
-        ));
-        fs::create_dir(&path).map_err(store_err("creating", &path))?;
-        Ok(Staging {
-            path: Some(path),
-            reserved: None,
-        })
-    }
-
     pub fn path(&self) -> &Path {
-        self.path.as_deref().unwrap_or(Path::new("/nonexistent"))
+        self.dir.path()
     }
 
     fn key(&self) -> String {
@@ -276,28 +252,28 @@ impl Staging {
     }
 
     /// The directory, no longer removed on drop.
-    pub(super) fn keep(&mut self) -> PathBuf {
-        self.path.take().unwrap_or_default()
+    fn keep(&mut self) -> PathBuf {
+        self.dir.keep()
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            let layers = self.reserved.take();
-            if let Err(e) = remove_rootfs(&path, layers.as_deref()) {
-                tracing::warn!(path = %path.display(), error = %e, "removing staging directory");
-            }
+        let Some(layers) = self.reserved.take() else {
+            return;
+        };
+        if self.dir.kept() {
+            return;
         }
-    }
-}
-
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        let key = self.key();
+        match self.dir.remove() {
+            Ok(()) => {
+                if let Err(e) = layers.release(&key) {
+                    tracing::warn!(rootfs = %key, error = %e, "releasing the layers of a staging directory");
+                }
+            }
+            Err(e) => tracing::warn!(rootfs = %key, error = %e, "removing staging directory"),
+        }
     }
 }
 

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{listening, now_secs, Live, Manager, ManagerError};
+use crate::api::name::FunctionName;
 use crate::api::{DeployOptions, FunctionInfo, OptionsPatch};
 use crate::dataplane::Served;
 use crate::image::owners;
-use crate::name::FunctionName;
 use crate::net::Added;
 use crate::registry::{FunctionRecord, Registry, Version};
 use crate::runtime::Function;

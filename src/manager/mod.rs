@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::api::name::FunctionName;
 use crate::api::{DeployOptions, FunctionInfo, HandlerKind, SecretInfo, VersionInfo};
 use crate::dataplane::Listening;
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{owners, ImageError, Limits};
-use crate::name::FunctionName;
 use crate::net::{AddressPool, NetError, Netlink, Routes};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;

@@ -24,7 +24,7 @@ use nix::mount::{mount, MsFlags};
 pub fn mount_tmpfs(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)?.flatten() {
-        if let Err(e) = crate::image::store::remove_tree(&entry.path()) {
+        if let Err(e) = crate::sys::fs::remove_tree(&entry.path()) {
             tracing::warn!(path = %entry.path().display(), error = %e, "removing a bundle an older faasd left on disk");
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::pool::handoff::{ScaleOut, Waiting};
 use super::{Function, Runtime, RuntimeError};
 use crate::metrics::Outcome;
-use crate::respond::{self, Status};
+use crate::runtime::respond::{self, Status};
 use crate::sys::Priority;
 
 impl Runtime {

@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::container::control::register_owned;
+use super::error::RuntimeError;
+use super::reactor::register_owned;
 use super::reaper::{Exit, Reaper};
-use super::RuntimeError;
 use crate::sys::{self, Priority};
 
 /// The runtime's log inside each bundle.

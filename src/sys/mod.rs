@@ -5,10 +5,14 @@
 //! work (pool refills, cleanup) only runs on CPU time serving leaves idle;
 //! and faasd's own mount namespace; and the closer, which closes the
 //! descriptors containers had their hands on away from every thread that
-//! serves (`closer`).
+//! serves (`closer`); files kept private and replaced whole (`fs`).
 #![allow(unsafe_code)]
 
 pub mod closer;
+pub mod fs;
+pub mod notify;
+pub mod rawfd;
+pub mod timer;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

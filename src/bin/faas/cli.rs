@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use faasd::api::units::parse_size;
 use faasd::api::{parse_env, parse_env_file, EgressRule, HandlerKind, OptionsPatch, SecretRef};
-use faasd::units::parse_size;
 
 #[derive(Parser)]
 #[command(

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
-use super::control::register_owned;
 use crate::api::HandlerKind;
-use crate::rawfd;
 use crate::runtime::fdpass::ControlConn;
+use crate::runtime::reactor::register_owned;
+use crate::sys::rawfd;
 use crate::sys::{self, closer::Foreign};
 
 /// How often, and how long after the handler took the connection, its

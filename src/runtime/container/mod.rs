@@ -18,14 +18,11 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use super::fdpass::ControlConn;
 use super::reaper::Exit;
 use super::{Function, Runtime, RuntimeError};
-use control::ControlListener;
+use crate::runtime::reactor::ControlListener;
 
-pub mod control;
 mod copy;
 mod start;
 mod supervise;
-
-pub use supervise::SERVER_SETTLE;
 
 /// A container whose process runs, waiting for its handler to connect.
 pub struct Starting {

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::control::ControlListener;
 use super::{io, End, Guard, Process, Ready, Starting};
 use crate::metrics::Phase;
 use crate::runtime::oci::{self, Flavor, Oci};
+use crate::runtime::reactor::ControlListener;
 use crate::runtime::sandbox::spec::{render, SpecInput};
 use crate::runtime::sandbox::{bpf, cgroup, scratch};
 use crate::runtime::{logs, Function, Runtime, RuntimeError};
@@ -178,7 +178,7 @@ impl Guard {
         if self.rt.config.refuse_descriptors {
             // Before anyone can connect: nothing the container sends
             // can then make a close here wait (`sys::closer`).
-            crate::rawfd::refuse_descriptors(&listener)
+            crate::sys::rawfd::refuse_descriptors(&listener)
                 .map_err(io("refusing descriptors on the control socket"))?;
         }
         // The handler may run as any user of its image.

@@ -10,26 +10,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::control::ControlListener;
 use super::copy::{ClientCopy, Release};
 use super::{End, Guard, Ready};
-use crate::respond::{self, Status};
 use crate::runtime::fdpass::ControlConn;
 use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
-use crate::runtime::pool::{Handed, Slot, SlotWatch, Taken};
+use crate::runtime::pool::{Handed, Slot, SlotWatch, Taken, SERVER_SETTLE};
+use crate::runtime::reactor::ControlListener;
 use crate::runtime::reaper::Exit;
+use crate::runtime::respond::{self, Status};
 use crate::runtime::sandbox::cgroup;
 use crate::runtime::{fdpass, Function, Lease, RuntimeError};
 use crate::sys::closer::Foreign;
-use crate::timer::sleep_until_opt;
+use crate::sys::timer::sleep_until_opt;
 
 /// Time the container gets to die after SIGKILL before we stop waiting.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// A socket-activated server that still runs this long after it got the
-/// listener is up (one that fails at start, gunicorn with a bad flag, is
-/// gone within a second); before that, its end is a failed start.
-pub const SERVER_SETTLE: Duration = Duration::from_secs(1);
 
 impl Ready {
     /// Sends the client socket to the handler (the cold path); the
@@ -226,7 +222,7 @@ impl Guard {
             {
                 tracing::warn!(%id, error = %e, "unmounting the writable layer");
             }
-            if let Err(e) = crate::image::store::remove_tree(&bundle) {
+            if let Err(e) = crate::sys::fs::remove_tree(&bundle) {
                 tracing::warn!(%id, error = %e, "removing bundle");
             }
             usage
@@ -359,7 +355,7 @@ fn answer_if_silent(guard: &Guard, end: &End, client: Foreign<OwnedFd>) {
         }
         _ => return,
     };
-    if crate::rawfd::bytes_sent(client.as_fd()) != Some(0) {
+    if crate::sys::rawfd::bytes_sent(client.as_fd()) != Some(0) {
         return;
     }
     let exit = guard.exited.map(|e| format!(" ({e})")).unwrap_or_default();

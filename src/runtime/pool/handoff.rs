@@ -15,12 +15,15 @@
 //! fence between), so at least one of them sees the other.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::reuse::{self, Reuse};
 use super::slot::{Handed, Slot};
 use crate::metrics::Outcome;
 use crate::runtime::{Function, Lease, Runtime};
@@ -398,6 +401,53 @@ fn serve(slot: Slot, func: &Arc<Function>, taken: Vec<Waiting>) -> Handed {
                 });
             }
             Handed::Done
+        }
+    }
+}
+
+impl Handed {
+    /// Starts whatever follows the hand-over on the current runtime (a
+    /// data-plane core, or the control runtime after a cold start).
+    pub fn follow(self, func: &Arc<Function>) {
+        if let Handed::AwaitNext(reuse, lease) = self {
+            tokio::spawn(await_next(reuse, lease, Arc::clone(func)));
+        }
+    }
+}
+
+/// Waits for the handler to ask for its next connection, holding `lease`
+/// (the connection just handed over) until then; gives it a connection
+/// that waits for it, or parks it.
+pub fn await_next(
+    reuse: Arc<Reuse>,
+    lease: Lease,
+    func: Arc<Function>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Boxed: it spawns itself for another container.
+    Box::pin(cycle(reuse, lease, func))
+}
+
+async fn cycle(reuse: Arc<Reuse>, mut lease: Lease, func: Arc<Function>) {
+    loop {
+        let ready = reuse::wait_ready(&reuse).await;
+        // The handler is done with the connection (or gone): free its slot.
+        drop(lease);
+        if !ready {
+            return;
+        }
+        if reuse.at_limit() || func.pool.is_closed() || reuse.retired().is_some() {
+            reuse.hang_up();
+            return;
+        }
+        match to_waiter(Slot::reuse(Arc::clone(&reuse)), &func) {
+            // Served a waiting connection: wait for this one in turn.
+            Ok(Handed::AwaitNext(_, next_lease)) => lease = next_lease,
+            Ok(Handed::Done) => return,
+            Err(slot) => {
+                func.pool.push(slot);
+                match_waiting(&func);
+                return;
+            }
         }
     }
 }

@@ -23,6 +23,10 @@ pub mod slot;
 use handoff::Waiters;
 pub use slot::{Handed, Slot, SlotWatch, Taken};
 
+/// A socket-activated server that still runs this long after it got the
+/// listener is up (one that fails at start, gunicorn with a bad flag, is
+/// gone within a second); before that, its end is a failed start.
+pub const SERVER_SETTLE: Duration = Duration::from_secs(1);
 /// Longest pause between start attempts of a function whose containers fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -455,7 +459,7 @@ impl Runtime {
     /// version is deployed at all, the version before serving on. It then
     /// joins the pool (or goes, when the pool's target is zero) and the
     /// pool is kept filled. A socket-activated server is up only once it
-    /// got the listener and outlived `SERVER_SETTLE` (`server_up`).
+    /// got the listener and settled (`server_up`).
     pub async fn first_start(self: &Arc<Self>, func: &Arc<Function>) -> Result<(), RuntimeError> {
         let ready = match self.start(func, Priority::Normal).await {
             Ok(ready) => ready,
@@ -483,10 +487,10 @@ impl Runtime {
 
     /// Waits until a socket-activated version's first server is up (it got
     /// the listener, which the data plane binds after `first_start`, and
-    /// still runs `SERVER_SETTLE` later); its failure, or none in time, is
+    /// has settled, see `SERVER_SETTLE`); its failure, or none in time, is
     /// the error.
     pub async fn server_up(&self, func: &Function) -> Result<(), RuntimeError> {
-        let within = self.config.connect_timeout + crate::runtime::container::SERVER_SETTLE * 2;
+        let within = self.config.connect_timeout + SERVER_SETTLE * 2;
         let deadline = Instant::now() + within;
         loop {
             if func.pool.settled() {

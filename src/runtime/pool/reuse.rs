@@ -25,11 +25,9 @@
 //!   (max requests, timeout, retired or gone: the container ends)
 //! ```
 
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixListener;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -38,11 +36,9 @@ use nix::sys::socket::{recv, MsgFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use super::handoff;
-use super::slot::{Handed, Slot};
-use crate::runtime::container::control::register_owned;
+use crate::runtime::fdpass;
 use crate::runtime::fdpass::ControlConn;
-use crate::runtime::{fdpass, Function, Lease};
+use crate::runtime::reactor::register_owned;
 use crate::sys::closer::Foreign;
 
 /// Ready bytes peeked, or read, at most at once.
@@ -110,7 +106,7 @@ impl Kept {
 /// messages, and peeking all of them again for each new one cost the core
 /// a fifth of its CPU under load (perf, wrk -c32).
 fn watch_control(control: ControlConn) -> io::Result<AsyncFd<ControlConn>> {
-    crate::rawfd::peek_from_offset(&control)?;
+    crate::sys::rawfd::peek_from_offset(&control)?;
     register_owned(control)
 }
 
@@ -166,7 +162,7 @@ impl Reuse {
 
     /// Closes the control connection: a handler waiting on it reads its
     /// end and exits.
-    fn hang_up(&self) {
+    pub(super) fn hang_up(&self) {
         lock(&self.control).take();
     }
 
@@ -201,51 +197,14 @@ impl Reuse {
         usize::from(self.batch.load(Ordering::Acquire))
     }
 
-    fn at_limit(&self) -> bool {
+    pub(super) fn at_limit(&self) -> bool {
         self.max > 0 && self.served.load(Ordering::Acquire) >= self.max
-    }
-}
-
-/// Waits for the handler to ask for its next connection, holding `lease`
-/// (the connection just handed over) until then; gives it a connection
-/// that waits for it, or parks it.
-pub fn await_next(
-    reuse: Arc<Reuse>,
-    lease: Lease,
-    func: Arc<Function>,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    // Boxed: it spawns itself for another container.
-    Box::pin(cycle(reuse, lease, func))
-}
-
-async fn cycle(reuse: Arc<Reuse>, mut lease: Lease, func: Arc<Function>) {
-    loop {
-        let ready = wait_ready(&reuse).await;
-        // The handler is done with the connection (or gone): free its slot.
-        drop(lease);
-        if !ready {
-            return;
-        }
-        if reuse.at_limit() || func.pool.is_closed() || reuse.retired().is_some() {
-            reuse.hang_up();
-            return;
-        }
-        match handoff::to_waiter(Slot::reuse(Arc::clone(&reuse)), &func) {
-            // Served a waiting connection: wait for this one in turn.
-            Ok(Handed::AwaitNext(_, next_lease)) => lease = next_lease,
-            Ok(Handed::Done) => return,
-            Err(slot) => {
-                func.pool.push(slot);
-                handoff::match_waiting(&func);
-                return;
-            }
-        }
     }
 }
 
 /// Waits until the handler asks for its next connection (true), or its
 /// timeout passes or it ends (false).
-async fn wait_ready(reuse: &Reuse) -> bool {
+pub(super) async fn wait_ready(reuse: &Reuse) -> bool {
     let ended = reuse.ended.notified();
     tokio::pin!(ended);
     ended.as_mut().enable();

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::reuse::{self, Reuse};
+use super::reuse::Reuse;
 use crate::runtime::fdpass::ControlConn;
-use crate::runtime::{fdpass, Function, Lease};
+use crate::runtime::{fdpass, Lease};
 use crate::sys::closer::Foreign;
 
 /// A container waiting in the pool.
@@ -28,7 +28,7 @@ enum Kind {
     Once(ControlConn, oneshot::Sender<Taken>),
     /// Reuse mode (the control connection is the container's): whoever
     /// hands over keeps the lease until the handler asks for the next
-    /// connection (`reuse::await_next`); the supervisor is not woken per
+    /// connection (`handoff::await_next`); the supervisor is not woken per
     /// connection. `None` once used.
     Reuse(Option<Arc<Reuse>>),
 }
@@ -40,16 +40,6 @@ pub enum Handed {
     Done,
     /// Reuse mode: wait for the handler's next request, holding the lease.
     AwaitNext(Arc<Reuse>, Lease),
-}
-
-impl Handed {
-    /// Starts whatever follows the hand-over on the current runtime (a
-    /// data-plane core, or the control runtime after a cold start).
-    pub fn follow(self, func: &Arc<Function>) {
-        if let Handed::AwaitNext(reuse, lease) = self {
-            tokio::spawn(reuse::await_next(reuse, lease, Arc::clone(func)));
-        }
-    }
 }
 
 /// What a one-shot container's supervisor holds while it serves.

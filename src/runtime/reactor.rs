@@ -1,4 +1,4 @@
-//! Descriptors on the reactor (`unsafe` because tokio cannot check that a
+//! Descriptors on the tokio reactor (`unsafe` because tokio cannot check that a
 //! raw descriptor stays what it was; the bound on `AsFd` makes the types
 //! prove it): a container's `/control.sock` listener, and runc's exec
 //! fifo while a container starts (`oci`). Accepted
