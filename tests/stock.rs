@@ -215,6 +215,9 @@ fn python_servers_run_as_their_readmes_say() {
 /// `$FROM` (seconds since the epoch) on, one that ends at once.
 const ONE_SHOT_SERVER: &str = "import os, socket, sys, time\nif time.time() >= float(os.environ['FROM']):\n    sys.exit('failing from now on')\nl = socket.socket(fileno=3)\nc, _ = l.accept()\nhead = b''\nwhile b'\\r\\n\\r\\n' not in head:\n    head += c.recv(4096)\nc.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nserved\\n')\nc.close()\n";
 
+/// A socket-activated server that loads for 2.5 s (on the CPU) and fails.
+const SLOW_TO_FAIL: &str = "import sys, time\nend = time.time() + 2.5\nwhile time.time() < end:\n    pass\nsys.exit('no app after all')\n";
+
 #[test]
 fn crash_loops_are_bounded_and_visible() {
     let d = Daemon::start();
@@ -245,6 +248,16 @@ fn crash_loops_are_bounded_and_visible() {
     let logs = String::from_utf8_lossy(&d.faas(&["logs", "broken"], None).stdout).into_owned();
     assert!(logs.contains("No module named 'nosuch'"), "{logs}");
     assert!(logs.contains(" faasd | "), "{logs}");
+
+    // One still loading (busy on the CPU, as an import is on a loaded
+    // host) a second after it got the listener, that fails after that:
+    // not up either (faasd once took a second's life for up).
+    let slow = python_image(&["/usr/bin/python3", "-c", SLOW_TO_FAIL], "nobody", &[]);
+    let refused = d
+        .client()
+        .deploy("slow", &options, image_bytes(&slow).as_slice())
+        .expect_err("a server failing after 2.5 s of loading");
+    assert!(refused.to_string().contains("is not up"), "{refused}");
 
     // Pool containers that start failing after the deploy: crash-looping,
     // the restarts counted, clients told so at once (503).

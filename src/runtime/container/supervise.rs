@@ -15,7 +15,10 @@ use super::{End, Guard, Ready};
 use crate::runtime::fdpass::ControlConn;
 use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
-use crate::runtime::pool::{Handed, Slot, SlotWatch, Taken, SERVER_SETTLE};
+use crate::runtime::pool::{
+    Handed, Slot, SlotWatch, Taken, SERVER_BUSY_MAX, SERVER_IDLE_CPU, SERVER_IDLE_FOR,
+    SERVER_SETTLE,
+};
 use crate::runtime::reactor::ControlListener;
 use crate::runtime::reaper::Exit;
 use crate::runtime::respond::{self, Status};
@@ -387,7 +390,7 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
                 match fdpass::send_fd(control.as_fd(), listener.as_fd()) {
                     Ok(()) => {
                         drop(control);
-                        let settle = tokio::time::sleep(SERVER_SETTLE);
+                        let settle = server_settled(guard.rt.cgroup_scope.clone(), guard.id.clone());
                         tokio::pin!(settle);
                         loop {
                             tokio::select! {
@@ -414,11 +417,32 @@ async fn supervise_activation(mut guard: Guard, control: ControlConn) {
         guard.failed(if settled {
             "the server ended; starting another"
         } else {
-            "the server ended within a second of its start"
+            "the server ended before it was up (idle, waiting for connections)"
         });
     }
     guard.finish(end).await;
     func.pool.reuse_ended();
+}
+
+/// Resolves once a socket-activated server in container `id` is up:
+/// alive `SERVER_SETTLE`, then idle (see `SERVER_IDLE_CPU`), or busy for
+/// `SERVER_BUSY_MAX`. Wall time alone misjudged a server still loading on
+/// a busy host as up.
+async fn server_settled(scope: String, id: String) {
+    let started = Instant::now();
+    tokio::time::sleep(SERVER_SETTLE).await;
+    let cpu = || cgroup::usage(&scope, &id).map(|u| u.cpu_seconds);
+    let mut before = cpu();
+    while started.elapsed() < SERVER_BUSY_MAX {
+        tokio::time::sleep(SERVER_IDLE_FOR).await;
+        let now = cpu();
+        match (before, now) {
+            (Some(b), Some(n)) if n - b < SERVER_IDLE_CPU.as_secs_f64() => return,
+            // Usage unreadable: wall time is all there is.
+            (None, None) => return,
+            _ => before = now,
+        }
+    }
 }
 
 /// A reuse-mode container for its whole life. The per-connection cycle runs

@@ -23,10 +23,17 @@ pub mod slot;
 use handoff::Waiters;
 pub use slot::{Handed, Slot, SlotWatch, Taken};
 
-/// A socket-activated server that still runs this long after it got the
-/// listener is up (one that fails at start, gunicorn with a bad flag, is
-/// gone within a second); before that, its end is a failed start.
+/// A socket-activated server is up once it has run this long after it
+/// got the listener and then sat idle (its container's CPU time grew by
+/// less than `SERVER_IDLE_CPU` in `SERVER_IDLE_FOR`: waiting for
+/// connections, not still loading, which on a busy host can take many
+/// seconds before it fails, as gunicorn does without its app); or once it
+/// has run `SERVER_BUSY_MAX`, for a server that is never idle. Before
+/// that, its end is a failed start.
 pub const SERVER_SETTLE: Duration = Duration::from_secs(1);
+pub const SERVER_IDLE_FOR: Duration = Duration::from_millis(200);
+pub const SERVER_IDLE_CPU: Duration = Duration::from_millis(2);
+pub const SERVER_BUSY_MAX: Duration = Duration::from_secs(10);
 /// Longest pause between start attempts of a function whose containers fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -490,7 +497,7 @@ impl Runtime {
     /// has settled, see `SERVER_SETTLE`); its failure, or none in time, is
     /// the error.
     pub async fn server_up(&self, func: &Function) -> Result<(), RuntimeError> {
-        let within = self.config.connect_timeout + SERVER_SETTLE * 2;
+        let within = self.config.connect_timeout + SERVER_BUSY_MAX + SERVER_SETTLE;
         let deadline = Instant::now() + within;
         loop {
             if func.pool.settled() {
