@@ -137,40 +137,80 @@ async fn serve(
     notifier: Option<Notifier>,
 ) -> Result<(), DaemonError> {
     let state = &config.state_dir;
-    fs::create_dir_all(state).map_err(|source| DaemonError::Io {
-        op: "creating",
-        path: state.clone(),
-        source,
-    })?;
-    // Containers run as unprivileged host ids (user namespaces) and must
-    // reach their rootfs and control socket: others may pass through the
-    // state directory, never list it; what is private inside is 0700/0600.
-    // (Directories above it are the operator's: see `runtime::view`.)
-    fs::set_permissions(state, fs::Permissions::from_mode(0o711)).map_err(|source| {
-        DaemonError::Io {
-            op: "chmod",
-            path: state.clone(),
-            source,
-        }
-    })?;
+    open_state_dir(state)?;
     let _lock = lock_state(state)?;
     // Before anything registers a metric: handles taken earlier stay no-ops.
-    let metrics = if config.metrics {
-        let handle = crate::metrics::install().map_err(DaemonError::Metrics)?;
-        let upkeep = handle.clone();
-        // Histogram samples are folded in at render time too; this bounds
-        // their memory between scrapes.
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                upkeep.run_upkeep();
-            }
-        });
-        Some(handle)
-    } else {
-        None
+    let metrics = start_metrics(&config)?;
+    let manager = start_node(&config, runtime_binary, flavor).await?;
+    let token = match &config.token {
+        TokenSource::File(path) => Some(read_token(path)?),
+        TokenSource::StateDir => Some(state_token(state)?),
+        TokenSource::None => None,
     };
+    // With --etcd, the node serves what it has (restored above) at once
+    // and converges on the cluster as soon as etcd answers.
+    let cluster = join_cluster(&config, &manager, token.clone()).await?;
+    let api = serve_api(&config, &manager, metrics, token, &cluster).await?;
+    let notifier = notifier.map(Arc::new);
+    if let Some(n) = &notifier {
+        tell_ready(n, &config);
+    }
 
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    if let Some(n) = &notifier {
+        tell(n, "STOPPING=1");
+    }
+    stop(&config, &manager, cluster, api).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the state directory, which containers (unprivileged host ids,
+/// user namespaces) must pass through to reach their rootfs and control
+/// socket: others may pass, never list; what is private inside is
+/// 0700/0600. (Directories above it are the operator's: `runtime::view`.)
+fn open_state_dir(state: &Path) -> Result<(), DaemonError> {
+    let io = |op| {
+        move |source| DaemonError::Io {
+            op,
+            path: state.to_path_buf(),
+            source,
+        }
+    };
+    fs::create_dir_all(state).map_err(io("creating"))?;
+    fs::set_permissions(state, fs::Permissions::from_mode(0o711)).map_err(io("chmod"))
+}
+
+/// The Prometheus recorder, unless `--no-metrics`.
+fn start_metrics(
+    config: &Config,
+) -> Result<Option<metrics_exporter_prometheus::PrometheusHandle>, DaemonError> {
+    if !config.metrics {
+        return Ok(None);
+    }
+    let handle = crate::metrics::install().map_err(DaemonError::Metrics)?;
+    let upkeep = handle.clone();
+    // Histogram samples are folded in at render time too; this bounds
+    // their memory between scrapes.
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(Some(handle))
+}
+
+/// Everything that serves functions, brought up and restored: the closer,
+/// the reaper, faas-init, addresses, records, secrets, the container
+/// runtime, the data plane and the manager over them.
+async fn start_node(
+    config: &Config,
+    runtime_binary: PathBuf,
+    flavor: Flavor,
+) -> Result<Arc<Manager>, DaemonError> {
+    let state = &config.state_dir;
     // After the recorder, so its counters are real.
     if !crate::sys::closer::start_now() {
         tracing::warn!(
@@ -190,7 +230,9 @@ async fn serve(
         }
     };
     let net = Netlink::connect()?;
-    let net_for_routes = net.clone();
+    let routes = config
+        .route_table
+        .map(|table| crate::net::Routes::new(net.clone(), table));
     let registry = Registry::load(state)?;
     let secrets = SecretStore::open(state)?;
     let runtime = Runtime::new(
@@ -218,58 +260,74 @@ async fn serve(
         registry,
         net,
         config.pool.clone(),
-        Arc::clone(&runtime),
+        runtime,
         dataplane,
         config.limits.clone(),
         secrets,
         config.keep_versions,
-        config
-            .route_table
-            .map(|table| crate::net::Routes::new(net_for_routes, table)),
+        routes,
         config.copy_layers,
     )?);
     manager.restore().await?;
+    Ok(manager)
+}
 
-    let token = match &config.token {
-        TokenSource::File(path) => Some(read_token(path)?),
-        TokenSource::StateDir => Some(state_token(state)?),
-        TokenSource::None => None,
+/// The cluster membership with `--etcd` (and the task that follows etcd).
+async fn join_cluster(
+    config: &Config,
+    manager: &Arc<Manager>,
+    token: Option<String>,
+) -> Result<Option<(Arc<Cluster>, tokio::task::JoinHandle<()>)>, DaemonError> {
+    let Some(c) = &config.cluster else {
+        return Ok(None);
     };
+    let cluster = Cluster::new(
+        Membership {
+            endpoints: c.endpoints.clone(),
+            node: c.node.clone(),
+            url: c.url.clone(),
+            // The configuration refuses --etcd without a token.
+            token: token.unwrap_or_default(),
+            tls: c.tls.clone(),
+        },
+        Arc::clone(manager),
+        &config.state_dir,
+        config.pool.clone(),
+    )
+    .await?;
+    let follower = cluster.spawn();
+    tracing::info!(node = %c.node, etcd = %c.endpoints.join(","), url = %c.url, "cluster member");
+    Ok(Some((cluster, follower)))
+}
+
+/// The control API being served, and what stops it.
+struct Api {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    /// Removes the Unix socket when dropped.
+    socket: Option<socket::SocketFile>,
+}
+
+/// Serves the control API on `--listen` and the Unix socket.
+async fn serve_api(
+    config: &Config,
+    manager: &Arc<Manager>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    token: Option<String>,
+    cluster: &Option<(Arc<Cluster>, tokio::task::JoinHandle<()>)>,
+) -> Result<Api, DaemonError> {
+    let uploads = config.state_dir.join("uploads");
     let has_token = token.is_some();
-    // With --etcd, the node serves what it has (restored above) at once
-    // and converges on the cluster as soon as etcd answers.
-    let cluster = match &config.cluster {
-        Some(c) => {
-            let cluster = Cluster::new(
-                Membership {
-                    endpoints: c.endpoints.clone(),
-                    node: c.node.clone(),
-                    url: c.url.clone(),
-                    // The configuration refuses --etcd without a token.
-                    token: token.clone().unwrap_or_default(),
-                    tls: c.tls.clone(),
-                },
-                Arc::clone(&manager),
-                state,
-                config.pool.clone(),
-            )
-            .await?;
-            let follower = cluster.spawn();
-            tracing::info!(node = %c.node, etcd = %c.endpoints.join(","), url = %c.url, "cluster member");
-            Some((cluster, follower))
-        }
-        None => None,
-    };
     let mut control = Control::new(
-        Arc::clone(&manager),
+        Arc::clone(manager),
         metrics,
         token,
-        state.join("uploads"),
+        uploads.clone(),
         config.max_upload,
     )
     .map_err(|source| DaemonError::Io {
         op: "creating",
-        path: state.join("uploads"),
+        path: uploads,
         source,
     })?;
     control.cluster = cluster.as_ref().map(|(c, _)| Arc::clone(c));
@@ -279,42 +337,46 @@ async fn serve(
             addr: config.listen,
             source,
         })?;
-    let socket = bind_socket(&config.socket)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (unix, socket_guard) = match socket {
+    let (unix, socket) = match bind_socket(&config.socket)? {
         Some(s) => {
             let (listener, guard) = s.into_parts();
             (Some(listener), Some(guard))
         }
         None => (None, None),
     };
-    let control_task = tokio::spawn(control::serve(listener, unix, Arc::new(control), stop_rx));
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(control::serve(listener, unix, Arc::new(control), stop_rx));
     tracing::info!(listen = %config.listen, socket = %config.socket.display(), pool = %config.pool,
         cores = config.cores, token = has_token, "faasd serving");
-    let notifier = notifier.map(Arc::new);
-    if let Some(n) = &notifier {
-        tell(n, &format!("READY=1\nSTATUS=serving on {}", config.listen));
-        if let Some(every) = n.watchdog_every() {
-            let n = Arc::clone(n);
-            // Sent from the control runtime: if it stalls, so does this.
-            tokio::spawn(async move {
-                loop {
-                    tell(&n, "WATCHDOG=1");
-                    tokio::time::sleep(every).await;
-                }
-            });
-        }
-    }
+    Ok(Api { task, stop, socket })
+}
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    if let Some(n) = &notifier {
-        tell(n, "STOPPING=1");
+/// Tells systemd faasd is ready, and keeps its watchdog fed from the
+/// control runtime (if that stalls, so does the watchdog).
+fn tell_ready(n: &Arc<Notifier>, config: &Config) {
+    tell(n, &format!("READY=1\nSTATUS=serving on {}", config.listen));
+    if let Some(every) = n.watchdog_every() {
+        let n = Arc::clone(n);
+        tokio::spawn(async move {
+            loop {
+                tell(&n, "WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
     }
-    // The cluster stops counting on this node (its statuses and archive
-    // offers go with its lease); then routers: with the routes gone,
-    // clients stop arriving while everything here still serves the ones
-    // under way.
+}
+
+/// Stops in the order that loses no one: the cluster stops counting on
+/// this node (its statuses and archive offers go with its lease); then
+/// routers (with the routes gone, clients stop arriving while everything
+/// here still serves the ones under way); then the API, the containers,
+/// and what the closer still holds.
+async fn stop(
+    config: &Config,
+    manager: &Manager,
+    cluster: Option<(Arc<Cluster>, tokio::task::JoinHandle<()>)>,
+    api: Api,
+) {
     if let Some((cluster, follower)) = &cluster {
         follower.abort();
         cluster.leave().await;
@@ -323,15 +385,13 @@ async fn serve(
         tracing::info!(secs = config.drain.as_secs_f64(), "draining");
         tokio::time::sleep(config.drain).await;
     }
-    stop_tx.send_replace(true);
-    let _ = control_task.await;
-    drop(socket_guard);
+    api.stop.send_replace(true);
+    let _ = api.task.await;
+    drop(api.socket);
     manager.shutdown(SHUTDOWN_DEADLINE).await;
     if !crate::sys::closer::flush(CLOSER_FLUSH) {
         tracing::warn!("the closer had not closed everything at exit");
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Whether this kernel lets control sockets refuse descriptors

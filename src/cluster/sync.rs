@@ -66,11 +66,24 @@ async fn session_inner(
     cluster: &Cluster,
     joined: &mut bool,
 ) -> Result<std::convert::Infallible, ClusterError> {
-    let mut client = cluster.client.clone();
     cluster.check_identity().await?;
+    let mut keepalive = register(cluster).await?;
+    let (revision, mut failed) = converge_all(cluster).await?;
+    *joined = true;
+    follow(cluster, revision, &mut failed, &mut keepalive).await
+}
+
+/// Functions whose convergence failed, retried every `RETRY_EVERY`.
+type Failed = HashMap<FunctionName, (Spec, i64)>;
+
+/// Puts this node in etcd under a lease of its own, kept alive by the
+/// returned task (which ends with why it could not), and offers the
+/// archives it holds.
+async fn register(cluster: &Cluster) -> Result<Abort<String>, ClusterError> {
+    let mut client = cluster.client.clone();
     let lease = client.lease_grant(LEASE_TTL, None).await?.id();
     let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
-    let mut keepalive = Abort(tokio::spawn(async move {
+    let keepalive = Abort(tokio::spawn(async move {
         loop {
             if let Err(e) = keeper.keep_alive().await {
                 return format!("keeping the lease: {e}");
@@ -103,12 +116,20 @@ async fn session_inner(
     for digest in cluster.archives.held() {
         cluster.offer(&digest).await;
     }
+    Ok(keepalive)
+}
 
-    let all = client
+/// Makes this node what etcd says at one revision: every admitted record
+/// served, every function etcd no longer has removed. Returns that
+/// revision and what failed.
+async fn converge_all(cluster: &Cluster) -> Result<(i64, Failed), ClusterError> {
+    let all = cluster
+        .client
+        .clone()
         .get(keys::FUNCTIONS, Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = all.header().map(|h| h.revision()).unwrap_or_default();
-    let mut specs: HashMap<FunctionName, (Spec, i64)> = HashMap::new();
+    let mut specs: Failed = HashMap::new();
     for kv in all.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         match cluster.admit(&key, kv.value()) {
@@ -118,35 +139,36 @@ async fn session_inner(
             Err(e) => cluster.refuse(&key, kv.mod_revision(), &e).await,
         }
     }
-    let mut failed: HashMap<FunctionName, (Spec, i64)> = HashMap::new();
-    for (name, record) in cluster
-        .manager
-        .records()
-        .await
-        .into_iter()
-        .map(|r| (r.name.clone(), r))
-    {
-        if !specs.contains_key(&name) {
-            tracing::info!(function = %name, ip = %record.ip, "not in the cluster any more: removing");
-            cluster.retire(&name).await;
+    for record in cluster.manager.records().await {
+        if !specs.contains_key(&record.name) {
+            tracing::info!(function = %record.name, ip = %record.ip, "not in the cluster any more: removing");
+            cluster.retire(&record.name).await;
         }
     }
+    let mut failed = HashMap::new();
     for (spec, at) in specs.values() {
         cluster.converge(spec, *at, &mut failed).await;
     }
     cluster.collect_archives().await;
-    *joined = true;
-    tracing::info!(node = %me.name, functions = specs.len(), revision, "in the cluster");
+    tracing::info!(node = %cluster.me.node, functions = specs.len(), revision, "in the cluster");
+    Ok((revision, failed))
+}
 
-    let mut watch = client
-        .watch(
-            keys::FUNCTIONS,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
+/// Follows etcd's changes after `revision` until the session ends (the
+/// lease or the watch is lost), retrying what failed meanwhile.
+async fn follow(
+    cluster: &Cluster,
+    revision: i64,
+    failed: &mut Failed,
+    keepalive: &mut Abort<String>,
+) -> Result<std::convert::Infallible, ClusterError> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut watch = cluster
+        .client
+        .clone()
+        .watch(keys::FUNCTIONS, Some(options))
         .await?;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     loop {
@@ -160,32 +182,41 @@ async fn session_inner(
                     return Err(ClusterError::Unavailable(format!("the watch was cancelled: {}", response.cancel_reason())));
                 }
                 for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let name = keys::tail(&key, keys::FUNCTIONS).and_then(|n| FunctionName::parse(n).ok());
-                    let Some(name) = name else { continue };
-                    match event.event_type() {
-                        EventType::Put => match cluster.admit(&key, kv.value()) {
-                            Ok(spec) => {
-                                failed.remove(&name);
-                                cluster.converge(&spec, kv.mod_revision(), &mut failed).await;
-                            }
-                            Err(e) => cluster.refuse(&key, kv.mod_revision(), &e).await,
-                        },
-                        EventType::Delete => {
-                            failed.remove(&name);
-                            cluster.retire(&name).await;
-                        }
-                    }
+                    apply_event(cluster, event, failed).await;
                 }
                 cluster.collect_archives().await;
             }
             _ = retry.tick(), if !failed.is_empty() => {
                 let again: Vec<(Spec, i64)> = failed.drain().map(|(_, v)| v).collect();
                 for (spec, at) in again {
-                    cluster.converge(&spec, at, &mut failed).await;
+                    cluster.converge(&spec, at, failed).await;
                 }
             }
+        }
+    }
+}
+
+/// One change of a function's record: admitted and served, or removed.
+async fn apply_event(cluster: &Cluster, event: &etcd_client::Event, failed: &mut Failed) {
+    let Some(kv) = event.kv() else {
+        return;
+    };
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let name = keys::tail(&key, keys::FUNCTIONS).and_then(|n| FunctionName::parse(n).ok());
+    let Some(name) = name else {
+        return;
+    };
+    match event.event_type() {
+        EventType::Put => match cluster.admit(&key, kv.value()) {
+            Ok(spec) => {
+                failed.remove(&name);
+                cluster.converge(&spec, kv.mod_revision(), failed).await;
+            }
+            Err(e) => cluster.refuse(&key, kv.mod_revision(), &e).await,
+        },
+        EventType::Delete => {
+            failed.remove(&name);
+            cluster.retire(&name).await;
         }
     }
 }
@@ -244,12 +275,7 @@ impl Cluster {
 
     /// Makes `spec` serve here, reporting how it went; a failure is tried
     /// again later.
-    async fn converge(
-        &self,
-        spec: &Spec,
-        revision: i64,
-        failed: &mut HashMap<FunctionName, (Spec, i64)>,
-    ) {
+    async fn converge(&self, spec: &Spec, revision: i64, failed: &mut Failed) {
         match self.apply(spec).await {
             Ok(()) => self.report(&spec.name, revision, None).await,
             Err(e) => {

@@ -211,41 +211,13 @@ pub struct Config {
 impl Args {
     pub fn validate(self) -> Result<Config, String> {
         let pool = AddressPool::parse_all(&self.ip_pool).map_err(|e| e.to_string())?;
-        if let Some(t) = self.route_table {
-            // 253-255 are the kernel's default, main and local tables.
-            if t == 0 || (253..=255).contains(&t) {
-                return Err(format!(
-                    "--route-table {t}: choose a table of its own (1-252, or above 255)"
-                ));
-            }
-        }
-        if !(0.0..=600.0).contains(&self.drain) {
-            return Err(format!(
-                "--drain {} must be within [0, 600] seconds",
-                self.drain
-            ));
-        }
+        self.check_ranges()?;
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let cores = self.cores.unwrap_or(cpus);
         if cores == 0 || cores > 1024 {
             return Err(format!("--cores {cores} must be within 1..=1024"));
-        }
-        if !(self.connect_timeout > 0.0 && self.connect_timeout <= 600.0) {
-            return Err(format!(
-                "--connect-timeout {} must be within (0, 600] seconds",
-                self.connect_timeout
-            ));
-        }
-        if !(self.queue_timeout > 0.0 && self.queue_timeout <= 3600.0) {
-            return Err(format!(
-                "--queue-timeout {} must be within (0, 3600] seconds",
-                self.queue_timeout
-            ));
-        }
-        if self.max_concurrent_starts == 0 {
-            return Err("--max-concurrent-starts must be at least 1".into());
         }
         let log_format = match self.log_format.as_str() {
             "text" => LogFormat::Text,
@@ -260,24 +232,6 @@ impl Args {
             (None, false) => TokenSource::StateDir,
             (None, true) => TokenSource::None,
         };
-        if self.keep_versions > 100 {
-            return Err(format!(
-                "--keep-versions {} is above 100",
-                self.keep_versions
-            ));
-        }
-        if !self.socket.is_absolute() {
-            return Err(format!(
-                "--socket {} must be an absolute path",
-                self.socket.display()
-            ));
-        }
-        if !self.state_dir.is_absolute() {
-            return Err(format!(
-                "--state-dir {} must be an absolute path",
-                self.state_dir.display()
-            ));
-        }
         if !self.etcd.is_empty() && token == TokenSource::None {
             return Err("--etcd needs the cluster's token (--token-file, the same on every node): it authenticates nodes to each other and signs what they record in etcd".into());
         }
@@ -320,6 +274,54 @@ impl Args {
             init: self.init,
             refuse_descriptors: !self.accept_passed_descriptors,
         })
+    }
+
+    /// Each number within what works, each path absolute.
+    fn check_ranges(&self) -> Result<(), String> {
+        if let Some(t) = self.route_table {
+            // 253-255 are the kernel's default, main and local tables.
+            if t == 0 || (253..=255).contains(&t) {
+                return Err(format!(
+                    "--route-table {t}: choose a table of its own (1-252, or above 255)"
+                ));
+            }
+        }
+        if !(0.0..=600.0).contains(&self.drain) {
+            return Err(format!(
+                "--drain {} must be within [0, 600] seconds",
+                self.drain
+            ));
+        }
+        if !(self.connect_timeout > 0.0 && self.connect_timeout <= 600.0) {
+            return Err(format!(
+                "--connect-timeout {} must be within (0, 600] seconds",
+                self.connect_timeout
+            ));
+        }
+        if !(self.queue_timeout > 0.0 && self.queue_timeout <= 3600.0) {
+            return Err(format!(
+                "--queue-timeout {} must be within (0, 3600] seconds",
+                self.queue_timeout
+            ));
+        }
+        if self.max_concurrent_starts == 0 {
+            return Err("--max-concurrent-starts must be at least 1".into());
+        }
+        if self.keep_versions > 100 {
+            return Err(format!(
+                "--keep-versions {} is above 100",
+                self.keep_versions
+            ));
+        }
+        for (flag, path) in [("--socket", &self.socket), ("--state-dir", &self.state_dir)] {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{flag} {} must be an absolute path",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

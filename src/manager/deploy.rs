@@ -15,7 +15,9 @@ use super::{listening, now_secs, Live, Manager, ManagerError};
 use crate::api::name::FunctionName;
 use crate::api::{DeployOptions, FunctionInfo, OptionsPatch};
 use crate::dataplane::Served;
+use crate::image::archive::Unpacked;
 use crate::image::owners;
+use crate::image::store::Staging;
 use crate::net::Added;
 use crate::registry::{FunctionRecord, Registry, Version};
 use crate::runtime::Function;
@@ -74,30 +76,7 @@ impl Manager {
         archive: PathBuf,
         ip: Option<IpAddr>,
     ) -> Result<FunctionInfo, ManagerError> {
-        // Refused before the unpack if the options cannot work.
-        let current = self
-            .registry
-            .lock()
-            .await
-            .get(&name)
-            .map(|r| r.options.clone());
-        self.check_options(
-            &patch
-                .apply(&current.unwrap_or_default())
-                .map_err(ManagerError::Options)?,
-        )?;
-        let mut staging = self.store.staging(name.as_str())?;
-        let limits = self.limits.clone();
-        let store = self.store.clone();
-        let (staging, unpacked) = tokio::task::spawn_blocking(move || {
-            background(|| store.unpack(&archive, &mut staging, &limits)).map(|u| (staging, u))
-        })
-        .await
-        .map_err(|e| ManagerError::Io {
-            op: "unpacking image".into(),
-            source: std::io::Error::other(e),
-        })??;
-
+        let (staging, unpacked) = self.unpack(&name, &patch, archive).await?;
         let mut registry = self.registry.lock().await;
         let previous = registry.get(&name).cloned();
         let options = patch
@@ -118,31 +97,13 @@ impl Manager {
             self.check_options(&options)?;
         }
         let store_id = registry.next_store_id();
-        let version = previous.as_ref().map_or(1, FunctionRecord::next_version);
         let id_slot = previous
             .as_ref()
             .and_then(|p| p.id_slot)
             .unwrap_or_else(|| registry.free_id_slot());
-        if !staging.layered() {
-            shift_owners(staging.path().to_path_buf(), id_slot).await?;
-        }
-        let store = self.store.clone();
-        let commit_name = name.clone();
-        let rootfs = tokio::task::spawn_blocking(move || {
-            store.commit(
-                staging,
-                commit_name.as_str(),
-                store_id,
-                owners::base(id_slot),
-            )
-        })
-        .await
-        .map_err(|e| ManagerError::Io {
-            op: "committing rootfs".into(),
-            source: std::io::Error::other(e),
-        })??;
+        let rootfs = self.commit(staging, &name, store_id, id_slot).await?;
         let next = Version {
-            version,
+            version: previous.as_ref().map_or(1, FunctionRecord::next_version),
             rootfs: store_id,
             image_id: unpacked.image_id.clone(),
             image: unpacked.config.clone(),
@@ -158,34 +119,8 @@ impl Manager {
                     .await
             }
             None => {
-                let ip = match ip {
-                    Some(ip) => ip,
-                    None => self.allocate_ip(&registry).await?,
-                };
-                let added = self.net.add(ip).await?;
-                let record = FunctionRecord {
-                    name: name.clone(),
-                    ip,
-                    version,
-                    image_id: next.image_id,
-                    image: next.image,
-                    options: next.options,
-                    deployed_at: next.deployed_at,
-                    id_slot: Some(id_slot),
-                    rootfs: Some(store_id),
-                    origin: next.origin,
-                    history: Vec::new(),
-                };
-                let switched = self
-                    .switch(&mut registry, None, record, Vec::new(), Some(added))
-                    .await;
-                if switched.is_err() && added == Added::New {
-                    // Gone before the refusal is answered.
-                    if let Err(e) = self.net.remove(ip).await {
-                        tracing::warn!(%ip, error = %e, "removing the address of a refused deploy");
-                    }
-                }
-                switched
+                self.first_version(&mut registry, name, ip, next, id_slot)
+                    .await
             }
         };
         if switched.is_err() {
@@ -195,6 +130,104 @@ impl Manager {
             info.notes.extend(note);
             info
         })
+    }
+
+    /// Unpacks `archive` for a new version of `name` (options refused
+    /// first, before the work, if they cannot work).
+    async fn unpack(
+        &self,
+        name: &FunctionName,
+        patch: &OptionsPatch,
+        archive: PathBuf,
+    ) -> Result<(Staging, Unpacked), ManagerError> {
+        let current = self
+            .registry
+            .lock()
+            .await
+            .get(name)
+            .map(|r| r.options.clone());
+        self.check_options(
+            &patch
+                .apply(&current.unwrap_or_default())
+                .map_err(ManagerError::Options)?,
+        )?;
+        let mut staging = self.store.staging(name.as_str())?;
+        let limits = self.limits.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            background(|| store.unpack(&archive, &mut staging, &limits)).map(|u| (staging, u))
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            op: "unpacking image".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(ManagerError::from)
+    }
+
+    /// Makes `staging` the rootfs `store_id` of `name`, owned by the ids of
+    /// `id_slot` (a copy is shifted into them; composed layers are mapped).
+    async fn commit(
+        &self,
+        staging: Staging,
+        name: &FunctionName,
+        store_id: u64,
+        id_slot: u32,
+    ) -> Result<PathBuf, ManagerError> {
+        if !staging.layered() {
+            shift_owners(staging.path().to_path_buf(), id_slot).await?;
+        }
+        let store = self.store.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || {
+            store.commit(staging, name.as_str(), store_id, owners::base(id_slot))
+        })
+        .await
+        .map_err(|e| ManagerError::Io {
+            op: "committing rootfs".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(ManagerError::from)
+    }
+
+    /// A new function's first version: its address, its record, the
+    /// switch; the address goes again if the switch refuses it.
+    async fn first_version(
+        &self,
+        registry: &mut Registry,
+        name: FunctionName,
+        ip: Option<IpAddr>,
+        next: Version,
+        id_slot: u32,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let ip = match ip {
+            Some(ip) => ip,
+            None => self.allocate_ip(registry).await?,
+        };
+        let added = self.net.add(ip).await?;
+        let record = FunctionRecord {
+            name,
+            ip,
+            version: next.version,
+            image_id: next.image_id,
+            image: next.image,
+            options: next.options,
+            deployed_at: next.deployed_at,
+            id_slot: Some(id_slot),
+            rootfs: Some(next.rootfs),
+            origin: next.origin,
+            history: Vec::new(),
+        };
+        let switched = self
+            .switch(registry, None, record, Vec::new(), Some(added))
+            .await;
+        if switched.is_err() && added == Added::New {
+            // Gone before the refusal is answered.
+            if let Err(e) = self.net.remove(ip).await {
+                tracing::warn!(%ip, error = %e, "removing the address of a refused deploy");
+            }
+        }
+        switched
     }
 
     /// A new version of `name` with the same image and the options `patch`
@@ -342,61 +375,10 @@ impl Manager {
         let same_listeners =
             previous.as_ref().map(|p| listening(&p.options)) == Some(listening(&record.options));
         let needed: HashSet<u64> = record.rootfs_ids().collect();
-        let result = match existing {
-            Some((served, _)) if same_listeners => {
-                if let Some(fd) = self.dataplane.handed(&name) {
-                    func.listener.set(fd);
-                }
-                // A new server takes the listener beside the old ones, and
-                // must be up before they go.
-                match self.server_up(&func).await {
-                    Ok(()) => {
-                        self.watch_servers(Arc::clone(&func));
-                        // Connections accepted before the swap finish on the old version.
-                        let old = served.func.swap(func);
-                        self.let_go(&old, &needed);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        func.close();
-                        Err(e)
-                    }
-                }
-            }
-            Some((served, _)) => {
-                let old = served.func.load_full();
-                self.let_go(&old, &needed);
-                servers_gone(&old).await;
-                let up = match self.start_serving(&record, Arc::clone(&func), None) {
-                    Ok(()) => self.server_up(&func).await,
-                    Err(e) => Err(e),
-                };
-                if up.is_ok() {
-                    self.watch_servers(func);
-                }
-                up
-            }
-            None => {
-                let started = self.start_serving(&record, Arc::clone(&func), added);
-                let up = match started {
-                    Ok(()) => self.server_up(&func).await,
-                    Err(e) => Err(e),
-                };
-                match up {
-                    Ok(()) => {
-                        self.watch_servers(Arc::clone(&func));
-                        self.announce_when_ready(record.ip, func);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        self.dataplane.stop(&name);
-                        self.live().remove(&name);
-                        func.close();
-                        Err(e)
-                    }
-                }
-            }
-        };
+        let served = existing.map(|(served, _)| served);
+        let result = self
+            .put_in_service(&record, func, served, same_listeners, added, &needed)
+            .await;
         if let Err(e) = result {
             self.restore_egress(&record, previous.as_ref()).await;
             match previous {
@@ -412,6 +394,63 @@ impl Manager {
         tracing::info!(function = %name, ip = %record.ip, version = record.version,
             image = %record.image_id, origin = %record.origin, "serving a new version");
         Ok(self.info(&record))
+    }
+
+    /// Makes `func` the one serving `record`: in place of the version
+    /// `served` now (on its listeners when they stay as they are, else on
+    /// new ones once the old version is gone), or as a new function.
+    async fn put_in_service(
+        &self,
+        record: &FunctionRecord,
+        func: Arc<Function>,
+        served: Option<Arc<Served>>,
+        same_listeners: bool,
+        added: Option<Added>,
+        needed: &HashSet<u64>,
+    ) -> Result<(), ManagerError> {
+        let name = &record.name;
+        match served {
+            Some(served) if same_listeners => {
+                if let Some(fd) = self.dataplane.handed(name) {
+                    func.listener.set(fd);
+                }
+                // A new server takes the listener beside the old ones, and
+                // must be up before they go.
+                if let Err(e) = self.server_up(&func).await {
+                    func.close();
+                    return Err(e);
+                }
+                self.watch_servers(Arc::clone(&func));
+                // Connections accepted before the swap finish on the old version.
+                let old = served.func.swap(func);
+                self.let_go(&old, needed);
+                Ok(())
+            }
+            Some(served) => {
+                let old = served.func.load_full();
+                self.let_go(&old, needed);
+                servers_gone(&old).await;
+                self.start_serving(record, Arc::clone(&func), None)?;
+                self.server_up(&func).await?;
+                self.watch_servers(func);
+                Ok(())
+            }
+            None => {
+                let up = match self.start_serving(record, Arc::clone(&func), added) {
+                    Ok(()) => self.server_up(&func).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = up {
+                    self.dataplane.stop(name);
+                    self.live().remove(name);
+                    func.close();
+                    return Err(e);
+                }
+                self.watch_servers(Arc::clone(&func));
+                self.announce_when_ready(record.ip, func);
+                Ok(())
+            }
+        }
     }
 
     /// The replaced version takes no more containers; its rootfs goes with

@@ -198,58 +198,34 @@ pub fn render(input: &SpecInput<'_>) -> Value {
     let SpecInput {
         function,
         rootfs,
-        control_sock,
         image,
         options,
         cgroup,
         id_base,
         seccomp_bpf,
-        init,
         connect_timeout_ms,
         secrets,
+        ..
     } = *input;
     let secret_env = secrets.map(|(_, env)| env).unwrap_or_default();
     let ids = [json!({ "containerID": 0, "hostID": id_base, "size": ID_RANGE })];
-    // Docker's way: the set bounds every process; only root starts with
-    // it in effect (a non-root user gains nothing by exec).
-    let mut bounding = caps::resolve(&options.cap_add, &options.cap_drop);
-    let mut in_effect: Vec<String> = if image.uid == 0 {
-        bounding.clone()
-    } else {
-        Vec::new()
-    };
-    let init_only = init_capabilities(options, &bounding);
-    for cap in &init_only {
-        bounding.push(cap.clone());
-    }
-    // faas-init needs them in effect whatever its user (CAP_SETPCAP to
-    // drop the others): ambient, which is how a non-root process keeps a
-    // capability across its exec; it clears the ambient set and drops
-    // them from the bounding set before it starts the program.
-    let setpcap = "CAP_SETPCAP".to_string();
-    let needs_setpcap = (!init_only.is_empty()).then_some(&setpcap);
-    let ambient: Vec<String> = init_only.iter().chain(needs_setpcap).cloned().collect();
-    for cap in &ambient {
-        if !in_effect.contains(cap) {
-            in_effect.push(cap.clone());
-        }
-    }
+    let caps = Capabilities::of(image, options);
     let mut annotations = serde_json::Map::new();
     if let Some(bpf) = seccomp_bpf {
         // crun then loads this instead of compiling `linux.seccomp` itself.
         annotations.insert("run.oci.seccomp_bpf_data".into(), bpf.into());
     }
-    let mut spec = json!({
+    json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": { "uid": image.uid, "gid": image.gid },
             "args": args(image, options),
-            "env": init_env(environment(image, options, secret_env, function, connect_timeout_ms), &init_only),
+            "env": init_env(environment(image, options, secret_env, function, connect_timeout_ms), &caps.init_only),
             "cwd": image.working_dir,
             "capabilities": {
-                "bounding": bounding, "effective": in_effect, "inheritable": ambient,
-                "permitted": in_effect, "ambient": ambient,
+                "bounding": caps.bounding, "effective": caps.in_effect, "inheritable": caps.ambient,
+                "permitted": caps.in_effect, "ambient": caps.ambient,
             },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
             "noNewPrivileges": true,
@@ -257,20 +233,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
         "root": { "path": rootfs, "readonly": options.read_only },
         "annotations": annotations,
         "hostname": function,
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-            { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "nodev", "mode=1777", TMP_SIZE] },
-            { "destination": layout::CONTROL_SOCKET, "type": "bind", "source": control_sock, "options": ["bind"] },
-        ],
+        "mounts": mounts(input),
         "linux": {
             "cgroupsPath": cgroup,
             "resources": {
@@ -292,34 +255,97 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "maskedPaths": MASKED,
             "readonlyPaths": READONLY,
         },
-    });
-    if let Some(mounts) = spec["mounts"].as_array_mut() {
-        let size = format!("size={}", options.scratch);
-        let owner = [format!("uid={}", image.uid), format!("gid={}", image.gid)];
-        for volume in &image.volumes {
-            mounts.push(json!({
-                "destination": volume, "type": "tmpfs", "source": "tmpfs",
-                "options": ["nosuid", "nodev", "mode=755", owner[0], owner[1], size],
-            }));
+    })
+}
+
+/// A container's capability sets.
+struct Capabilities {
+    bounding: Vec<String>,
+    in_effect: Vec<String>,
+    ambient: Vec<String>,
+    /// faas-init's own, dropped before the program runs.
+    init_only: Vec<String>,
+}
+
+impl Capabilities {
+    fn of(image: &ImageConfig, options: &DeployOptions) -> Self {
+        // Docker's way: the set bounds every process; only root starts
+        // with it in effect (a non-root user gains nothing by exec).
+        let mut bounding = caps::resolve(&options.cap_add, &options.cap_drop);
+        let mut in_effect: Vec<String> = if image.uid == 0 {
+            bounding.clone()
+        } else {
+            Vec::new()
+        };
+        let init_only = init_capabilities(options, &bounding);
+        bounding.extend(init_only.iter().cloned());
+        // faas-init needs them in effect whatever its user (CAP_SETPCAP to
+        // drop the others): ambient, which is how a non-root process keeps
+        // a capability across its exec; it clears the ambient set and
+        // drops them from the bounding set before it starts the program.
+        let setpcap = "CAP_SETPCAP".to_string();
+        let needs_setpcap = (!init_only.is_empty()).then_some(&setpcap);
+        let ambient: Vec<String> = init_only.iter().chain(needs_setpcap).cloned().collect();
+        for cap in &ambient {
+            if !in_effect.contains(cap) {
+                in_effect.push(cap.clone());
+            }
+        }
+        Self {
+            bounding,
+            in_effect,
+            ambient,
+            init_only,
         }
     }
-    if let (Some((dir, _)), Some(mounts)) = (secrets, spec["mounts"].as_array_mut()) {
+}
+
+/// What a container mounts: the kernel's filesystems, `/tmp`, the control
+/// socket, the image's volumes, its secrets and faas-init where they apply.
+fn mounts(input: &SpecInput<'_>) -> Vec<Value> {
+    let SpecInput {
+        control_sock,
+        image,
+        options,
+        init,
+        secrets,
+        ..
+    } = *input;
+    let mut mounts = vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "nodev", "mode=1777", TMP_SIZE] }),
+        json!({ "destination": layout::CONTROL_SOCKET, "type": "bind", "source": control_sock, "options": ["bind"] }),
+    ];
+    let size = format!("size={}", options.scratch);
+    let owner = [format!("uid={}", image.uid), format!("gid={}", image.gid)];
+    for volume in &image.volumes {
+        mounts.push(json!({
+            "destination": volume, "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=755", owner[0], owner[1], size],
+        }));
+    }
+    if let Some((dir, _)) = secrets {
         mounts.push(json!({
             "destination": layout::SECRETS, "type": "bind", "source": dir,
             "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
         }));
     }
-    if let (true, Some(init), Some(mounts)) = (
-        options.kind.needs_init(),
-        init,
-        spec["mounts"].as_array_mut(),
-    ) {
+    if let (true, Some(init)) = (options.kind.needs_init(), init) {
         mounts.push(json!({
             "destination": layout::FAAS_INIT, "type": "bind", "source": init,
             "options": ["bind", "ro", "nosuid", "nodev"],
         }));
     }
-    spec
+    mounts
 }
 
 #[cfg(test)]
