@@ -41,15 +41,18 @@ impl Engine {
             .spawn()
             .expect("starting dockerd");
         let engine = Self { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !engine.docker(&["info"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not start: {}",
-                engine.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        eventually_every(
+            Duration::from_millis(250),
+            Duration::from_secs(60),
+            "dockerd to start",
+            || {
+                if engine.docker(&["info"]).status.success() {
+                    Ok(())
+                } else {
+                    Err(engine.log())
+                }
+            },
+        );
         engine
     }
 

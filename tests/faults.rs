@@ -57,14 +57,19 @@ fn killed_during_a_deploy_the_previous_version_serves_and_nothing_partial_stays(
         let _ = faasd::client::Client::new(&url).deploy("fn", &opts(), big.as_slice());
     });
     // Kill it while it unpacks the new version into a staging directory.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while store_extras(&d, &v1_dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the deploy never started unpacking"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually_every(
+        Duration::from_millis(5),
+        Duration::from_secs(60),
+        "the deploy to start unpacking",
+        || {
+            let extras = store_extras(&d, &v1_dir);
+            if extras.is_empty() {
+                Err("nothing unpacked yet")
+            } else {
+                Ok(extras)
+            }
+        },
+    );
     d.crash();
     let _ = uploader.join();
     d.spawn();

@@ -261,30 +261,22 @@ fn socket_activated_servers_accept_many_connections_and_are_restarted() {
     );
     // Kill one server from outside: the other serves on, and the pool
     // starts a replacement.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.runc_containers().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "two servers: {:?}",
-            d.runc_containers()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let victims = d.runc_containers();
+    let victims = eventually(Duration::from_secs(10), "two servers", || {
+        let running = d.runc_containers();
+        if running.len() >= 2 {
+            Ok(running)
+        } else {
+            Err(running)
+        }
+    });
     assert_eq!(victims.len(), 2, "{victims:?}");
     // A container the runtime is still creating has no pid file yet.
     let pid_file = d.bundles_dir().join(&victims[0]).join("pid");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no pid file for {}", victims[0]);
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let pid: i32 = eventually(Duration::from_secs(10), "the server's pid file", || {
+        std::fs::read_to_string(&pid_file)
+            .map_err(|e| e.to_string())
+            .and_then(|p| p.trim().parse().map_err(|e| format!("{p:?}: {e}")))
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -292,25 +284,28 @@ fn socket_activated_servers_accept_many_connections_and_are_restarted() {
     .expect("kill");
     // Dead, not dying: a server killed inside accept() takes the
     // connection it just accepted with it (as any server would).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "the killed server lingers");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "the killed server to be gone",
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+    );
     for i in 0..20 {
         let (status, _) = http_get_timeout(&ip.to_string(), "/", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("request {i} after the kill: {e}"));
         assert_eq!(status, 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.runc_containers().contains(&victims[0]) || d.runc_containers().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "not replaced: {:?}",
-            d.runc_containers()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the killed server replaced",
+        || {
+            let running = d.runc_containers();
+            if running.contains(&victims[0]) || running.len() < 2 {
+                Err(running)
+            } else {
+                Ok(())
+            }
+        },
+    );
 }
 
 #[test]

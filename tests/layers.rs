@@ -159,11 +159,18 @@ fn a_hundred_functions_from_one_image_take_about_one_copy() {
     assert_eq!(layers(&d).len(), 3, "f0's versions still use all three");
     let out = d.faas(&["rm", "f0"], None);
     assert!(out.status.success(), "{:?}", out);
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while !layers(&d).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(layers(&d), Vec::<String>::new(), "no user, no layer");
+    eventually(
+        std::time::Duration::from_secs(10),
+        "no user, no layer",
+        || {
+            let left = layers(&d);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left)
+            }
+        },
+    );
     assert!(
         disk_use(&d.state) < before + (2 << 20),
         "the state directory is back to its size"
@@ -240,10 +247,10 @@ fn copied_versions_are_the_functions_own_and_shared_ones_stay_composed() {
         let out = d.faas(&["rm", name], None);
         assert!(out.status.success(), "{out:?}");
     }
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while rootfs.exists() && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(!rootfs.exists(), "the copy goes with its function");
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the copy to go with its function",
+        || !rootfs.exists(),
+    );
     assert_eq!(layers(&d), Vec::<String>::new(), "no user, no layer");
 }

@@ -317,18 +317,15 @@ fn a_real_prometheus_scrapes_and_answers() {
         &faasd::client::token_path(&d.state),
     );
     let q = r#"faas_requests_total{function="scraped",outcome="ok"}"#;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if prom.query(q) == Some(3.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus never saw 3 requests: {:?}",
-            prom.query(q)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    eventually_every(
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+        "prometheus to see 3 requests",
+        || match prom.query(q) {
+            Some(3.0) => Ok(()),
+            other => Err(other),
+        },
+    );
 }
 
 #[test]
@@ -345,19 +342,19 @@ fn faas_logs_shows_and_follows_handler_output() {
         )
         .ip;
     assert_eq!(call(ip).expect("request").0, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let out = d.faas(&["logs", "printer"], None);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("probe stdout line") && text.contains("probe stderr line") {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "handler output not in faas logs: {text:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = eventually(
+        Duration::from_secs(5),
+        "the handler's output in faas logs",
+        || {
+            let out = d.faas(&["logs", "printer"], None);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("probe stdout line") && text.contains("probe stderr line") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
     // Tagged with the time and the container that served the connection.
     let line = text
         .lines()

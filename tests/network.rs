@@ -85,14 +85,6 @@ fn has_address(ns: &Netns, addr: IpAddr) -> bool {
         .contains(&format!(" {addr}/"))
 }
 
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn get_from(client: &Netns, addr: IpAddr) -> (u16, String) {
     client
         .run(move || http_get(&addr.to_string(), "/"))
@@ -135,8 +127,8 @@ fn routable_v4_and_v6_pools_serve_another_namespace_and_rm_cleans_up() {
     for addr in [a, b, c] {
         assert!(has_address(&t.node, addr), "{addr} on lo");
         wait_until(
-            &format!("the route to {addr}"),
             Duration::from_secs(20),
+            &format!("the route to {addr}"),
             || has_route(&t.node, addr),
         );
         let (status, body) = get_from(&t.client, addr);
@@ -250,7 +242,7 @@ fn sigterm_withdraws_routes_before_addresses_and_a_restart_after_kill_9_cleans_u
     let t = topology();
     let mut d = routed_daemon(&t);
     let ip = d.deploy("f", &hello_image(), &opts()).ip;
-    wait_until("the route", Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(20), "the route", || {
         has_route(&t.node, ip)
     });
 
@@ -271,12 +263,12 @@ fn sigterm_withdraws_routes_before_addresses_and_a_restart_after_kill_9_cleans_u
         "152",
     ]);
     d.spawn();
-    wait_until("the stale route withdrawn", Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), "the stale route withdrawn", || {
         !routes(&t.node).iter().any(|l| l.starts_with(stale))
     });
     wait_until(
-        "the restart's own announcement",
         Duration::from_secs(20),
+        "the restart's own announcement",
         || has_route(&t.node, ip),
     );
     assert_eq!(get_from(&t.client, ip).0, 200);

@@ -55,14 +55,6 @@ fn rootfs_dirs(d: &Daemon) -> Vec<String> {
     v
 }
 
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
     let d = Daemon::start();
@@ -104,7 +96,7 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
         vec!["f-v1", "f-v2"],
         "update unpacked nothing"
     );
-    wait_until("the pool of 2", Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(20), "the pool of 2", || {
         inspect(&d, "f").stats.warm_ready == 2
     });
     let err = refused(&d.faas(&["update", "f"], None));
@@ -115,7 +107,7 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
     // A fourth version pushes version 1 (and its rootfs) out. (Store
     // directories are numbered apart from versions: an update makes none.)
     ok(&d.faas(&["deploy", "f", "--image", &img], None));
-    wait_until("v1's rootfs removed", Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), "v1's rootfs removed", || {
         rootfs_dirs(&d) == vec!["f-v2", "f-v3"]
     });
     // Roll back: version 3 again (its options, v2's rootfs), atomically.

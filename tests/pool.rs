@@ -81,15 +81,18 @@ fn a_pool_container_killed_from_outside_is_replaced() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.runc_containers().contains(&victims[0]) || d.runc_containers().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "not replaced: {:?}",
-            d.runc_containers()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the killed container replaced",
+        || {
+            let running = d.runc_containers();
+            if running.contains(&victims[0]) || running.len() < 2 {
+                Err(running)
+            } else {
+                Ok(())
+            }
+        },
+    );
     d.wait_for("k", Duration::from_secs(10), "pool back to 2", |i| {
         i.stats.warm_ready == 2
     });
@@ -238,15 +241,14 @@ fn redeploy_and_rm_drain_the_pool() {
     d.wait_for("v", Duration::from_secs(20), "new pool of 2", |i| {
         i.stats.warm_ready == 2
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.runc_containers().iter().any(|c| old.contains(c)) {
-        assert!(
-            Instant::now() < deadline,
-            "old pool not drained: {:?}",
-            d.runc_containers()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(10), "the old pool drained", || {
+        let running = d.runc_containers();
+        if running.iter().any(|c| old.contains(c)) {
+            Err(running)
+        } else {
+            Ok(())
+        }
+    });
     let (status, body) = call(ip).expect("request");
     assert_eq!(status, 200);
     assert!(

@@ -186,16 +186,19 @@ fn no_leaks_after_two_hundred_requests() {
         d.runc_containers(),
         d.bundles()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while (d.fd_count() > fds || !d.children().is_empty()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(d.fd_count(), fds, "open fds back to baseline");
-    assert_eq!(
-        d.children(),
-        Vec::<String>::new(),
-        "no children or zombies left"
+    eventually(
+        Duration::from_secs(5),
+        "fds and children back to baseline",
+        || {
+            let (now, children) = (d.fd_count(), d.children());
+            if now <= fds && children.is_empty() {
+                Ok(())
+            } else {
+                Err((now, children))
+            }
+        },
     );
+    assert_eq!(d.fd_count(), fds, "open fds back to baseline");
     let info = d.client().inspect("hello").expect("inspect");
     assert_eq!(info.stats.handed_over, 201);
     assert_eq!(info.stats.failed, 0);

@@ -640,6 +640,44 @@ impl Drop for Daemon {
 }
 
 /// Sends `GET path` and returns status and body; errors are the I/O kind.
+/// Polls `probe` every `every` until it yields `Ok`, and returns that; at
+/// `within`, fails the test with `what` and the last thing `probe` saw.
+pub fn eventually_every<T, E: std::fmt::Debug>(
+    every: Duration,
+    within: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last seen: {seen:?}")
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
+/// `eventually_every` 10 ms.
+pub fn eventually<T, E: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    probe: impl FnMut() -> Result<T, E>,
+) -> T {
+    eventually_every(Duration::from_millis(10), within, what, probe)
+}
+
+/// Waits until `check` holds (`eventually` of a condition).
+pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    eventually(
+        within,
+        what,
+        || if check() { Ok(()) } else { Err("not yet") },
+    )
+}
+
 pub fn http_get(host: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_get_timeout(host, path, Duration::from_secs(10))
 }
