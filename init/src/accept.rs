@@ -34,7 +34,7 @@ use nix::unistd::Pid;
 
 use crate::cpu::OneCpu;
 use crate::port;
-use crate::unotify::{Call, Listener, Stop};
+use crate::unotify::{self, Call, Listener, Stop};
 
 const STOPS: &[Stop] = &[
     Stop::every(libc::SYS_accept),
@@ -102,17 +102,13 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
                 continue;
             }
             Ok(None) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) if unotify::gone(&e) => continue,
             Err(e) => {
                 eprintln!("faas-init: giving the server its connection: {e}");
                 return Ok(ExitCode::from(1));
             }
         }
-        match calls.proceed(call.id) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => eprintln!("faas-init: letting the server's call go on: {e}"),
-        }
+        calls.let_go(&call, "the server's");
     }
 }
 

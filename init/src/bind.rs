@@ -27,7 +27,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc;
 
 use crate::port::{self, Ended};
-use crate::unotify::{Call, Listener, Stop};
+use crate::unotify::{self, Call, Listener, Stop};
 
 /// `O_CLOEXEC` and `O_NONBLOCK` as /proc/PID/fdinfo prints them (octal).
 const FDINFO_CLOEXEC: u32 = 0o2000000;
@@ -65,7 +65,7 @@ pub fn serve(port: u16, program: &[OsString], listener: OwnedFd) -> Result<ExitC
             Ok(true) => bound.store(true, Ordering::Release),
             Ok(false) => {}
             // The caller was interrupted or has ended meanwhile.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if unotify::gone(&e) => {}
             Err(e) => eprintln!("faas-init: answering the server's call: {e}"),
         }
     }

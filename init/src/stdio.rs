@@ -31,7 +31,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::cpu::OneCpu;
-use crate::unotify::{Listener, Stop};
+use crate::unotify::{self, Listener, Stop};
 
 /// Every call that could look at stdin or stdout (by the descriptor's
 /// position among its arguments), and every way to fork. `poll`, `select`
@@ -167,7 +167,7 @@ fn hold(calls: &Listener, waiting: &Mutex<Option<OwnedFd>>, mut pinned: Option<P
             match put {
                 Ok(()) => {}
                 // A signal interrupted the call, which comes again.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                Err(e) if unotify::gone(&e) => {
                     *conn = Some(fd);
                     continue;
                 }
@@ -177,11 +177,7 @@ fn hold(calls: &Listener, waiting: &Mutex<Option<OwnedFd>>, mut pinned: Option<P
                 }
             }
         }
-        match calls.proceed(call.id) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => eprintln!("faas-init: letting the program's call go on: {e}"),
-        }
+        calls.let_go(&call, "the program's");
     }
 }
 

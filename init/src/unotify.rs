@@ -57,6 +57,13 @@ pub struct Call {
 }
 
 /// The listener of a filter installed on this process.
+/// Whether an answer failed because its call no longer waits (the caller
+/// was interrupted, and makes the call again, or has ended): moot, not a
+/// failure.
+pub fn gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
 pub struct Listener(OwnedFd);
 
 impl Listener {
@@ -143,6 +150,17 @@ impl Listener {
     /// Lets the call run as if nothing had stopped it.
     pub fn proceed(&self, id: u64) -> io::Result<()> {
         self.respond(id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
+    }
+
+    /// `proceed`, for a call the answer loop leaves alone: one gone
+    /// meanwhile needs nothing, any other failure is said on stderr as
+    /// `whose` call's.
+    pub fn let_go(&self, call: &Call, whose: &str) {
+        match self.proceed(call.id) {
+            Ok(()) => {}
+            Err(e) if gone(&e) => {}
+            Err(e) => eprintln!("faas-init: letting {whose} call go on: {e}"),
+        }
     }
 
     /// Ends the call without running it: `Ok(value)` or `Err(errno)`.
