@@ -294,18 +294,7 @@ fn socket_activated_servers_accept_many_connections_and_are_restarted() {
             .unwrap_or_else(|e| panic!("request {i} after the kill: {e}"));
         assert_eq!(status, 200);
     }
-    eventually(
-        Duration::from_secs(10),
-        "the killed server replaced",
-        || {
-            let running = d.runc_containers();
-            if running.contains(&victims[0]) || running.len() < 2 {
-                Err(running)
-            } else {
-                Ok(())
-            }
-        },
-    );
+    d.wait_replaced(&victims[0], 2, Duration::from_secs(10));
 }
 
 #[test]

@@ -81,18 +81,7 @@ fn a_pool_container_killed_from_outside_is_replaced() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
-    eventually(
-        Duration::from_secs(20),
-        "the killed container replaced",
-        || {
-            let running = d.runc_containers();
-            if running.contains(&victims[0]) || running.len() < 2 {
-                Err(running)
-            } else {
-                Ok(())
-            }
-        },
-    );
+    d.wait_replaced(&victims[0], 2, Duration::from_secs(20));
     d.wait_for("k", Duration::from_secs(10), "pool back to 2", |i| {
         i.stats.warm_ready == 2
     });

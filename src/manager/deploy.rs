@@ -38,6 +38,21 @@ pub(super) async fn shift_owners(root: PathBuf, slot: u32) -> Result<(), Manager
     })
 }
 
+/// Runs image work (`op`) on tokio's blocking pool; a panic there is an
+/// I/O error of `op`.
+async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    work: impl FnOnce() -> Result<T, crate::image::ImageError> + Send + 'static,
+) -> Result<T, ManagerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ManagerError::Io {
+            op: op.into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(ManagerError::from)
+}
+
 /// Runs `work` on this (blocking-pool) thread at low priority, so an
 /// unpack never takes the CPU from a connection, yet ends on a saturated
 /// node too.
@@ -154,15 +169,10 @@ impl Manager {
         let mut staging = self.store.staging(name.as_str())?;
         let limits = self.limits.clone();
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking("unpacking image", move || {
             background(|| store.unpack(&archive, &mut staging, &limits)).map(|u| (staging, u))
         })
         .await
-        .map_err(|e| ManagerError::Io {
-            op: "unpacking image".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(ManagerError::from)
     }
 
     /// Makes `staging` the rootfs `store_id` of `name`, owned by the ids of
@@ -179,15 +189,10 @@ impl Manager {
         }
         let store = self.store.clone();
         let name = name.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking("committing rootfs", move || {
             store.commit(staging, name.as_str(), store_id, owners::base(id_slot))
         })
         .await
-        .map_err(|e| ManagerError::Io {
-            op: "committing rootfs".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(ManagerError::from)
     }
 
     /// A new function's first version: its address, its record, the

@@ -576,6 +576,19 @@ impl Daemon {
         }
     }
 
+    /// Waits until container `gone` has been replaced: it is gone and
+    /// `running` containers run.
+    pub fn wait_replaced(&self, gone: &str, running: usize, within: Duration) {
+        eventually(within, &format!("{gone} replaced"), || {
+            let now = self.runc_containers();
+            if now.iter().any(|c| c == gone) || now.len() < running {
+                Err(now)
+            } else {
+                Ok(())
+            }
+        });
+    }
+
     /// Waits until only `pool` containers (the warm pool) are left.
     #[must_use]
     pub fn wait_quiet_but_pool(&self, within: Duration, pool: usize) -> bool {
