@@ -32,7 +32,7 @@ pub fn register_owned<T: AsFd + AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
 impl ControlListener {
     /// `listener` must be non-blocking.
     pub fn new(listener: UnixListener) -> io::Result<Self> {
-        register_owned(Foreign::new(listener)).map(Self)
+        register_owned(Foreign::endpoint(listener)).map(Self)
     }
 
     /// The listener back (off the reactor).
@@ -44,7 +44,7 @@ impl ControlListener {
         loop {
             let mut ready = self.0.readable().await?;
             if let Ok(result) = ready.try_io(|l| l.get_ref().accept()) {
-                return result.map(|(s, _)| Foreign::new(s));
+                return result.map(|(s, _)| Foreign::endpoint(s));
             }
         }
     }

@@ -14,12 +14,18 @@
 //! The closer thread clears a positive linger (the close then returns at
 //! once and the kernel sends what is left on its own, as after any close
 //! without linger; an abortive linger of 0 is kept: it never waits) and
-//! closes. A close that waits anyway (the container set the linger again
-//! between the two calls, or released sockets queued on a Unix socket
-//! where the kernel lacks `SO_PASSRIGHTS`) is interrupted: a watchdog that
-//! sees one close outlast `STUCK` signals the thread (`SIGURG`, caught by
-//! a no-op handler), which ends the kernel's wait; the close completes and
-//! the socket finishes in the background.
+//! closes. faasd's own end of a Unix socket a container sends on (its
+//! control connection and listener: `Foreign::endpoint`) is emptied
+//! first: what a container sent and faasd never read (descriptors, where
+//! the kernel lacks `SO_PASSRIGHTS`; connections not accepted) is taken
+//! out and released the same way, rather than closed inside the socket's
+//! close, linger and all. A close that waits anyway (the container set the
+//! linger again between the two calls, or sent more than `DRAIN_BUDGET`)
+//! is interrupted: a watchdog that sees one close outlast `STUCK` signals
+//! the thread (`SIGURG`, caught by a no-op handler), which ends the
+//! kernel's wait; the close completes and the socket finishes in the
+//! background. Meanwhile every other close waits in the queue, whoever's:
+//! hence the emptying, which keeps the queue moving.
 //!
 //! The queue is unbounded but holds descriptors only, so the descriptor
 //! limit bounds it. `faas_closer_*` metrics count what was closed, the
@@ -44,19 +50,56 @@ const STUCK: Duration = Duration::from_millis(50);
 /// catching it changes nothing else.
 const WAKE: Signal = Signal::SIGURG;
 
+/// Most descriptors one close takes out of Unix sockets' queues before
+/// it closes them (the watchdog covers a container that sent more).
+const DRAIN_BUDGET: usize = 4096;
+/// How deep Unix sockets queued in Unix sockets are emptied (the kernel
+/// refuses to pass them nested deeper than 4).
+const DRAIN_DEPTH: u8 = 8;
+
 /// A descriptor a container may also hold or may have shaped: dropping it
 /// never closes it here, it goes to the closer.
 #[derive(Debug)]
-pub struct Foreign<T: Into<OwnedFd>>(Option<T>);
+pub struct Foreign<T: Into<OwnedFd>> {
+    inner: Option<T>,
+    how: How,
+}
+
+/// What the closer does before the close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Clears a positive linger.
+    Plain,
+    /// Also empties the Unix socket's queue (faasd's only copy of its end).
+    Endpoint,
+    /// Taken out of such a queue: the container may hold it too, so it is
+    /// emptied but not shut.
+    Queued,
+}
 
 impl<T: Into<OwnedFd>> Foreign<T> {
     pub fn new(inner: T) -> Self {
-        Self(Some(inner))
+        Self {
+            inner: Some(inner),
+            how: How::Plain,
+        }
+    }
+
+    /// faasd's end of a Unix socket a container sends on, held nowhere
+    /// else in faasd: at its close, what the container sent and faasd did
+    /// not read is taken out first and released on its own (and the
+    /// container can send no more). Never for a copy whose original is
+    /// still in use: that would take its messages.
+    pub fn endpoint(inner: T) -> Self {
+        Self {
+            inner: Some(inner),
+            how: How::Endpoint,
+        }
     }
 
     fn inner(&self) -> &T {
         // Only `drop` takes it out.
-        self.0.as_ref().unwrap_or_else(|| unreachable!())
+        self.inner.as_ref().unwrap_or_else(|| unreachable!())
     }
 }
 
@@ -82,17 +125,21 @@ impl<T: Into<OwnedFd> + AsRawFd> AsRawFd for Foreign<T> {
 
 impl<T: Into<OwnedFd>> Drop for Foreign<T> {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.take() {
-            close(inner.into());
+        if let Some(inner) = self.inner.take() {
+            submit(Job::Close(inner.into(), self.how));
         }
     }
 }
 
 /// Closes `fd` on the closer thread (here, if that thread cannot be had).
 pub fn close(fd: OwnedFd) {
+    submit(Job::Close(fd, How::Plain));
+}
+
+fn submit(job: Job) {
     match closer() {
-        Some(c) => c.send(fd),
-        None => release(fd),
+        Some(c) => c.submit(job),
+        None => job.run(),
     }
 }
 
@@ -123,7 +170,7 @@ struct Closer {
 }
 
 enum Job {
-    Close(OwnedFd),
+    Close(OwnedFd, How),
     /// A close without clearing the linger first: how a container that
     /// re-sets it in time makes the close wait (the watchdog's test).
     #[cfg(test)]
@@ -143,10 +190,6 @@ struct Shared {
 }
 
 impl Closer {
-    fn send(&self, fd: OwnedFd) {
-        self.submit(Job::Close(fd));
-    }
-
     fn submit(&self, job: Job) {
         self.shared.sent.fetch_add(1, Ordering::AcqRel);
         if let Err(channel::SendError(job)) = self.tx.send(job) {
@@ -160,7 +203,10 @@ impl Closer {
 impl Job {
     fn run(self) {
         match self {
-            Job::Close(fd) => release(fd),
+            Job::Close(fd, how) => {
+                let mut budget = DRAIN_BUDGET;
+                release(fd, how, &mut budget, 0);
+            }
             #[cfg(test)]
             Job::Raw(fd) => drop(fd),
         }
@@ -247,9 +293,67 @@ fn watch(shared: &Shared) {
     }
 }
 
-/// Closes `fd` without waiting for a lingering socket's peer.
-fn release(fd: OwnedFd) {
-    if let Ok(linger) = getsockopt(&fd, sockopt::Linger) {
+/// Closes `fd` without waiting for a lingering socket's peer, nor for
+/// what an endpoint's queue holds (taken out while `budget` lasts, and
+/// released so in turn, whatever Unix sockets among them emptied too).
+fn release(fd: OwnedFd, how: How, budget: &mut usize, depth: u8) {
+    clear_linger(&fd);
+    let queued = match how {
+        _ if depth >= DRAIN_DEPTH => Vec::new(),
+        How::Plain => Vec::new(),
+        How::Endpoint => drain(&fd, true, budget),
+        How::Queued => drain(&fd, false, budget),
+    };
+    for inner in queued {
+        release(inner, How::Queued, budget, depth + 1);
+    }
+    drop(fd);
+}
+
+/// Takes out what Unix socket `fd` holds: a listener's pending
+/// connections, a connection's queued descriptors (`end`: faasd's own
+/// end, shut for reading first, so its peer can send no more). Nothing
+/// for any other kind of descriptor.
+fn drain(fd: &OwnedFd, end: bool, budget: &mut usize) -> Vec<OwnedFd> {
+    use nix::sys::socket::{
+        accept4, getsockname, shutdown, AddressFamily, Shutdown, SockFlag, SockaddrLike,
+    };
+    let unix = getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd())
+        .is_ok_and(|a| a.family() == Some(AddressFamily::Unix));
+    let mut out = Vec::new();
+    if !unix {
+        return out;
+    }
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    while *budget > 0 {
+        let Ok(raw) = accept4(fd.as_raw_fd(), flags) else {
+            break;
+        };
+        *budget -= 1;
+        // SAFETY: accept4 just installed this descriptor; nothing else
+        // refers to it.
+        out.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+    }
+    if end {
+        let _ = shutdown(fd.as_raw_fd(), Shutdown::Read);
+    }
+    let mut bytes = [0u8; 4096];
+    while *budget > 0 {
+        match faas_protocol::recv_fds(fd.as_fd(), &mut bytes, faas_protocol::Wait::No) {
+            Ok(got) if got.bytes == 0 && got.fds.is_empty() => break,
+            Ok(got) => {
+                *budget = budget.saturating_sub(got.fds.len());
+                out.extend(got.fds);
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Clears a positive linger (an abortive one, 0, never waits: kept).
+fn clear_linger(fd: &OwnedFd) {
+    if let Ok(linger) = getsockopt(fd, sockopt::Linger) {
         if linger.l_onoff != 0 && linger.l_linger > 0 {
             let off = libc::linger {
                 l_onoff: 0,
@@ -260,7 +364,6 @@ fn release(fd: OwnedFd) {
             }
         }
     }
-    drop(fd);
 }
 
 extern "C" fn on_wake(_: libc::c_int) {}
@@ -363,6 +466,35 @@ mod tests {
         assert!(flush(Duration::from_secs(10)), "the close still waits");
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
         assert!(interrupted() > before);
+    }
+
+    /// Where the kernel lets a container send descriptors over its control
+    /// connection, faasd's end is emptied before its close: a lingering
+    /// socket queued there (and one queued inside a Unix socket queued
+    /// there) is released on its own, its linger cleared, and nothing
+    /// waits for the watchdog.
+    #[test]
+    fn an_endpoint_is_emptied_before_its_close() {
+        use std::os::unix::net::UnixStream;
+        let _one = one();
+        let before = interrupted();
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let (inner_ours, inner_theirs) = UnixStream::pair().expect("inner pair");
+        let (lingering, _peer) = stuffed();
+        linger(&lingering, 30);
+        let (nested, _nested_peer) = stuffed();
+        linger(&nested, 30);
+        faas_protocol::send_fds(inner_theirs.as_fd(), &[nested.as_fd()]).expect("send nested");
+        faas_protocol::send_fds(theirs.as_fd(), &[lingering.as_fd(), inner_ours.as_fd()])
+            .expect("send");
+        drop((lingering, nested, inner_ours, inner_theirs));
+        let t0 = Instant::now();
+        drop(Foreign::endpoint(ours));
+        assert!(flush(Duration::from_secs(10)), "the close still waits");
+        assert!(t0.elapsed() < STUCK, "{:?}", t0.elapsed());
+        assert_eq!(interrupted(), before, "a close waited until interrupted");
+        // The container can send no more on it.
+        assert!(faas_protocol::send_ready(theirs.as_fd(), 1).is_ok_and(|sent| !sent));
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub(super) async fn wait_ready(reuse: &Reuse) -> bool {
                 let Ok(mut guard) = accepted else { break false };
                 match guard.try_io(|l| l.get_ref().accept()) {
                     Ok(Ok((control, _))) => {
-                        kept = watch_control(Foreign::new(control)).ok();
+                        kept = watch_control(Foreign::endpoint(control)).ok();
                         reuse.batch.store(1, Ordering::Release);
                         reuse.unread.store(0, Ordering::Release);
                         break kept.is_some();
