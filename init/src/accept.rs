@@ -61,7 +61,7 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
         .into_iter()
         .map(|(_, inode)| format!("socket:[{inode}]"))
         .collect();
-    let client: TcpStream = crate::receive("a connection")?.into();
+    let client: TcpStream = crate::handed::receive("a connection")?.into();
     let peer = client
         .peer_addr()
         .map_err(|e| format!("the connection's peer: {e}"))?;
@@ -86,7 +86,7 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
         // Fails only once nothing holds the filter any more.
         let Ok(call) = calls.recv() else {
             if let Some(h) = &handed {
-                crate::unserved(&h.client);
+                crate::handed::unserved(&h.client);
             }
             return Ok(ExitCode::SUCCESS);
         };

@@ -24,18 +24,20 @@
 //! that is said on stderr (the function's log) and ends the container
 //! with a failure status, which faasd answers with 502.
 
-use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-use faas_handler::Control;
+use exec::exec;
+use handed::receive;
 
 mod accept;
 mod bind;
 mod caps;
 mod cpu;
+mod exec;
 mod flow;
+mod handed;
 mod listening;
 mod port;
 mod relay;
@@ -142,81 +144,6 @@ fn listen(program: &[OsString]) -> Result<ExitCode, String> {
         .iter()
         .any(|a| a.to_string_lossy().contains("fd://3"));
     exec(program, if named { &[] } else { &env })
-}
-
-/// Answers a connection the program never took (faasd let go of it once
-/// faas-init had it): the client hears why instead of a bare close.
-fn unserved(conn: &OwnedFd) {
-    let name = std::env::var("FAAS_FUNCTION").unwrap_or_else(|_| "NAME".into());
-    let body =
-        format!("the function's program ended before taking the connection; faas logs {name}\n");
-    let answer = format!(
-        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = nix::unistd::write(conn, answer.as_bytes());
-    let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    eprintln!("faas-init: the program ended before taking its connection: answered 502");
-    drain(conn);
-}
-
-/// Reads what the client sent, for a while: a close with its request
-/// unread would be a reset, which may reach the client before our answer.
-fn drain(conn: &OwnedFd) {
-    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
-    let step = nix::sys::time::TimeVal::new(0, 100_000);
-    if setsockopt(conn, ReceiveTimeout, &step).is_err() {
-        return;
-    }
-    let mut sink = [0u8; 4096];
-    while std::time::Instant::now() < until {
-        match nix::unistd::read(conn, &mut sink) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Connects to faasd and waits for one descriptor.
-fn receive(what: &str) -> Result<OwnedFd, String> {
-    let mut control =
-        Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
-    control
-        .next_fd()
-        .map_err(|e| format!("receiving {what}: {e}"))?
-        .ok_or_else(|| format!("faasd closed the control socket before sending {what}"))
-}
-
-/// Becomes `program` (looked up in PATH), with `extra` added to the
-/// environment. Returns only on failure.
-fn exec(program: &[OsString], extra: &[(&str, String)]) -> Result<ExitCode, String> {
-    let cstr = |s: OsString| {
-        CString::new(s.into_vec()).map_err(|_| "an argument contains a NUL byte".to_string())
-    };
-    let argv = program
-        .iter()
-        .cloned()
-        .map(cstr)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut env: Vec<CString> = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        if extra.iter().any(|(name, _)| k == *name) {
-            continue;
-        }
-        let mut kv = k;
-        kv.push("=");
-        kv.push(v);
-        env.push(cstr(kv)?);
-    }
-    for (k, v) in extra {
-        env.push(cstr(OsString::from(format!("{k}={v}")))?);
-    }
-    caps::drop_for_program().map_err(|e| format!("dropping faas-init's own capabilities: {e}"))?;
-    let err = nix::unistd::execvpe(&argv[0], &argv, &env).unwrap_err();
-    Err(format!("executing {:?}: {err}", program[0]))
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ pub fn serve(program: &[OsString]) -> Result<ExitCode, String> {
     }
     // The program's first stopped call waits in the kernel meanwhile; this
     // thread answers it right after the connection, with no hand-off.
-    let conn = crate::receive("a connection")?;
+    let conn = crate::handed::receive("a connection")?;
     *lock(&waiting) = Some(conn);
     delivered.store(true, Ordering::Release);
     let pinned = Pinned::pin(Pid::from_raw(child.id() as i32));
@@ -134,11 +134,11 @@ pub fn serve(program: &[OsString]) -> Result<ExitCode, String> {
 
 /// Without the filter: waits for the connection, then becomes the program.
 fn late(program: &[OsString]) -> Result<ExitCode, String> {
-    let conn = crate::receive("a connection")?;
+    let conn = crate::handed::receive("a connection")?;
     nix::unistd::dup2_stdin(&conn).map_err(|e| format!("dup2: {e}"))?;
     nix::unistd::dup2_stdout(&conn).map_err(|e| format!("dup2: {e}"))?;
     drop(conn);
-    crate::exec(program, &[])
+    crate::exec::exec(program, &[])
 }
 
 fn stdin_from_null() -> Result<(), String> {
@@ -237,7 +237,7 @@ fn reap(program: Pid, delivered: &AtomicBool, waiting: &Mutex<Option<OwnedFd>>) 
             eprintln!("faas-init: the program ended (status {code}) before its connection arrived");
         }
         if let Some(conn) = lock(waiting).take() {
-            crate::unserved(&conn);
+            crate::handed::unserved(&conn);
         }
         std::process::exit(code);
     }

@@ -74,6 +74,10 @@ pub struct FunctionInfo {
     pub notes: Vec<String>,
 }
 
+/// The header a cluster node's archive fetch from a peer authenticates
+/// itself with (`cluster::seal` makes and checks its value).
+pub const PEER_HEADER: &str = "x-faas-peer";
+
 /// A member of the cluster, as `faas nodes` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {

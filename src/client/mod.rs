@@ -233,7 +233,7 @@ impl Client {
         credential: &str,
     ) -> Result<Box<dyn Read + Send>, ClientError> {
         let path = format!("/v1/archives/{}", escape(digest));
-        let headers = [(crate::cluster::seal::PEER_HEADER, credential)];
+        let headers = [(crate::api::PEER_HEADER, credential)];
         Ok(self.send("GET", &path, &headers, Body::Empty)?.body)
     }
 

@@ -21,8 +21,6 @@ use super::keys::Spec;
 type HmacSha256 = Hmac<Sha256>;
 
 const SPEC_HEADER: &str = "faasd-spec-v1 ";
-/// The header an archive fetch authenticates itself with.
-pub const PEER_HEADER: &str = "x-faas-peer";
 /// How far a peer request's time may be from ours (clock skew, retries).
 const PEER_SKEW: u64 = 300;
 

@@ -387,7 +387,7 @@ fn a_peer(control: &Control, req: &Request<Incoming>, segments: &[&str]) -> bool
     };
     let Some(credential) = req
         .headers()
-        .get(crate::cluster::seal::PEER_HEADER)
+        .get(crate::api::PEER_HEADER)
         .and_then(|v| v.to_str().ok())
     else {
         return false;

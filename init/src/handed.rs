@@ -1,0 +1,53 @@
+//! What faasd hands faas-init: taking it (one descriptor on
+//! `/control.sock`), and answering a connection for a program that ended
+//! before it took it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use faas_handler::Control;
+
+/// Answers a connection the program never took (faasd let go of it once
+/// faas-init had it): the client hears why instead of a bare close.
+pub fn unserved(conn: &OwnedFd) {
+    let name = std::env::var("FAAS_FUNCTION").unwrap_or_else(|_| "NAME".into());
+    let body =
+        format!("the function's program ended before taking the connection; faas logs {name}\n");
+    let answer = format!(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = nix::unistd::write(conn, answer.as_bytes());
+    let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    eprintln!("faas-init: the program ended before taking its connection: answered 502");
+    drain(conn);
+}
+
+/// Reads what the client sent, for a while: a close with its request
+/// unread would be a reset, which may reach the client before our answer.
+fn drain(conn: &OwnedFd) {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    let step = nix::sys::time::TimeVal::new(0, 100_000);
+    if setsockopt(conn, ReceiveTimeout, &step).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while std::time::Instant::now() < until {
+        match nix::unistd::read(conn, &mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Connects to faasd and waits for one descriptor.
+pub fn receive(what: &str) -> Result<OwnedFd, String> {
+    let mut control =
+        Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
+    control
+        .next_fd()
+        .map_err(|e| format!("receiving {what}: {e}"))?
+        .ok_or_else(|| format!("faasd closed the control socket before sending {what}"))
+}
