@@ -217,6 +217,10 @@ async fn start_node(
             "no closer thread: descriptors containers shaped are closed where they are let go"
         );
     }
+    let refuse_descriptors = config.refuse_descriptors && descriptors_refusable();
+    if refuse_descriptors {
+        crate::sys::closer::descriptors_refused();
+    }
     let reaper = Reaper::start().map_err(|source| DaemonError::Io {
         op: "starting reaper",
         path: PathBuf::new(),
@@ -245,7 +249,7 @@ async fn start_node(
             max_concurrent_starts: config.max_concurrent_starts,
             pool_idle: config.pool_idle,
             init,
-            refuse_descriptors: config.refuse_descriptors && descriptors_refusable(),
+            refuse_descriptors,
         },
         reaper,
     )?;

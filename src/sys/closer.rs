@@ -14,9 +14,9 @@
 //! The closer thread clears a positive linger (the close then returns at
 //! once and the kernel sends what is left on its own, as after any close
 //! without linger; an abortive linger of 0 is kept: it never waits) and
-//! closes. faasd's own end of a Unix socket a container sends on (its
-//! control connection and listener: `Foreign::endpoint`) is emptied
-//! first: what a container sent and faasd never read (descriptors, where
+//! closes. Where the kernel lets containers send descriptors, faasd's own
+//! end of a Unix socket a container sends on (its control connection and
+//! listener: `Foreign::endpoint`) is emptied first: what a container sent and faasd never read (descriptors, where
 //! the kernel lacks `SO_PASSRIGHTS`; connections not accepted) is taken
 //! out and released the same way, rather than closed inside the socket's
 //! close, linger and all. A close that waits anyway (the container set the
@@ -56,6 +56,17 @@ const DRAIN_BUDGET: usize = 4096;
 /// How deep Unix sockets queued in Unix sockets are emptied (the kernel
 /// refuses to pass them nested deeper than 4).
 const DRAIN_DEPTH: u8 = 8;
+
+/// Control sockets refuse descriptors (`SO_PASSRIGHTS` off): what a
+/// container sends on them can hold none, and emptying them first would
+/// only cost the closer four system calls per close.
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Tells the closer that control sockets refuse descriptors (set once at
+/// start, before any container runs).
+pub fn descriptors_refused() {
+    REFUSED.store(true, Ordering::Release);
+}
 
 /// A descriptor a container may also hold or may have shaped: dropping it
 /// never closes it here, it goes to the closer.
@@ -301,6 +312,7 @@ fn release(fd: OwnedFd, how: How, budget: &mut usize, depth: u8) {
     let queued = match how {
         _ if depth >= DRAIN_DEPTH => Vec::new(),
         How::Plain => Vec::new(),
+        How::Endpoint if REFUSED.load(Ordering::Acquire) => Vec::new(),
         How::Endpoint => drain(&fd, true, budget),
         How::Queued => drain(&fd, false, budget),
     };
