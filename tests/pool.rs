@@ -404,3 +404,38 @@ fn handlers_that_end_right_after_answering_are_served_not_failed() {
         "{info:?}"
     );
 }
+
+/// A cold start's container is handed its connection through the same
+/// slot the pool would give it, but never was in the pool: its end must
+/// not count as a pooled container's (the pool's count would wrap).
+#[test]
+fn cold_started_containers_are_served_and_leave_the_pool_uncounted() {
+    let d = Daemon::start();
+    let one_shot = warm(0);
+    let reused_once = DeployOptions {
+        reuse: true,
+        max_requests: 1,
+        ..warm(0)
+    };
+    for (name, options) in [("cold", &one_shot), ("coldreuse", &reused_once)] {
+        let ip = d.deploy(name, &probe_image("inspect", &[]), options).ip;
+        let mut instances = std::collections::HashSet::new();
+        for i in 0..8 {
+            let (status, body) = call(ip).unwrap_or_else(|e| panic!("{name} request {i}: {e}"));
+            assert_eq!(status, 200, "{name} request {i}: {body}");
+            instances.insert(kv(&body)["instance"].clone());
+        }
+        assert_eq!(instances.len(), 8, "{name}: a container per connection");
+        let info = d.wait_for(
+            name,
+            Duration::from_secs(10),
+            "every request counted",
+            |i| i.stats.requests == 8,
+        );
+        assert_eq!(
+            (info.stats.warm_ready, info.restarts, info.state.as_str()),
+            (0, 0, "ready"),
+            "{name}: {info:?}"
+        );
+    }
+}

@@ -1,5 +1,7 @@
 //! Which TCP sockets listen on a port in this network namespace, asked of
-//! the kernel through sock_diag (NETLINK_SOCK_DIAG, what `ss -ltn` uses).
+//! the kernel through sock_diag (NETLINK_SOCK_DIAG, what `ss -ltn` uses;
+//! its messages written and read by `netlink-packet-sock-diag`, the
+//! rtnetlink family's crate).
 //!
 //! Not /proc/net/tcp: reading that walks the whole established-connection
 //! hash, which network namespaces share unless `tcp_child_ehash_entries`
@@ -15,30 +17,23 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::SockDiagMessage;
+use nix::errno::Errno;
 use nix::sys::socket::{
     recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
-
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const TCP_LISTEN: u32 = 10;
-const HEADER: usize = 16;
-/// `struct inet_diag_msg`: family, state, timer, retrans, the 48-byte
-/// socket id, then expires, rqueue, wqueue, uid, inode.
-const DIAG_MSG: usize = 72;
 
 /// Every LISTEN socket on TCP `port`: where to reach it (a wildcard
 /// address becomes loopback) and its inode (how /proc/PID/fd names it).
 /// None when the kernel would not answer.
 pub fn listeners(port: u16) -> Option<Vec<(SocketAddr, u64)>> {
     let mut found = Vec::new();
-    for family in [
-        libc_family(AddressFamily::Inet),
-        libc_family(AddressFamily::Inet6),
-    ] {
+    for family in [AF_INET, AF_INET6] {
         for (addr, inode) in dump(family).ok()? {
             if addr.port() == port {
                 found.push((reachable(addr), inode));
@@ -46,10 +41,6 @@ pub fn listeners(port: u16) -> Option<Vec<(SocketAddr, u64)>> {
         }
     }
     Some(found)
-}
-
-fn libc_family(family: AddressFamily) -> u8 {
-    family as i32 as u8
 }
 
 /// One dump of the LISTEN sockets of one address family.
@@ -76,79 +67,68 @@ fn dump(family: u8) -> nix::Result<Vec<(SocketAddr, u64)>> {
         match parse(&buf[..n], &mut found) {
             Parsed::More => {}
             Parsed::Done => return Ok(found),
-            Parsed::Error(errno) => return Err(nix::errno::Errno::from_raw(errno)),
+            Parsed::Error(errno) => return Err(errno),
         }
     }
 }
 
-/// `nlmsghdr` + `inet_diag_req_v2`: TCP, LISTEN only, any address.
+/// A dump request for TCP sockets in LISTEN, any address.
 fn request(family: u8) -> Vec<u8> {
-    let len = HEADER + 56;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    m.push(family);
-    m.push(nix::libc::IPPROTO_TCP as u8);
-    m.push(0); // no extensions
-    m.push(0);
-    m.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    m.resize(len, 0); // the socket id: zero matches any
-    m
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut socket_id = SocketId::new_v4();
+    if family == AF_INET6 {
+        socket_id = SocketId::new_v6();
+    }
+    let mut message = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::LISTEN,
+            socket_id,
+        })
+        .into(),
+    );
+    message.finalize();
+    let mut buf = vec![0u8; message.buffer_len()];
+    message.serialize(&mut buf);
+    buf
 }
 
 enum Parsed {
     More,
     Done,
-    Error(i32),
+    Error(Errno),
 }
 
 /// The messages of one datagram of the dump's answer.
 fn parse(mut data: &[u8], found: &mut Vec<(SocketAddr, u64)>) -> Parsed {
-    while data.len() >= HEADER {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        if len < HEADER || len > data.len() {
-            return Parsed::Error(nix::libc::EBADMSG);
-        }
-        let body = &data[HEADER..len];
-        match kind {
-            NLMSG_DONE => return Parsed::Done,
-            NLMSG_ERROR => {
-                let errno = body
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .unwrap_or(-nix::libc::EBADMSG);
-                return Parsed::Error(-errno);
+    while !data.is_empty() {
+        let Ok(message) = NetlinkMessage::<SockDiagMessage>::deserialize(data) else {
+            return Parsed::Error(Errno::EBADMSG);
+        };
+        match message.payload {
+            NetlinkPayload::Done(_) => return Parsed::Done,
+            NetlinkPayload::Error(e) => {
+                return Parsed::Error(e.code.map_or(Errno::EBADMSG, |c| Errno::from_raw(-c.get())))
             }
-            SOCK_DIAG_BY_FAMILY => found.extend(listener(body)),
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let id = &r.header.socket_id;
+                let addr = SocketAddr::new(id.source_address, id.source_port);
+                found.push((addr, u64::from(r.header.inode)));
+            }
             _ => {}
         }
         // Messages are aligned to 4 bytes.
+        let len = message.header.length as usize;
+        if len == 0 {
+            return Parsed::Error(Errno::EBADMSG);
+        }
         data = &data[((len + 3) & !3).min(data.len())..];
     }
     Parsed::More
-}
-
-/// The local address and inode of one `inet_diag_msg`.
-fn listener(msg: &[u8]) -> Option<(SocketAddr, u64)> {
-    if msg.len() < DIAG_MSG {
-        return None;
-    }
-    let port = u16::from_be_bytes([msg[4], msg[5]]);
-    let ip = match msg[0] as i32 {
-        nix::libc::AF_INET => IpAddr::V4(Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11])),
-        nix::libc::AF_INET6 => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&msg[8..24]);
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        _ => return None,
-    };
-    let inode = u32::from_ne_bytes([msg[68], msg[69], msg[70], msg[71]]);
-    Some((SocketAddr::new(ip, port), u64::from(inode)))
 }
 
 /// Where faas-init connects to reach a listener: a wildcard is reached
@@ -209,13 +189,20 @@ mod tests {
     #[test]
     fn an_error_message_is_an_error() {
         let mut m = Vec::new();
-        m.extend_from_slice(&20u32.to_ne_bytes());
-        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
         m.extend_from_slice(&[0; 10]);
         m.extend_from_slice(&(-nix::libc::EPERM).to_ne_bytes());
-        assert!(matches!(parse(&m, &mut Vec::new()), Parsed::Error(e) if e == nix::libc::EPERM));
+        m.extend_from_slice(&[0; 16]); // the request's header
+        assert!(matches!(
+            parse(&m, &mut Vec::new()),
+            Parsed::Error(Errno::EPERM)
+        ));
         let truncated = &m[..10];
-        assert!(matches!(parse(truncated, &mut Vec::new()), Parsed::More));
+        assert!(matches!(
+            parse(truncated, &mut Vec::new()),
+            Parsed::Error(_)
+        ));
         let mut lying = m.clone();
         lying[0] = 200;
         assert!(matches!(parse(&lying, &mut Vec::new()), Parsed::Error(_)));

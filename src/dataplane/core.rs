@@ -3,9 +3,8 @@
 //! core). It owns the accept loops of the listeners sharded to it, takes
 //! commands from the control side over a channel, and hands each accepted
 //! connection to the runtime (`dispatch`: the hot path is
-//! `pool::handoff::deliver`, one `sendmsg` to a waiting container; a
-//! connection no container can take goes to a cold start on the control
-//! runtime).
+//! `handoff::deliver`, one `sendmsg` to a waiting container, which also
+//! decides a cold start for a connection none can take).
 //!
 //! Under load connections queue in the kernel faster than one accept at a
 //! time takes them: behind each accept the loop takes what else waits
@@ -29,7 +28,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::{Command, Ctx, Inflight, Served};
 use crate::metrics::Outcome;
-use crate::runtime::pool::handoff::{self, Delivery};
+use crate::runtime::handoff;
 use crate::runtime::respond::{self, Status};
 use crate::runtime::Lease;
 use crate::sys::closer::Foreign;
@@ -269,10 +268,7 @@ fn dispatch(
     if more.is_empty() {
         func.ledger.accepted();
         let lease: Lease = Box::new(Inflight::new(served));
-        let conn = first.as_fd();
-        if let Delivery::Cold(waiting) = handoff::deliver(&ctx.rt, &func, conn, accepted, lease) {
-            ctx.rt.serve_cold(func, waiting, None);
-        }
+        handoff::deliver(&ctx.rt, &func, first.as_fd(), accepted, lease);
         return;
     }
     let more: Vec<_> = more.into_iter().map(Foreign::new).collect();
@@ -286,9 +282,7 @@ fn dispatch(
             Box::new(Inflight::new(served)) as Lease
         })
         .collect();
-    for waiting in handoff::deliver_many(&ctx.rt, &func, &conns, accepted, leases) {
-        ctx.rt.serve_cold(Arc::clone(&func), waiting, None);
-    }
+    handoff::deliver_many(&ctx.rt, &func, &conns, accepted, leases);
 }
 
 /// Answers 503: the connection waited past the queue deadline.

@@ -3,9 +3,10 @@
 //! fails, faasd answers the client itself (502, 503 or 504).
 
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::pool::handoff::{ScaleOut, Waiting};
+use super::pool::waiters::Waiting;
 use super::{Function, Runtime, RuntimeError};
 use crate::metrics::Outcome;
 use crate::runtime::respond::{self, Status};
@@ -85,4 +86,21 @@ fn cannot_start(func: &Function) -> Option<&'static str> {
         return Some("the function's containers keep failing");
     }
     None
+}
+
+/// A cold start adding a container for waiting connections; counted in
+/// the pool until dropped (when the start is over, either way).
+pub struct ScaleOut(Arc<Function>);
+
+impl ScaleOut {
+    pub(super) fn new(func: Arc<Function>) -> Self {
+        func.pool.scaling.fetch_add(1, Ordering::AcqRel);
+        Self(func)
+    }
+}
+
+impl Drop for ScaleOut {
+    fn drop(&mut self) {
+        self.0.pool.scaling.fetch_sub(1, Ordering::AcqRel);
+    }
 }

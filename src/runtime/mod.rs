@@ -1,8 +1,10 @@
 //! Containers for functions, in three wings: what a container may do and
 //! see (`sandbox`: OCI spec, seccomp, cgroups, the state view), one
 //! container's life (`container`: start-up, supervision, cleanup) and the
-//! containers waiting for connections (`pool`: warm slots, the hand-over,
-//! reuse mode's cycle). Beside them: the cold path (`cold`), the OCI
+//! containers waiting for connections (`pool`: warm slots, waiting
+//! connections, reuse mode's state). Above them: handing a connection over
+//! and deciding its cold start (`handoff`), the cold path (`cold`), keeping
+//! pools filled (`refill`). Below: the OCI
 //! runtime's command line (`oci`: runc, crun or another), child reaping
 //! (`reaper`), cleanup at idle priority (`janitor`), passing the client
 //! socket (`fdpass`), handler output (`logs`) and each function's ledger
@@ -25,6 +27,7 @@ pub mod container;
 mod error;
 pub mod faas_init;
 pub mod fdpass;
+pub mod handoff;
 pub mod janitor;
 pub mod ledger;
 pub mod logs;
@@ -32,15 +35,15 @@ pub mod oci;
 pub mod pool;
 pub mod reactor;
 pub mod reaper;
+mod refill;
 pub mod respond;
 pub mod sandbox;
 
-pub use container::{Ready, Starting};
 pub use error::RuntimeError;
 use janitor::Janitor;
 pub use ledger::{Ledger, Stats};
 pub use oci::{Flavor, Oci};
-pub use pool::{Slot, WarmPool};
+pub use pool::{Lease, Slot, WarmPool};
 pub use reaper::{Exit, Reaper};
 use sandbox::{cgroup, view};
 
@@ -206,10 +209,6 @@ impl Function {
     }
 }
 
-/// Whatever the data plane wants kept alive while a connection is being
-/// served (its concurrency slot); dropped when the container is done with it.
-pub type Lease = Box<dyn std::any::Any + Send>;
-
 /// This start's time in ms, base 36 (eight characters until 2059).
 fn run_id() -> String {
     let mut ms = std::time::SystemTime::now()
@@ -336,12 +335,6 @@ impl Runtime {
     /// Containers created and not yet deleted.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
-    }
-
-    /// Keeps `func`'s warm pool filled (until it is closed), at idle priority.
-    pub fn refill(self: &Arc<Self>, func: &Arc<Function>) {
-        self.background
-            .spawn(pool::refill(Arc::clone(self), Arc::clone(func)));
     }
 
     /// Removes what an earlier run left: containers in the runtime's root

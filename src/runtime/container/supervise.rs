@@ -5,7 +5,9 @@
 //! state, the cgroups and the bundle removed at idle priority by the
 //! janitor, so none of it competes with a request).
 
+use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +18,14 @@ use crate::runtime::fdpass::ControlConn;
 use crate::runtime::oci::Flavor;
 use crate::runtime::pool::reuse::Reuse;
 use crate::runtime::pool::{
-    Handed, Slot, SlotWatch, Taken, SERVER_BUSY_MAX, SERVER_IDLE_CPU, SERVER_IDLE_FOR,
+    Handed, Lease, Slot, SlotWatch, Taken, SERVER_BUSY_MAX, SERVER_IDLE_CPU, SERVER_IDLE_FOR,
     SERVER_SETTLE,
 };
 use crate::runtime::reactor::ControlListener;
 use crate::runtime::reaper::Exit;
 use crate::runtime::respond::{self, Status};
 use crate::runtime::sandbox::cgroup;
-use crate::runtime::{fdpass, Function, Lease, RuntimeError};
+use crate::runtime::{fdpass, Function, RuntimeError};
 use crate::sys::closer::Foreign;
 use crate::sys::timer::sleep_until_opt;
 
@@ -31,40 +33,23 @@ use crate::sys::timer::sleep_until_opt;
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 impl Ready {
-    /// Sends the client socket to the handler (the cold path); the
-    /// container is then supervised in the background until it ends.
-    /// On failure the lease comes back with the error.
+    /// Sends the client socket to the handler (the cold path) as the data
+    /// plane sends one to a container from the pool, through the slot the
+    /// container would have there; it is then supervised in the background
+    /// until it ends. On failure the lease comes back with the error.
     pub fn hand_over(
         self,
         client: BorrowedFd<'_>,
         lease: Lease,
     ) -> Result<Handed, (Lease, RuntimeError)> {
-        let Ready {
-            guard,
-            control,
-            listener,
-        } = self;
-        if let Err(source) = fdpass::send_fd(control.as_fd(), client) {
-            let id = guard.id.clone();
-            let rt = Arc::clone(&guard.rt);
-            rt.control
-                .spawn(guard.finish(End::Kill("hand-over failed")));
-            return Err((lease, RuntimeError::Handoff { id, source }));
-        }
-        let rt = Arc::clone(&guard.rt);
-        match listener {
-            None => {
-                rt.control
-                    .spawn(supervise_once(guard, Taken::new(lease, client, control)));
-                Ok(Handed::Done)
-            }
-            Some(listener) => {
-                let reuse = guard.reuse(listener, control);
-                reuse.served.fetch_add(1, Ordering::AcqRel);
-                rt.control.spawn(supervise_reuse(guard, Arc::clone(&reuse)));
-                Ok(Handed::AwaitNext(reuse, lease))
-            }
-        }
+        let id = self.guard.id.clone();
+        let rt = Arc::clone(&self.guard.rt);
+        let (slot, supervise) = self.into_slot("hand-over failed");
+        // Started for this connection: the pool never sees it.
+        slot.claim();
+        let handed = slot.hand_over(client, lease);
+        rt.control.spawn(supervise);
+        handed.map_err(|(lease, source)| (lease, RuntimeError::Handoff { id, source }))
     }
 
     /// Kills the container: it was only started to see that it serves
@@ -78,36 +63,53 @@ impl Ready {
     /// the pool's count is right at once), supervised there on the control
     /// runtime (whatever runtime started it).
     pub fn park(self) {
+        let func = Arc::clone(&self.guard.func);
+        let rt = Arc::clone(&self.guard.rt);
+        if func.options.hands_listener() {
+            func.pool.reuse_started();
+            rt.control
+                .spawn(supervise_activation(self.guard, self.control));
+            return;
+        }
+        let (slot, supervise) = self.into_slot("retired from the pool");
+        func.pool.push(slot);
+        rt.control.spawn(supervise);
+    }
+
+    /// The slot that hands the container its connections, and its
+    /// supervision until it ends, to be spawned once the slot is placed
+    /// (a one-shot container unused when its slot goes is killed for
+    /// `unused`). Whether it is one-shot or reused is decided here only;
+    /// the slot carries it to the hand-over.
+    fn into_slot(self, unused: &'static str) -> (Slot, Supervision) {
         let Ready {
             mut guard,
             control,
             listener,
         } = self;
-        let func = Arc::clone(&guard.func);
-        let rt = Arc::clone(&guard.rt);
-        if func.options.hands_listener() {
-            func.pool.reuse_started();
-            rt.control.spawn(supervise_activation(guard, control));
-            return;
-        }
         match listener {
             None => {
-                let watch = offer(&func, control);
-                rt.control.spawn(async move {
-                    match wait_in_pool(&mut guard, &func, watch).await {
+                let (slot, watch) = Slot::new(control);
+                let supervise = async move {
+                    let func = Arc::clone(&guard.func);
+                    match wait_in_pool(&mut guard, &func, watch, unused).await {
                         Parked::Handed(taken) => supervise_once(guard, taken).await,
                         Parked::Gone(end) => guard.finish(end).await,
                     }
-                });
+                };
+                (slot, Box::pin(supervise))
             }
             Some(listener) => {
                 let reuse = guard.reuse(listener, control);
-                func.pool.push(Slot::reuse(Arc::clone(&reuse)));
-                rt.control.spawn(supervise_reuse(guard, reuse));
+                let slot = Slot::reuse(Arc::clone(&reuse));
+                (slot, Box::pin(supervise_reuse(guard, reuse)))
             }
         }
     }
 }
+
+/// A container's supervision, from its slot's placing to its end.
+type Supervision = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Guard {
     /// One of faasd's lines about this container in the function's log.
@@ -274,16 +276,14 @@ enum Parked {
     Gone(End),
 }
 
-/// Puts the connected one-shot handler into the pool.
-fn offer(func: &Function, control: ControlConn) -> SlotWatch {
-    let (slot, watch) = Slot::new(control);
-    func.pool.push(slot);
-    watch
-}
-
 /// Waits until the data plane uses the offered container, it dies, or the
 /// pool retires it.
-async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWatch) -> Parked {
+async fn wait_in_pool(
+    guard: &mut Guard,
+    func: &Arc<Function>,
+    mut watch: SlotWatch,
+    unused: &'static str,
+) -> Parked {
     // A quick handler is often done with its connection before we look:
     // its hand-over and its end are then both there, and the hand-over
     // is what happened first.
@@ -291,7 +291,7 @@ async fn wait_in_pool(guard: &mut Guard, func: &Arc<Function>, mut watch: SlotWa
         biased;
         handed = &mut watch.handed => return match handed {
             Ok(taken) => Parked::Handed(taken),
-            Err(_) => Parked::Gone(End::Kill("retired from the pool")),
+            Err(_) => Parked::Gone(End::Kill(unused)),
         },
         end = guard.wait_exit(None) => end,
     };

@@ -1,27 +1,24 @@
 //! The warm pool of one function version: containers already started whose
-//! handler is connected to `/control.sock` and waiting (`slot`). The data
-//! plane hands a connection to one of them (`handoff`), in reuse mode
-//! waiting briefly for a busy one; reuse-mode containers come back after
-//! each connection (`reuse`). A refiller task on the control runtime keeps
-//! the pool at its target, shrinks it to nothing after `pool_idle` without
-//! traffic, and backs off when containers fail to start.
+//! handler is connected to `/control.sock` and waiting (`slot`), the
+//! connections waiting for a busy reuse-mode container (`waiters`), and
+//! reuse mode's per-container state (`reuse`). The state only: handing
+//! connections over (`runtime::handoff`) and keeping the pool at its
+//! target (`runtime::refill`) live above, where the function and the
+//! runtime are known.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Function, Ready, Runtime, RuntimeError};
-use crate::sys::Priority;
-
-pub mod handoff;
 pub mod reuse;
 pub mod slot;
+pub mod waiters;
 
-use handoff::Waiters;
-pub use slot::{Handed, Slot, SlotWatch, Taken};
+pub use slot::{Handed, Lease, Slot, SlotWatch, Taken};
+use waiters::Waiters;
 
 /// A socket-activated server is up once it has run this long after it
 /// got the listener and then sat idle (its container's CPU time grew by
@@ -39,20 +36,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Containers failing in a row before the function counts as crash-looping.
 const CRASH_LOOP: u32 = 3;
-/// How long after a one-shot take its replacement waits to start: the
-/// connection is served in the meantime (a warm hit takes 0.3–1 ms here).
-/// The refiller runs at `SCHED_IDLE`, yet the scheduler still lets it
-/// take a CPU from a runnable container process for up to a slice
-/// (EEVDF picks it whenever it is owed time, and the containers' work
-/// is one entity against it, in faasd's cgroup); starting at once, its
-/// ~0.9 ms of preparation ran in the middle of the hit (measured with
-/// `perf sched`: a `--container-port` hit's faas-init waited 0.94 ms
-/// behind it).
-const REFILL_AFTER_TAKE: Duration = Duration::from_millis(3);
 
 /// Warm containers of one function version.
 pub struct WarmPool {
-    target: u32,
+    pub(in crate::runtime) target: u32,
     /// Reuse mode and socket activation: containers live on (they come
     /// back, or accept by themselves), so the target counts live
     /// containers and taking one does not call for a new start.
@@ -64,13 +51,13 @@ pub struct WarmPool {
     /// held for a push or a pop only.
     slots: Mutex<VecDeque<Slot>>,
     ready: AtomicU32,
-    starting: AtomicU32,
+    pub(in crate::runtime) starting: AtomicU32,
     /// Reuse mode: containers alive, parked or serving.
     live: AtomicU32,
     /// Reuse mode: connections waiting for a busy container to come back.
-    waiters: Waiters,
+    pub(in crate::runtime) waiters: Waiters,
     /// Reuse mode: cold starts under way for waiting connections.
-    scaling: AtomicU32,
+    pub(in crate::runtime) scaling: AtomicU32,
     /// Containers that failed in a row (reset by one that came up).
     failures: AtomicU32,
     /// Containers that ended unasked and were started again.
@@ -81,7 +68,7 @@ pub struct WarmPool {
     /// A container of this version came up once.
     ever_up: AtomicBool,
     closed: AtomicBool,
-    wake: Notify,
+    pub(in crate::runtime) wake: Notify,
     /// Wakes the supervisors of long-lived (socket-activation) containers
     /// when the pool is closed.
     pub(crate) retired: Notify,
@@ -190,7 +177,7 @@ impl WarmPool {
 
     /// What counts against the target: waiting containers, or in reuse
     /// mode every live one (busy ones come back).
-    fn have(&self) -> u32 {
+    pub(in crate::runtime) fn have(&self) -> u32 {
         if self.reuse {
             self.live.load(Ordering::Acquire)
         } else {
@@ -248,11 +235,11 @@ impl WarmPool {
     }
 
     /// Drops every waiting slot: their supervisors kill the containers.
-    fn drain(&self) {
+    pub(in crate::runtime) fn drain(&self) {
         while self.take_quietly().is_some() {}
     }
 
-    fn take_quietly(&self) -> Option<Slot> {
+    pub(in crate::runtime) fn take_quietly(&self) -> Option<Slot> {
         while let Some(slot) = self.pop_next() {
             if !slot.claimed.swap(true, Ordering::AcqRel) {
                 self.ready.fetch_sub(1, Ordering::AcqRel);
@@ -266,7 +253,7 @@ impl WarmPool {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn idle_for(&self) -> Duration {
+    pub(in crate::runtime) fn idle_for(&self) -> Duration {
         Duration::from_millis(
             self.now_ms()
                 .saturating_sub(self.last_used_ms.load(Ordering::Acquire)),
@@ -298,12 +285,12 @@ impl WarmPool {
     }
 
     /// Whether a container of this version ever came up.
-    fn settled(&self) -> bool {
+    pub(in crate::runtime) fn settled(&self) -> bool {
         self.ever_up.load(Ordering::Acquire)
     }
 
     /// What went wrong, if a container failed before any came up.
-    fn first_failure(&self) -> Option<String> {
+    pub(in crate::runtime) fn first_failure(&self) -> Option<String> {
         if self.settled() || self.restarts() == 0 {
             return None;
         }
@@ -316,7 +303,7 @@ impl WarmPool {
     }
 
     /// The pause before the next start after the failures so far.
-    fn backoff(&self) -> Duration {
+    pub(in crate::runtime) fn backoff(&self) -> Duration {
         match self.failures.load(Ordering::Acquire) {
             0 => Duration::ZERO,
             n => FIRST_BACKOFF
@@ -364,158 +351,13 @@ impl WarmPool {
     }
 
     /// Waits until the pool is closed (at once if it is).
-    async fn closing(&self) {
+    pub(in crate::runtime) async fn closing(&self) {
         loop {
             let notified = self.wake.notified();
             if self.is_closed() {
                 return;
             }
             notified.await;
-        }
-    }
-}
-
-/// Keeps `func`'s pool filled until the pool is closed. Runs on the
-/// control runtime; sleeps (no CPU) while the pool is full or idle.
-pub async fn refill(rt: Arc<Runtime>, func: Arc<Function>) {
-    let pool = &func.pool;
-    let idle_limit = rt.config.pool_idle;
-    loop {
-        if pool.is_closed() || *rt.stopping.borrow() {
-            return;
-        }
-        // The last take (`touch`, ms granularity: 2–3 ms of real time).
-        let since = pool.idle_for();
-        if since < REFILL_AFTER_TAKE {
-            tokio::time::sleep(REFILL_AFTER_TAKE - since).await;
-        }
-        let idle = idle_limit > Duration::ZERO && pool.idle_for() >= idle_limit;
-        let want = if idle { 0 } else { pool.target };
-        if idle && pool.ready() > 0 {
-            tracing::debug!(function = %func.name, "pool idle: shrinking to zero");
-            pool.drain();
-        }
-        let backoff = pool.backoff();
-        if !backoff.is_zero() {
-            // A retired version stops trying at once.
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = pool.closing() => return,
-            }
-        }
-        let have = pool.have() + pool.starting.load(Ordering::Acquire);
-        for _ in have..want {
-            pool.starting.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(start_one(Arc::clone(&rt), Arc::clone(&func)));
-        }
-        // Reused containers beyond the target retire after the function's
-        // idle timeout without traffic.
-        let surplus_idle = Duration::from_secs(func.options.idle_timeout_secs);
-        if pool.surplus() && pool.idle_for() >= surplus_idle {
-            while pool.surplus() {
-                match pool.take_quietly() {
-                    Some(slot) => drop(slot),
-                    None => break,
-                }
-            }
-        }
-        let mut wait: Option<Duration> = None;
-        if want > 0 && idle_limit > Duration::ZERO {
-            wait = Some(idle_limit.saturating_sub(pool.idle_for()));
-        }
-        if pool.surplus() {
-            let until = surplus_idle.saturating_sub(pool.idle_for());
-            wait = Some(wait.map_or(until, |w| w.min(until)));
-        }
-        let notified = pool.wake.notified();
-        match wait {
-            Some(w) => {
-                let _ = tokio::time::timeout(w + Duration::from_millis(10), notified).await;
-            }
-            None => notified.await,
-        }
-    }
-}
-
-async fn start_one(rt: Arc<Runtime>, func: Arc<Function>) {
-    // Nothing waits on a pool refill: the runtime works on idle CPU time.
-    let started = rt.start_for_pool(&func, Priority::Idle).await;
-    parked(&func, started);
-}
-
-/// Parks a container started for the pool (counted in `starting` until now).
-fn parked(func: &Function, started: Result<Ready, RuntimeError>) {
-    match started {
-        Ok(ready) => ready.park(),
-        Err(RuntimeError::ShuttingDown) | Err(RuntimeError::Retired) => {}
-        Err(e) => {
-            let why = e.for_operator(func);
-            func.say(&format!("starting a container: {why}"));
-            func.pool.failed(why);
-            tracing::warn!(function = %func.name, error = %e, "starting a warm container");
-        }
-    }
-    func.pool.starting.fetch_sub(1, Ordering::AcqRel);
-    func.pool.wake.notify_one();
-}
-
-impl Runtime {
-    /// Starts a new version's first container and waits until its handler
-    /// is connected (for a server on a container port: once it listens):
-    /// what the runtime and the program say of it decides whether the
-    /// version is deployed at all, the version before serving on. It then
-    /// joins the pool (or goes, when the pool's target is zero) and the
-    /// pool is kept filled. A socket-activated server is up only once it
-    /// got the listener and settled (`server_up`).
-    pub async fn first_start(self: &Arc<Self>, func: &Arc<Function>) -> Result<(), RuntimeError> {
-        let ready = match self.start(func, Priority::Normal).await {
-            Ok(ready) => ready,
-            Err(e @ (RuntimeError::ShuttingDown | RuntimeError::Start { .. })) => {
-                func.say(&format!("the first container of this version: {e}"));
-                return Err(e);
-            }
-            Err(e) => {
-                let why = e.for_operator(func);
-                func.say(&format!("the first container of this version: {why}"));
-                return Err(RuntimeError::NotUp {
-                    function: func.name.to_string(),
-                    why,
-                });
-            }
-        };
-        if func.pool.target == 0 {
-            ready.discard();
-        } else {
-            ready.park();
-        }
-        self.refill(func);
-        Ok(())
-    }
-
-    /// Waits until a socket-activated version's first server is up (it got
-    /// the listener, which the data plane binds after `first_start`, and
-    /// has settled, see `SERVER_SETTLE`); its failure, or none in time, is
-    /// the error.
-    pub async fn server_up(&self, func: &Function) -> Result<(), RuntimeError> {
-        let within = self.config.connect_timeout + SERVER_BUSY_MAX + SERVER_SETTLE;
-        let deadline = Instant::now() + within;
-        loop {
-            if func.pool.settled() {
-                return Ok(());
-            }
-            if let Some(why) = func.pool.first_failure() {
-                return Err(RuntimeError::NotUp {
-                    function: func.name.to_string(),
-                    why,
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(RuntimeError::NotUp {
-                    function: func.name.to_string(),
-                    why: format!("no server up within {:.0} s", within.as_secs_f64()),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -162,7 +162,7 @@ impl Reuse {
 
     /// Closes the control connection: a handler waiting on it reads its
     /// end and exits.
-    pub(super) fn hang_up(&self) {
+    pub(in crate::runtime) fn hang_up(&self) {
         lock(&self.control).take();
     }
 
@@ -197,14 +197,14 @@ impl Reuse {
         usize::from(self.batch.load(Ordering::Acquire))
     }
 
-    pub(super) fn at_limit(&self) -> bool {
+    pub(in crate::runtime) fn at_limit(&self) -> bool {
         self.max > 0 && self.served.load(Ordering::Acquire) >= self.max
     }
 }
 
 /// Waits until the handler asks for its next connection (true), or its
 /// timeout passes or it ends (false).
-pub(super) async fn wait_ready(reuse: &Reuse) -> bool {
+pub(in crate::runtime) async fn wait_ready(reuse: &Reuse) -> bool {
     let ended = reuse.ended.notified();
     tokio::pin!(ended);
     ended.as_mut().enable();

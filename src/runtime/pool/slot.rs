@@ -10,9 +10,13 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::reuse::Reuse;
+use crate::runtime::fdpass;
 use crate::runtime::fdpass::ControlConn;
-use crate::runtime::{fdpass, Lease};
 use crate::sys::closer::Foreign;
+
+/// Whatever the data plane wants kept alive while a connection is being
+/// served (its concurrency slot); dropped when the container is done with it.
+pub type Lease = Box<dyn std::any::Any + Send>;
 
 /// A container waiting in the pool.
 pub struct Slot {
@@ -107,6 +111,12 @@ impl Slot {
         }
     }
 
+    /// Takes the slot for a cold start's own connection: it never was
+    /// in the pool, and no one else may take it out.
+    pub fn claim(&self) {
+        self.claimed.store(true, Ordering::Release);
+    }
+
     /// Sends `client` to the waiting handler. On failure (the handler
     /// died) the lease comes back.
     pub fn hand_over(
@@ -145,6 +155,23 @@ impl Slot {
             Kind::Reuse(Some(reuse)) => reuse.batch(),
             _ => 1,
         }
+    }
+
+    /// Sends `clients` with their leases: one as `hand_over` does, or
+    /// several in one message to a handler that takes them at once.
+    pub fn hand_over_many(
+        self,
+        clients: &[BorrowedFd<'_>],
+        mut leases: Vec<Lease>,
+    ) -> Result<Handed, (Vec<Lease>, io::Error)> {
+        if let ([client], 1) = (clients, leases.len()) {
+            if let Some(lease) = leases.pop() {
+                return self
+                    .hand_over(*client, lease)
+                    .map_err(|(lease, e)| (vec![lease], e));
+            }
+        }
+        self.hand_over_batch(clients, leases)
     }
 
     /// Sends several clients in one message to a reuse-mode handler that

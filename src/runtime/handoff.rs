@@ -1,5 +1,7 @@
 //! Handing an accepted connection to a container that is already running
-//! (`deliver`, the data plane's one call): one waiting in the pool, or —
+//! (`deliver`, the data plane's one call), and the one place that decides
+//! that a connection needs a container of its own (`Runtime::serve_cold`):
+//! one waiting in the pool, or —
 //! in reuse mode, when none waits but some are busy — the first busy one
 //! to come back. A fast handler comes back within tens of microseconds,
 //! far sooner than a cold start (~30 ms), and without adding a container;
@@ -16,17 +18,20 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::reuse::{self, Reuse};
-use super::slot::{Handed, Slot};
+use super::cold::ScaleOut;
+use super::pool::reuse::{self, Reuse};
+use super::pool::waiters::Waiting;
+use super::pool::{Handed, Lease, Slot};
+use super::{Function, Runtime};
 use crate::metrics::Outcome;
-use crate::runtime::{Function, Lease, Runtime};
 use crate::sys::closer::Foreign;
 
 /// How long a connection waits for a busy reuse-mode container before a
@@ -36,66 +41,19 @@ pub const SCALE_OUT_AFTER: Duration = Duration::from_millis(10);
 /// its own, whatever else is starting.
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
-/// What became of a connection offered to the running containers.
-pub enum Delivery {
-    /// Dealt with: a handler has it, a busy reuse-mode container will (or
-    /// a cold start, should it wait too long), or it was counted lost.
-    Handled,
-    /// No container can take it: it needs one started for it.
-    Cold(Waiting),
-}
-
-/// A connection not yet handed to a handler, held by our own descriptor.
-pub struct Waiting {
-    /// Blocking, as handlers expect (it is the same open file they get);
-    /// closed by the closer, since a handler may have shaped it.
-    pub client: Foreign<TcpStream>,
-    pub accepted: Instant,
-    pub lease: Lease,
-}
-
 /// Offers the connection `conn`, accepted at `accepted`, to the function's
-/// running containers. `lease` (its concurrency slot) goes with it.
+/// running containers; one that none of them can take gets a container of
+/// its own. `lease` (its concurrency slot) goes with it.
 pub fn deliver(
     rt: &Arc<Runtime>,
     func: &Arc<Function>,
     conn: BorrowedFd<'_>,
     accepted: Instant,
     lease: Lease,
-) -> Delivery {
-    match from_pool(func, conn, accepted, lease) {
-        Ok(()) => Delivery::Handled,
-        Err(lease) => without_pool(rt, func, conn, accepted, lease),
+) {
+    if let Err(lease) = from_pool(func, conn, accepted, lease) {
+        without_pool(rt, func, conn, accepted, lease);
     }
-}
-
-/// A connection no waiting container took: it waits for a busy reuse-mode
-/// container to come back, or needs a cold start.
-fn without_pool(
-    rt: &Arc<Runtime>,
-    func: &Arc<Function>,
-    conn: BorrowedFd<'_>,
-    accepted: Instant,
-    lease: Lease,
-) -> Delivery {
-    let client = match conn.try_clone_to_owned() {
-        Ok(fd) => Foreign::new(TcpStream::from(fd)),
-        Err(e) => {
-            tracing::debug!(function = %func.name, error = %e, "keeping a connection");
-            func.ledger.failed(Outcome::HandlerError);
-            return Delivery::Handled;
-        }
-    };
-    let waiting = Waiting {
-        client,
-        accepted,
-        lease,
-    };
-    if !func.pool.expects_returns() {
-        return Delivery::Cold(waiting);
-    }
-    wait_for_return(rt, func, waiting);
-    Delivery::Handled
 }
 
 /// Offers connections accepted together (`conns`, a lease each) to the
@@ -103,18 +61,17 @@ fn without_pool(
 /// share in one message — shared among the handlers waiting now, so none
 /// idles while another has a queue — and a burst costs a wake-up per
 /// handler instead of one per connection. The rest, once the pool is
-/// empty, wait or need a cold start as in `deliver`; the latter are
-/// returned.
+/// empty, go on as in `deliver`.
 pub fn deliver_many(
     rt: &Arc<Runtime>,
     func: &Arc<Function>,
     conns: &[BorrowedFd<'_>],
     accepted: Instant,
     leases: Vec<Lease>,
-) -> Vec<Waiting> {
+) {
     let mut leases = VecDeque::from(leases);
     let mut next = 0;
-    while next < conns.len() {
+    while next < conns.len() && leases.len() == conns.len() - next {
         let Some(slot) = func.pool.take() else { break };
         let handlers = func.pool.ready() as usize + 1;
         let n = slot
@@ -122,49 +79,23 @@ pub fn deliver_many(
             .min((conns.len() - next).div_ceil(handlers))
             .max(1);
         let chunk = &conns[next..next + n];
-        let handed = match chunk {
-            [client] => {
-                let Some(lease) = leases.pop_front() else {
-                    func.pool.push(slot);
-                    break;
-                };
-                slot.hand_over(*client, lease)
-                    .map_err(|(l, e)| (vec![l], e))
-            }
-            _ => slot.hand_over_batch(chunk, leases.drain(..n).collect()),
-        };
-        func.pool.taken();
-        match handed {
-            Ok(handed) => {
-                for _ in chunk {
-                    func.ledger.handed_over(accepted.elapsed(), true);
-                }
-                handed.follow(func);
-                next += n;
-            }
-            // That handler died while waiting; its supervisor replaces it.
-            Err((back, e)) => {
-                tracing::debug!(function = %func.name, error = %e, "warm container gone");
+        let handed = slot.hand_over_many(chunk, leases.drain(..n).collect());
+        match settle(func, handed, n, accepted) {
+            Ok(()) => next += n,
+            Err(back) => {
                 for lease in back.into_iter().rev() {
                     leases.push_front(lease);
                 }
             }
         }
     }
-    conns[next..]
-        .iter()
-        .zip(leases)
-        .filter_map(
-            |(client, lease)| match without_pool(rt, func, *client, accepted, lease) {
-                Delivery::Cold(waiting) => Some(waiting),
-                Delivery::Handled => None,
-            },
-        )
-        .collect()
+    for (client, lease) in conns[next..].iter().zip(leases) {
+        without_pool(rt, func, *client, accepted, lease);
+    }
 }
 
-/// Hands `client` to a container waiting in the pool and records the hit;
-/// the lease comes back if none is waiting.
+/// Hands `client` to a container waiting in the pool; the lease comes
+/// back if none is waiting.
 fn from_pool(
     func: &Arc<Function>,
     client: BorrowedFd<'_>,
@@ -172,22 +103,69 @@ fn from_pool(
     mut lease: Lease,
 ) -> Result<(), Lease> {
     while let Some(slot) = func.pool.take() {
-        let handed = slot.hand_over(client, lease);
-        func.pool.taken();
-        match handed {
-            Ok(handed) => {
-                func.ledger.handed_over(accepted.elapsed(), true);
-                handed.follow(func);
-                return Ok(());
-            }
-            // That handler died while waiting; its supervisor replaces it.
-            Err((back, e)) => {
-                tracing::debug!(function = %func.name, error = %e, "warm container gone");
-                lease = back;
-            }
+        match settle(func, slot.hand_over(client, lease), 1, accepted) {
+            Ok(()) => return Ok(()),
+            Err(back) => lease = back,
         }
     }
     Err(lease)
+}
+
+/// What follows a hand-over of `count` connections accepted at `accepted`
+/// to a container taken from the pool: the hits counted and the
+/// container followed, or, from a handler that died while waiting (its
+/// supervisor replaces it), the leases back.
+fn settle<L>(
+    func: &Arc<Function>,
+    handed: Result<Handed, (L, io::Error)>,
+    count: usize,
+    accepted: Instant,
+) -> Result<(), L> {
+    func.pool.taken();
+    match handed {
+        Ok(handed) => {
+            for _ in 0..count {
+                func.ledger.handed_over(accepted.elapsed(), true);
+            }
+            handed.follow(func);
+            Ok(())
+        }
+        Err((back, e)) => {
+            tracing::debug!(function = %func.name, error = %e, "warm container gone");
+            Err(back)
+        }
+    }
+}
+
+/// A connection no waiting container took: it waits for a busy reuse-mode
+/// container to come back, or gets a container started for it. The one
+/// place a connection's cold start is decided (the watchdog below decides
+/// it for those that wait).
+fn without_pool(
+    rt: &Arc<Runtime>,
+    func: &Arc<Function>,
+    conn: BorrowedFd<'_>,
+    accepted: Instant,
+    lease: Lease,
+) {
+    let client = match conn.try_clone_to_owned() {
+        Ok(fd) => Foreign::new(TcpStream::from(fd)),
+        Err(e) => {
+            tracing::debug!(function = %func.name, error = %e, "keeping a connection");
+            func.ledger.failed(Outcome::HandlerError);
+            return;
+        }
+    };
+    let waiting = Waiting {
+        client,
+        accepted,
+        lease,
+    };
+    if func.pool.expects_returns() {
+        wait_for_return(rt, func, waiting);
+    } else {
+        rt.serve_cold(Arc::clone(func), waiting, None);
+    }
 }
 
 /// Reuse mode, every container busy: the connection queues for the first
@@ -240,93 +218,6 @@ fn should_scale_out(func: &Function, since: Instant) -> bool {
     func.pool.scaling.load(Ordering::Acquire) == 0 || since.elapsed() >= MAX_WAIT
 }
 
-/// A cold start adding a container for waiting connections; counted in
-/// the pool until dropped (when the start is over, either way).
-pub struct ScaleOut(Arc<Function>);
-
-impl ScaleOut {
-    fn new(func: Arc<Function>) -> Self {
-        func.pool.scaling.fetch_add(1, Ordering::AcqRel);
-        Self(func)
-    }
-}
-
-impl Drop for ScaleOut {
-    fn drop(&mut self) {
-        self.0.pool.scaling.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Connections waiting for one of a function's reuse-mode containers,
-/// oldest first. Served by returning containers and, past the scale-out
-/// wait, by the watchdog; almost always from one core, so the lock is
-/// uncontended.
-#[derive(Default)]
-pub struct Waiters {
-    queue: Mutex<VecDeque<Waiting>>,
-    /// Kept beside the queue, so an empty one is seen without the lock.
-    len: AtomicUsize,
-    /// A watchdog task runs.
-    watched: AtomicBool,
-}
-
-impl Waiters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `waiting`; true when no watchdog runs yet (start one).
-    fn push(&self, waiting: Waiting) -> bool {
-        self.lock().push_back(waiting);
-        self.len.fetch_add(1, Ordering::AcqRel);
-        !self.watched.swap(true, Ordering::AcqRel)
-    }
-
-    fn push_front(&self, waiting: Waiting) {
-        self.lock().push_front(waiting);
-        self.len.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0
-    }
-
-    /// The oldest connection still waiting.
-    fn pop(&self) -> Option<Waiting> {
-        if self.is_empty() {
-            return None;
-        }
-        let popped = self.lock().pop_front();
-        if popped.is_some() {
-            self.len.fetch_sub(1, Ordering::AcqRel);
-        }
-        popped
-    }
-
-    /// The oldest, if `due` says so of the moment it was accepted.
-    fn pop_if(&self, due: impl FnOnce(Instant) -> bool) -> Option<Waiting> {
-        let mut queue = self.lock();
-        let since = queue.front()?.accepted;
-        if !due(since) {
-            return None;
-        }
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        queue.pop_front()
-    }
-
-    fn oldest(&self) -> Option<Instant> {
-        self.lock().front().map(|w| w.accepted)
-    }
-
-    /// The watchdog's end: true if the queue is still empty once it has
-    /// said it stops (a connection queued meanwhile started no other).
-    fn stop_watching(&self) -> bool {
-        self.watched.store(false, Ordering::Release);
-        fence(Ordering::SeqCst);
-        self.is_empty() || self.watched.swap(true, Ordering::AcqRel)
-    }
-}
-
 /// Gives a reuse-mode container that came back the oldest waiting
 /// connection — or, if its handler takes several at once, up to that
 /// many; the slot comes back if nobody waits.
@@ -373,15 +264,7 @@ fn serve(slot: Slot, func: &Arc<Function>, taken: Vec<Waiting>) -> Handed {
     }
     let handed = {
         let fds: Vec<BorrowedFd<'_>> = clients.iter().map(|c| c.as_fd()).collect();
-        match (fds.as_slice(), leases.pop()) {
-            ([fd], Some(lease)) if leases.is_empty() => slot
-                .hand_over(*fd, lease)
-                .map_err(|(lease, e)| (vec![lease], e)),
-            (_, last) => {
-                leases.extend(last);
-                slot.hand_over_batch(&fds, leases)
-            }
-        }
+        slot.hand_over_many(&fds, leases)
     };
     match handed {
         Ok(handed) => {
