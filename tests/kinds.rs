@@ -123,7 +123,10 @@ fn get_from(ip: IpAddr, path: &str) -> (String, u16) {
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let port = s.local_addr().expect("local address").port();
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
+    // In one write (see `http_get_on`): the polling server below answers
+    // what its first read got.
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .expect("request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("response");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());

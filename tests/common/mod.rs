@@ -720,10 +720,12 @@ pub fn http_get_on(
     let addr = s.peer_addr()?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write, as real clients send a request: `write!` on an
+    // unbuffered stream writes each piece of the format on its own, and a
+    // server that answers what its first read got and closes turns the
+    // next piece into a reset (EPIPE here).
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
