@@ -46,6 +46,12 @@ for runtime, limit in (("runc", 0.9), ("crun", 2.0)):
 rate = mean(list(rates.values()))
 row("(crun's own creation rate, 4 loops)", f"{r['crun_rate']['per_s']:.0f}/s", f"{rate:.0f}/s",
     f"{r['crun_rate']['per_s'] / rate:.2f}", "—", True)
+crun = r["crun_rate"]["per_s"]
+for key, what in (("exec", "exec a static no-op"), ("exit", "exit without exec"),
+                  ("exec_net", "exec, with a network namespace too")):
+    n = r["fork_ref"][key]
+    row(f"(#24's ceiling: clone into user, mount, pid, ipc, uts namespaces, tmpfs /tmp, {what}; 2 workers)",
+        f"{n:.0f}/s", f"crun's creation rate {crun:.0f}/s", f"{n / crun:.1f}", "—", True)
 
 for runtime in ("runc", "crun"):
     c = r[f"cold_{runtime}"]

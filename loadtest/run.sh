@@ -29,6 +29,10 @@
 #                --socket-activation with the plain server's code against it on
 #                the host (wrk -t2 -c32); alternated
 #   metrics      warm p50 and reuse wrk with metrics on and with --no-metrics
+#   fork ceiling the machine's own rate of fresh sandboxes without a container
+#                runtime (loadtest/forkref.c, 2 workers, 5 s each: exec a static
+#                no-op, exit at once, exec with a network namespace and its
+#                teardown), beside crun's creation rate: #24's yardstick
 # Prints the ratios and writes loadtest/out/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -177,6 +181,21 @@ for runtime in runc crun; do
     fi
     stop_faasd
 done
+
+# #24's yardstick: how many fresh sandboxes per second this machine makes
+# without any container runtime (loadtest/forkref.c: clone into new
+# user, mount, pid, ipc and uts namespaces, a tmpfs on /tmp; exec a static
+# no-op, or exit at once; and exec with a network namespace too).
+echo "== the machine's ceiling for a fresh sandbox per connection (forkref, 2 workers)" >&2
+gcc -O2 -o "$work/forkref" loadtest/forkref.c
+noop=$PWD/target/loadtest-noop # outside /tmp, which each child covers
+printf 'int main(void) { return 0; }\n' | gcc -O2 -static -x c -o "$noop" -
+fork_ref=()
+for mode in exec exit "exec net"; do
+    # shellcheck disable=SC2086 # "exec net" is two arguments
+    fork_ref+=("$("$work/forkref" $mode 5 2 "$noop")")
+done
+put fork_ref "{\"exec\": ${fork_ref[0]}, \"exit\": ${fork_ref[1]}, \"exec_net\": ${fork_ref[2]}}"
 
 echo "== reuse against the plain server, cores 2 against cores 1 (alternated)" >&2
 plain_runs=(); reuse2_runs=(); reuse1_runs=()
