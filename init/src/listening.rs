@@ -76,10 +76,11 @@ fn dump(family: u8) -> nix::Result<Vec<(SocketAddr, u64)>> {
 fn request(family: u8) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut socket_id = SocketId::new_v4();
-    if family == AF_INET6 {
-        socket_id = SocketId::new_v6();
-    }
+    let socket_id = if family == AF_INET6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
+    };
     let mut message = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {

@@ -1,9 +1,8 @@
 //! Handing an accepted connection to a container that is already running
-//! (`deliver`, the data plane's one call), and the one place that decides
-//! that a connection needs a container of its own (`Runtime::serve_cold`):
-//! one waiting in the pool, or —
-//! in reuse mode, when none waits but some are busy — the first busy one
-//! to come back. A fast handler comes back within tens of microseconds,
+//! (`deliver`, the data plane's one call) — one waiting in the pool, or,
+//! in reuse mode when none waits but some are busy, the first busy one to
+//! come back — and the one place that decides that a connection needs a
+//! container of its own (`Runtime::serve_cold`). A fast handler comes back within tens of microseconds,
 //! far sooner than a cold start (~30 ms), and without adding a container;
 //! a connection still waiting after `SCALE_OUT_AFTER` goes to a cold start
 //! after all (the load needs one more container) — unless another
@@ -71,6 +70,8 @@ pub fn deliver_many(
 ) {
     let mut leases = VecDeque::from(leases);
     let mut next = 0;
+    // A lease per connection not yet handed over (the caller's and
+    // `settle`'s doing); checked, so a caller's slip cannot panic a core.
     while next < conns.len() && leases.len() == conns.len() - next {
         let Some(slot) = func.pool.take() else { break };
         let handlers = func.pool.ready() as usize + 1;

@@ -4,11 +4,10 @@
 //! containers waiting for connections (`pool`: warm slots, waiting
 //! connections, reuse mode's state). Above them: handing a connection over
 //! and deciding its cold start (`handoff`), the cold path (`cold`), keeping
-//! pools filled (`refill`). Below: the OCI
-//! runtime's command line (`oci`: runc, crun or another), child reaping
-//! (`reaper`), cleanup at idle priority (`janitor`), passing the client
-//! socket (`fdpass`), handler output (`logs`) and each function's ledger
-//! of outcomes (`ledger`).
+//! pools filled (`refill`). Below: the OCI runtime's command line (`oci`:
+//! runc, crun or another), child reaping (`reaper`), cleanup at idle
+//! priority (`janitor`), passing the client socket (`fdpass`), handler
+//! output (`logs`) and each function's ledger of outcomes (`ledger`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -16,10 +16,11 @@
 //! without linger; an abortive linger of 0 is kept: it never waits) and
 //! closes. Where the kernel lets containers send descriptors, faasd's own
 //! end of a Unix socket a container sends on (its control connection and
-//! listener: `Foreign::endpoint`) is emptied first: what a container sent and faasd never read (descriptors, where
-//! the kernel lacks `SO_PASSRIGHTS`; connections not accepted) is taken
-//! out and released the same way, rather than closed inside the socket's
-//! close, linger and all. A close that waits anyway (the container set the
+//! listener: `Foreign::endpoint`) is emptied first: what a container sent
+//! and faasd never read (descriptors, where the kernel lacks
+//! `SO_PASSRIGHTS`; connections not accepted) is taken out and released
+//! the same way, rather than closed inside the socket's close, linger and
+//! all. A close that waits anyway (the container set the
 //! linger again between the two calls, or sent more than `DRAIN_BUDGET`)
 //! is interrupted: a watchdog that sees one close outlast `STUCK` signals
 //! the thread (`SIGURG`, caught by a no-op handler), which ends the

@@ -159,7 +159,7 @@ impl WarmPool {
     }
 
     /// A taken one-shot container is used (or turned out dead): its
-    /// replacement starts shortly (`REFILL_AFTER_TAKE`) — woken after the
+    /// replacement starts shortly (`refill::REFILL_AFTER_TAKE`) — woken after the
     /// hand-over, so that waking the refiller costs the connection nothing.
     pub fn taken(&self) {
         if !self.reuse {
