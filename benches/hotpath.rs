@@ -43,6 +43,7 @@ fn spec(c: &mut Criterion) {
             let spec = render(&SpecInput {
                 function: "bench",
                 rootfs: Path::new("/var/lib/faasd/rootfs/bench-v1"),
+                image_root: Path::new("/var/lib/faasd/rootfs/bench-v1"),
                 control_sock: &bundle.join("control.sock"),
                 image: &image,
                 options: &options,

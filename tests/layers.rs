@@ -58,7 +58,7 @@ fn layers(d: &Daemon) -> Vec<String> {
         .expect("layer store")
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !["top", "empty", "refs"].contains(&n.as_str()))
+        .filter(|n| !["top-2", "empty", "refs"].contains(&n.as_str()))
         .collect();
     v.sort();
     v

@@ -47,6 +47,12 @@ pub fn serve(port: u16, program: &[OsString]) -> Result<ExitCode, String> {
     // While faas-init has one thread: the spawn forks.
     let (child, calls) = match Listener::spawn(&mut command, STOPS) {
         Ok(started) => started,
+        Err(e) if crate::handed::in_fork_child() => {
+            return Err(format!(
+                "cannot start {:?} with its accept stopped: {e}",
+                program[0]
+            ))
+        }
         Err(e) => {
             eprintln!(
                 "faas-init: cannot start {:?} with its accept stopped ({e}); relaying instead",

@@ -8,7 +8,10 @@
 //! before its exec, so they are gone from it; the variable goes too.
 #![allow(unsafe_code)]
 
+use std::ffi::OsString;
 use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::sync::OnceLock;
 
 use nix::libc;
@@ -72,6 +75,15 @@ pub fn drop_for_program() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The command that starts `program` without faas-init's capabilities.
+pub fn command(program: &[OsString]) -> Command {
+    let mut command = Command::new(&program[0]);
+    command.args(&program[1..]);
+    // SAFETY: only syscalls between fork and exec (`drop_for_program`).
+    unsafe { command.pre_exec(drop_for_program) };
+    command
 }
 
 /// Empties this process's inheritable set (lowering it needs nothing).

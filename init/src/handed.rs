@@ -1,8 +1,9 @@
 //! What faasd hands faas-init: taking it (one descriptor on
-//! `/control.sock`), and answering a connection for a program that ended
-//! before it took it.
+//! `/control.sock`, or the connection a `--fork` child was cloned with),
+//! and answering a connection for a program that ended before it took it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
 
 use faas_handler::Control;
 
@@ -42,8 +43,30 @@ fn drain(conn: &OwnedFd) {
     }
 }
 
-/// Connects to faasd and waits for one descriptor.
+/// The connection a `--fork` child serves, there before anything asks.
+static PRESET: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// Makes `conn` what the next `receive` returns: a `--fork` child has its
+/// connection from the zygote, and must never connect to faasd itself.
+pub fn preset(conn: OwnedFd) {
+    *PRESET.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+}
+
+/// Whether this process is a `--fork` child (its connection was preset).
+pub fn in_fork_child() -> bool {
+    crate::fork::is_child()
+}
+
+/// Connects to faasd and waits for one descriptor (a `--fork` child: its
+/// connection).
 pub fn receive(what: &str) -> Result<OwnedFd, String> {
+    if in_fork_child() {
+        return PRESET
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| format!("a fork child asked twice for {what}"));
+    }
     let mut control =
         Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;
     control

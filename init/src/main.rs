@@ -16,6 +16,10 @@
 //! /.faas-init bind N -- PROGRAM ARGS...     the same server, reused: its bind of port N
 //!                                           gets the function's listening socket, and
 //!                                           it accepts by itself (see `bind`)
+//! /.faas-init fork MODE -- PROGRAM ARGS...  `--fork`: a zygote that serves each connection
+//!                                           in a fresh child, as MODE (stdio, port N, or
+//!                                           control: PROGRAM speaks faasd's protocol)
+//!                                           serves one (see `fork`, `child`)
 //! ```
 //!
 //! A pool container waits here (connected to `/control.sock`), so per
@@ -34,23 +38,29 @@ use handed::receive;
 mod accept;
 mod bind;
 mod caps;
+mod child;
+mod control;
 mod cpu;
 mod exec;
 mod flow;
+mod fork;
 mod handed;
 mod listening;
 mod port;
 mod relay;
+mod seal;
 mod stdio;
 mod unotify;
 
 /// How `faas-init` was asked to run the program.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Stdio,
     Listen,
     Port(u16),
     Bind(u16),
+    /// A program of faasd's protocol (`--fork` only).
+    Control,
 }
 
 fn main() -> ExitCode {
@@ -63,10 +73,16 @@ fn main() -> ExitCode {
     }
     caps::take();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let (mode, program) = match parse(&args) {
+    let (forked, mode, program) = match parse(&args) {
         Ok(parsed) => parsed,
         Err(e) => return fail(&e),
     };
+    if forked {
+        return match fork::serve(mode, &program) {
+            Ok(code) => code,
+            Err(e) => fail(&e),
+        };
+    }
     let result = match mode {
         Mode::Stdio => stdio::serve(&program),
         Mode::Listen => listen(&program),
@@ -74,6 +90,7 @@ fn main() -> ExitCode {
         Mode::Port(port) => port::serve(port, &program),
         Mode::Bind(port) => receive("the listening socket")
             .and_then(|listener| bind::serve(port, &program, listener)),
+        Mode::Control => Err("control needs fork".into()),
     };
     match result {
         Ok(code) => code,
@@ -86,24 +103,30 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// `MODE [N] -- PROGRAM ARGS...`
-fn parse(args: &[OsString]) -> Result<(Mode, Vec<OsString>), String> {
+/// `[fork] MODE [N] -- PROGRAM ARGS...`: whether forked, the mode, the
+/// program.
+fn parse(args: &[OsString]) -> Result<(bool, Mode, Vec<OsString>), String> {
     let dashes = args
         .iter()
         .position(|a| a == "--")
-        .ok_or("usage: faas-init stdio|listen|port N|bind N -- PROGRAM [ARGS...]")?;
+        .ok_or("usage: faas-init [fork] stdio|listen|port N|bind N|control -- PROGRAM [ARGS...]")?;
     let (head, program) = (&args[..dashes], &args[dashes + 1..]);
     if program.is_empty() {
         return Err("the image names no program to run (no Entrypoint or Cmd)".into());
     }
+    let (forked, head) = match head {
+        [first, rest @ ..] if first == "fork" => (true, rest),
+        _ => (false, head),
+    };
     let mode = match head {
         [m] if m == "stdio" => Mode::Stdio,
-        [m] if m == "listen" => Mode::Listen,
+        [m] if m == "listen" && !forked => Mode::Listen,
+        [m] if m == "control" && forked => Mode::Control,
         [m, n] if m == "port" => Mode::Port(port_number(n)?),
-        [m, n] if m == "bind" => Mode::Bind(port_number(n)?),
+        [m, n] if m == "bind" && !forked => Mode::Bind(port_number(n)?),
         _ => return Err(format!("unknown mode {head:?}")),
     };
-    Ok((mode, program.to_vec()))
+    Ok((forked, mode, program.to_vec()))
 }
 
 fn port_number(n: &OsString) -> Result<u16, String> {
@@ -156,24 +179,41 @@ mod tests {
 
     #[test]
     fn parses_the_three_modes() {
-        let (mode, program) = parse(&args(&["stdio", "--", "/bin/sh", "-c", "x"])).expect("stdio");
-        assert_eq!((mode, program.len()), (Mode::Stdio, 3));
+        let (forked, mode, program) =
+            parse(&args(&["stdio", "--", "/bin/sh", "-c", "x"])).expect("stdio");
+        assert_eq!((forked, mode, program.len()), (false, Mode::Stdio, 3));
         assert_eq!(
-            parse(&args(&["listen", "--", "srv"])).expect("listen").0,
+            parse(&args(&["listen", "--", "srv"])).expect("listen").1,
             Mode::Listen
         );
         assert_eq!(
             parse(&args(&["port", "8080", "--", "srv"]))
                 .expect("port")
-                .0,
+                .1,
             Mode::Port(8080)
         );
         assert_eq!(
             parse(&args(&["bind", "8080", "--", "srv"]))
                 .expect("bind")
-                .0,
+                .1,
             Mode::Bind(8080)
         );
+    }
+
+    #[test]
+    fn parses_the_fork_modes() {
+        for (list, mode) in [
+            (&["fork", "stdio", "--", "srv"][..], Mode::Stdio),
+            (&["fork", "control", "--", "srv"][..], Mode::Control),
+            (&["fork", "port", "80", "--", "srv"][..], Mode::Port(80)),
+        ] {
+            assert!(parse(&args(list)).expect("fork").0);
+            assert_eq!(parse(&args(list)).expect("fork").1, mode);
+        }
+        assert!(parse(&args(&["fork", "listen", "--", "srv"])).is_err());
+        assert!(parse(&args(&["fork", "bind", "80", "--", "srv"])).is_err());
+        assert!(parse(&args(&["control", "--", "srv"])).is_err());
+        assert!(parse(&args(&["fork", "--", "srv"])).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -88,14 +88,7 @@ pub fn relay_accepted(
 /// Starts the server, and as the container's first process reaps it and
 /// every orphan in it (see `reap`); returns whether it has ended.
 pub fn start(program: &[OsString]) -> Result<Arc<Ended>, String> {
-    let mut command = Command::new(&program[0]);
-    command.args(&program[1..]);
-    // SAFETY: only syscalls between fork and exec (`caps`).
-    #[allow(unsafe_code)]
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, crate::caps::drop_for_program)
-    };
-    let server = command
+    let server = crate::caps::command(program)
         .spawn()
         .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
     watch(Pid::from_raw(server.id() as i32))

@@ -18,15 +18,16 @@ use nix::libc;
 
 /// `AUDIT_ARCH_X86_64`: the only architecture whose calls are looked at;
 /// the container's own filter refuses any other outright.
-const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+pub const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 /// Offsets in `struct seccomp_data`.
-const NR: u32 = 0;
-const ARCH: u32 = 4;
-const ARGS: u32 = 16;
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_JGE_K: u16 = 0x35;
-const BPF_RET_K: u16 = 0x06;
+pub const NR: u32 = 0;
+pub const ARCH: u32 = 4;
+pub const ARGS: u32 = 16;
+pub const BPF_LD_W_ABS: u16 = 0x20;
+pub const BPF_JEQ_K: u16 = 0x15;
+pub const BPF_JGE_K: u16 = 0x35;
+pub const BPF_JSET_K: u16 = 0x45;
+pub const BPF_RET_K: u16 = 0x06;
 
 /// A syscall the filter stops: every call of it, or only the calls whose
 /// descriptor arguments (by position) include 0 or 1, stdin or stdout.
@@ -246,6 +247,16 @@ impl Listener {
 /// `seccomp(SECCOMP_SET_MODE_FILTER, NEW_LISTENER)`: the listener's
 /// descriptor.
 fn install_filter(program: &mut [libc::sock_filter]) -> io::Result<RawFd> {
+    install(program, libc::SECCOMP_FILTER_FLAG_NEW_LISTENER)
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER)` of a filter that answers every call
+/// itself (a `--fork` child's seal).
+pub fn install_plain(program: &mut [libc::sock_filter]) -> io::Result<()> {
+    install(program, 0).map(drop)
+}
+
+fn install(program: &mut [libc::sock_filter], flags: libc::c_ulong) -> io::Result<RawFd> {
     let fprog = libc::sock_fprog {
         len: u16::try_from(program.len()).map_err(|_| io::ErrorKind::InvalidInput)?,
         filter: program.as_mut_ptr(),
@@ -257,7 +268,7 @@ fn install_filter(program: &mut [libc::sock_filter]) -> io::Result<RawFd> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };

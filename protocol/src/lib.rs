@@ -28,6 +28,37 @@ pub mod layout {
     pub const FAAS_INIT: &str = "/.faas-init";
     /// The function's secrets, one read-only file each.
     pub const SECRETS: &str = "/run/secrets";
+    /// The image's root once more, read-only and with nothing mounted
+    /// in it, in a `--fork` zygote's container: the lower layer of each
+    /// child's own writable root (the container's `/` cannot be one: the
+    /// kernel's mounts in it are locked to a child).
+    pub const IMAGE: &str = "/.faas-image";
+
+    /// Paths of the kernel's filesystems a container never sees (masked
+    /// as Docker masks them: `/dev/null` over files, an empty read-only
+    /// tmpfs over directories). faasd has the runtime mask them; under
+    /// `--fork` faas-init masks them again in each child's own `/proc`.
+    pub const MASKED: &[&str] = &[
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ];
+    /// Paths a container sees read-only.
+    pub const READONLY: &[&str] = &[
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ];
 
     /// `path` without its leading `/`: where it is inside a rootfs.
     pub const fn in_rootfs(path: &str) -> &str {
@@ -39,6 +70,28 @@ pub mod layout {
             _ => path,
         }
     }
+}
+
+/// What faasd tells the zygote of a `--fork` function (`faas-init fork`)
+/// in its environment; faas-init takes each out before a child runs the
+/// image's program.
+pub mod fork {
+    /// Children alive at once, at most (the zygote asks for no more
+    /// connections meanwhile).
+    pub const MAX_CHILDREN: &str = "FAAS_FORK_MAX";
+    /// Milliseconds a child may live: its connection's timeout.
+    pub const TIMEOUT_MS: &str = "FAAS_FORK_TIMEOUT_MS";
+    /// The capabilities (numbers, comma-separated) the image's program
+    /// may hold, as in a fresh container of the function.
+    pub const CAPS: &str = "FAAS_FORK_CAPS";
+    /// Each child's writable root: `overlay:BYTES` (a fresh writable
+    /// layer of that size over the read-only image) or `ro`.
+    pub const ROOT: &str = "FAAS_FORK_ROOT";
+    /// Where a child gets fresh tmpfs mounts: `PATH:BYTES:UID:GID:MODE`
+    /// entries separated by `;` (`/tmp` and the image's volumes).
+    pub const TMPFS: &str = "FAAS_FORK_TMPFS";
+    /// Every variable above.
+    pub const ALL: &[&str] = &[MAX_CHILDREN, TIMEOUT_MS, CAPS, ROOT, TMPFS];
 }
 
 /// Most connections faasd hands over in one message.

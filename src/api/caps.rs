@@ -96,6 +96,15 @@ pub fn resolve(add: &[String], drop: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The kernel's number of a `CAP_` name (`KNOWN` is in the kernel's order).
+pub fn number(cap: &str) -> Option<u32> {
+    let bare = cap.strip_prefix("CAP_").unwrap_or(cap);
+    KNOWN
+        .iter()
+        .position(|c| *c == bare)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

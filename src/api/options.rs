@@ -149,6 +149,10 @@ pub struct DeployOptions {
     pub cap_add: Vec<String>,
     /// Capabilities taken from it, or `ALL`.
     pub cap_drop: Vec<String>,
+    /// Every connection is served in a fresh child of a zygote held in a
+    /// pool container (`faas-init fork`), with its own namespaces and
+    /// writable paths, instead of in a fresh container.
+    pub fork: bool,
 }
 
 /// A destination a function with egress may reach: an IPv4 prefix, and
@@ -265,6 +269,7 @@ impl Default for DeployOptions {
             scratch: DEFAULT_SCRATCH,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
+            fork: false,
         }
     }
 }
@@ -325,12 +330,30 @@ impl DeployOptions {
             HandlerKind::SocketActivation if self.reuse => {
                 return Err("--socket-activation and --reuse exclude each other: an activated server accepts every connection itself".into())
             }
+            HandlerKind::SocketActivation if self.fork => {
+                return Err("--fork and --socket-activation exclude each other: an activated server accepts every connection itself, in one process".into())
+            }
+            _ if self.fork && self.reuse => {
+                return Err("--fork and --reuse exclude each other: --fork serves every connection in a fresh child, --reuse one program many".into())
+            }
             HandlerKind::SocketActivation if self.warm == 0 => {
                 return Err("--socket-activation needs --warm of at least 1: its containers are the servers".into())
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether `faas-init` runs first in the function's containers: the
+    /// kinds it serves, and every `--fork` function (it is the zygote).
+    pub fn runs_init(&self) -> bool {
+        self.kind.needs_init() || self.fork
+    }
+
+    /// Whether a container serves many connections, one after another or
+    /// at once: reuse, and a `--fork` zygote.
+    pub fn serves_many(&self) -> bool {
+        self.reuse || self.fork
     }
 
     /// Whether the function's listener holds a connection back until the

@@ -35,6 +35,7 @@ pub struct OptionsPatch {
     pub cap_add: Option<Vec<String>>,
     /// All the dropped ones (given means replaced).
     pub cap_drop: Option<Vec<String>>,
+    pub fork: Option<bool>,
 }
 
 impl From<&DeployOptions> for OptionsPatch {
@@ -58,6 +59,7 @@ impl From<&DeployOptions> for OptionsPatch {
             scratch: Some(o.scratch),
             cap_add: Some(o.cap_add.clone()),
             cap_drop: Some(o.cap_drop.clone()),
+            fork: Some(o.fork),
         }
     }
 }
@@ -109,6 +111,7 @@ impl OptionsPatch {
                 .cap_drop
                 .clone()
                 .unwrap_or_else(|| base.cap_drop.clone()),
+            fork: self.fork.unwrap_or(base.fork),
         };
         out.validate()?;
         Ok(out)
@@ -170,6 +173,7 @@ impl OptionsPatch {
             None => {}
         }
         put("read_only", self.read_only.map(|v| v.to_string()));
+        put("fork", self.fork.map(|v| v.to_string()));
         put("scratch", self.scratch.map(|v| v.to_string()));
         for (key, list) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
             match list {
@@ -231,6 +235,7 @@ impl OptionsPatch {
                 }
                 "egress" => p.egress = Some(parse_bool("egress", &value)?),
                 "read_only" => p.read_only = Some(parse_bool("read_only", &value)?),
+                "fork" => p.fork = Some(parse_bool("fork", &value)?),
                 "scratch" => p.scratch = Some(parse_size(&value)?),
                 "cap_add" | "cap_drop" => {
                     let list = if key == "cap_add" {

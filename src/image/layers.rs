@@ -19,12 +19,15 @@ use crate::sys::fs::remove_tree;
 use faas_protocol::layout;
 
 const REFS: &str = "refs";
-const TOP: &str = "top";
+/// Named for what it holds: a faasd that adds a mount point makes a new
+/// one (a layer under live mounts is never changed), and collects the old.
+const TOP: &str = "top-2";
 /// An empty layer: overlayfs wants two lower layers at least, and an
 /// image may have a single one (or none).
 const EMPTY: &str = "empty";
 /// Mount points in `top`: runc mounts /proc, /dev, /sys, /tmp; faasd its
-/// control socket, `faas-init` and the secrets directory.
+/// control socket, `faas-init`, the secrets directory and, for `--fork`,
+/// the image's root once more.
 const TOP_DIRS: &[(&str, u32)] = &[
     ("proc", 0o755),
     ("dev", 0o755),
@@ -33,6 +36,7 @@ const TOP_DIRS: &[(&str, u32)] = &[
     ("tmp", 0o1777),
     ("run", 0o755),
     (layout::in_rootfs(layout::SECRETS), 0o755),
+    (layout::in_rootfs(layout::IMAGE), 0o755),
 ];
 const TOP_FILES: &[&str] = &[
     layout::in_rootfs(layout::CONTROL_SOCKET),
@@ -282,7 +286,7 @@ mod tests {
         layers.rename(".staging-g", "g-v1").expect("rename");
         let stack = layers.stack("g-v1").expect("stack").expect("layered");
         let names: Vec<_> = stack.iter().filter_map(|p| p.file_name()).collect();
-        assert_eq!(names, ["top", "c", "b"], "top first, then the image's top");
+        assert_eq!(names, [TOP, "c", "b"], "top first, then the image's top");
         assert_eq!(layers.stack("old-copy").expect("stack"), None);
 
         assert_eq!(layers.release("f-v1").expect("release"), 1);

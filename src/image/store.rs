@@ -23,7 +23,13 @@ use crate::sys::fs::remove_tree;
 
 /// Mount points runc needs; created at deploy so the read-only rootfs is
 /// never written when a container starts.
-const MOUNT_DIRS: &[&str] = &["proc", "dev", "sys", "tmp"];
+const MOUNT_DIRS: &[&str] = &[
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+    layout::in_rootfs(layout::IMAGE),
+];
 /// The control socket's mount point (`faas_protocol::layout`).
 pub const CONTROL_SOCK: &str = layout::in_rootfs(layout::CONTROL_SOCKET);
 /// Where `faas-init` is bind-mounted in containers of the image kinds that

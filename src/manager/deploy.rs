@@ -332,7 +332,7 @@ impl Manager {
     /// What must hold before options are used: faas-init for the kinds
     /// that need it, every secret they name, forwarding for egress.
     fn check_options(&self, options: &DeployOptions) -> Result<(), ManagerError> {
-        if options.kind.needs_init() && self.runtime.config.init.is_none() {
+        if options.runs_init() && self.runtime.config.init.is_none() {
             return Err(ManagerError::NoInit(options.kind));
         }
         if options.egress {

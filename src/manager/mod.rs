@@ -194,7 +194,7 @@ impl Manager {
             ledger: Ledger::new(record.name.as_str(), stats),
             pool: WarmPool::new(
                 record.options.warm,
-                record.options.reuse || record.options.hands_listener(),
+                record.options.serves_many() || record.options.hands_listener(),
             ),
             id_base,
             listener: ActivationListener::default(),

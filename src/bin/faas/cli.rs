@@ -221,6 +221,9 @@ pub struct OptionArgs {
     /// The container's root is the image, read-only (default: a writable layer of its own, gone with the container).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub read_only: Option<bool>,
+    /// Serve every connection in a fresh child of a zygote in a pool container (its own namespaces, /tmp and writable root), not in a fresh container: per-connection isolation at fork speed (--fork=false: off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub fork: Option<bool>,
     /// Size of the writable layer and of each VOLUME (counted against --memory; default 64M).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub scratch: Option<u64>,
@@ -272,6 +275,7 @@ impl OptionArgs {
             egress: self.egress,
             egress_allow: (!self.egress_allow.is_empty()).then(|| self.egress_allow.clone()),
             read_only: self.read_only,
+            fork: self.fork,
             scratch: self.scratch,
             cap_add: (!self.cap_add.is_empty()).then(|| self.cap_add.clone()),
             cap_drop: (!self.cap_drop.is_empty()).then(|| self.cap_drop.clone()),

@@ -13,6 +13,7 @@ use super::{io, End, Guard, Process, Ready, Starting};
 use crate::metrics::Phase;
 use crate::runtime::oci::{self, Flavor, Oci};
 use crate::runtime::reactor::ControlListener;
+use crate::runtime::sandbox::seccomp::Profile;
 use crate::runtime::sandbox::spec::{render, SpecInput};
 use crate::runtime::sandbox::{bpf, cgroup, scratch};
 use crate::runtime::{logs, Function, Runtime, RuntimeError};
@@ -147,7 +148,7 @@ impl Starting {
         };
         guard.func.ledger.phase(Phase::HandlerConnect, t0.elapsed());
         // One-shot: the listener goes, so a second connect is refused.
-        let listener = guard.func.options.reuse.then_some(listener);
+        let listener = guard.func.options.serves_many().then_some(listener);
         Ok(Ready {
             guard,
             control,
@@ -193,7 +194,7 @@ impl Guard {
         // Mounted where the runtime will look (the state directory's view,
         // when that is another path: a mount under the bundles' tmpfs does
         // not show through the other).
-        let rootfs = if options.read_only && volumes.is_empty() {
+        let rootfs = if (options.read_only || options.fork) && volumes.is_empty() {
             self.rt.view.path(&self.func.rootfs.path)
         } else {
             let bundle = self.rt.view.path(&self.bundle);
@@ -211,12 +212,14 @@ impl Guard {
         let spec = render(&SpecInput {
             function: self.func.name.as_str(),
             rootfs: &rootfs,
+            image_root: &self.rt.view.path(&self.func.rootfs.path),
             control_sock: &self.rt.view.path(&sock),
             image: &self.func.image,
             options: &self.func.options,
             cgroup: &cgroup,
             id_base: self.func.id_base,
-            seccomp_bpf: (self.rt.oci.flavor() == Flavor::Crun).then(bpf::crun_annotation),
+            seccomp_bpf: (self.rt.oci.flavor() == Flavor::Crun)
+                .then(|| bpf::crun_annotation(Profile::of(options))),
             init: init.as_deref(),
             connect_timeout_ms: u64::try_from(self.rt.config.connect_timeout.as_millis())
                 .unwrap_or(u64::MAX),

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 
-use super::seccomp::{ALLOWED, CLONE_NAMESPACE_FLAGS, ENOSYS, EPERM};
+use super::seccomp::{Profile, ALLOWED, CLONE_NAMESPACE_FLAGS, ENOSYS, EPERM, ZYGOTE_ALLOWED};
 
 const LD_W_ABS: u16 = 0x20;
 const JEQ_K: u16 = 0x15;
@@ -57,12 +57,17 @@ const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
 
 /// The program for crun's `run.oci.seccomp_bpf_data`: base64 of the raw
 /// `sock_filter` array, built on first use.
-pub fn crun_annotation() -> &'static str {
-    static ENCODED: OnceLock<String> = OnceLock::new();
-    ENCODED.get_or_init(|| base64::engine::general_purpose::STANDARD.encode(bytes(&program())))
+pub fn crun_annotation(which: Profile) -> &'static str {
+    static DEFAULT: OnceLock<String> = OnceLock::new();
+    static ZYGOTE: OnceLock<String> = OnceLock::new();
+    let cell = match which {
+        Profile::Default => &DEFAULT,
+        Profile::Zygote => &ZYGOTE,
+    };
+    cell.get_or_init(|| base64::engine::general_purpose::STANDARD.encode(bytes(&program(which))))
 }
 
-fn program() -> Vec<Insn> {
+fn program(which: Profile) -> Vec<Insn> {
     let errno = |e: u32| stmt(RET_K, RET_ERRNO | e);
     let mut p = vec![
         stmt(LD_W_ABS, ARCH),
@@ -72,7 +77,18 @@ fn program() -> Vec<Insn> {
         jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
         errno(EPERM),
     ];
-    let mut numbers: Vec<u32> = ALLOWED.iter().filter_map(|name| number(name)).collect();
+    let zygote: &[&str] = match which {
+        Profile::Default => &[],
+        Profile::Zygote => ZYGOTE_ALLOWED,
+    };
+    let mut numbers: Vec<u32> = ALLOWED
+        .iter()
+        .chain(zygote)
+        .filter_map(|name| number(name))
+        .collect();
+    if which == Profile::Zygote {
+        numbers.extend(number("clone"));
+    }
     numbers.sort_unstable();
     numbers.dedup();
     for nr in numbers {
@@ -131,7 +147,7 @@ mod tests {
 
     #[test]
     fn the_program_checks_arch_then_allows_then_denies() {
-        let p = program();
+        let p = program(Profile::Default);
         assert!(p.len() < 4096, "the kernel takes at most 4096 instructions");
         assert_eq!(p[0], stmt(LD_W_ABS, ARCH));
         assert_eq!(p[1].k, AUDIT_ARCH_X86_64);
@@ -150,6 +166,16 @@ mod tests {
             }
         }
         assert_eq!(bytes(&p).len(), p.len() * 8);
-        assert!(!crun_annotation().is_empty());
+        assert!(!crun_annotation(Profile::Default).is_empty());
+        // A zygote's mount (165) is allowed.
+        let z = program(Profile::Zygote);
+        let mount = z
+            .iter()
+            .position(|i| i.code == JEQ_K && i.k == 165 && i.jf == 1);
+        assert!(mount.is_some_and(|at| z[at + 1] == stmt(RET_K, RET_ALLOW)));
+        assert_ne!(
+            crun_annotation(Profile::Zygote),
+            crun_annotation(Profile::Default)
+        );
     }
 }

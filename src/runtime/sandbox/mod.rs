@@ -8,7 +8,8 @@
 pub mod bpf;
 pub mod cgroup;
 pub mod egress;
+pub mod fork;
 pub mod scratch;
-mod seccomp;
+pub mod seccomp;
 pub mod spec;
 pub mod view;

@@ -317,8 +317,47 @@ pub(super) const ALLOWED: &[&str] = &[
     "cachestat",
 ];
 
+/// Which profile a container gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Every function's: no mounts, no namespaces.
+    Default,
+    /// A `--fork` zygote's: it makes each child's namespaces and mounts
+    /// (`ZYGOTE_ALLOWED`, and `clone` with any flags); each child forbids
+    /// them again with a filter of its own before the image's program runs.
+    Zygote,
+}
+
+impl Profile {
+    pub fn of(options: &crate::api::DeployOptions) -> Self {
+        match options.fork {
+            true => Profile::Zygote,
+            false => Profile::Default,
+        }
+    }
+}
+
+/// What a zygote may call beyond `ALLOWED`.
+pub(super) const ZYGOTE_ALLOWED: &[&str] = &["mount", "umount2", "pivot_root"];
+
 /// The `linux.seccomp` section of a container's spec.
-pub fn profile() -> Value {
+pub fn profile(which: Profile) -> Value {
+    let clone = match which {
+        Profile::Default => json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{
+                "index": 0,
+                "value": CLONE_NAMESPACE_FLAGS,
+                "valueTwo": 0,
+                "op": "SCMP_CMP_MASKED_EQ",
+            }],
+        }),
+        Profile::Zygote => json!({
+            "names": ([&["clone"], ZYGOTE_ALLOWED].concat()),
+            "action": "SCMP_ACT_ALLOW",
+        }),
+    };
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
@@ -328,16 +367,7 @@ pub fn profile() -> Value {
         "architectures": ["SCMP_ARCH_X86_64"],
         "syscalls": [
             { "names": ALLOWED, "action": "SCMP_ACT_ALLOW" },
-            {
-                "names": ["clone"],
-                "action": "SCMP_ACT_ALLOW",
-                "args": [{
-                    "index": 0,
-                    "value": CLONE_NAMESPACE_FLAGS,
-                    "valueTwo": 0,
-                    "op": "SCMP_CMP_MASKED_EQ",
-                }],
-            },
+            clone,
             // clone3's flags sit in memory seccomp cannot read: ENOSYS makes
             // libc fall back to clone, which is checked above.
             { "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS },
@@ -351,7 +381,7 @@ mod tests {
 
     #[test]
     fn denies_by_default_and_allows_what_serving_needs() {
-        let p = profile();
+        let p = profile(Profile::Default);
         assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
         let allowed: Vec<&str> = p["syscalls"][0]["names"]
             .as_array()
@@ -391,6 +421,13 @@ mod tests {
         ] {
             assert!(!allowed.contains(&denied), "{denied} must be denied");
         }
+        let zygote = profile(Profile::Zygote);
+        assert_eq!(zygote["syscalls"][1]["names"][1], "mount");
+        assert!(
+            zygote["syscalls"][1]["args"].is_null(),
+            "a zygote clones with any flags"
+        );
+        assert_eq!(p["syscalls"][1]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
         let mut sorted = allowed.clone();
         sorted.sort_unstable();
         sorted.dedup();

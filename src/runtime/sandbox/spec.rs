@@ -12,7 +12,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::seccomp;
+use super::fork;
+use super::seccomp::{self, Profile};
 use crate::api::{caps, DeployOptions, HandlerKind, Sandbox};
 use crate::image::owners::ID_RANGE;
 use crate::image::ImageConfig;
@@ -24,27 +25,6 @@ const TMP_SIZE: &str = "size=64m";
 /// One full CPU per container: a runaway handler cannot starve the node.
 const CPU_PERIOD_US: u64 = 100_000;
 const CPU_QUOTA_US: i64 = 100_000;
-
-const MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-const READONLY: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// What `render` applies, for `faas inspect`.
 pub fn sandbox(options: &DeployOptions, id_base: u32) -> Sandbox {
@@ -87,6 +67,8 @@ pub fn sandbox(options: &DeployOptions, id_base: u32) -> Sandbox {
 pub struct SpecInput<'a> {
     pub function: &'a str,
     pub rootfs: &'a Path,
+    /// The version's image root, read-only (as the runtime reaches it).
+    pub image_root: &'a Path,
     pub control_sock: &'a Path,
     pub image: &'a ImageConfig,
     pub options: &'a DeployOptions,
@@ -110,6 +92,7 @@ pub struct SpecInput<'a> {
 /// it in the function's handler kind.
 pub fn args(image: &ImageConfig, options: &DeployOptions) -> Vec<String> {
     let mode: Vec<String> = match options.kind {
+        _ if options.fork => fork::mode(options.kind),
         HandlerKind::ControlSocket => return image.argv(),
         HandlerKind::Stdio => vec!["stdio".into()],
         HandlerKind::SocketActivation => vec!["listen".into()],
@@ -156,9 +139,14 @@ pub fn environment(
         // Tells the handler it may ask for more connections.
         set("FAAS_REUSE=1".to_string());
     }
-    if options.kind.needs_init() {
+    if options.runs_init() {
         // faas-init gives a server this long (a little less) to listen.
         set(format!("FAAS_CONNECT_TIMEOUT={connect_timeout_ms}"));
+    }
+    if options.fork {
+        for kv in fork::environment(image, options) {
+            set(kv);
+        }
     }
     env
 }
@@ -169,11 +157,13 @@ pub fn environment(
 /// processes that changed user (nginx's workers: not dumpable), and
 /// CAP_SETPCAP, to drop it; each only where the function has not got it.
 fn init_capabilities(options: &DeployOptions, granted: &[String]) -> Vec<String> {
-    if !options.kind.needs_init() {
+    if !options.runs_init() {
         return Vec::new();
     }
+    let zygote = if options.fork { fork::ZYGOTE_CAPS } else { &[] };
     ["CAP_SYS_PTRACE", "CAP_SETPCAP"]
         .into_iter()
+        .chain(zygote.iter().copied())
         .filter(|c| !granted.iter().any(|g| g == c))
         .map(str::to_string)
         .collect()
@@ -181,12 +171,10 @@ fn init_capabilities(options: &DeployOptions, granted: &[String]) -> Vec<String>
 
 /// The environment with `FAAS_INIT_DROP` (capability numbers) for those.
 fn init_env(mut env: Vec<String>, init_only: &[String]) -> Vec<String> {
-    let numbers: Vec<&str> = init_only
+    let numbers: Vec<String> = init_only
         .iter()
-        .map(|c| match c.as_str() {
-            "CAP_SYS_PTRACE" => "19",
-            _ => "8",
-        })
+        .filter_map(|c| caps::number(c))
+        .map(|n| n.to_string())
         .collect();
     if !numbers.is_empty() {
         env.push(format!("FAAS_INIT_DROP={}", numbers.join(",")));
@@ -230,7 +218,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
             "noNewPrivileges": true,
         },
-        "root": { "path": rootfs, "readonly": options.read_only },
+        "root": { "path": rootfs, "readonly": options.read_only || options.fork },
         "annotations": annotations,
         "hostname": function,
         "mounts": mounts(input),
@@ -251,9 +239,9 @@ pub fn render(input: &SpecInput<'_>) -> Value {
             "sysctl": { "net.ipv4.ip_unprivileged_port_start": "0" },
             "uidMappings": ids,
             "gidMappings": ids,
-            "seccomp": seccomp::profile(),
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
+            "seccomp": seccomp::profile(Profile::of(options)),
+            "maskedPaths": if options.fork { &[] } else { layout::MASKED },
+            "readonlyPaths": if options.fork { &[] } else { layout::READONLY },
         },
     })
 }
@@ -339,7 +327,13 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Value> {
             "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
         }));
     }
-    if let (true, Some(init)) = (options.kind.needs_init(), init) {
+    if options.fork {
+        mounts.push(json!({
+            "destination": layout::IMAGE, "type": "bind", "source": input.image_root,
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }));
+    }
+    if let (true, Some(init)) = (options.runs_init(), init) {
         mounts.push(json!({
             "destination": layout::FAAS_INIT, "type": "bind", "source": init,
             "options": ["bind", "ro", "nosuid", "nodev"],
@@ -386,6 +380,7 @@ mod tests {
         let spec = render(&SpecInput {
             function: "f",
             rootfs: Path::new("/state/rootfs/f-v1"),
+            image_root: Path::new("/state/rootfs/f-v1"),
             control_sock: Path::new("/state/bundles/f-1/control.sock"),
             image: &img,
             options: &options,
@@ -447,6 +442,7 @@ mod tests {
         let spec = render(&SpecInput {
             function: "f",
             rootfs: Path::new("/r"),
+            image_root: Path::new("/r"),
             control_sock: Path::new("/b/control.sock"),
             image: &img,
             options: &options,
@@ -500,6 +496,7 @@ mod tests {
         let spec = render(&SpecInput {
             function: "f",
             rootfs: Path::new("/r"),
+            image_root: Path::new("/r"),
             control_sock: Path::new("/b/control.sock"),
             image: &img,
             options: &options,

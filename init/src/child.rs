@@ -1,0 +1,455 @@
+//! A `--fork` child: what it is given before the image's program runs.
+//!
+//! Cloned by the zygote (`fork`) into new user, mount, pid, ipc, uts and
+//! network namespaces, it waits until the zygote has mapped its user and
+//! group ids (the container's, one to one), then builds its own view:
+//! its own writable root over the read-only image (or the image alone),
+//! its own `/proc` with Docker's masked and read-only paths, fresh tmpfs
+//! mounts on `/tmp`, the image's volumes and `/dev/shm`, a fresh mqueue,
+//! its loopback up with low ports open to any user. Then it seals that:
+//! the capability bounding set is the function's, and a second seccomp
+//! filter forbids mounts and namespaces again. Only then does it serve
+//! its connection as single-use faas-init does for MODE.
+//!
+//! Nothing of an earlier or a concurrent child is reachable: files live
+//! in the child's own tmpfs mounts; loopback listeners and abstract Unix
+//! sockets in its own network namespace; SysV IPC and POSIX queues in its
+//! own ipc namespace; processes, signals and `/proc` in its own pid
+//! namespace; its host name in its own uts namespace.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use faas_protocol::{fork as vars, layout};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::Pid;
+
+use crate::seal;
+use crate::Mode;
+
+/// Where a child's own tmpfs is first mounted: it holds the writable
+/// layer and the control socket, and is covered by the final `/tmp`.
+const STAGING: &str = "/tmp";
+
+/// How a child is set up, from what faasd told the zygote.
+#[derive(Debug)]
+pub struct Plan {
+    /// Bytes of the child's own writable layer over the image; `None`:
+    /// the image's root read-only.
+    overlay: Option<u64>,
+    tmpfs: Vec<Tmpfs>,
+    caps: Vec<u32>,
+}
+
+/// A fresh tmpfs a child gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tmpfs {
+    path: String,
+    size: u64,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl Plan {
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| format!("{name} is not set (faasd sets it for --fork)"))
+        };
+        Self::parse(&var(vars::ROOT)?, &var(vars::TMPFS)?, &var(vars::CAPS)?)
+    }
+
+    fn parse(root: &str, tmpfs: &str, caps: &str) -> Result<Self, String> {
+        let overlay = match root {
+            "ro" => None,
+            _ => Some(
+                root.strip_prefix("overlay:")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        format!("{}: {root:?} is not ro or overlay:BYTES", vars::ROOT)
+                    })?,
+            ),
+        };
+        let tmpfs = tmpfs
+            .split(';')
+            .filter(|t| !t.is_empty())
+            .map(|t| Tmpfs::parse(t).ok_or_else(|| format!("{}: bad entry {t:?}", vars::TMPFS)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let caps = caps
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse()
+                    .map_err(|_| format!("{}: bad number {c:?}", vars::CAPS))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            overlay,
+            tmpfs,
+            caps,
+        })
+    }
+}
+
+impl Tmpfs {
+    /// `PATH:BYTES:UID:GID:MODE` (mode in octal).
+    fn parse(entry: &str) -> Option<Self> {
+        let mut parts = entry.rsplitn(5, ':');
+        let mode = u32::from_str_radix(parts.next()?, 8).ok()?;
+        let gid = parts.next()?.parse().ok()?;
+        let uid = parts.next()?.parse().ok()?;
+        let size = parts.next()?.parse().ok()?;
+        let path = parts.next()?.to_string();
+        path.starts_with('/').then_some(Self {
+            path,
+            size,
+            uid,
+            gid,
+            mode,
+        })
+    }
+}
+
+/// The child's life after the clone: returns only through
+/// `std::process::exit`, with its program's status where it has one.
+pub fn run(plan: &Plan, mode: Mode, program: &[OsString], conn: OwnedFd, wait: OwnedFd) -> isize {
+    let code = match serve(plan, mode, program, conn, wait) {
+        Ok(code) if code == ExitCode::SUCCESS => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("faas-init: fork child: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn serve(
+    plan: &Plan,
+    mode: Mode,
+    program: &[OsString],
+    conn: OwnedFd,
+    wait: OwnedFd,
+) -> Result<ExitCode, String> {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&wait, &mut byte) {
+        Ok(1) => {}
+        _ => return Err("the zygote could not map this child's ids".into()),
+    }
+    drop(wait);
+    seal::keep_only(&conn)?;
+    let mut unblock = nix::sys::signal::SigSet::empty();
+    unblock.add(nix::sys::signal::Signal::SIGCHLD);
+    unblock
+        .thread_unblock()
+        .map_err(|e| format!("unblocking SIGCHLD: {e}"))?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let control = build(plan, mode == Mode::Control)?;
+    std::env::set_current_dir(&cwd)
+        .or_else(|_| std::env::set_current_dir("/"))
+        .map_err(|e| format!("chdir: {e}"))?;
+    seal::bounding_set(&plan.caps)?;
+    seal::no_more_namespaces()?;
+    match mode {
+        Mode::Stdio => {
+            nix::unistd::dup2_stdin(&conn).map_err(|e| format!("dup2: {e}"))?;
+            nix::unistd::dup2_stdout(&conn).map_err(|e| format!("dup2: {e}"))?;
+            drop(conn);
+            crate::exec::exec(program, &[])
+        }
+        Mode::Port(port) => {
+            crate::handed::preset(conn);
+            crate::accept::serve(port, program)
+        }
+        Mode::Control => match control {
+            Some(listener) => crate::control::serve(program, listener, conn),
+            None => Err("no control socket was made".into()),
+        },
+        Mode::Listen | Mode::Bind(_) => Err(format!("{mode:?} cannot be forked")),
+    }
+}
+
+/// Builds the child's view of the filesystem and network; the listener
+/// at `/control.sock` if `control`.
+fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
+    mount_or(
+        None::<&str>,
+        "/",
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let staging_size = plan.overlay.unwrap_or(1 << 20);
+    tmpfs(STAGING, staging_size, 0o700, None)?;
+    let listener = match control {
+        true => {
+            let path = Path::new(STAGING).join("control.sock");
+            let listener = UnixListener::bind(&path)
+                .map_err(|e| format!("binding {}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+            Some(listener)
+        }
+        false => None,
+    };
+    let root = match plan.overlay {
+        Some(_) => writable_root()?,
+        None => PathBuf::from("/"),
+    };
+    let at = |path: &str| root.join(layout::in_rootfs(path));
+    proc_fresh(&at("/proc"))?;
+    loopback_up()?;
+    low_ports_open(&at("/proc"))?;
+    mask(&root)?;
+    tmpfs(at("/dev/shm"), 64 << 20, 0o1777, None)?;
+    mount_or(
+        Some("mqueue"),
+        at("/dev/mqueue"),
+        Some("mqueue"),
+        nosuid_nodev_noexec(),
+        None,
+    )?;
+    if listener.is_some() {
+        let socket = Path::new(STAGING).join("control.sock");
+        mount_or(
+            Some(&socket),
+            at(layout::CONTROL_SOCKET),
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    for t in &plan.tmpfs {
+        tmpfs(at(&t.path), t.size, t.mode, Some((t.uid, t.gid)))?;
+    }
+    if plan.overlay.is_some() {
+        enter_root(&root)?;
+    }
+    Ok(listener)
+}
+
+/// A fresh writable layer over the image, in the staging tmpfs, with the
+/// kernel's filesystems and the function's secrets bound into it: the
+/// new root, not entered yet.
+fn writable_root() -> Result<PathBuf, String> {
+    let staging = Path::new(STAGING);
+    for dir in ["upper", "work", "root"] {
+        std::fs::create_dir(staging.join(dir)).map_err(|e| format!("mkdir {dir}: {e}"))?;
+    }
+    // The upper layer's root takes the image root's owner and mode.
+    let image_root = std::fs::metadata("/").map_err(|e| format!("stat /: {e}"))?;
+    let upper = staging.join("upper");
+    std::fs::set_permissions(&upper, image_root.permissions())
+        .map_err(|e| format!("chmod upper: {e}"))?;
+    let root = staging.join("root");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        layout::IMAGE,
+        upper.display(),
+        staging.join("work").display()
+    );
+    mount_or(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&options),
+    )?;
+    for kernel in ["/dev", "/sys"] {
+        mount_or(
+            Some(kernel),
+            root.join(layout::in_rootfs(kernel)),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+    if Path::new(layout::SECRETS).is_dir() {
+        mount_or(
+            Some(layout::SECRETS),
+            root.join(layout::in_rootfs(layout::SECRETS)),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+    Ok(root)
+}
+
+/// Makes `root` this child's `/`, the image's own root let go of.
+fn enter_root(root: &Path) -> Result<(), String> {
+    std::env::set_current_dir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    // The old root ends up under the new one, at the same place: let go
+    // of it there.
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the image's root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// This pid namespace's own `/proc`.
+fn proc_fresh(at: &Path) -> Result<(), String> {
+    mount_or(Some("proc"), at, Some("proc"), nosuid_nodev_noexec(), None)
+}
+
+/// Docker's masked and read-only paths, in this child's `/proc` and `/sys`.
+fn mask(root: &Path) -> Result<(), String> {
+    for path in layout::MASKED {
+        let target = root.join(layout::in_rootfs(path));
+        match std::fs::metadata(&target) {
+            Ok(m) if m.is_dir() => mount_or(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | nosuid_nodev_noexec(),
+                Some("size=0"),
+            )?,
+            Ok(_) => mount_or(
+                Some(Path::new("/dev/null")),
+                &target,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?,
+            Err(_) => {}
+        }
+    }
+    for path in layout::READONLY {
+        let target = root.join(layout::in_rootfs(path));
+        if target.exists() {
+            mount_or(
+                Some(&target),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            mount_or(
+                None::<&str>,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The new network namespace's loopback, up (it starts down).
+fn loopback_up() -> Result<(), String> {
+    seal::interface_up("lo").map_err(|e| format!("bringing lo up: {e}"))
+}
+
+/// As in every faasd container: any user may bind port 80.
+fn low_ports_open(proc: &Path) -> Result<(), String> {
+    let knob = proc.join("sys/net/ipv4/ip_unprivileged_port_start");
+    std::fs::write(&knob, "0").map_err(|e| format!("writing {}: {e}", knob.display()))
+}
+
+fn tmpfs(
+    at: impl AsRef<Path>,
+    size: u64,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
+    let mut options = format!("size={size},mode={mode:o}");
+    if let Some((uid, gid)) = owner {
+        options.push_str(&format!(",uid={uid},gid={gid}"));
+    }
+    mount_or(
+        Some("tmpfs"),
+        at.as_ref(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&options),
+    )
+}
+
+fn nosuid_nodev_noexec() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
+fn mount_or<S: AsRef<Path> + ?Sized>(
+    source: Option<&S>,
+    target: impl AsRef<Path>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let target = target.as_ref();
+    mount(source.map(|s| s.as_ref()), target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mounting {} on {}: {e}",
+            fstype.unwrap_or("a bind"),
+            target.display()
+        )
+    })
+}
+
+/// Maps the child's user and group ids one to one onto the container's
+/// (every id the container has, so a program that changes user, as
+/// nginx does, still can). Without CAP_SETUID and CAP_SETGID in the
+/// container (faasd grants them to faas-init) only the zygote's own ids.
+pub fn map_ids(child: Pid) -> Result<(), String> {
+    let proc = PathBuf::from(format!("/proc/{child}"));
+    let identity = |own: &str| -> Result<String, String> {
+        let text = std::fs::read_to_string(format!("/proc/self/{own}"))
+            .map_err(|e| format!("reading {own}: {e}"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
+            })
+            .collect())
+    };
+    let (uids, gids) = (identity("uid_map")?, identity("gid_map")?);
+    let full = std::fs::write(proc.join("uid_map"), uids)
+        .and_then(|()| std::fs::write(proc.join("gid_map"), gids));
+    if full.is_ok() {
+        return Ok(());
+    }
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    std::fs::write(proc.join("uid_map"), format!("{uid} {uid} 1\n"))
+        .map_err(|e| format!("writing uid_map: {e}"))?;
+    std::fs::write(proc.join("setgroups"), "deny")
+        .map_err(|e| format!("writing setgroups: {e}"))?;
+    std::fs::write(proc.join("gid_map"), format!("{gid} {gid} 1\n"))
+        .map_err(|e| format!("writing gid_map: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_parse_as_faasd_writes_them() {
+        let plan = Plan::parse(
+            "overlay:67108864",
+            "/tmp:67108864:0:0:1777;/var/lib/data:1048576:33:33:755",
+            "0,1,21",
+        )
+        .expect("plan");
+        assert_eq!(plan.overlay, Some(64 << 20));
+        assert_eq!(plan.caps, vec![0, 1, 21]);
+        assert_eq!(
+            plan.tmpfs[1],
+            Tmpfs {
+                path: "/var/lib/data".into(),
+                size: 1 << 20,
+                uid: 33,
+                gid: 33,
+                mode: 0o755
+            }
+        );
+        assert_eq!(Plan::parse("ro", "", "").expect("ro").overlay, None);
+        assert!(Plan::parse("rw", "", "").is_err());
+        assert!(Plan::parse("ro", "tmp:1:0:0:1777", "").is_err());
+        assert!(Plan::parse("ro", "", "x").is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! `--fork`: every connection served in a fresh child of a zygote held in
+//! a pool container, with its own user, mount, pid, ipc, uts and network
+//! namespaces and its own writable paths. A hostile program plants what
+//! it can on one connection; neither a connection served meanwhile nor a
+//! later one finds any of it, and nothing of it outlives its connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use faasd::api::{DeployOptions, HandlerKind};
+use faasd::image::build::{Entry, ImageSpec, Layer, Layout, RunConfig};
+
+/// Marks the background process the hostile program leaves running.
+const LINGER: &str = "31337.5";
+
+/// busybox with the applets the scripts use (this busybox runs them only
+/// by name), a page at /www/index.html, and `script` as /bin/handler.
+fn busybox_image(entrypoint: &[&str], script: &str) -> ImageSpec {
+    let busybox =
+        std::fs::read("/bin/busybox").expect("busybox-static (apt-get install busybox-static)");
+    let mut entries = vec![Entry::dir("bin"), Entry::exe("bin/busybox", busybox)];
+    for applet in [
+        "sh", "httpd", "readlink", "id", "ls", "cat", "sleep", "nc", "cut", "wc", "hostname",
+        "echo", "tr",
+    ] {
+        entries.push(Entry::Symlink {
+            path: format!("bin/{applet}"),
+            target: "busybox".into(),
+        });
+    }
+    entries.extend([
+        Entry::exe("bin/handler", script.to_string()),
+        Entry::exe("bin/shm", shm_binary()),
+        Entry::dir("www"),
+        Entry::file("www/index.html", "a static page\n"),
+    ]);
+    ImageSpec {
+        layers: vec![Layer {
+            entries,
+            gzip: false,
+        }],
+        config: RunConfig {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        },
+        layout: Layout::Both,
+        tag: "busybox:fork".into(),
+    }
+}
+
+/// tests/fixtures/shm.c, compiled here.
+fn shm_binary() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("shm");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shm.c");
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "compiling shm.c");
+    std::fs::read(out).expect("shm binary")
+}
+
+/// `/plant` leaves a file in /tmp and in /, a process in the background,
+/// a loopback listener, an abstract Unix socket listener, SysV shared
+/// memory and a host name, then holds its connection a while; `/look`
+/// reports what it finds of all that, and who it is.
+const HOSTILE: &str = r#"#!/bin/sh
+read -r method path rest
+while read -r l; do [ ${#l} -le 1 ] && break; done
+printf 'HTTP/1.0 200 OK\r\n\r\n'
+case "$path" in
+/plant)
+    echo planted > /tmp/planted
+    echo planted > /planted
+    sleep LINGER &
+    nc -l -p 7777 -e /bin/cat 2>/dev/null &
+    nc -l -s 127.0.0.1 -p 7778 2>/dev/null &
+    /bin/shm make >/dev/null
+    hostname planted 2>/dev/null
+    echo planted=yes
+    sleep 0.2
+    if echo hi | nc -w 1 127.0.0.1 7777 >/dev/null 2>&1; then echo loopback=reached; else echo loopback=unreachable; fi
+    echo shm=$(/bin/shm)
+    [ -e /planted ] && echo root=planted || echo root=clean
+    sleep 1.3
+    ;;
+*)
+    echo tmp=$(ls /tmp | tr '\n' ' ')
+    [ -e /planted ] && echo root=planted || echo root=clean
+    if echo hi | nc -w 1 127.0.0.1 7777 >/dev/null 2>&1; then echo loopback=reached; else echo loopback=unreachable; fi
+    echo shm=$(/bin/shm)
+    echo host=$(hostname)
+    echo procs=$(ls -d /proc/[0-9]* | wc -l)
+    echo pidns=$(readlink /proc/self/ns/pid)
+    echo start=$(cut -d' ' -f22 /proc/1/stat)
+    ;;
+esac
+"#;
+
+fn get(ip: IpAddr, path: &str) -> String {
+    let mut s = TcpStream::connect((ip, 80)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_else(|| panic!("no response: {text:?}"))
+}
+
+fn forked(kind: HandlerKind) -> DeployOptions {
+    DeployOptions {
+        kind,
+        fork: true,
+        ..Default::default()
+    }
+}
+
+/// Host processes whose command line holds `word` (ours: the marker is
+/// this test's own).
+fn processes_with(word: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(word))
+        })
+        .count()
+}
+
+#[test]
+fn a_hostile_connection_leaves_nothing_for_the_next_or_a_concurrent_one() {
+    require_host();
+    let d = Daemon::start();
+    let script = HOSTILE.replace("LINGER", LINGER);
+    let ip = d
+        .deploy(
+            "hostile",
+            &busybox_image(&["/bin/handler"], &script),
+            &forked(HandlerKind::Stdio),
+        )
+        .ip;
+    let clean = kv(&get(ip, "/look"));
+    assert_eq!(clean["tmp"].trim(), "", "{clean:?}");
+    assert_eq!(clean["root"], "clean");
+    assert_eq!(clean["host"], "hostile");
+
+    let planting = std::thread::spawn(move || get(ip, "/plant"));
+    // While the planter holds its connection, with all it left running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(LINGER) == 0 {
+        assert!(Instant::now() < deadline, "the planter never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let during = kv(&get(ip, "/look"));
+    let planted = planting.join().expect("planter");
+    // What the others must not see, the planter itself does.
+    let planted = kv(&planted);
+    assert_eq!(planted["planted"], "yes", "{planted:?}");
+    assert_eq!(planted["loopback"], "reached", "{planted:?}");
+    assert_eq!(planted["shm"], "1", "{planted:?}");
+    assert_eq!(planted["root"], "planted", "{planted:?}");
+    let after = kv(&get(ip, "/look"));
+    for seen in [&during, &after] {
+        assert_eq!(seen["tmp"].trim(), "", "{seen:?}");
+        assert_eq!(seen["root"], "clean", "{seen:?}");
+        assert_eq!(seen["loopback"], "unreachable", "{seen:?}");
+        assert_eq!(seen["shm"], "0", "{seen:?}");
+        assert_eq!(seen["host"], "hostile", "{seen:?}");
+        // Its init (the child), the shell, and what the shell runs.
+        assert!(
+            seen["procs"].parse::<u32>().expect("procs") <= 4,
+            "{seen:?}"
+        );
+    }
+    // Each connection a fresh child: its own pid namespace, its own init.
+    assert_ne!(during["pidns"], after["pidns"]);
+    assert_ne!(clean["pidns"], during["pidns"]);
+    assert!(
+        clean["start"] != after["start"] || clean["pidns"] != after["pidns"],
+        "{clean:?} {after:?}"
+    );
+    // Nothing of the planter outlives its connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with(LINGER) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the planter's background process outlived its connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.faas(&["rm", "hostile"], None);
+}
+
+#[test]
+fn every_kind_but_activation_forks_and_reuse_and_activation_are_refused() {
+    require_host();
+    let d = Daemon::start();
+    let page = "a static page\n";
+    let httpd = d
+        .deploy(
+            "fork-port",
+            &busybox_image(
+                &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+                "",
+            ),
+            &forked(HandlerKind::ContainerPort(8080)),
+        )
+        .ip;
+    for _ in 0..3 {
+        assert_eq!(get(httpd, "/index.html"), page);
+    }
+    let hello = d
+        .deploy(
+            "fork-hello",
+            &hello_image(),
+            &forked(HandlerKind::ControlSocket),
+        )
+        .ip;
+    for _ in 0..3 {
+        let (status, body) = call(hello).expect("hello");
+        assert_eq!(status, 200, "{body}");
+    }
+    let image = image_bytes(&hello_image());
+    for (flags, says) in [
+        (&["--fork", "--reuse"][..], "exclude each other"),
+        (&["--fork", "--socket-activation"][..], "exclude each other"),
+    ] {
+        let mut args = vec!["deploy", "refused"];
+        args.extend(flags);
+        let out = d.faas(&args, Some(&image));
+        assert!(!out.status.success(), "{flags:?} deployed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+    let inspect = d.faas(&["inspect", "fork-hello"], None);
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
+    assert_eq!(info["options"]["fork"], true);
+}
