@@ -44,6 +44,7 @@ fn spec(c: &mut Criterion) {
                 function: "bench",
                 rootfs: Path::new("/var/lib/faasd/rootfs/bench-v1"),
                 image_root: Path::new("/var/lib/faasd/rootfs/bench-v1"),
+                fork_cgroup: None,
                 control_sock: &bundle.join("control.sock"),
                 image: &image,
                 options: &options,

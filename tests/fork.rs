@@ -101,6 +101,8 @@ case "$path" in
     echo procs=$(ls -d /proc/[0-9]* | wc -l)
     echo pidns=$(readlink /proc/self/ns/pid)
     echo start=$(cut -d' ' -f22 /proc/1/stat)
+    [ -S /control.sock ] && echo control=socket || echo control=none
+    echo cgroup=$(ls /.faas-cgroup 2>/dev/null | wc -l)
     ;;
 esac
 "#;
@@ -126,6 +128,12 @@ fn forked(kind: HandlerKind) -> DeployOptions {
     }
 }
 
+/// A `--fork --stdio` function of busybox running `script`.
+fn deploy_script(d: &Daemon, name: &str, script: &str, options: DeployOptions) -> IpAddr {
+    d.deploy(name, &busybox_image(&["/bin/handler"], script), &options)
+        .ip
+}
+
 /// Host processes whose command line holds `word` (ours: the marker is
 /// this test's own).
 fn processes_with(word: &str) -> usize {
@@ -143,14 +151,20 @@ fn processes_with(word: &str) -> usize {
 fn a_hostile_connection_leaves_nothing_for_the_next_or_a_concurrent_one() {
     require_host();
     let d = Daemon::start();
+    // Each child's own writable root (the default), and the image's root
+    // read-only with only the writable paths its own.
+    for read_only in [false, true] {
+        hostile_on(&d, read_only);
+    }
+}
+
+fn hostile_on(d: &Daemon, read_only: bool) {
     let script = HOSTILE.replace("LINGER", LINGER);
-    let ip = d
-        .deploy(
-            "hostile",
-            &busybox_image(&["/bin/handler"], &script),
-            &forked(HandlerKind::Stdio),
-        )
-        .ip;
+    let options = DeployOptions {
+        read_only,
+        ..forked(HandlerKind::Stdio)
+    };
+    let ip = deploy_script(d, "hostile", &script, options);
     let clean = kv(&get(ip, "/look"));
     assert_eq!(clean["tmp"].trim(), "", "{clean:?}");
     assert_eq!(clean["root"], "clean");
@@ -170,7 +184,8 @@ fn a_hostile_connection_leaves_nothing_for_the_next_or_a_concurrent_one() {
     assert_eq!(planted["planted"], "yes", "{planted:?}");
     assert_eq!(planted["loopback"], "reached", "{planted:?}");
     assert_eq!(planted["shm"], "1", "{planted:?}");
-    assert_eq!(planted["root"], "planted", "{planted:?}");
+    let root = if read_only { "clean" } else { "planted" };
+    assert_eq!(planted["root"], root, "{planted:?}");
     let after = kv(&get(ip, "/look"));
     for seen in [&during, &after] {
         assert_eq!(seen["tmp"].trim(), "", "{seen:?}");
@@ -178,6 +193,9 @@ fn a_hostile_connection_leaves_nothing_for_the_next_or_a_concurrent_one() {
         assert_eq!(seen["loopback"], "unreachable", "{seen:?}");
         assert_eq!(seen["shm"], "0", "{seen:?}");
         assert_eq!(seen["host"], "hostile", "{seen:?}");
+        // Neither faasd's control socket for the zygote nor its cgroup.
+        assert_eq!(seen["control"], "none", "{seen:?}");
+        assert_eq!(seen["cgroup"], "0", "{seen:?}");
         // Its init (the child), the shell, and what the shell runs.
         assert!(
             seen["procs"].parse::<u32>().expect("procs") <= 4,
@@ -201,6 +219,100 @@ fn a_hostile_connection_leaves_nothing_for_the_next_or_a_concurrent_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
     d.faas(&["rm", "hostile"], None);
+}
+
+/// Forks until the pids limit stops it (the forking shell then gives
+/// up; what it started stays), and holds its connection.
+const BOMB: &str = r#"#!/bin/sh
+read -r method path rest
+while read -r l; do [ ${#l} -le 1 ] && break; done
+printf 'HTTP/1.0 200 OK\r\n\r\n'
+case "$path" in
+/bomb)
+    ( while :; do sleep 4242.5 & done ) 2>/dev/null &
+    read -r forever
+    ;;
+*)
+    echo served=yes
+    ;;
+esac
+"#;
+
+#[test]
+fn a_fork_bomb_in_one_child_is_stopped_and_the_others_are_served() {
+    require_host();
+    let d = Daemon::start();
+    let options = DeployOptions {
+        timeout_secs: 4,
+        ..forked(HandlerKind::Stdio)
+    };
+    let ip = deploy_script(&d, "bomb", BOMB, options);
+    let bomber = std::thread::spawn(move || {
+        let mut s = TcpStream::connect((ip, 80)).expect("connect");
+        s.write_all(b"GET /bomb HTTP/1.0\r\n\r\n").expect("request");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with("4242.5") < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the bomb never went off: {}",
+            String::from_utf8_lossy(&d.faas(&["logs", "bomb"], None).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its own pids limit (64 with its shell and faas-init) stops it...
+    std::thread::sleep(Duration::from_millis(300));
+    let held = processes_with("4242.5");
+    assert!((50..64).contains(&held), "the bomb holds {held} processes");
+    // ...and the container has room for the others meanwhile.
+    for _ in 0..5 {
+        assert_eq!(kv(&get(ip, "/"))["served"], "yes");
+    }
+    // At its timeout the bomb's child is killed, and all it started.
+    let answer = bomber.join().expect("bomber");
+    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with("4242.5") > 0 {
+        assert!(Instant::now() < deadline, "the bomb outlived its timeout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_faasd_killed_while_children_serve_leaves_nothing_and_serves_again() {
+    require_host();
+    let mut d = Daemon::start();
+    let script = HOSTILE.replace("LINGER", LINGER);
+    let ip = deploy_script(&d, "crashing", &script, forked(HandlerKind::Stdio));
+    let planting = std::thread::spawn(move || {
+        let mut s = TcpStream::connect((ip, 80)).expect("connect");
+        s.write_all(b"GET /plant HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(LINGER) == 0 {
+        assert!(Instant::now() < deadline, "the planter never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.crash();
+    d.spawn();
+    let _ = planting.join();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(LINGER) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a child outlived the faasd that served it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = kv(&get(ip, "/look"));
+    assert_eq!(seen["tmp"].trim(), "", "{seen:?}");
+    assert_eq!(seen["root"], "clean", "{seen:?}");
 }
 
 #[test]

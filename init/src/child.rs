@@ -1,19 +1,20 @@
 //! A `--fork` child: what it is given before the image's program runs.
 //!
-//! Cloned by the zygote (`fork`) into new user, mount, pid, ipc, uts and
-//! network namespaces, it waits until the zygote has mapped its user and
-//! group ids (the container's, one to one), then builds its own view:
+//! Cloned by the zygote (`fork`) into new mount, pid, ipc and uts
+//! namespaces (its user namespace is the zygote's, whose ids are the
+//! container's one to one), it enters a network namespace no other child
+//! holds (`slots`) and builds its own view:
 //! its own writable root over the read-only image (or the image alone),
 //! its own `/proc` with Docker's masked and read-only paths, fresh tmpfs
-//! mounts on `/tmp`, the image's volumes and `/dev/shm`, a fresh mqueue,
-//! its loopback up with low ports open to any user. Then it seals that:
+//! mounts on `/tmp`, the image's volumes and `/dev/shm`, a fresh mqueue.
+//! Then it seals that:
 //! the capability bounding set is the function's, and a second seccomp
 //! filter forbids mounts and namespaces again. Only then does it serve
 //! its connection as single-use faas-init does for MODE.
 //!
 //! Nothing of an earlier or a concurrent child is reachable: files live
 //! in the child's own tmpfs mounts; loopback listeners and abstract Unix
-//! sockets in its own network namespace; SysV IPC and POSIX queues in its
+//! sockets in a network namespace no other child holds; SysV IPC and POSIX queues in its
 //! own ipc namespace; processes, signals and `/proc` in its own pid
 //! namespace; its host name in its own uts namespace.
 
@@ -29,6 +30,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::Pid;
 
 use crate::seal;
+use crate::slots;
 use crate::Mode;
 
 /// Where a child's own tmpfs is first mounted: it holds the writable
@@ -43,6 +45,9 @@ pub struct Plan {
     overlay: Option<u64>,
     tmpfs: Vec<Tmpfs>,
     caps: Vec<u32>,
+    /// The kernel's highest capability number.
+    last_cap: u32,
+    pids: Option<u64>,
 }
 
 /// A fresh tmpfs a child gets.
@@ -56,11 +61,23 @@ struct Tmpfs {
 }
 
 impl Plan {
+    /// The capabilities the program may hold (numbers).
+    pub fn caps(&self) -> &[u32] {
+        &self.caps
+    }
+
+    /// Processes one child may have at once, if faasd said.
+    pub fn pids(&self) -> Option<u64> {
+        self.pids
+    }
+
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| {
             std::env::var(name).map_err(|_| format!("{name} is not set (faasd sets it for --fork)"))
         };
-        Self::parse(&var(vars::ROOT)?, &var(vars::TMPFS)?, &var(vars::CAPS)?)
+        let mut plan = Self::parse(&var(vars::ROOT)?, &var(vars::TMPFS)?, &var(vars::CAPS)?)?;
+        plan.pids = std::env::var(vars::PIDS).ok().and_then(|p| p.parse().ok());
+        Ok(plan)
     }
 
     fn parse(root: &str, tmpfs: &str, caps: &str) -> Result<Self, String> {
@@ -91,6 +108,8 @@ impl Plan {
             overlay,
             tmpfs,
             caps,
+            last_cap: seal::last_cap(),
+            pids: None,
         })
     }
 }
@@ -116,8 +135,15 @@ impl Tmpfs {
 
 /// The child's life after the clone: returns only through
 /// `std::process::exit`, with its program's status where it has one.
-pub fn run(plan: &Plan, mode: Mode, program: &[OsString], conn: OwnedFd, wait: OwnedFd) -> isize {
-    let code = match serve(plan, mode, program, conn, wait) {
+pub fn run(
+    plan: &Plan,
+    mode: Mode,
+    program: &[OsString],
+    conn: OwnedFd,
+    net: Option<OwnedFd>,
+    cgroup: Option<&Path>,
+) -> isize {
+    let code = match serve(plan, mode, program, conn, net, cgroup) {
         Ok(code) if code == ExitCode::SUCCESS => 0,
         Ok(_) => 1,
         Err(e) => {
@@ -133,14 +159,17 @@ fn serve(
     mode: Mode,
     program: &[OsString],
     conn: OwnedFd,
-    wait: OwnedFd,
+    net: Option<OwnedFd>,
+    cgroup: Option<&Path>,
 ) -> Result<ExitCode, String> {
-    let mut byte = [0u8; 1];
-    match nix::unistd::read(&wait, &mut byte) {
-        Ok(1) => {}
-        _ => return Err("the zygote could not map this child's ids".into()),
+    // First, before anything here can fork.
+    if let Some(cgroup) = cgroup {
+        slots::join(cgroup)?;
     }
-    drop(wait);
+    match net {
+        Some(net) => slots::enter(&net)?,
+        None => slots::set_up()?,
+    }
     seal::keep_only(&conn)?;
     let mut unblock = nix::sys::signal::SigSet::empty();
     unblock.add(nix::sys::signal::Signal::SIGCHLD);
@@ -152,7 +181,7 @@ fn serve(
     std::env::set_current_dir(&cwd)
         .or_else(|_| std::env::set_current_dir("/"))
         .map_err(|e| format!("chdir: {e}"))?;
-    seal::bounding_set(&plan.caps)?;
+    seal::bounding_set(&plan.caps, plan.last_cap)?;
     seal::no_more_namespaces()?;
     match mode {
         Mode::Stdio => {
@@ -173,8 +202,13 @@ fn serve(
     }
 }
 
-/// Builds the child's view of the filesystem and network; the listener
-/// at `/control.sock` if `control`.
+/// Builds the child's view of the filesystem; the listener at
+/// `/control.sock` if `control`.
+///
+/// Every writable path is a directory of one tmpfs of the child's own
+/// (the staging tmpfs, also the writable layer's), bound into place: a
+/// tmpfs instance per path would cost a superblock each, the dearest
+/// part of a mount.
 fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
     mount_or(
         None::<&str>,
@@ -183,11 +217,13 @@ fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    let staging_size = plan.overlay.unwrap_or(1 << 20);
-    tmpfs(STAGING, staging_size, 0o700, None)?;
+    let staging = Path::new(STAGING);
+    let size =
+        plan.overlay.unwrap_or(0) + SHM_BYTES + plan.tmpfs.iter().map(|t| t.size).sum::<u64>();
+    tmpfs(staging, size, 0o755)?;
     let listener = match control {
         true => {
-            let path = Path::new(STAGING).join("control.sock");
+            let path = staging.join("control.sock");
             let listener = UnixListener::bind(&path)
                 .map_err(|e| format!("binding {}: {e}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
@@ -196,16 +232,31 @@ fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
         }
         false => None,
     };
+    let mut writable = vec![Writable {
+        at: "/dev/shm",
+        uid: 0,
+        gid: 0,
+        mode: 0o1777,
+    }];
+    writable.extend(plan.tmpfs.iter().map(|t| Writable {
+        at: &t.path,
+        uid: t.uid,
+        gid: t.gid,
+        mode: t.mode,
+    }));
+    for (n, w) in writable.iter().enumerate() {
+        w.make(&staging.join(format!("w{n}")))?;
+    }
     let root = match plan.overlay {
         Some(_) => writable_root()?,
         None => PathBuf::from("/"),
     };
     let at = |path: &str| root.join(layout::in_rootfs(path));
     proc_fresh(&at("/proc"))?;
-    loopback_up()?;
-    low_ports_open(&at("/proc"))?;
-    mask(&root)?;
-    tmpfs(at("/dev/shm"), 64 << 20, 0o1777, None)?;
+    let empty = mask(&root)?;
+    if plan.overlay.is_none() {
+        hide_zygotes(empty.as_deref())?;
+    }
     mount_or(
         Some("mqueue"),
         at("/dev/mqueue"),
@@ -214,22 +265,40 @@ fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
         None,
     )?;
     if listener.is_some() {
-        let socket = Path::new(STAGING).join("control.sock");
-        mount_or(
-            Some(&socket),
-            at(layout::CONTROL_SOCKET),
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )?;
+        bind(&staging.join("control.sock"), &at(layout::CONTROL_SOCKET))?;
     }
-    for t in &plan.tmpfs {
-        tmpfs(at(&t.path), t.size, t.mode, Some((t.uid, t.gid)))?;
+    for (n, w) in writable.iter().enumerate() {
+        bind(&staging.join(format!("w{n}")), &at(w.at))?;
     }
     if plan.overlay.is_some() {
         enter_root(&root)?;
     }
     Ok(listener)
+}
+
+/// Size of a child's `/dev/shm`, as in a container.
+const SHM_BYTES: u64 = 64 << 20;
+
+/// A writable path of the child's: a directory in the staging tmpfs.
+struct Writable<'a> {
+    at: &'a str,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl Writable<'_> {
+    fn make(&self, dir: &Path) -> Result<(), String> {
+        std::fs::create_dir(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        std::os::unix::fs::chown(dir, Some(self.uid), Some(self.gid))
+            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(self.mode))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))
+    }
+}
+
+fn bind(from: &Path, to: &Path) -> Result<(), String> {
+    mount_or(Some(from), to, None, MsFlags::MS_BIND, None)
 }
 
 /// A fresh writable layer over the image, in the staging tmpfs, with the
@@ -243,6 +312,12 @@ fn writable_root() -> Result<PathBuf, String> {
     // The upper layer's root takes the image root's owner and mode.
     let image_root = std::fs::metadata("/").map_err(|e| format!("stat /: {e}"))?;
     let upper = staging.join("upper");
+    std::os::unix::fs::chown(
+        &upper,
+        Some(std::os::unix::fs::MetadataExt::uid(&image_root)),
+        Some(std::os::unix::fs::MetadataExt::gid(&image_root)),
+    )
+    .map_err(|e| format!("chown upper: {e}"))?;
     std::fs::set_permissions(&upper, image_root.permissions())
         .map_err(|e| format!("chmod upper: {e}"))?;
     let root = staging.join("root");
@@ -295,38 +370,33 @@ fn proc_fresh(at: &Path) -> Result<(), String> {
     mount_or(Some("proc"), at, Some("proc"), nosuid_nodev_noexec(), None)
 }
 
-/// Docker's masked and read-only paths, in this child's `/proc` and `/sys`.
-fn mask(root: &Path) -> Result<(), String> {
+/// Docker's masked and read-only paths, in this child's `/proc` and
+/// `/sys`: `/dev/null` over files; over directories one empty read-only
+/// tmpfs, bound to the others (a bind keeps its source's read-only flag).
+fn mask(root: &Path) -> Result<Option<PathBuf>, String> {
+    let mut empty: Option<PathBuf> = None;
     for path in layout::MASKED {
         let target = root.join(layout::in_rootfs(path));
-        match std::fs::metadata(&target) {
-            Ok(m) if m.is_dir() => mount_or(
-                Some("tmpfs"),
-                &target,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | nosuid_nodev_noexec(),
-                Some("size=0"),
-            )?,
-            Ok(_) => mount_or(
-                Some(Path::new("/dev/null")),
-                &target,
-                None,
-                MsFlags::MS_BIND,
-                None,
-            )?,
-            Err(_) => {}
+        match (std::fs::metadata(&target), &empty) {
+            (Ok(m), Some(first)) if m.is_dir() => bind(first, &target)?,
+            (Ok(m), None) if m.is_dir() => {
+                mount_or(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY | nosuid_nodev_noexec(),
+                    Some("size=4k"),
+                )?;
+                empty = Some(target);
+            }
+            (Ok(_), _) => bind(Path::new("/dev/null"), &target)?,
+            (Err(_), _) => {}
         }
     }
     for path in layout::READONLY {
         let target = root.join(layout::in_rootfs(path));
         if target.exists() {
-            mount_or(
-                Some(&target),
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
+            bind(&target, &target)?;
             mount_or(
                 None::<&str>,
                 &target,
@@ -336,36 +406,38 @@ fn mask(root: &Path) -> Result<(), String> {
             )?;
         }
     }
-    Ok(())
+    Ok(empty)
 }
 
-/// The new network namespace's loopback, up (it starts down).
-fn loopback_up() -> Result<(), String> {
-    seal::interface_up("lo").map_err(|e| format!("bringing lo up: {e}"))
-}
-
-/// As in every faasd container: any user may bind port 80.
-fn low_ports_open(proc: &Path) -> Result<(), String> {
-    let knob = proc.join("sys/net/ipv4/ip_unprivileged_port_start");
-    std::fs::write(&knob, "0").map_err(|e| format!("writing {}: {e}", knob.display()))
-}
-
-fn tmpfs(
-    at: impl AsRef<Path>,
-    size: u64,
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), String> {
-    let mut options = format!("size={size},mode={mode:o}");
-    if let Some((uid, gid)) = owner {
-        options.push_str(&format!(",uid={uid},gid={gid}"));
+/// Covers what faasd gave the zygote in the image's root, which a child
+/// on that root would otherwise share: the container's control socket
+/// (the way to faasd's connections for this container) and the pids
+/// cgroup. `empty` is a read-only empty directory to bind over a
+/// directory. A child on a writable root of its own has neither (its
+/// root shows the image's placeholders).
+fn hide_zygotes(empty: Option<&Path>) -> Result<(), String> {
+    bind(Path::new("/dev/null"), Path::new(layout::CONTROL_SOCKET))?;
+    let cgroup = Path::new(layout::CGROUP);
+    match empty {
+        _ if !cgroup.is_dir() => Ok(()),
+        Some(empty) => bind(empty, cgroup),
+        None => mount_or(
+            Some("tmpfs"),
+            cgroup,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | nosuid_nodev_noexec(),
+            Some("size=4k"),
+        ),
     }
+}
+
+fn tmpfs(at: &Path, size: u64, mode: u32) -> Result<(), String> {
     mount_or(
         Some("tmpfs"),
-        at.as_ref(),
+        at,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(&options),
+        Some(&format!("size={size},mode={mode:o}")),
     )
 }
 
@@ -390,10 +462,10 @@ fn mount_or<S: AsRef<Path> + ?Sized>(
     })
 }
 
-/// Maps the child's user and group ids one to one onto the container's
+/// Maps the zygote's user and group ids one to one onto the container's
 /// (every id the container has, so a program that changes user, as
 /// nginx does, still can). Without CAP_SETUID and CAP_SETGID in the
-/// container (faasd grants them to faas-init) only the zygote's own ids.
+/// container (faasd grants them to faas-init) only faas-init's own ids.
 pub fn map_ids(child: Pid) -> Result<(), String> {
     let proc = PathBuf::from(format!("/proc/{child}"));
     let identity = |own: &str| -> Result<String, String> {

@@ -32,20 +32,24 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::child::{self, Plan};
+use crate::child::{self, map_ids, Plan};
+use crate::slots::Slots;
 use crate::Mode;
 
 /// Each child's stack while it runs faas-init's code (the program gets
 /// its own at exec). Only the pages a child touches are ever copied.
 const STACK: usize = 1 << 20;
 
-/// The namespaces of every child.
-const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWUSER
-    .union(CloneFlags::CLONE_NEWNS)
+/// The namespaces of every child (its user namespace is the zygote's,
+/// its network namespace one of `netslots`, or new).
+const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWPID)
     .union(CloneFlags::CLONE_NEWIPC)
-    .union(CloneFlags::CLONE_NEWUTS)
-    .union(CloneFlags::CLONE_NEWNET);
+    .union(CloneFlags::CLONE_NEWUTS);
+
+/// CAP_NET_ADMIN and CAP_NET_RAW: a program holding either could leave
+/// something in a network namespace for the next child (`netslots`).
+const NET_CAPS: [u32; 2] = [12, 13];
 
 /// Set in a child right after the clone: the code it shares with the
 /// zygote then takes the child's ways (its connection is preset).
@@ -93,10 +97,83 @@ struct Alive {
 
 pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
     let settings = Settings::from_env()?;
-    // The children's /proc files must be the zygote's to write their id
-    // maps; no program can reach the zygote (its pid namespace hides it,
-    // the seccomp profile forbids ptrace).
+    // The zygote's id maps are written from here, in /proc/ZYGOTE: files
+    // of the zygote's own user only if it is dumpable.
     nix::sys::prctl::set_dumpable(true).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    let (go_rx, go_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let go = go_rx.as_raw_fd();
+    let program = program.to_vec();
+    let mut stack = vec![0u8; STACK];
+    let zygote = Box::new(move || {
+        // SAFETY: the pipe's end this process inherited from its parent;
+        // nothing else here owns it.
+        let go = unsafe { OwnedFd::from_raw_fd(go) };
+        let mut byte = [0u8; 1];
+        let code = match nix::unistd::read(&go, &mut byte) {
+            Ok(1) => match zygote(settings_once(), mode, &program, go) {
+                Ok(code) if code == ExitCode::SUCCESS => 0,
+                Ok(_) => 1,
+                Err(e) => {
+                    eprintln!("faas-init: {e}");
+                    1
+                }
+            },
+            _ => 1,
+        };
+        std::process::exit(code)
+    });
+    SETTINGS
+        .set(settings)
+        .map_err(|_| "faas-init fork started twice".to_string())?;
+    // SAFETY: this process has one thread, so the zygote (a copy of it, no
+    // CLONE_VM) finds no lock held by a thread that is gone; it runs on
+    // its own copy of `stack` and ends with `std::process::exit`.
+    let pid = unsafe {
+        nix::sched::clone(
+            zygote,
+            &mut stack,
+            CloneFlags::CLONE_NEWUSER,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| format!("cloning the zygote into its user namespace: {e}"))?;
+    drop(go_rx);
+    if let Err(e) = map_ids(pid) {
+        let _ = kill(pid, Signal::SIGKILL);
+        return Err(format!("mapping the zygote's user ids: {e}"));
+    }
+    nix::unistd::write(&go_tx, &[1]).map_err(|e| format!("starting the zygote: {e}"))?;
+    drop(go_tx);
+    // The container's first process: it ends with the zygote.
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+            }
+            Ok(WaitStatus::Signaled(..)) => return Ok(ExitCode::from(1)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("waiting for the zygote: {e}")),
+        }
+    }
+}
+
+/// The settings, read before the zygote's clone (the copy it has).
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+fn settings_once() -> &'static Settings {
+    SETTINGS.get().expect("set before the zygote is cloned")
+}
+
+/// The zygote, in its own user namespace (where it holds every
+/// capability, so its children can be given namespaces of their own).
+fn zygote(
+    settings: &'static Settings,
+    mode: Mode,
+    program: &[OsString],
+    go: OwnedFd,
+) -> Result<ExitCode, String> {
+    drop(go);
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     chld.thread_block()
@@ -105,12 +182,14 @@ pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
         .map_err(|e| format!("signalfd: {e}"))?;
     let control = UnixStream::connect(layout::CONTROL_SOCKET)
         .map_err(|e| format!("connecting to {}: {e}", layout::CONTROL_SOCKET))?;
+    let fresh_net = settings.plan.caps().iter().any(|c| NET_CAPS.contains(c));
     let mut zygote = Zygote {
         settings,
         mode,
         program: program.to_vec(),
         children: HashMap::new(),
         stack: vec![0u8; STACK],
+        slots: Slots::new(fresh_net, settings.plan.pids()),
     };
     // The first message comes unasked.
     let mut asked = true;
@@ -166,11 +245,12 @@ pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
 }
 
 struct Zygote {
-    settings: Settings,
+    settings: &'static Settings,
     mode: Mode,
     program: Vec<OsString>,
     children: HashMap<Pid, Alive>,
     stack: Vec<u8>,
+    slots: Slots,
 }
 
 impl Zygote {
@@ -178,31 +258,38 @@ impl Zygote {
     /// client sees the end when the child's program closes.
     fn spawn(&mut self, conn: OwnedFd) {
         let started = Instant::now();
-        let (wait_rx, wait_tx) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(pair) => pair,
+        let slot = match self.slots.take() {
+            Ok(slot) => slot,
             Err(e) => {
-                eprintln!("faas-init: a child's pipe: {e}");
+                eprintln!("faas-init: a slot for a child: {e}");
+                crate::handed::unserved(&conn);
                 return;
             }
         };
+        let given = self.slots.get(slot);
+        let net = given.and_then(|s| s.net.as_ref()).map(|n| n.as_raw_fd());
+        let cgroup = given.and_then(|s| s.cgroup.clone());
+        let flags = match net {
+            Some(_) => NAMESPACES,
+            None => NAMESPACES | CloneFlags::CLONE_NEWNET,
+        };
         let (plan, mode, program) = (&self.settings.plan, self.mode, &self.program);
         let conn_fd = conn.as_raw_fd();
-        let wait_fd = wait_rx.as_raw_fd();
         let run = Box::new(move || {
             IS_CHILD.store(true, Ordering::Relaxed);
             // SAFETY: the zygote's descriptors, copied into this child's
             // table by the clone; nothing else in the child owns them.
-            let (conn, wait) =
-                unsafe { (OwnedFd::from_raw_fd(conn_fd), OwnedFd::from_raw_fd(wait_fd)) };
-            child::run(plan, mode, program, conn, wait)
+            let (conn, net) = unsafe {
+                (
+                    OwnedFd::from_raw_fd(conn_fd),
+                    net.map(|fd| OwnedFd::from_raw_fd(fd)),
+                )
+            };
+            child::run(plan, mode, program, conn, net, cgroup.as_deref())
         });
-        // SAFETY: this process has one thread, so the child (a copy of
-        // it, with no shared memory: no CLONE_VM) finds no lock held by a
-        // thread that is gone; it runs `run` on its own copy of `stack`
-        // and ends with `std::process::exit`.
-        let cloned =
-            unsafe { nix::sched::clone(run, &mut self.stack, NAMESPACES, Some(libc::SIGCHLD)) };
-        drop(wait_rx);
+        // SAFETY: as for the zygote's own clone: one thread, no CLONE_VM,
+        // the child ends with `std::process::exit`.
+        let cloned = unsafe { nix::sched::clone(run, &mut self.stack, flags, Some(libc::SIGCHLD)) };
         let pid = match cloned {
             Ok(pid) => pid,
             Err(e) => {
@@ -211,13 +298,7 @@ impl Zygote {
                 return;
             }
         };
-        if let Err(e) = child::map_ids(pid) {
-            eprintln!("faas-init: mapping a child's user ids: {e}");
-            let _ = kill(pid, Signal::SIGKILL);
-        } else {
-            let _ = nix::unistd::write(&wait_tx, &[1]);
-        }
-        drop(wait_tx);
+        self.slots.hold(slot, pid);
         self.children.insert(
             pid,
             Alive {
@@ -234,6 +315,7 @@ impl Zygote {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
                     self.children.remove(&pid);
+                    self.slots.release(pid);
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => {}

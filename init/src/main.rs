@@ -49,6 +49,7 @@ mod listening;
 mod port;
 mod relay;
 mod seal;
+mod slots;
 mod stdio;
 mod unotify;
 

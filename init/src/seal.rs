@@ -58,12 +58,8 @@ pub fn keep_only(keep: &OwnedFd) -> Result<(), String> {
 
 /// Leaves in the bounding set only `caps`: what a fresh container of the
 /// function may hold. A root program gains them at its exec, another
-/// user's program none.
-pub fn bounding_set(caps: &[u32]) -> Result<(), String> {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+/// user's program none. `last` is the kernel's highest (`last_cap`).
+pub fn bounding_set(caps: &[u32], last: u32) -> Result<(), String> {
     for cap in (0..=last).filter(|c| !caps.contains(c)) {
         // SAFETY: integer arguments only (nix has no PR_CAPBSET_DROP).
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
@@ -75,6 +71,14 @@ pub fn bounding_set(caps: &[u32]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The kernel's highest capability number: read once, by the zygote.
+pub fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
 }
 
 /// Installs the filter that forbids mounts and new namespaces (EPERM;

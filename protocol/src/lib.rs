@@ -33,6 +33,9 @@ pub mod layout {
     /// child's own writable root (the container's `/` cannot be one: the
     /// kernel's mounts in it are locked to a child).
     pub const IMAGE: &str = "/.faas-image";
+    /// A `--fork` zygote's pids cgroup (the container's, given to it):
+    /// it makes one per child below it.
+    pub const CGROUP: &str = "/.faas-cgroup";
 
     /// Paths of the kernel's filesystems a container never sees (masked
     /// as Docker masks them: `/dev/null` over files, an empty read-only
@@ -90,8 +93,11 @@ pub mod fork {
     /// Where a child gets fresh tmpfs mounts: `PATH:BYTES:UID:GID:MODE`
     /// entries separated by `;` (`/tmp` and the image's volumes).
     pub const TMPFS: &str = "FAAS_FORK_TMPFS";
+    /// Processes one child may have at once (its own pids cgroup, when
+    /// faasd gave the zygote one at `layout::CGROUP`).
+    pub const PIDS: &str = "FAAS_FORK_PIDS";
     /// Every variable above.
-    pub const ALL: &[&str] = &[MAX_CHILDREN, TIMEOUT_MS, CAPS, ROOT, TMPFS];
+    pub const ALL: &[&str] = &[MAX_CHILDREN, TIMEOUT_MS, CAPS, ROOT, TMPFS, PIDS];
 }
 
 /// Most connections faasd hands over in one message.

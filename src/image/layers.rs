@@ -27,7 +27,7 @@ const TOP: &str = "top-2";
 const EMPTY: &str = "empty";
 /// Mount points in `top`: runc mounts /proc, /dev, /sys, /tmp; faasd its
 /// control socket, `faas-init`, the secrets directory and, for `--fork`,
-/// the image's root once more.
+/// the image's root once more and the zygote's cgroup.
 const TOP_DIRS: &[(&str, u32)] = &[
     ("proc", 0o755),
     ("dev", 0o755),
@@ -37,6 +37,7 @@ const TOP_DIRS: &[(&str, u32)] = &[
     ("run", 0o755),
     (layout::in_rootfs(layout::SECRETS), 0o755),
     (layout::in_rootfs(layout::IMAGE), 0o755),
+    (layout::in_rootfs(layout::CGROUP), 0o755),
 ];
 const TOP_FILES: &[&str] = &[
     layout::in_rootfs(layout::CONTROL_SOCKET),

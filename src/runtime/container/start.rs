@@ -203,6 +203,18 @@ impl Guard {
                 .map_err(io("mounting the writable layer"))?
         };
         let cgroup = cgroup::runtime_path(&self.rt.cgroup_scope, &self.id);
+        let fork_cgroup = match options.fork {
+            true => {
+                let user = self.func.id_base;
+                let owner = (
+                    user.saturating_add(self.func.image.uid),
+                    user.saturating_add(self.func.image.gid),
+                );
+                cgroup::delegate_pids(&self.rt.cgroup_scope, &self.id, owner)
+                    .map_err(io("giving the zygote its cgroup"))?
+            }
+            false => None,
+        };
         let init = self.rt.config.init.as_ref().map(|p| self.rt.view.path(p));
         let secrets_dir = self
             .func
@@ -213,6 +225,7 @@ impl Guard {
             function: self.func.name.as_str(),
             rootfs: &rootfs,
             image_root: &self.rt.view.path(&self.func.rootfs.path),
+            fork_cgroup: fork_cgroup.as_deref(),
             control_sock: &self.rt.view.path(&sock),
             image: &self.func.image,
             options: &self.func.options,

@@ -126,14 +126,48 @@ pub fn procs(scope: &str, id: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Removes container `id`'s cgroups in every hierarchy (and the leaf
-/// `c` below it that faasd before 2026-12-01 gave the runtime).
+/// Makes container `id`'s pids cgroup ahead of the runtime and gives its
+/// directory to `owner` (host uid, gid): a `--fork` zygote running as
+/// that user makes a cgroup per child below it, each with a pids limit
+/// of its own under the container's. cgroup v1 only (this host's pids
+/// controller); elsewhere `None`, and the children share the container's
+/// limit.
+pub fn delegate_pids(scope: &str, id: &str, owner: (u32, u32)) -> std::io::Result<Option<PathBuf>> {
+    if v2() {
+        return Ok(None);
+    }
+    let dir = Path::new(ROOT).join("pids").join(scope).join(id);
+    if !dir
+        .parent()
+        .is_some_and(|p| p.parent().is_some_and(Path::is_dir))
+    {
+        return Ok(None);
+    }
+    fs::create_dir_all(&dir)?;
+    std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))?;
+    Ok(Some(dir))
+}
+
+/// Removes container `id`'s cgroups in every hierarchy, with what was
+/// made below them (a `--fork` zygote's per-child cgroups, the leaf `c`
+/// that faasd before 2026-12-01 gave the runtime).
 pub fn remove(scope: &str, id: &str) {
     for dir in hierarchies() {
-        let cgroup = dir.join(scope).join(id);
-        let _ = fs::remove_dir(cgroup.join("c"));
-        let _ = fs::remove_dir(&cgroup);
+        remove_tree(&dir.join(scope).join(id));
     }
+}
+
+/// Removes an empty cgroup and its empty descendants (cgroupfs removes
+/// a directory only once its children are gone).
+fn remove_tree(cgroup: &Path) -> bool {
+    if let Ok(entries) = fs::read_dir(cgroup) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    fs::remove_dir(cgroup).is_ok()
 }
 
 /// Removes every container cgroup an earlier run left (empty ones only:
@@ -145,8 +179,7 @@ pub fn sweep(scope: &str) -> usize {
             continue;
         };
         for entry in entries.flatten() {
-            let _ = fs::remove_dir(entry.path().join("c"));
-            if fs::remove_dir(entry.path()).is_ok() {
+            if remove_tree(&entry.path()) {
                 removed += 1;
             }
         }

@@ -15,6 +15,17 @@ use faas_protocol::fork as vars;
 
 /// Size of a child's `/tmp`, as a container's.
 pub const TMP_BYTES: u64 = 64 << 20;
+/// Processes one child may have at once: a container's limit.
+pub const CHILD_PIDS: i64 = 64;
+/// Processes a child usually has (faas-init and the program, or the
+/// program alone), counted for the zygote's container as a whole.
+const PIDS_PER_CHILD: i64 = 4;
+
+/// The pids limit of a zygote's container: one child's fork bomb takes at
+/// most `CHILD_PIDS` and leaves room for the others.
+pub fn pids_limit(options: &DeployOptions) -> i64 {
+    CHILD_PIDS + PIDS_PER_CHILD * i64::from(max_children(options))
+}
 
 /// `faas-init`'s mode words for the zygote.
 pub fn mode(kind: HandlerKind) -> Vec<String> {
@@ -58,6 +69,7 @@ pub fn environment(image: &ImageConfig, options: &DeployOptions) -> Vec<String> 
         format!("{}={}", vars::CAPS, caps.join(",")),
         format!("{}={root}", vars::ROOT),
         format!("{}={}", vars::TMPFS, tmpfs.join(";")),
+        format!("{}={CHILD_PIDS}", vars::PIDS),
     ]
 }
 

@@ -338,7 +338,7 @@ impl Profile {
 }
 
 /// What a zygote may call beyond `ALLOWED`.
-pub(super) const ZYGOTE_ALLOWED: &[&str] = &["mount", "umount2", "pivot_root"];
+pub(super) const ZYGOTE_ALLOWED: &[&str] = &["mount", "umount2", "pivot_root", "unshare", "setns"];
 
 /// The `linux.seccomp` section of a container's spec.
 pub fn profile(which: Profile) -> Value {

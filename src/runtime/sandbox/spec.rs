@@ -57,8 +57,15 @@ pub fn sandbox(options: &DeployOptions, id_base: u32) -> Sandbox {
             ),
         },
         memory_bytes: options.memory,
-        pids: PIDS_LIMIT,
+        pids: pids_limit(options),
         cpus: CPU_QUOTA_US as f64 / CPU_PERIOD_US as f64,
+    }
+}
+
+fn pids_limit(options: &DeployOptions) -> i64 {
+    match options.fork {
+        true => fork::pids_limit(options),
+        false => PIDS_LIMIT,
     }
 }
 
@@ -69,6 +76,9 @@ pub struct SpecInput<'a> {
     pub rootfs: &'a Path,
     /// The version's image root, read-only (as the runtime reaches it).
     pub image_root: &'a Path,
+    /// A `--fork` zygote's pids cgroup, if it has one
+    /// (`cgroup::delegate_pids`).
+    pub fork_cgroup: Option<&'a Path>,
     pub control_sock: &'a Path,
     pub image: &'a ImageConfig,
     pub options: &'a DeployOptions,
@@ -228,7 +238,7 @@ pub fn render(input: &SpecInput<'_>) -> Value {
                 "devices": [{ "allow": false, "access": "rwm" }],
                 "memory": { "limit": options.memory },
                 "cpu": { "quota": CPU_QUOTA_US, "period": CPU_PERIOD_US },
-                "pids": { "limit": PIDS_LIMIT },
+                "pids": { "limit": pids_limit(options) },
             },
             "namespaces": [
                 { "type": "user" }, { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
@@ -332,6 +342,12 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Value> {
             "destination": layout::IMAGE, "type": "bind", "source": input.image_root,
             "options": ["bind", "ro", "nosuid", "nodev"],
         }));
+        if let Some(cgroup) = input.fork_cgroup {
+            mounts.push(json!({
+                "destination": layout::CGROUP, "type": "bind", "source": cgroup,
+                "options": ["bind", "nosuid", "nodev", "noexec"],
+            }));
+        }
     }
     if let (true, Some(init)) = (options.runs_init(), init) {
         mounts.push(json!({
@@ -381,6 +397,7 @@ mod tests {
             function: "f",
             rootfs: Path::new("/state/rootfs/f-v1"),
             image_root: Path::new("/state/rootfs/f-v1"),
+            fork_cgroup: None,
             control_sock: Path::new("/state/bundles/f-1/control.sock"),
             image: &img,
             options: &options,
@@ -443,6 +460,7 @@ mod tests {
             function: "f",
             rootfs: Path::new("/r"),
             image_root: Path::new("/r"),
+            fork_cgroup: None,
             control_sock: Path::new("/b/control.sock"),
             image: &img,
             options: &options,
@@ -497,6 +515,7 @@ mod tests {
             function: "f",
             rootfs: Path::new("/r"),
             image_root: Path::new("/r"),
+            fork_cgroup: None,
             control_sock: Path::new("/b/control.sock"),
             image: &img,
             options: &options,
