@@ -45,6 +45,7 @@ fn spec(c: &mut Criterion) {
                 rootfs: Path::new("/var/lib/faasd/rootfs/bench-v1"),
                 image_root: Path::new("/var/lib/faasd/rootfs/bench-v1"),
                 fork_cgroup: None,
+                fork_stats: None,
                 control_sock: &bundle.join("control.sock"),
                 image: &image,
                 options: &options,

@@ -53,6 +53,20 @@ for key, what in (("exec", "exec a static no-op"), ("exit", "exit without exec")
     row(f"(#24's ceiling: clone into user, mount, pid, ipc, uts namespaces, tmpfs /tmp, {what}; 2 workers)",
         f"{n:.0f}/s", f"crun's creation rate {crun:.0f}/s", f"{n / crun:.1f}", "—", True)
 
+f = r["fork"]
+ref = mean(f["ref"])
+for key, what in (("fork", "its own writable root"), ("fork_ro", "`--read-only`")):
+    n = mean(f[key])
+    row(f"`--fork --stdio` static probe (an exec per connection), {what}, wrk -t2 -c16 (mean of {len(f[key])}, alternated)",
+        f"{n:.0f} req/s", f"forkref exec {ref:.0f}/s", f"{n / ref:.2f}", "≥ 0.5", n / ref >= 0.5)
+    row(f"(the same against crun's creation rate)", f"{n:.0f} req/s", f"crun {crun:.0f}/s", f"{n / crun:.1f}", "≥ 5",
+        n / crun >= 5)
+for mode, name in (("eof", "to EOF"), ("cl", "to Content-Length")):
+    fk, w = r[f"fork_{mode}"], r[f"warm_{mode}"]
+    ratio = fk["p50_us"] / w["p50_us"]
+    row(f"`--fork` warm single-use p50, {name} (C client)", us(fk["p50_us"]), f"warm pool hit {us(w['p50_us'])}",
+        f"{ratio:.2f}", "≤ 1.5", ratio <= 1.5)
+
 for runtime in ("runc", "crun"):
     c = r[f"cold_{runtime}"]
     ratio = c["http"]["p50_ms"] / c["runc"]["p50_ms"]

@@ -33,6 +33,10 @@
 #                runtime (loadtest/forkref.c, 2 workers, 5 s each: exec a static
 #                no-op, exit at once, exec with a network namespace and its
 #                teardown), beside crun's creation rate: #24's yardstick
+#   fork         --fork --stdio with the static probe (an exec per connection,
+#                each a fresh child), wrk -t2 -c16, with its own writable root
+#                and --read-only, alternated with forkref's exec; its warm
+#                single-use latency (C client)
 # Prints the ratios and writes loadtest/out/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -124,6 +128,7 @@ PY
 }
 
 $FAAS pack "$handlers/hello" -o "$work/hello.tar"
+$FAAS pack "$handlers/probe" -o "$work/probe.tar"
 "$handlers/plain_server" "$plain_host:$plain_port" & plain_pid=$!
 
 # The unsandboxed reference: runc's default spec, read-only rootfs, a static no-op.
@@ -197,6 +202,29 @@ for mode in exec exit "exec net"; do
 done
 put fork_ref "{\"exec\": ${fork_ref[0]}, \"exit\": ${fork_ref[1]}, \"exec_net\": ${fork_ref[2]}}"
 
+# --fork against that ceiling: the static probe as an inetd-style program
+# (one exec per connection, no runtime), every connection a fresh child;
+# alternated with forkref's exec rounds. Then its warm single-use latency
+# (C client), against the warm pool's measured above.
+echo "== --fork: fresh children per second, alternated with forkref exec" >&2
+fork_runs=(); fork_ref_runs=(); fork_ro_runs=()
+for round in $(seq "${FORK_ROUNDS:-2}"); do
+    fork_ref_runs+=("$("$work/forkref" exec 5 2 "$noop")")
+    start_faasd crun 2
+    $FAAS deploy fork --fork --stdio --warm 2 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
+    $FAAS deploy fork-ro --fork --read-only --stdio --warm 2 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
+    warm_up "http://$($FAAS ip fork)/"
+    fork_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork)/" "fork-$round")")
+    fork_ro_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork-ro)/" "fork-ro-$round")")
+    if [ "$round" = 1 ]; then
+        put fork_eof "$(latency "$($FAAS ip fork)" 80 eof)"
+        put fork_cl "$(latency "$($FAAS ip fork)" 80 cl)"
+    fi
+    stop_faasd
+done
+put fork "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for x in v.split()] for k, v in zip(["fork", "fork_ro", "ref"], sys.argv[1:])}))' \
+    "${fork_runs[*]}" "${fork_ro_runs[*]}" "${fork_ref_runs[*]}")"
+
 echo "== reuse against the plain server, cores 2 against cores 1 (alternated)" >&2
 plain_runs=(); reuse2_runs=(); reuse1_runs=()
 # Four rounds: with two, the machine's round-to-round spread (±5%) alone
@@ -232,7 +260,6 @@ mkdir -p "$work/bb/bin" "$work/bb/www"
 cp "$(command -v busybox)" "$work/bb/bin/busybox"
 printf 'Hello from FaaS handler!\n' > "$work/bb/www/index.html"
 python3 loadtest/mkimage.py "$work/bb" "$work/busybox.tar" '["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]'
-$FAAS pack "$handlers/probe" -o "$work/probe.tar"
 $FAAS pack "$handlers/plain_server" -o "$work/plain.tar"
 mkdir -p "$work/pp"
 cp "$handlers/plain_server" "$work/pp/plain_server"

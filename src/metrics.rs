@@ -27,6 +27,8 @@ pub const IMAGE_ERRORS: &str = "faas_image_errors_total";
 pub const CLOSER_CLOSED: &str = "faas_closer_closed_total";
 pub const CLOSER_LINGER_CLEARED: &str = "faas_closer_lingers_cleared_total";
 pub const CLOSER_INTERRUPTED: &str = "faas_closer_interrupted_total";
+pub const FORK_STARTS: &str = "faas_fork_starts_total";
+pub const FORK_SECONDS: &str = "faas_fork_seconds";
 
 /// Accept → hand-over spans a warm hit (tens of µs) to a slow cold start
 /// (seconds): roughly ×2.5 steps over that range.
@@ -54,6 +56,11 @@ const MEMORY_BUCKETS: &[f64] = &[
     2147483648.0,
     4294967296.0,
 ];
+/// A `--fork` child's start: well under a millisecond unloaded, tens of
+/// ms on a saturated machine.
+const FORK_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 /// Deploys: unpacking a small image to a large one.
 const DEPLOY_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -73,6 +80,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(DEPLOY_DURATION.into()), DEPLOY_BUCKETS)
         })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FORK_SECONDS.into()), FORK_BUCKETS))
         .map_err(|e| e.to_string())?;
     let handle = builder.install_recorder().map_err(|e| e.to_string())?;
     describe();
@@ -110,6 +118,15 @@ fn describe() {
         "Peak memory of a container, read from its cgroup when it ended."
     );
     describe_counter!(ACCEPTS, "Connections accepted by each data-plane core.");
+    describe_counter!(
+        FORK_STARTS,
+        "--fork children started (a fresh sandbox per connection, in a zygote's container)."
+    );
+    describe_histogram!(
+        FORK_SECONDS,
+        Unit::Seconds,
+        "--fork: from the zygote's receipt of a connection to the child's program starting (namespaces, mounts, seal)."
+    );
     describe_histogram!(
         DEPLOY_DURATION,
         Unit::Seconds,
@@ -183,6 +200,8 @@ pub struct FunctionMetrics {
     handler_connect: Histogram,
     cpu: Histogram,
     memory: Histogram,
+    fork_starts: Counter,
+    fork_seconds: Histogram,
 }
 
 impl FunctionMetrics {
@@ -206,7 +225,9 @@ impl FunctionMetrics {
             runtime_start: phase("runtime_start"),
             handler_connect: phase("handler_connect"),
             cpu: histogram!(CONTAINER_CPU, "function" => f.clone()),
-            memory: histogram!(CONTAINER_MEMORY, "function" => f),
+            memory: histogram!(CONTAINER_MEMORY, "function" => f.clone()),
+            fork_starts: counter!(FORK_STARTS, "function" => f.clone()),
+            fork_seconds: histogram!(FORK_SECONDS, "function" => f),
         }
     }
 
@@ -242,6 +263,14 @@ impl FunctionMetrics {
     pub fn usage(&self, cpu_seconds: f64, peak_bytes: u64) {
         self.cpu.record(cpu_seconds);
         self.memory.record(peak_bytes as f64);
+    }
+
+    /// `started` --fork children, and start latencies seen.
+    pub fn forked(&self, started: u64, latencies: &[Duration]) {
+        self.fork_starts.increment(started);
+        for took in latencies {
+            self.fork_seconds.record(took.as_secs_f64());
+        }
     }
 }
 

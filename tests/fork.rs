@@ -37,6 +37,11 @@ fn busybox_image(entrypoint: &[&str], script: &str) -> ImageSpec {
         Entry::exe("bin/shm", shm_binary()),
         Entry::dir("www"),
         Entry::file("www/index.html", "a static page\n"),
+        Entry::dir("www/cgi-bin"),
+        Entry::exe(
+            "www/cgi-bin/ns",
+            "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho pidns=$(readlink /proc/self/ns/pid)\n",
+        ),
     ]);
     ImageSpec {
         layers: vec![Layer {
@@ -316,6 +321,43 @@ fn a_faasd_killed_while_children_serve_leaves_nothing_and_serves_again() {
 }
 
 #[test]
+fn a_childs_program_holds_what_a_containers_would_and_no_more() {
+    require_host();
+    let d = Daemon::start();
+    let ip = d
+        .deploy(
+            "fork-probe",
+            &probe_image("inspect", &[]),
+            &forked(HandlerKind::ControlSocket),
+        )
+        .ip;
+    let ask = || {
+        let (status, body) = call(ip).expect("probe");
+        assert_eq!(status, 200, "{body}");
+        kv(&body)
+    };
+    let first = ask();
+    let v = ask();
+    // Docker's default set, as in a fresh container (tests/contract.rs).
+    assert_eq!(v["CapEff"], "00000000a00405fb");
+    assert_eq!(v["NoNewPrivs"], "1");
+    assert_eq!(v["Seccomp"], "2");
+    assert_eq!(v["raw_socket"], "denied(1)", "no NET_RAW");
+    assert_eq!(v["bind80"], "ok");
+    assert_eq!(v["chown_other"], "ok");
+    assert_eq!(v["setuid_unmapped"], "denied(22)");
+    // The zygote's powers are not the child's.
+    assert_eq!(v["mount"], "denied(1)", "the child's seal");
+    assert_eq!(v["unshare_user"], "denied(1)");
+    // Its own pid namespace: the child (faas-init) and the program.
+    assert_eq!(v["procs"], "2", "{v:?}");
+    assert_eq!(first["rootfs_write"], "ok");
+    assert_eq!(v["rootfs_seen"], "false", "the first child's root is gone");
+    assert_ne!(first["pidns"], v["pidns"]);
+    assert!(!v["init_start"].is_empty());
+}
+
+#[test]
 fn every_kind_but_activation_forks_and_reuse_and_activation_are_refused() {
     require_host();
     let d = Daemon::start();
@@ -333,6 +375,9 @@ fn every_kind_but_activation_forks_and_reuse_and_activation_are_refused() {
     for _ in 0..3 {
         assert_eq!(get(httpd, "/index.html"), page);
     }
+    let (a, b) = (get(httpd, "/cgi-bin/ns"), get(httpd, "/cgi-bin/ns"));
+    assert!(a.starts_with("pidns=pid:["), "{a}");
+    assert_ne!(a, b, "each connection its own child");
     let hello = d
         .deploy(
             "fork-hello",
@@ -359,4 +404,31 @@ fn every_kind_but_activation_forks_and_reuse_and_activation_are_refused() {
     let inspect = d.faas(&["inspect", "fork-hello"], None);
     let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
     assert_eq!(info["options"]["fork"], true);
+    // The zygotes' counters reach inspect and /metrics (read every 250 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let served = loop {
+        let out = d.faas(&["inspect", "fork-hello"], None);
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+        let served = info["stats"]["fork_children_served"].as_u64().unwrap_or(0);
+        if served >= 3 || Instant::now() > deadline {
+            assert_eq!(info["stats"]["fork_children_alive"], 0, "{info}");
+            break served;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(served >= 3, "children served: {served}");
+    let (status, metrics) = d.tcp_client().raw("GET", "/metrics", b"").expect("scrape");
+    assert_eq!(status, 200);
+    let starts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("faas_fork_starts_total{function=\"fork-hello\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fork starts for fork-hello: {metrics}"));
+    assert!(starts >= 3.0, "{starts}");
+    let timed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("faas_fork_seconds_count{function=\"fork-hello\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(timed >= 3.0, "fork start latencies recorded: {timed}");
 }

@@ -19,7 +19,7 @@
 //! namespace; its host name in its own uts namespace.
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 
 use crate::seal;
 use crate::slots;
+use crate::stats::Stats;
 use crate::Mode;
 
 /// Where a child's own tmpfs is first mounted: it holds the writable
@@ -48,6 +49,11 @@ pub struct Plan {
     /// The kernel's highest capability number.
     last_cap: u32,
     pids: Option<u64>,
+    /// Which of Docker's masked paths this kernel has, and whether each is
+    /// a directory; which of its read-only ones (looked up once, by the
+    /// zygote, on the container's own `/proc` and `/sys`).
+    masked: Vec<(&'static str, bool)>,
+    readonly: Vec<&'static str>,
 }
 
 /// A fresh tmpfs a child gets.
@@ -110,6 +116,15 @@ impl Plan {
             caps,
             last_cap: seal::last_cap(),
             pids: None,
+            masked: layout::MASKED
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok().map(|m| (*p, m.is_dir())))
+                .collect(),
+            readonly: layout::READONLY
+                .iter()
+                .copied()
+                .filter(|p| Path::new(p).exists())
+                .collect(),
         })
     }
 }
@@ -135,15 +150,8 @@ impl Tmpfs {
 
 /// The child's life after the clone: returns only through
 /// `std::process::exit`, with its program's status where it has one.
-pub fn run(
-    plan: &Plan,
-    mode: Mode,
-    program: &[OsString],
-    conn: OwnedFd,
-    net: Option<OwnedFd>,
-    cgroup: Option<&Path>,
-) -> isize {
-    let code = match serve(plan, mode, program, conn, net, cgroup) {
+pub fn run(plan: &Plan, mode: Mode, program: &[OsString], given: Given<'_>) -> isize {
+    let code = match serve(plan, mode, program, given) {
         Ok(code) if code == ExitCode::SUCCESS => 0,
         Ok(_) => 1,
         Err(e) => {
@@ -154,14 +162,33 @@ pub fn run(
     std::process::exit(code)
 }
 
+/// What the zygote gives a child.
+pub struct Given<'a> {
+    /// Where its connection will come from (`fork::send_connection`).
+    pub channel: OwnedFd,
+    /// The network namespace to enter (none: it is in a fresh one).
+    pub net: Option<OwnedFd>,
+    /// Its pids cgroup, to join.
+    pub cgroup: Option<&'a Path>,
+    /// The zygote's counters, for the child's start latency.
+    pub stats: Option<&'a Stats>,
+}
+
 fn serve(
     plan: &Plan,
     mode: Mode,
     program: &[OsString],
-    conn: OwnedFd,
-    net: Option<OwnedFd>,
-    cgroup: Option<&Path>,
+    given: Given<'_>,
 ) -> Result<ExitCode, String> {
+    let Given {
+        channel,
+        net,
+        cgroup,
+        stats,
+    } = given;
+    // The program runs as our user, here as our child: as any faas-init,
+    // out of its reach (see main).
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     // First, before anything here can fork.
     if let Some(cgroup) = cgroup {
         slots::join(cgroup)?;
@@ -170,7 +197,7 @@ fn serve(
         Some(net) => slots::enter(&net)?,
         None => slots::set_up()?,
     }
-    seal::keep_only(&conn)?;
+    seal::keep_only(&channel)?;
     let mut unblock = nix::sys::signal::SigSet::empty();
     unblock.add(nix::sys::signal::Signal::SIGCHLD);
     unblock
@@ -183,6 +210,17 @@ fn serve(
         .map_err(|e| format!("chdir: {e}"))?;
     seal::bounding_set(&plan.caps, plan.last_cap)?;
     seal::no_more_namespaces()?;
+    // Prepared: now it waits for its connection.
+    let Some((conn, received)) = connection(channel)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Some(stats) = stats {
+        let now = crate::fork::monotonic_ns();
+        stats.record(std::time::Duration::from_nanos(
+            now.saturating_sub(received),
+        ));
+        stats.unmap_here();
+    }
     match mode {
         Mode::Stdio => {
             nix::unistd::dup2_stdin(&conn).map_err(|e| format!("dup2: {e}"))?;
@@ -202,6 +240,28 @@ fn serve(
     }
 }
 
+/// The connection the zygote sends, and when it received it; none when
+/// the zygote lets this child go.
+fn connection(channel: OwnedFd) -> Result<Option<(OwnedFd, u64)>, String> {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::from(channel);
+    let mut when = [0u8; 8];
+    match stream.read_exact(&mut when) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(format!("waiting for a connection: {e}")),
+    }
+    let mut byte = [0u8; 1];
+    let got = faas_protocol::recv_fds(stream.as_fd(), &mut byte, faas_protocol::Wait::Yes)
+        .map_err(|e| format!("receiving its connection: {e}"))?;
+    let conn = got
+        .fds
+        .into_iter()
+        .next()
+        .ok_or("the zygote sent no connection")?;
+    Ok(Some((conn, u64::from_le_bytes(when))))
+}
+
 /// Builds the child's view of the filesystem; the listener at
 /// `/control.sock` if `control`.
 ///
@@ -210,13 +270,6 @@ fn serve(
 /// tmpfs instance per path would cost a superblock each, the dearest
 /// part of a mount.
 fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
-    mount_or(
-        None::<&str>,
-        "/",
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
     let staging = Path::new(STAGING);
     let size =
         plan.overlay.unwrap_or(0) + SHM_BYTES + plan.tmpfs.iter().map(|t| t.size).sum::<u64>();
@@ -253,7 +306,7 @@ fn build(plan: &Plan, control: bool) -> Result<Option<UnixListener>, String> {
     };
     let at = |path: &str| root.join(layout::in_rootfs(path));
     proc_fresh(&at("/proc"))?;
-    let empty = mask(&root)?;
+    let empty = mask(&root, plan)?;
     if plan.overlay.is_none() {
         hide_zygotes(empty.as_deref())?;
     }
@@ -373,13 +426,13 @@ fn proc_fresh(at: &Path) -> Result<(), String> {
 /// Docker's masked and read-only paths, in this child's `/proc` and
 /// `/sys`: `/dev/null` over files; over directories one empty read-only
 /// tmpfs, bound to the others (a bind keeps its source's read-only flag).
-fn mask(root: &Path) -> Result<Option<PathBuf>, String> {
+fn mask(root: &Path, plan: &Plan) -> Result<Option<PathBuf>, String> {
     let mut empty: Option<PathBuf> = None;
-    for path in layout::MASKED {
+    for &(path, dir) in &plan.masked {
         let target = root.join(layout::in_rootfs(path));
-        match (std::fs::metadata(&target), &empty) {
-            (Ok(m), Some(first)) if m.is_dir() => bind(first, &target)?,
-            (Ok(m), None) if m.is_dir() => {
+        match &empty {
+            Some(first) if dir => bind(first, &target)?,
+            None if dir => {
                 mount_or(
                     Some("tmpfs"),
                     &target,
@@ -389,22 +442,19 @@ fn mask(root: &Path) -> Result<Option<PathBuf>, String> {
                 )?;
                 empty = Some(target);
             }
-            (Ok(_), _) => bind(Path::new("/dev/null"), &target)?,
-            (Err(_), _) => {}
+            _ => bind(Path::new("/dev/null"), &target)?,
         }
     }
-    for path in layout::READONLY {
+    for path in &plan.readonly {
         let target = root.join(layout::in_rootfs(path));
-        if target.exists() {
-            bind(&target, &target)?;
-            mount_or(
-                None::<&str>,
-                &target,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None,
-            )?;
-        }
+        bind(&target, &target)?;
+        mount_or(
+            None::<&str>,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
     }
     Ok(empty)
 }
@@ -417,6 +467,9 @@ fn mask(root: &Path) -> Result<Option<PathBuf>, String> {
 /// root shows the image's placeholders).
 fn hide_zygotes(empty: Option<&Path>) -> Result<(), String> {
     bind(Path::new("/dev/null"), Path::new(layout::CONTROL_SOCKET))?;
+    if Path::new(layout::FORK_STATS).is_file() {
+        bind(Path::new("/dev/null"), Path::new(layout::FORK_STATS))?;
+    }
     let cgroup = Path::new(layout::CGROUP);
     match empty {
         _ if !cgroup.is_dir() => Ok(()),

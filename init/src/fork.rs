@@ -16,7 +16,7 @@
 //! program starts.
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -34,6 +34,7 @@ use nix::unistd::Pid;
 
 use crate::child::{self, map_ids, Plan};
 use crate::slots::Slots;
+use crate::stats::Stats;
 use crate::Mode;
 
 /// Each child's stack while it runs faas-init's code (the program gets
@@ -89,10 +90,28 @@ impl Settings {
     }
 }
 
-/// A child alive, and when it must be gone.
-struct Alive {
-    deadline: Instant,
-    killed: bool,
+/// Children kept prepared: cloned, their sandbox made and sealed,
+/// waiting for a connection, so that one costs a `sendmsg` (the cgroup
+/// join alone waits for an RCU grace period, 9-18 ms measured here).
+const PREPARED: usize = 2;
+/// How long no child is prepared ahead after one failed to be.
+const PREPARE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A child of the zygote (its slot is found by its pid).
+struct Child {
+    state: State,
+}
+
+enum State {
+    /// Making or holding its sandbox; its connection goes over `channel`.
+    Prepared { channel: UnixStream },
+    /// Serving its connection (or, let go unserved, ending) until
+    /// `deadline`.
+    Serving {
+        deadline: Instant,
+        killed: bool,
+        served: bool,
+    },
 }
 
 pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
@@ -145,6 +164,7 @@ pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
     }
     nix::unistd::write(&go_tx, &[1]).map_err(|e| format!("starting the zygote: {e}"))?;
     drop(go_tx);
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     // The container's first process: it ends with the zygote.
     loop {
         match waitpid(pid, None) {
@@ -165,6 +185,22 @@ fn settings_once() -> &'static Settings {
     SETTINGS.get().expect("set before the zygote is cloned")
 }
 
+/// Gives the zygote a mount namespace of its own whose mounts propagate
+/// nowhere, once: every child copies it, so none needs to make its own
+/// copy private, and no mount event reaches a child from outside.
+fn private_mounts() -> Result<(), String> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making the zygote's mounts private: {e}"))
+}
+
 /// The zygote, in its own user namespace (where it holds every
 /// capability, so its children can be given namespaces of their own).
 fn zygote(
@@ -174,6 +210,9 @@ fn zygote(
     go: OwnedFd,
 ) -> Result<ExitCode, String> {
     drop(go);
+    // Its id maps are written: out of reach again, as any faas-init.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    private_mounts()?;
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     chld.thread_block()
@@ -188,7 +227,10 @@ fn zygote(
         mode,
         program: program.to_vec(),
         children: HashMap::new(),
+        prepared: VecDeque::new(),
+        unprepared: None,
         stack: vec![0u8; STACK],
+        stats: Stats::open(),
         slots: Slots::new(fresh_net, settings.plan.pids()),
     };
     // The first message comes unasked.
@@ -197,13 +239,16 @@ fn zygote(
     loop {
         zygote.reap();
         zygote.kill_late();
-        if !open && zygote.children.is_empty() {
+        if !open && zygote.serving() == 0 {
             return Ok(ExitCode::SUCCESS);
+        }
+        if open {
+            zygote.top_up();
         }
         let room = zygote
             .settings
             .max_children
-            .saturating_sub(zygote.children.len());
+            .saturating_sub(zygote.serving());
         if open && !asked && room > 0 {
             let batch = room.min(MAX_BATCH) as u8;
             match send_ready(control.as_fd(), batch) {
@@ -232,8 +277,9 @@ fn zygote(
                 Ok(got) if got.bytes == 0 => open = false,
                 Ok(got) => {
                     asked = false;
+                    let received = monotonic_ns();
                     for conn in got.fds {
-                        zygote.spawn(conn);
+                        zygote.hand(conn, received);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -241,31 +287,112 @@ fn zygote(
                 Err(e) => return Err(format!("receiving connections: {e}")),
             }
         }
+        if !open {
+            // No more connections: the prepared children go (their
+            // channels close, they end).
+            zygote.release_prepared();
+        }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: a child measures its start from the
+/// zygote's receipt of its connection with it.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 struct Zygote {
     settings: &'static Settings,
     mode: Mode,
     program: Vec<OsString>,
-    children: HashMap<Pid, Alive>,
+    children: HashMap<Pid, Child>,
+    /// Prepared children, oldest (most likely ready) first.
+    prepared: VecDeque<Pid>,
     stack: Vec<u8>,
     slots: Slots,
+    /// The counters faasd reads, if it gave the zygote the file.
+    stats: Option<Stats>,
+    /// When a prepared child last ended before its connection.
+    unprepared: Option<Instant>,
 }
 
 impl Zygote {
-    /// Clones a child for `conn`; our copy closes on return, so the
-    /// client sees the end when the child's program closes.
-    fn spawn(&mut self, conn: OwnedFd) {
-        let started = Instant::now();
-        let slot = match self.slots.take() {
-            Ok(slot) => slot,
-            Err(e) => {
-                eprintln!("faas-init: a slot for a child: {e}");
-                crate::handed::unserved(&conn);
+    fn serving(&self) -> usize {
+        self.children.len() - self.prepared.len()
+    }
+
+    /// Keeps `PREPARED` children prepared, within the children allowed;
+    /// for a while none after one could not make its sandbox (a
+    /// connection then still gets a child of its own, and the reason).
+    fn top_up(&mut self) {
+        if self
+            .unprepared
+            .is_some_and(|at| at.elapsed() < PREPARE_BACKOFF)
+        {
+            return;
+        }
+        let limit = self.settings.max_children + PREPARED;
+        while self.prepared.len() < PREPARED && self.children.len() < limit {
+            if let Err(e) = self.prepare() {
+                eprintln!("faas-init: preparing a child: {e}");
                 return;
             }
-        };
+        }
+    }
+
+    /// Hands `conn` to a prepared child (one is prepared now if none is);
+    /// our copy closes on return, so the client sees the end when the
+    /// child's program closes.
+    fn hand(&mut self, conn: OwnedFd, received: u64) {
+        for _ in 0..2 {
+            let pid = match self.prepared.pop_front() {
+                Some(pid) => pid,
+                None => match self.prepare() {
+                    Ok(_) => match self.prepared.pop_front() {
+                        Some(pid) => pid,
+                        None => break,
+                    },
+                    Err(e) => {
+                        eprintln!("faas-init: a child for a connection: {e}");
+                        break;
+                    }
+                },
+            };
+            let Some(child) = self.children.get_mut(&pid) else {
+                continue;
+            };
+            let sent = match &child.state {
+                State::Prepared { channel } => send_connection(channel, &conn, received),
+                State::Serving { .. } => continue,
+            };
+            match sent {
+                Ok(()) => {
+                    child.state = State::Serving {
+                        deadline: Instant::now() + self.settings.timeout,
+                        killed: false,
+                        served: true,
+                    };
+                    self.count(Stats::started);
+                    return;
+                }
+                // It died making its sandbox (it said why): the next one.
+                Err(_) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        self.count(Stats::failed);
+        crate::handed::unserved(&conn);
+    }
+
+    /// Clones a child that makes its sandbox and waits for a connection.
+    fn prepare(&mut self) -> Result<Pid, String> {
+        let slot = self.slots.take()?;
         let given = self.slots.get(slot);
         let net = given.and_then(|s| s.net.as_ref()).map(|n| n.as_raw_fd());
         let cgroup = given.and_then(|s| s.cgroup.clone());
@@ -273,39 +400,61 @@ impl Zygote {
             Some(_) => NAMESPACES,
             None => NAMESPACES | CloneFlags::CLONE_NEWNET,
         };
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("a child's channel: {e}"))?;
         let (plan, mode, program) = (&self.settings.plan, self.mode, &self.program);
-        let conn_fd = conn.as_raw_fd();
+        let stats = self.stats.as_ref();
+        let channel_fd = theirs.as_raw_fd();
         let run = Box::new(move || {
             IS_CHILD.store(true, Ordering::Relaxed);
             // SAFETY: the zygote's descriptors, copied into this child's
             // table by the clone; nothing else in the child owns them.
-            let (conn, net) = unsafe {
+            let (channel, net) = unsafe {
                 (
-                    OwnedFd::from_raw_fd(conn_fd),
+                    OwnedFd::from_raw_fd(channel_fd),
                     net.map(|fd| OwnedFd::from_raw_fd(fd)),
                 )
             };
-            child::run(plan, mode, program, conn, net, cgroup.as_deref())
+            let given = child::Given {
+                channel,
+                net,
+                cgroup: cgroup.as_deref(),
+                stats,
+            };
+            child::run(plan, mode, program, given)
         });
         // SAFETY: as for the zygote's own clone: one thread, no CLONE_VM,
         // the child ends with `std::process::exit`.
-        let cloned = unsafe { nix::sched::clone(run, &mut self.stack, flags, Some(libc::SIGCHLD)) };
-        let pid = match cloned {
-            Ok(pid) => pid,
-            Err(e) => {
-                eprintln!("faas-init: cloning a child for a connection: {e}");
-                crate::handed::unserved(&conn);
-                return;
-            }
-        };
+        let pid = unsafe { nix::sched::clone(run, &mut self.stack, flags, Some(libc::SIGCHLD)) }
+            .map_err(|e| format!("clone: {e}"))?;
+        drop(theirs);
         self.slots.hold(slot, pid);
         self.children.insert(
             pid,
-            Alive {
-                deadline: started + self.settings.timeout,
-                killed: false,
+            Child {
+                state: State::Prepared { channel: ours },
             },
         );
+        self.prepared.push_back(pid);
+        Ok(pid)
+    }
+
+    /// Lets the prepared children go: with their channels closed they end.
+    fn release_prepared(&mut self) {
+        for pid in self.prepared.drain(..) {
+            if let Some(child) = self.children.get_mut(&pid) {
+                child.state = State::Serving {
+                    deadline: Instant::now() + Duration::from_secs(5),
+                    killed: false,
+                    served: false,
+                };
+            }
+        }
+    }
+
+    fn count(&self, what: fn(&Stats)) {
+        if let Some(stats) = &self.stats {
+            what(stats);
+        }
     }
 
     /// Collects every child that ended (each one's status: said only when
@@ -314,8 +463,18 @@ impl Zygote {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
-                    self.children.remove(&pid);
-                    self.slots.release(pid);
+                    if let Some(child) = self.children.remove(&pid) {
+                        self.slots.release(pid);
+                        match child.state {
+                            State::Serving { served: true, .. } => self.count(Stats::ended),
+                            State::Serving { .. } => {}
+                            // It could not make its sandbox (it said why).
+                            State::Prepared { .. } => {
+                                self.prepared.retain(|p| *p != pid);
+                                self.unprepared = Some(Instant::now());
+                            }
+                        }
+                    }
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => {}
@@ -327,14 +486,19 @@ impl Zygote {
     /// the kernel kills the rest of it.
     fn kill_late(&mut self) {
         let now = Instant::now();
-        for (pid, alive) in &mut self.children {
-            if !alive.killed && now >= alive.deadline {
-                eprintln!(
-                    "faas-init: a child served its connection longer than {} s: killed",
-                    self.settings.timeout.as_secs_f64()
-                );
-                let _ = kill(*pid, Signal::SIGKILL);
-                alive.killed = true;
+        for (pid, child) in &mut self.children {
+            if let State::Serving {
+                deadline, killed, ..
+            } = &mut child.state
+            {
+                if !*killed && now >= *deadline {
+                    eprintln!(
+                        "faas-init: a child served its connection longer than {} s: killed",
+                        self.settings.timeout.as_secs_f64()
+                    );
+                    let _ = kill(*pid, Signal::SIGKILL);
+                    *killed = true;
+                }
             }
         }
     }
@@ -344,8 +508,14 @@ impl Zygote {
         let now = Instant::now();
         self.children
             .values()
-            .filter(|a| !a.killed)
-            .map(|a| a.deadline.saturating_duration_since(now))
+            .filter_map(|c| match c.state {
+                State::Serving {
+                    deadline,
+                    killed: false,
+                    ..
+                } => Some(deadline.saturating_duration_since(now)),
+                _ => None,
+            })
             .min()
             .map(|d| {
                 let ms = d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
@@ -353,6 +523,14 @@ impl Zygote {
             })
             .unwrap_or(PollTimeout::NONE)
     }
+}
+
+/// Gives a prepared child its connection: when it was received, then the
+/// descriptor.
+fn send_connection(channel: &UnixStream, conn: &OwnedFd, received: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    (&*channel).write_all(&received.to_le_bytes())?;
+    faas_protocol::send_fds(channel.as_fd(), &[conn.as_fd()])
 }
 
 use nix::libc;

@@ -50,6 +50,7 @@ mod port;
 mod relay;
 mod seal;
 mod slots;
+mod stats;
 mod stdio;
 mod unotify;
 

@@ -36,6 +36,8 @@ pub mod layout {
     /// A `--fork` zygote's pids cgroup (the container's, given to it):
     /// it makes one per child below it.
     pub const CGROUP: &str = "/.faas-cgroup";
+    /// A `--fork` zygote's counters for faasd (`forkstats`).
+    pub const FORK_STATS: &str = "/.faas-stats";
 
     /// Paths of the kernel's filesystems a container never sees (masked
     /// as Docker masks them: `/dev/null` over files, an empty read-only
@@ -98,6 +100,29 @@ pub mod fork {
     pub const PIDS: &str = "FAAS_FORK_PIDS";
     /// Every variable above.
     pub const ALL: &[&str] = &[MAX_CHILDREN, TIMEOUT_MS, CAPS, ROOT, TMPFS, PIDS];
+}
+
+/// The file a `--fork` zygote counts its children in for faasd
+/// (`layout::FORK_STATS`): little-endian 64-bit words, each written with
+/// one atomic store or add, read by faasd while the container lives.
+pub mod forkstats {
+    /// Word 0: what the file is.
+    pub const MAGIC: u64 = u64::from_le_bytes(*b"faasfk01");
+    /// Children cloned.
+    pub const STARTED: usize = 1;
+    /// Children ended (reaped).
+    pub const ENDED: usize = 2;
+    /// Connections no child could be made for.
+    pub const FAILED: usize = 3;
+    /// How many start latencies were written to the ring so far.
+    pub const RING_NEXT: usize = 4;
+    /// The ring of start latencies (nanoseconds from the zygote's receipt
+    /// of a connection to the program's start): entry `n` at word
+    /// `RING + n % RING_LEN`.
+    pub const RING: usize = 8;
+    pub const RING_LEN: usize = 1024;
+    /// The file's size.
+    pub const BYTES: usize = (RING + RING_LEN) * 8;
 }
 
 /// Most connections faasd hands over in one message.

@@ -31,6 +31,12 @@ pub struct FunctionStats {
     pub latency_p50_ms: Option<f64>,
     pub latency_p90_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// `--fork`: children serving now (their zygotes' last word, read
+    /// every quarter second), and children that have served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_children_alive: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_children_served: Option<u64>,
 }
 
 /// What `faas inspect` and `faas list` show of a function.

@@ -42,6 +42,7 @@ const TOP_DIRS: &[(&str, u32)] = &[
 const TOP_FILES: &[&str] = &[
     layout::in_rootfs(layout::CONTROL_SOCKET),
     layout::in_rootfs(layout::FAAS_INIT),
+    layout::in_rootfs(layout::FORK_STATS),
 ];
 
 /// Refs are written and layers collected one at a time, so a layer a

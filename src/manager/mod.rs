@@ -191,7 +191,7 @@ impl Manager {
             image: record.image.clone(),
             options: record.options.clone(),
             logs: log,
-            ledger: Ledger::new(record.name.as_str(), stats),
+            ledger: Ledger::new(record.name.as_str(), stats, record.options.fork),
             pool: WarmPool::new(
                 record.options.warm,
                 record.options.serves_many() || record.options.hands_listener(),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::forkstats::Delta;
 use crate::api::FunctionStats;
 use crate::metrics::{FunctionMetrics, Outcome, Phase};
 
@@ -28,6 +29,9 @@ pub struct Stats {
     cold_starts: AtomicU64,
     warm_starts: AtomicU64,
     rejected: AtomicU64,
+    /// `--fork` children started and ended (every version's).
+    fork_started: AtomicU64,
+    fork_ended: AtomicU64,
 }
 
 /// What a function version records through: its `Stats` (shared with the
@@ -36,14 +40,28 @@ pub struct Stats {
 pub struct Ledger {
     stats: Arc<Stats>,
     metrics: FunctionMetrics,
+    /// The version serves through `--fork` children.
+    fork: bool,
 }
 
 impl Ledger {
-    pub fn new(function: &str, stats: Arc<Stats>) -> Self {
+    pub fn new(function: &str, stats: Arc<Stats>, fork: bool) -> Self {
         Self {
             stats,
             metrics: FunctionMetrics::new(function),
+            fork,
         }
+    }
+
+    /// What a zygote's counters said since their last reading.
+    pub fn forked(&self, delta: &Delta) {
+        self.stats
+            .fork_started
+            .fetch_add(delta.started, Ordering::Relaxed);
+        self.stats
+            .fork_ended
+            .fetch_add(delta.ended, Ordering::Relaxed);
+        self.metrics.forked(delta.started, &delta.latencies);
     }
 
     /// A connection was accepted for the function.
@@ -94,6 +112,10 @@ impl Ledger {
             latency_p50_ms: s.latency.quantile_ms(0.5),
             latency_p90_ms: s.latency.quantile_ms(0.9),
             latency_p99_ms: s.latency.quantile_ms(0.99),
+            fork_children_alive: self
+                .fork
+                .then(|| get(&s.fork_started).saturating_sub(get(&s.fork_ended))),
+            fork_children_served: self.fork.then(|| get(&s.fork_ended)),
         }
     }
 }
@@ -212,7 +234,7 @@ mod tests {
 
     #[test]
     fn outcomes_land_in_their_counters() {
-        let ledger = Ledger::new("f", Arc::default());
+        let ledger = Ledger::new("f", Arc::default(), false);
         ledger.accepted();
         ledger.accepted();
         ledger.accepted();

@@ -26,6 +26,7 @@ pub mod container;
 mod error;
 pub mod faas_init;
 pub mod fdpass;
+pub mod forkstats;
 pub mod handoff;
 pub mod janitor;
 pub mod ledger;

@@ -16,7 +16,7 @@ use crate::runtime::reactor::ControlListener;
 use crate::runtime::sandbox::seccomp::Profile;
 use crate::runtime::sandbox::spec::{render, SpecInput};
 use crate::runtime::sandbox::{bpf, cgroup, scratch};
-use crate::runtime::{logs, Function, Runtime, RuntimeError};
+use crate::runtime::{forkstats, logs, Function, Runtime, RuntimeError};
 use crate::sys::{self, Priority};
 
 /// How long the runtime's `start` may still take once the container's
@@ -203,17 +203,20 @@ impl Guard {
                 .map_err(io("mounting the writable layer"))?
         };
         let cgroup = cgroup::runtime_path(&self.rt.cgroup_scope, &self.id);
-        let fork_cgroup = match options.fork {
+        let (fork_cgroup, fork_stats) = match options.fork {
             true => {
                 let user = self.func.id_base;
                 let owner = (
                     user.saturating_add(self.func.image.uid),
                     user.saturating_add(self.func.image.gid),
                 );
-                cgroup::delegate_pids(&self.rt.cgroup_scope, &self.id, owner)
-                    .map_err(io("giving the zygote its cgroup"))?
+                let cgroup = cgroup::delegate_pids(&self.rt.cgroup_scope, &self.id, owner)
+                    .map_err(io("giving the zygote its cgroup"))?;
+                let stats = forkstats::create(&self.bundle, owner)
+                    .map_err(io("making the zygote's counters"))?;
+                (cgroup, Some(self.rt.view.path(&stats)))
             }
-            false => None,
+            false => (None, None),
         };
         let init = self.rt.config.init.as_ref().map(|p| self.rt.view.path(p));
         let secrets_dir = self
@@ -226,6 +229,7 @@ impl Guard {
             rootfs: &rootfs,
             image_root: &self.rt.view.path(&self.func.rootfs.path),
             fork_cgroup: fork_cgroup.as_deref(),
+            fork_stats: fork_stats.as_deref(),
             control_sock: &self.rt.view.path(&sock),
             image: &self.func.image,
             options: &self.func.options,

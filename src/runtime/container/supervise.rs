@@ -25,7 +25,7 @@ use crate::runtime::reactor::ControlListener;
 use crate::runtime::reaper::Exit;
 use crate::runtime::respond::{self, Status};
 use crate::runtime::sandbox::cgroup;
-use crate::runtime::{fdpass, Function, RuntimeError};
+use crate::runtime::{fdpass, forkstats, Function, RuntimeError};
 use crate::sys::closer::Foreign;
 use crate::sys::timer::sleep_until_opt;
 
@@ -262,11 +262,18 @@ impl Guard {
     fn reuse(&self, listener: ControlListener, control: ControlConn) -> Arc<Reuse> {
         let options = &self.func.options;
         self.func.pool.reuse_started();
+        // A full zygote asks for more once a child ends, at the latest at
+        // the function's timeout (it kills the child then): its ready byte
+        // may come that long after the batch before, and a little more.
+        let grace = match options.fork {
+            true => FORK_READY_GRACE,
+            false => Duration::ZERO,
+        };
         Reuse::new(
             listener.into_inner(),
             control,
             options.max_requests,
-            Duration::from_secs(options.timeout_secs),
+            Duration::from_secs(options.timeout_secs) + grace,
         )
     }
 }
@@ -445,14 +452,39 @@ async fn server_settled(scope: String, id: String) {
     }
 }
 
+/// How much longer than `--timeout` a `--fork` zygote may take to ask for
+/// more connections (see `Guard::reuse`).
+const FORK_READY_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a `--fork` zygote's counters are read (its ring of start
+/// latencies holds 1,024: four times this machine's rate per zygote).
+const FORK_STATS_EVERY: Duration = Duration::from_millis(250);
+
+/// Folds what a zygote counted since the last reading into its
+/// function's ledger.
+fn fold(func: &Function, tally: Option<&mut forkstats::Tally>) {
+    if let Some(delta) = tally.and_then(|t| t.read().ok()) {
+        func.ledger.forked(&delta);
+    }
+}
+
 /// A reuse-mode container for its whole life. The per-connection cycle runs
 /// in `reuse::await_next`; this only wakes when the container ends or must
 /// be killed (timeout, retired, shutdown).
 async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
-    let end = tokio::select! {
-        end = guard.wait_exit(None) => end,
-        _ = reuse.kill.notified() => End::Kill(reuse.retired().unwrap_or("retired")),
+    let mut tally = match guard.func.options.fork {
+        true => forkstats::Tally::open(&guard.bundle.join("fork.stats")).ok(),
+        false => None,
     };
+    let mut every = tokio::time::interval(FORK_STATS_EVERY);
+    let end = loop {
+        tokio::select! {
+            end = guard.wait_exit(None) => break end,
+            _ = reuse.kill.notified() => break End::Kill(reuse.retired().unwrap_or("retired")),
+            _ = every.tick(), if tally.is_some() => fold(&guard.func, tally.as_mut()),
+        }
+    };
+    fold(&guard.func, tally.as_mut());
     if end == End::Exited && guard.exited.is_some_and(|e| !e.success()) {
         guard.failed("the reused handler exited");
     }

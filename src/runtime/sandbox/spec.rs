@@ -79,6 +79,8 @@ pub struct SpecInput<'a> {
     /// A `--fork` zygote's pids cgroup, if it has one
     /// (`cgroup::delegate_pids`).
     pub fork_cgroup: Option<&'a Path>,
+    /// A `--fork` zygote's counters (`runtime::forkstats`).
+    pub fork_stats: Option<&'a Path>,
     pub control_sock: &'a Path,
     pub image: &'a ImageConfig,
     pub options: &'a DeployOptions,
@@ -342,6 +344,12 @@ fn mounts(input: &SpecInput<'_>) -> Vec<Value> {
             "destination": layout::IMAGE, "type": "bind", "source": input.image_root,
             "options": ["bind", "ro", "nosuid", "nodev"],
         }));
+        if let Some(stats) = input.fork_stats {
+            mounts.push(json!({
+                "destination": layout::FORK_STATS, "type": "bind", "source": stats,
+                "options": ["bind", "nosuid", "nodev", "noexec"],
+            }));
+        }
         if let Some(cgroup) = input.fork_cgroup {
             mounts.push(json!({
                 "destination": layout::CGROUP, "type": "bind", "source": cgroup,
@@ -398,6 +406,7 @@ mod tests {
             rootfs: Path::new("/state/rootfs/f-v1"),
             image_root: Path::new("/state/rootfs/f-v1"),
             fork_cgroup: None,
+            fork_stats: None,
             control_sock: Path::new("/state/bundles/f-1/control.sock"),
             image: &img,
             options: &options,
@@ -461,6 +470,7 @@ mod tests {
             rootfs: Path::new("/r"),
             image_root: Path::new("/r"),
             fork_cgroup: None,
+            fork_stats: None,
             control_sock: Path::new("/b/control.sock"),
             image: &img,
             options: &options,
@@ -516,6 +526,7 @@ mod tests {
             rootfs: Path::new("/r"),
             image_root: Path::new("/r"),
             fork_cgroup: None,
+            fork_stats: None,
             control_sock: Path::new("/b/control.sock"),
             image: &img,
             options: &options,

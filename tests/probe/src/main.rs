@@ -321,6 +321,16 @@ fn inspect() -> String {
     out += &format!("keyctl={}\n", errno_of(try_keyctl()));
     out += &format!("unshare_user={}\n", errno_of(try_unshare_user()));
     out += &format!("procs={}\n", visible_processes());
+    // Which pid namespace, and when its first process started: a fresh
+    // sandbox has both its own.
+    let pidns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string());
+    out += &format!("pidns={}\n", pidns.unwrap_or_default());
+    let init = std::fs::read_to_string("/proc/1/stat").unwrap_or_default();
+    let started = init
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .unwrap_or("");
+    out += &format!("init_start={started}\n");
     out += &format!("chown_other={}\n", errno_of(try_chown_other()));
     out += &format!("setuid_unmapped={}\n", errno_of(try_setuid_unmapped()));
     out += &format!("raw_socket={}\n", errno_of(try_raw_socket()));
