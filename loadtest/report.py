@@ -67,6 +67,17 @@ for mode, name in (("eof", "to EOF"), ("cl", "to Content-Length")):
     row(f"`--fork` warm single-use p50, {name} (C client)", us(fk["p50_us"]), f"warm pool hit {us(w['p50_us'])}",
         f"{ratio:.2f}", "≤ 1.5", ratio <= 1.5)
 
+fs = r["fork_sdk"]
+n, ref = mean(fs["sdk"]), mean(fs["ref"])
+row(f"`--fork` through the SDK (the probe's `fork_serve`, no exec), wrk -t2 -c16 (mean of {len(fs['sdk'])}, alternated)",
+    f"{n:.0f} req/s", f"forkref exit {ref:.0f}/s", f"{n / ref:.2f}", "≥ 0.5", n / ref >= 0.5)
+row("(the same against crun's creation rate)", f"{n:.0f} req/s", f"crun {crun:.0f}/s", f"{n / crun:.1f}", "≥ 10",
+    n / crun >= 10)
+pf, pr = r["py_fork"], r["py_fresh"]
+row("Python, a 300 ms start, `--fork` through `faas_fork.py`: warm p50, to Content-Length (C client)",
+    f"{pf['p50_us'] / 1000:.1f} ms", f"without `--fork` {pr['p50_us'] / 1000:.0f} ms", "—", "≤ 10 ms",
+    pf["p50_us"] <= 10_000)
+
 for runtime in ("runc", "crun"):
     c = r[f"cold_{runtime}"]
     ratio = c["http"]["p50_ms"] / c["runc"]["p50_ms"]

@@ -36,7 +36,9 @@
 #   fork         --fork --stdio with the static probe (an exec per connection,
 #                each a fresh child), wrk -t2 -c16, with its own writable root
 #                and --read-only, alternated with forkref's exec; its warm
-#                single-use latency (C client)
+#                single-use latency (C client); the SDK's fork_serve: the
+#                probe's (Rust) against forkref's exit, Python's (a 300 ms
+#                start) latency with --fork and without
 # Prints the ratios and writes loadtest/out/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -224,6 +226,40 @@ for round in $(seq "${FORK_ROUNDS:-2}"); do
 done
 put fork "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for x in v.split()] for k, v in zip(["fork", "fork_ro", "ref"], sys.argv[1:])}))' \
     "${fork_runs[*]}" "${fork_ro_runs[*]}" "${fork_ref_runs[*]}")"
+
+# Pre-initialized handlers (the SDK's fork_serve): the probe's (Rust, no
+# exec per connection, a 300 ms start) against forkref's exit rate,
+# alternated; and examples/python/slow_start.py (a 300 ms start) through
+# faas_fork.py, warm latency with --fork and, for comparison, without (a
+# fresh container, and Python's start, per connection).
+echo "== --fork through the SDK: the probe's fork_serve, Python's faas_fork" >&2
+pyroot=$work/py-root
+pycopy() { mkdir -p "$pyroot$(dirname "$1")"; cp -aL "$1" "$pyroot$1"; }
+pycopy /usr/bin/python3.11
+mkdir -p "$pyroot/usr/lib" "$pyroot/app" "$pyroot/tmp"
+cp -a /usr/lib/python3.11 "$pyroot/usr/lib/"
+for bin in /usr/bin/python3.11 /usr/lib/python3.11/lib-dynload/*.so; do
+    for lib in $(ldd "$bin" 2>/dev/null | grep -o '/[^ ]*'); do [ -e "$pyroot$lib" ] || pycopy "$lib"; done
+done
+cp examples/python/faas_fork.py examples/python/slow_start.py "$pyroot/app/"
+python3 loadtest/mkimage.py "$pyroot" "$work/py.tar" '["/usr/bin/python3.11", "/app/slow_start.py"]'
+sdk_runs=(); sdk_ref_runs=()
+for round in $(seq "${FORK_ROUNDS:-2}"); do
+    sdk_ref_runs+=("$("$work/forkref" exit 5 2 "$noop")")
+    start_faasd crun 2
+    $FAAS deploy fork-sdk --fork --warm 2 --env PROBE_MODE=forkserve --env PROBE_SLEEP_MS=300 --image "$work/probe.tar" >/dev/null
+    warm_up "http://$($FAAS ip fork-sdk)/"
+    sdk_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork-sdk)/" "fork-sdk-$round")")
+    if [ "$round" = 1 ]; then
+        $FAAS deploy py-fork --fork --warm 2 --image "$work/py.tar" >/dev/null
+        $FAAS deploy py-fresh --warm 2 --image "$work/py.tar" >/dev/null
+        put py_fork "$(latency "$($FAAS ip py-fork)" 80 cl)"
+        put py_fresh "$("$work/latency" "$($FAAS ip py-fresh)" 80 30 cl $((GAP_MS * 1000)))"
+    fi
+    stop_faasd
+done
+put fork_sdk "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for x in v.split()] for k, v in zip(["sdk", "ref"], sys.argv[1:])}))' \
+    "${sdk_runs[*]}" "${sdk_ref_runs[*]}")"
 
 echo "== reuse against the plain server, cores 2 against cores 1 (alternated)" >&2
 plain_runs=(); reuse2_runs=(); reuse1_runs=()

@@ -35,6 +35,10 @@ use std::path::Path;
 
 use faas_protocol::{recv_fds, send_ready, Wait};
 
+pub mod caps;
+pub mod fork;
+pub use fork::fork_serve;
+
 /// Where faasd puts the control socket in every container.
 pub const CONTROL_SOCKET: &str = faas_protocol::layout::CONTROL_SOCKET;
 /// The most connections faasd hands over in one message.

@@ -86,46 +86,58 @@ pub fn command(program: &[OsString]) -> Command {
     command
 }
 
-/// Empties this process's inheritable set (lowering it needs nothing).
-fn clear_inheritable() -> io::Result<()> {
-    /// _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
-    const VERSION_3: u32 = 0x2008_0522;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: `header` and `data` are the layouts capget writes (version 3:
-    // two data words), both valid for writes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut Header,
-            data.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    for word in &mut data {
-        word.inheritable = 0;
-    }
-    // SAFETY: as above; capset only reads them.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+/// The command that starts `program` as a fork server (`sdk`): it keeps
+/// CAP_SYS_ADMIN and CAP_SETPCAP in the zygote's user namespace across
+/// its exec as any user, to put its children into their namespaces and
+/// seal them (each child gives them up).
+pub fn fork_server_command(program: &[OsString]) -> Command {
+    let mut command = Command::new(&program[0]);
+    command.args(&program[1..]);
+    // SAFETY: only syscalls between fork and exec (`keep_for_fork_server`).
+    unsafe { command.pre_exec(keep_for_fork_server) };
+    command
+}
+
+/// Makes CAP_SYS_ADMIN and CAP_SETPCAP inheritable and ambient.
+fn keep_for_fork_server() -> io::Result<()> {
+    const SYS_ADMIN: u32 = 21;
+    let keep = [SYS_ADMIN, SETPCAP as u32];
+    set_inheritable(|word, base| {
+        for cap in keep {
+            if cap / 32 == base {
+                *word |= 1 << (cap % 32);
+            }
+        }
+    })?;
+    for cap in keep {
+        // SAFETY: integer arguments only.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
+}
+
+/// Empties this process's inheritable set (lowering it needs nothing).
+fn clear_inheritable() -> io::Result<()> {
+    set_inheritable(|word, _| *word = 0)
+}
+
+/// Changes this process's inheritable set, word by word (`change` gets
+/// each 32-bit word and the number of its first capability / 32).
+fn set_inheritable(change: impl Fn(&mut u32, u32)) -> io::Result<()> {
+    let mut data = faas_handler::caps::get()?;
+    for (base, word) in (0u32..).zip(data.iter_mut()) {
+        change(&mut word.inheritable, base);
+    }
+    faas_handler::caps::set(&data)
 }

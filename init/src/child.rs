@@ -72,6 +72,17 @@ impl Plan {
         &self.caps
     }
 
+    /// The capabilities the program may hold, as faasd wrote them.
+    pub fn caps_text(&self) -> String {
+        let caps: Vec<String> = self.caps.iter().map(u32::to_string).collect();
+        caps.join(",")
+    }
+
+    /// The kernel's highest capability number.
+    pub fn last_cap(&self) -> u32 {
+        self.last_cap
+    }
+
     /// Processes one child may have at once, if faasd said.
     pub fn pids(&self) -> Option<u64> {
         self.pids
@@ -166,12 +177,18 @@ pub fn run(plan: &Plan, mode: Mode, program: &[OsString], given: Given<'_>) -> i
 pub struct Given<'a> {
     /// Where its connection will come from (`fork::send_connection`).
     pub channel: OwnedFd,
+    /// The read end of the pipe a fork server's child keeps open while
+    /// it serves in this child's namespaces (`sdk`).
+    pub done: OwnedFd,
     /// The network namespace to enter (none: it is in a fresh one).
     pub net: Option<OwnedFd>,
     /// Its pids cgroup, to join.
     pub cgroup: Option<&'a Path>,
     /// The zygote's counters, for the child's start latency.
     pub stats: Option<&'a Stats>,
+    /// A fork server's children may enter its namespaces (`sdk`): the
+    /// kernel then asks that it be dumpable, as ptrace would.
+    pub enterable: bool,
 }
 
 fn serve(
@@ -182,13 +199,19 @@ fn serve(
 ) -> Result<ExitCode, String> {
     let Given {
         channel,
+        done,
         net,
         cgroup,
         stats,
+        enterable,
     } = given;
     // The program runs as our user, here as our child: as any faas-init,
-    // out of its reach (see main).
-    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    // out of its reach (see main) — unless a fork server's child is to
+    // enter this child's namespaces: `setns` by pidfd asks what ptrace
+    // would. The program can then reach this child, which holds nothing
+    // but its own namespaces (seccomp denies ptrace; `/proc/1/mem` of it
+    // changes nothing outside this sandbox).
+    nix::sys::prctl::set_dumpable(enterable).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     // First, before anything here can fork.
     if let Some(cgroup) = cgroup {
         slots::join(cgroup)?;
@@ -197,7 +220,7 @@ fn serve(
         Some(net) => slots::enter(&net)?,
         None => slots::set_up()?,
     }
-    seal::keep_only(&channel)?;
+    seal::keep_only(&[&channel, &done])?;
     let mut unblock = nix::sys::signal::SigSet::empty();
     unblock.add(nix::sys::signal::Signal::SIGCHLD);
     unblock
@@ -211,9 +234,12 @@ fn serve(
     seal::bounding_set(&plan.caps, plan.last_cap)?;
     seal::no_more_namespaces()?;
     // Prepared: now it waits for its connection.
-    let Some((conn, received)) = connection(channel)? else {
-        return Ok(ExitCode::SUCCESS);
+    let (conn, received) = match connection(channel)? {
+        Handed::Connection(conn, received) => (conn, received),
+        Handed::ToForkServer => return Ok(held_until_done(done)),
+        Handed::Nothing => return Ok(ExitCode::SUCCESS),
     };
+    drop(done);
     if let Some(stats) = stats {
         let now = crate::fork::monotonic_ns();
         stats.record(std::time::Duration::from_nanos(
@@ -240,16 +266,35 @@ fn serve(
     }
 }
 
-/// The connection the zygote sends, and when it received it; none when
-/// the zygote lets this child go.
-fn connection(channel: OwnedFd) -> Result<Option<(OwnedFd, u64)>, String> {
-    use std::io::Read;
+/// What the zygote gives a prepared child.
+enum Handed {
+    /// Its connection, and when the zygote received it.
+    Connection(OwnedFd, u64),
+    /// A fork server's child serves in its namespaces instead.
+    ToForkServer,
+    /// Nothing: the zygote lets it go.
+    Nothing,
+}
+
+/// What the zygote says instead of a connection's time when a fork
+/// server's child takes this child's namespaces (`fork::hand`).
+pub const TO_FORK_SERVER: u64 = u64::MAX;
+
+fn connection(channel: OwnedFd) -> Result<Handed, String> {
+    use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::from(channel);
+    // Its sandbox is made: a fork server's child may enter it now. (A
+    // zygote without a fork server reads none of it, and may have let
+    // go of its end already, the connection sent.)
+    let _ = stream.write_all(&[1]);
     let mut when = [0u8; 8];
     match stream.read_exact(&mut when) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Handed::Nothing),
         Err(e) => return Err(format!("waiting for a connection: {e}")),
+    }
+    if u64::from_le_bytes(when) == TO_FORK_SERVER {
+        return Ok(Handed::ToForkServer);
     }
     let mut byte = [0u8; 1];
     let got = faas_protocol::recv_fds(stream.as_fd(), &mut byte, faas_protocol::Wait::Yes)
@@ -259,7 +304,21 @@ fn connection(channel: OwnedFd) -> Result<Option<(OwnedFd, u64)>, String> {
         .into_iter()
         .next()
         .ok_or("the zygote sent no connection")?;
-    Ok(Some((conn, u64::from_le_bytes(when))))
+    Ok(Handed::Connection(conn, u64::from_le_bytes(when)))
+}
+
+/// Holds this child's namespaces (its pid namespace's init) until the
+/// fork server's child serving in them, and all it started, have let go
+/// of `done`; ending then ends them all.
+fn held_until_done(done: OwnedFd) -> ExitCode {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(&done, &mut byte) {
+            Ok(0) => return ExitCode::SUCCESS,
+            Err(nix::errno::Errno::EINTR) | Ok(_) => {}
+            Err(_) => return ExitCode::from(1),
+        }
+    }
 }
 
 /// Builds the child's view of the filesystem; the listener at

@@ -33,6 +33,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::child::{self, map_ids, Plan};
+use crate::sdk;
 use crate::slots::Slots;
 use crate::stats::Stats;
 use crate::Mode;
@@ -96,6 +97,9 @@ impl Settings {
 const PREPARED: usize = 2;
 /// How long no child is prepared ahead after one failed to be.
 const PREPARE_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a fork server's connection waits for a child being prepared
+/// (its sandbox takes about a millisecond).
+const PREPARE_WAIT: Duration = Duration::from_secs(2);
 
 /// A child of the zygote (its slot is found by its pid).
 struct Child {
@@ -103,8 +107,10 @@ struct Child {
 }
 
 enum State {
-    /// Making or holding its sandbox; its connection goes over `channel`.
-    Prepared { channel: UnixStream },
+    /// Making or holding its sandbox; its connection goes over
+    /// `channel`; `done` is the write end of the pipe it would hold its
+    /// namespaces for a fork server's child by (`sdk`).
+    Prepared { channel: UnixStream, done: OwnedFd },
     /// Serving its connection (or, let go unserved, ending) until
     /// `deadline`.
     Serving {
@@ -165,13 +171,14 @@ pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
     nix::unistd::write(&go_tx, &[1]).map_err(|e| format!("starting the zygote: {e}"))?;
     drop(go_tx);
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
-    // The container's first process: it ends with the zygote.
+    // The container's first process: it ends with the zygote, and reaps
+    // what ends up its child (a fork server's children's children).
     loop {
-        match waitpid(pid, None) {
-            Ok(WaitStatus::Exited(_, code)) => {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => {
                 return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
             }
-            Ok(WaitStatus::Signaled(..)) => return Ok(ExitCode::from(1)),
+            Ok(WaitStatus::Signaled(p, ..)) if p == pid => return Ok(ExitCode::from(1)),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(format!("waiting for the zygote: {e}")),
         }
@@ -229,10 +236,14 @@ fn zygote(
         children: HashMap::new(),
         prepared: VecDeque::new(),
         unprepared: None,
+        sdk: None,
         stack: vec![0u8; STACK],
         stats: Stats::open(),
         slots: Slots::new(fresh_net, settings.plan.pids()),
     };
+    if mode == Mode::Control {
+        zygote.sdk = sdk::start(&zygote.program, &settings.plan)?;
+    }
     // The first message comes unasked.
     let mut asked = true;
     let mut open = true;
@@ -319,6 +330,8 @@ struct Zygote {
     stats: Option<Stats>,
     /// When a prepared child last ended before its connection.
     unprepared: Option<Instant>,
+    /// The program as fork server, if it is one (`sdk`).
+    sdk: Option<sdk::Server>,
 }
 
 impl Zygote {
@@ -366,9 +379,24 @@ impl Zygote {
             let Some(child) = self.children.get_mut(&pid) else {
                 continue;
             };
-            let sent = match &child.state {
-                State::Prepared { channel } => send_connection(channel, &conn, received),
-                State::Serving { .. } => continue,
+            let sent = match (&child.state, &self.sdk) {
+                (State::Prepared { channel, done }, Some(server)) => {
+                    // The fork server's child takes the namespaces once
+                    // they are made (the holder says so); the holder is
+                    // told to hold them. Failing that, this child serves
+                    // the connection itself.
+                    match prepared(channel).and_then(|()| server.hand(&conn, pid, done, received)) {
+                        Ok(()) => send_to_fork_server(channel),
+                        Err(e) => {
+                            eprintln!("faas-init: handing a connection to the fork server: {e}");
+                            send_connection(channel, &conn, received)
+                        }
+                    }
+                }
+                (State::Prepared { channel, .. }, None) => {
+                    send_connection(channel, &conn, received)
+                }
+                (State::Serving { .. }, _) => continue,
             };
             match sent {
                 Ok(()) => {
@@ -401,24 +429,31 @@ impl Zygote {
             None => NAMESPACES | CloneFlags::CLONE_NEWNET,
         };
         let (ours, theirs) = UnixStream::pair().map_err(|e| format!("a child's channel: {e}"))?;
+        let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("a child's pipe: {e}"))?;
         let (plan, mode, program) = (&self.settings.plan, self.mode, &self.program);
         let stats = self.stats.as_ref();
+        let enterable = self.sdk.is_some();
         let channel_fd = theirs.as_raw_fd();
+        let done_fd = done_r.as_raw_fd();
         let run = Box::new(move || {
             IS_CHILD.store(true, Ordering::Relaxed);
             // SAFETY: the zygote's descriptors, copied into this child's
             // table by the clone; nothing else in the child owns them.
-            let (channel, net) = unsafe {
+            let (channel, done, net) = unsafe {
                 (
                     OwnedFd::from_raw_fd(channel_fd),
+                    OwnedFd::from_raw_fd(done_fd),
                     net.map(|fd| OwnedFd::from_raw_fd(fd)),
                 )
             };
             let given = child::Given {
                 channel,
+                done,
                 net,
                 cgroup: cgroup.as_deref(),
                 stats,
+                enterable,
             };
             child::run(plan, mode, program, given)
         });
@@ -426,12 +461,15 @@ impl Zygote {
         // the child ends with `std::process::exit`.
         let pid = unsafe { nix::sched::clone(run, &mut self.stack, flags, Some(libc::SIGCHLD)) }
             .map_err(|e| format!("clone: {e}"))?;
-        drop(theirs);
+        drop((theirs, done_r));
         self.slots.hold(slot, pid);
         self.children.insert(
             pid,
             Child {
-                state: State::Prepared { channel: ours },
+                state: State::Prepared {
+                    channel: ours,
+                    done: done_w,
+                },
             },
         );
         self.prepared.push_back(pid);
@@ -463,6 +501,12 @@ impl Zygote {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
+                    if self.sdk.as_ref().is_some_and(|s| s.is(pid)) {
+                        eprintln!(
+                            "faas-init: the fork server ended: every connection starts the program afresh"
+                        );
+                        self.sdk = None;
+                    }
                     if let Some(child) = self.children.remove(&pid) {
                         self.slots.release(pid);
                         match child.state {
@@ -523,6 +567,22 @@ impl Zygote {
             })
             .unwrap_or(PollTimeout::NONE)
     }
+}
+
+/// Waits for a prepared child to say its sandbox is made (at once, for
+/// one prepared a while ago; at most `PREPARE_WAIT`).
+fn prepared(channel: &UnixStream) -> std::io::Result<()> {
+    use std::io::Read;
+    channel.set_read_timeout(Some(PREPARE_WAIT))?;
+    let mut byte = [0u8; 1];
+    (&*channel).read_exact(&mut byte)
+}
+
+/// Tells a prepared child that a fork server's child serves in its
+/// namespaces (`sdk`).
+fn send_to_fork_server(channel: &UnixStream) -> std::io::Result<()> {
+    use std::io::Write;
+    (&*channel).write_all(&child::TO_FORK_SERVER.to_le_bytes())
 }
 
 /// Gives a prepared child its connection: when it was received, then the

@@ -48,6 +48,7 @@ mod handed;
 mod listening;
 mod port;
 mod relay;
+mod sdk;
 mod seal;
 mod slots;
 mod stats;

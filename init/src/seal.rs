@@ -38,10 +38,19 @@ const FORBIDDEN: &[libc::c_long] = &[
     libc::SYS_mount_setattr,
 ];
 
-/// Closes every descriptor but 0, 1, 2 and `keep`.
-pub fn keep_only(keep: &OwnedFd) -> Result<(), String> {
-    let fd = keep.as_raw_fd() as libc::c_uint;
-    let ranges = [(3, fd.saturating_sub(1)), (fd + 1, libc::c_uint::MAX)];
+/// Closes every descriptor but 0, 1, 2 and those of `keep`.
+pub fn keep_only(keep: &[&OwnedFd]) -> Result<(), String> {
+    let mut kept: Vec<libc::c_uint> = keep.iter().map(|k| k.as_raw_fd() as libc::c_uint).collect();
+    kept.sort_unstable();
+    let mut first: libc::c_uint = 3;
+    let mut ranges = Vec::new();
+    for fd in kept {
+        if fd >= first {
+            ranges.push((first, fd - 1));
+            first = fd + 1;
+        }
+    }
+    ranges.push((first, libc::c_uint::MAX));
     for (first, last) in ranges {
         if first > last {
             continue;
@@ -87,6 +96,34 @@ pub fn last_cap() -> u32 {
 pub fn no_more_namespaces() -> Result<(), String> {
     unotify::install_plain(&mut program())
         .map_err(|e| format!("installing the child's seccomp filter: {e}"))
+}
+
+/// The seal's program as bytes (`struct sock_filter` in memory order),
+/// for a fork server's children (`sdk`).
+pub fn program_bytes() -> Vec<u8> {
+    program()
+        .iter()
+        .flat_map(|i| {
+            let mut b = Vec::with_capacity(8);
+            b.extend_from_slice(&i.code.to_ne_bytes());
+            b.push(i.jt);
+            b.push(i.jf);
+            b.extend_from_slice(&i.k.to_ne_bytes());
+            b
+        })
+        .collect()
+}
+
+/// A pidfd of `pid` (nix has no `pidfd_open`).
+pub fn pidfd(pid: nix::unistd::Pid) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments; the descriptor returned is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = std::os::fd::RawFd::try_from(fd).map_err(|_| io::ErrorKind::InvalidData)?;
+    // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn program() -> Vec<libc::sock_filter> {
@@ -145,34 +182,8 @@ pub fn interface_up(name: &str) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// Runs `p` on one call the way the kernel would (the opcodes
-    /// `program` emits).
     fn run(p: &[libc::sock_filter], nr: libc::c_long, arg0: u64) -> u32 {
-        let (mut pc, mut acc) = (0usize, 0u32);
-        loop {
-            let ins = p[pc];
-            pc += 1;
-            match ins.code {
-                BPF_LD_W_ABS => {
-                    acc = match ins.k {
-                        ARCH => AUDIT_ARCH_X86_64,
-                        NR => nr as u32,
-                        ARGS => arg0 as u32,
-                        other => panic!("offset {other}"),
-                    }
-                }
-                BPF_JEQ_K | BPF_JSET_K => {
-                    let taken = if ins.code == BPF_JEQ_K {
-                        acc == ins.k
-                    } else {
-                        acc & ins.k != 0
-                    };
-                    pc += usize::from(if taken { ins.jt } else { ins.jf });
-                }
-                BPF_RET_K => return ins.k,
-                other => panic!("opcode {other:#x}"),
-            }
-        }
+        crate::unotify::tests::run(p, AUDIT_ARCH_X86_64, nr, [arg0, 0, 0, 0, 0, 0])
     }
 
     #[test]

@@ -314,12 +314,12 @@ fn program(stops: &[Stop]) -> Vec<libc::sock_filter> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Runs `p` on one call the way the kernel would (only the opcodes
-    /// `program` emits).
-    fn run(p: &[libc::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
+    /// Runs `p` on one call the way the kernel would (the opcodes faas-init's
+    /// programs emit: this module's and `seal`'s).
+    pub(crate) fn run(p: &[libc::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
@@ -335,11 +335,11 @@ mod tests {
                     let at = ins.k as usize;
                     acc = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
                 }
-                BPF_JEQ_K | BPF_JGE_K => {
-                    let taken = if ins.code == BPF_JEQ_K {
-                        acc == ins.k
-                    } else {
-                        acc >= ins.k
+                BPF_JEQ_K | BPF_JGE_K | BPF_JSET_K => {
+                    let taken = match ins.code {
+                        BPF_JEQ_K => acc == ins.k,
+                        BPF_JGE_K => acc >= ins.k,
+                        _ => acc & ins.k != 0,
                     };
                     pc += usize::from(if taken { ins.jt } else { ins.jf });
                 }

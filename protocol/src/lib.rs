@@ -100,6 +100,22 @@ pub mod fork {
     pub const PIDS: &str = "FAAS_FORK_PIDS";
     /// Every variable above.
     pub const ALL: &[&str] = &[MAX_CHILDREN, TIMEOUT_MS, CAPS, ROOT, TMPFS, PIDS];
+
+    /// To a program started as the fork server (the SDK's `fork_serve`):
+    /// the descriptor of its socket to the zygote. It writes one byte once
+    /// it is ready, then receives, per connection, 8 bytes (when the
+    /// zygote received it, CLOCK_MONOTONIC ns, little-endian) and a
+    /// message carrying the connection, a pidfd of the process whose
+    /// namespaces the connection's child enters (all but the user
+    /// namespace; then it forks once more to be in its pid namespace),
+    /// and a pipe's write end the child keeps open until it is done.
+    pub const SERVER: &str = "FAAS_FORK_SERVER";
+    /// The seccomp program each of its children installs before serving
+    /// (classic BPF, `struct sock_filter` array, in hex). With it, each
+    /// child keeps only `CAPS` (the capability numbers the program may
+    /// hold) and drops every other capability up to `LAST_CAP`.
+    pub const SEAL: &str = "FAAS_FORK_SEAL";
+    pub const LAST_CAP: &str = "FAAS_FORK_LAST_CAP";
 }
 
 /// The file a `--fork` zygote counts its children in for faasd

@@ -13,6 +13,9 @@
 //! - `linger`: answer like `noshutdown`, then stay PROBE_SLEEP_MS (default
 //!   300) ms before exiting
 //! - `slow`: answer like `hello` after PROBE_SLEEP_MS (default 300) ms
+//! - `forkserve`: `faas_handler::fork_serve` after a start of
+//!   PROBE_SLEEP_MS; each connection answered with the server's id and
+//!   where it runs (all of `inspect` with PROBE_INSPECT=1)
 //! - `forkbomb`: take the connection, fork sleeping children until that
 //!   fails, answer `forked=N` and `error=ERRNO`
 //! - `memhog`: take the connection, touch memory until killed
@@ -94,6 +97,7 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+        "forkserve" => return fork_serve(),
         _ => {}
     }
     let mut passed = String::new();
@@ -289,6 +293,47 @@ fn nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// `faas_handler::fork_serve` with a start-up of `PROBE_SLEEP_MS` (a
+/// slow import): each connection is answered by a fresh child that says
+/// where it runs, which server started it and when.
+fn fork_serve() {
+    let init = || {
+        std::thread::sleep(Duration::from_millis(sleep_ms()));
+        format!("{}-{}", std::process::id(), nanos())
+    };
+    let result = faas_handler::fork_serve(init, |server, mut conn| {
+        let _ = read_request_head(&mut conn);
+        let more = match std::env::var_os("PROBE_INSPECT") {
+            Some(_) => inspect(),
+            None => where_am_i(),
+        };
+        let body = format!("server={server}\npid={}\n{more}", std::process::id());
+        answer(&mut conn, &body);
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("probe: fork_serve: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// How many processes it sees, which pid namespace it is in, and when
+/// that namespace's first process started: a fresh sandbox has all three
+/// its own.
+fn where_am_i() -> String {
+    let pidns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string());
+    let init = std::fs::read_to_string("/proc/1/stat").unwrap_or_default();
+    let started = init
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .unwrap_or("");
+    format!(
+        "procs={}\npidns={}\ninit_start={started}\n",
+        visible_processes(),
+        pidns.unwrap_or_default()
+    )
+}
+
 fn inspect() -> String {
     let mut out = String::new();
     out += &format!("pid={}\n", std::process::id());
@@ -320,17 +365,7 @@ fn inspect() -> String {
     out += &format!("module={}\n", errno_of(try_load_module()));
     out += &format!("keyctl={}\n", errno_of(try_keyctl()));
     out += &format!("unshare_user={}\n", errno_of(try_unshare_user()));
-    out += &format!("procs={}\n", visible_processes());
-    // Which pid namespace, and when its first process started: a fresh
-    // sandbox has both its own.
-    let pidns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string());
-    out += &format!("pidns={}\n", pidns.unwrap_or_default());
-    let init = std::fs::read_to_string("/proc/1/stat").unwrap_or_default();
-    let started = init
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .unwrap_or("");
-    out += &format!("init_start={started}\n");
+    out += &where_am_i();
     out += &format!("chown_other={}\n", errno_of(try_chown_other()));
     out += &format!("setuid_unmapped={}\n", errno_of(try_setuid_unmapped()));
     out += &format!("raw_socket={}\n", errno_of(try_raw_socket()));
