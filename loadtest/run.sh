@@ -252,7 +252,7 @@ for round in $(seq "${FORK_ROUNDS:-2}"); do
     sdk_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork-sdk)/" "fork-sdk-$round")")
     if [ "$round" = 1 ]; then
         $FAAS deploy py-fork --fork --warm 2 --image "$work/py.tar" >/dev/null
-        $FAAS deploy py-fresh --warm 2 --image "$work/py.tar" >/dev/null
+        $FAAS deploy py-fresh --warm 0 --image "$work/py.tar" >/dev/null
         put py_fork "$(latency "$($FAAS ip py-fork)" 80 cl)"
         put py_fresh "$("$work/latency" "$($FAAS ip py-fresh)" 80 30 cl $((GAP_MS * 1000)))"
     fi

@@ -125,7 +125,7 @@ fn describe() {
     describe_histogram!(
         FORK_SECONDS,
         Unit::Seconds,
-        "--fork: from the zygote's receipt of a connection to the child's program starting (namespaces, mounts, seal)."
+        "--fork: from the zygote's receipt of a connection to the child having it for its program (started ahead)."
     );
     describe_histogram!(
         DEPLOY_DURATION,

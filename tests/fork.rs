@@ -208,9 +208,10 @@ fn hostile_on(d: &Daemon, read_only: bool) {
         // Neither faasd's control socket for the zygote nor its cgroup.
         assert_eq!(seen["control"], "none", "{seen:?}");
         assert_eq!(seen["cgroup"], "0", "{seen:?}");
-        // Its init (the child), the shell, and what the shell runs.
+        // Its init (the child), the shell, and what the shell runs for
+        // this line: none of the planter's (its shell, sleep, two nc).
         assert!(
-            seen["procs"].parse::<u32>().expect("procs") <= 4,
+            seen["procs"].parse::<u32>().expect("procs") <= 5,
             "{seen:?}"
         );
     }

@@ -34,6 +34,7 @@ UUID state) must be made anew in handle. `random`'s module functions and
 import ctypes
 import os
 import random
+import signal
 import socket
 import struct
 
@@ -64,6 +65,9 @@ def fork_serve(init, handle):
     seal = _Seal.from_env()
     cwd = os.getcwd()
     state = init()
+    # Its children go at once (reaped by the kernel): waiting for each
+    # would make the server wait for every setns and second fork.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     channel.sendall(b"\x01")
     while True:
         request = _next_request(channel)
@@ -79,7 +83,6 @@ def fork_serve(init, handle):
                 os._exit(code)
         for fd in (conn, holder, done):
             os.close(fd)
-        os.waitpid(pid, 0)
 
 
 def _serve_plain(state, handle):
@@ -129,6 +132,7 @@ def _enter_and_serve(channel, seal, cwd, holder, serve):
     os.close(holder)
     if os.fork() != 0:
         return 0
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the handler's own children
     seal.apply(libc)
     random.seed()
     try:

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 use faas_protocol::{fork as vars, recv_fds, Wait};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::wait::waitpid;
+use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::{fork, ForkResult};
 
 /// The namespaces a child enters (the user namespace stays the server's).
@@ -56,6 +56,9 @@ pub fn fork_serve<S>(
     let seal = Seal::from_env()?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let state = init();
+    // Its children go at once (reaped by the kernel): waiting for each
+    // would make the server wait for every setns and second fork.
+    set_sigchld(SigHandler::SigIgn)?;
     (&channel).write_all(&[1])?;
     while let Some(request) = next_request(&channel)? {
         // SAFETY: the server has one thread (`init` is the caller's: it
@@ -67,13 +70,17 @@ pub fn fork_serve<S>(
                     enter_and_serve(request, &channel, &seal, &cwd, |conn| handle(&state, conn));
                 std::process::exit(code)
             }
-            ForkResult::Parent { child } => {
-                drop(request);
-                let _ = waitpid(child, None);
-            }
+            ForkResult::Parent { .. } => drop(request),
         }
     }
     Ok(())
+}
+
+fn set_sigchld(handler: SigHandler) -> io::Result<()> {
+    // SAFETY: SIG_IGN and SIG_DFL run no code of ours.
+    unsafe { signal(Signal::SIGCHLD, handler) }
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// A connection and its sandbox.
@@ -131,6 +138,11 @@ fn enter_and_serve(
             eprintln!("faas-handler: forking into a connection's sandbox: {e}");
             return 1;
         }
+    }
+    // The handler's own children are its to wait for.
+    if let Err(e) = set_sigchld(SigHandler::SigDfl) {
+        eprintln!("faas-handler: SIGCHLD in a connection's sandbox: {e}");
+        return 1;
     }
     if let Err(e) = seal.apply() {
         eprintln!("faas-handler: sealing a connection's sandbox: {e}");

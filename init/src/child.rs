@@ -185,7 +185,7 @@ pub struct Given<'a> {
     /// Its pids cgroup, to join.
     pub cgroup: Option<&'a Path>,
     /// The zygote's counters, for the child's start latency.
-    pub stats: Option<&'a Stats>,
+    pub stats: Option<&'static Stats>,
     /// A fork server's children may enter its namespaces (`sdk`): the
     /// kernel then asks that it be dumpable, as ptrace would.
     pub enterable: bool,
@@ -233,13 +233,39 @@ fn serve(
         .map_err(|e| format!("chdir: {e}"))?;
     seal::bounding_set(&plan.caps, plan.last_cap)?;
     seal::no_more_namespaces()?;
-    // Prepared: now it waits for its connection.
-    let (conn, received) = match connection(channel)? {
-        Handed::Connection(conn, received) => (conn, received),
-        Handed::ToForkServer => return Ok(held_until_done(done)),
-        Handed::Nothing => return Ok(ExitCode::SUCCESS),
-    };
+    if enterable {
+        // A fork server's child serves in this one's namespaces; should
+        // the server be gone, this child serves the connection itself.
+        let mut stream = std::os::unix::net::UnixStream::from(channel);
+        match next(&mut stream)? {
+            Handed::Connection(conn, received) => {
+                record(stats, received);
+                crate::handed::preset(conn);
+            }
+            Handed::ToForkServer => return Ok(held_until_done(done)),
+            Handed::Nothing => return Ok(ExitCode::SUCCESS),
+        }
+    } else {
+        // Prepared: the program starts now, ahead of its connection, as in
+        // a pool container; `handed::receive` waits for it on `channel`.
+        crate::handed::from_zygote(std::os::unix::net::UnixStream::from(channel), stats);
+    }
     drop(done);
+    match mode {
+        Mode::Stdio => crate::stdio::serve(program),
+        Mode::Port(port) => crate::accept::serve(port, program),
+        Mode::Control => match control {
+            Some(listener) => crate::control::serve(program, listener),
+            None => Err("no control socket was made".into()),
+        },
+        Mode::Listen | Mode::Bind(_) => Err(format!("{mode:?} cannot be forked")),
+    }
+}
+
+/// The start latency of a child's connection, received by the zygote at
+/// `received` (`fork::monotonic_ns`), into the zygote's counters; then the
+/// mapping goes (the program never has it).
+pub fn record(stats: Option<&Stats>, received: u64) {
     if let Some(stats) = stats {
         let now = crate::fork::monotonic_ns();
         stats.record(std::time::Duration::from_nanos(
@@ -247,27 +273,10 @@ fn serve(
         ));
         stats.unmap_here();
     }
-    match mode {
-        Mode::Stdio => {
-            nix::unistd::dup2_stdin(&conn).map_err(|e| format!("dup2: {e}"))?;
-            nix::unistd::dup2_stdout(&conn).map_err(|e| format!("dup2: {e}"))?;
-            drop(conn);
-            crate::exec::exec(program, &[])
-        }
-        Mode::Port(port) => {
-            crate::handed::preset(conn);
-            crate::accept::serve(port, program)
-        }
-        Mode::Control => match control {
-            Some(listener) => crate::control::serve(program, listener, conn),
-            None => Err("no control socket was made".into()),
-        },
-        Mode::Listen | Mode::Bind(_) => Err(format!("{mode:?} cannot be forked")),
-    }
 }
 
 /// What the zygote gives a prepared child.
-enum Handed {
+pub enum Handed {
     /// Its connection, and when the zygote received it.
     Connection(OwnedFd, u64),
     /// A fork server's child serves in its namespaces instead.
@@ -280,12 +289,12 @@ enum Handed {
 /// server's child takes this child's namespaces (`fork::hand`).
 pub const TO_FORK_SERVER: u64 = u64::MAX;
 
-fn connection(channel: OwnedFd) -> Result<Handed, String> {
+/// The zygote's next word to a prepared child. The child says first that
+/// its sandbox is made: a fork server's child may enter it now (a zygote
+/// without a fork server reads none of it, and may have let go of its end
+/// already, the connection sent).
+pub fn next(stream: &mut std::os::unix::net::UnixStream) -> Result<Handed, String> {
     use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::from(channel);
-    // Its sandbox is made: a fork server's child may enter it now. (A
-    // zygote without a fork server reads none of it, and may have let
-    // go of its end already, the connection sent.)
     let _ = stream.write_all(&[1]);
     let mut when = [0u8; 8];
     match stream.read_exact(&mut when) {

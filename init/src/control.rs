@@ -1,11 +1,12 @@
 //! A `--fork` child of a handler that speaks faasd's protocol itself: the
-//! child plays faasd's part. Its own `/control.sock` (`child` binds it)
-//! hands the program the one connection, as to a single-use handler;
+//! child plays faasd's part. It starts the program ahead of the
+//! connection; its own `/control.sock` (`child` binds it) hands the
+//! program the one connection once it comes, as to a single-use handler;
 //! then the child, its pid namespace's init, reaps until the program
 //! ends and ends with its status.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,11 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-pub fn serve(
-    program: &[OsString],
-    listener: UnixListener,
-    conn: OwnedFd,
-) -> Result<ExitCode, String> {
+pub fn serve(program: &[OsString], listener: UnixListener) -> Result<ExitCode, String> {
     let child = crate::caps::command(program)
         .spawn()
         .map_err(|e| format!("starting {:?}: {e}", program[0]))?;
@@ -26,12 +23,12 @@ pub fn serve(
     let deadline = Instant::now() + crate::port::listen_wait() + Duration::from_millis(250);
     let handler = loop {
         if let Some(status) = ended(pid) {
-            crate::handed::unserved(&conn);
+            crate::handed::unserved(&crate::handed::receive("a connection")?);
             return Ok(status);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            crate::handed::unserved(&conn);
+            crate::handed::unserved(&crate::handed::receive("a connection")?);
             return Err(format!(
                 "{:?} did not connect to /control.sock in time; a server? deploy with --container-port N",
                 program[0]
@@ -50,6 +47,9 @@ pub fn serve(
         }
     };
     drop(listener);
+    // Started and connected ahead, as a pool container's handler: now the
+    // connection.
+    let conn = crate::handed::receive("a connection")?;
     faas_protocol::send_fds(handler.as_fd(), &[conn.as_fd()])
         .map_err(|e| format!("handing the connection over: {e}"))?;
     drop(conn);

@@ -238,7 +238,7 @@ fn zygote(
         unprepared: None,
         sdk: None,
         stack: vec![0u8; STACK],
-        stats: Stats::open(),
+        stats: Stats::open().map(|s| &*Box::leak(Box::new(s))),
         slots: Slots::new(fresh_net, settings.plan.pids()),
     };
     if mode == Mode::Control {
@@ -326,8 +326,9 @@ struct Zygote {
     prepared: VecDeque<Pid>,
     stack: Vec<u8>,
     slots: Slots,
-    /// The counters faasd reads, if it gave the zygote the file.
-    stats: Option<Stats>,
+    /// The counters faasd reads, if it gave the zygote the file (for the
+    /// zygote's life: its children keep a reference in their copy).
+    stats: Option<&'static Stats>,
     /// When a prepared child last ended before its connection.
     unprepared: Option<Instant>,
     /// The program as fork server, if it is one (`sdk`).
@@ -432,7 +433,7 @@ impl Zygote {
         let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("a child's pipe: {e}"))?;
         let (plan, mode, program) = (&self.settings.plan, self.mode, &self.program);
-        let stats = self.stats.as_ref();
+        let stats = self.stats;
         let enterable = self.sdk.is_some();
         let channel_fd = theirs.as_raw_fd();
         let done_fd = done_r.as_raw_fd();
@@ -490,7 +491,7 @@ impl Zygote {
     }
 
     fn count(&self, what: fn(&Stats)) {
-        if let Some(stats) = &self.stats {
+        if let Some(stats) = self.stats {
             what(stats);
         }
     }

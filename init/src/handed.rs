@@ -3,7 +3,10 @@
 //! and answering a connection for a program that ended before it took it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
+
+use crate::stats::Stats;
 
 use faas_handler::Control;
 
@@ -52,20 +55,46 @@ pub fn preset(conn: OwnedFd) {
     *PRESET.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
 }
 
+/// Where a prepared `--fork` child's connection comes from: the zygote,
+/// over this channel (`child::next`), counted in its counters.
+static FROM_ZYGOTE: Mutex<Option<(UnixStream, Option<&'static Stats>)>> = Mutex::new(None);
+
+/// Makes `receive` wait for the zygote's connection on `channel`.
+pub fn from_zygote(channel: UnixStream, stats: Option<&'static Stats>) {
+    *FROM_ZYGOTE.lock().unwrap_or_else(|e| e.into_inner()) = Some((channel, stats));
+}
+
 /// Whether this process is a `--fork` child (its connection was preset).
 pub fn in_fork_child() -> bool {
     crate::fork::is_child()
+}
+
+/// A fork child's connection: preset, or the zygote's when it comes. A
+/// zygote that lets the child go (no more connections) ends it here,
+/// quietly, and with it the program started ahead.
+fn from_the_zygote(what: &str) -> Result<OwnedFd, String> {
+    if let Some(conn) = PRESET.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Ok(conn);
+    }
+    let taken = FROM_ZYGOTE.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let Some((mut channel, stats)) = taken else {
+        return Err(format!("a fork child asked twice for {what}"));
+    };
+    match crate::child::next(&mut channel)? {
+        crate::child::Handed::Connection(conn, received) => {
+            crate::child::record(stats, received);
+            Ok(conn)
+        }
+        crate::child::Handed::Nothing => std::process::exit(0),
+        crate::child::Handed::ToForkServer => Err(format!("no {what}: a fork server serves it")),
+    }
 }
 
 /// Connects to faasd and waits for one descriptor (a `--fork` child: its
 /// connection).
 pub fn receive(what: &str) -> Result<OwnedFd, String> {
     if in_fork_child() {
-        return PRESET
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| format!("a fork child asked twice for {what}"));
+        return from_the_zygote(what);
     }
     let mut control =
         Control::connect().map_err(|e| format!("connecting to /control.sock: {e}"))?;

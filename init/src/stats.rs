@@ -19,6 +19,12 @@ pub struct Stats {
     base: NonNull<AtomicU64>,
 }
 
+// SAFETY: the mapping is only ever read and written through atomics, from
+// any thread; it lives as long as the `Stats`.
+unsafe impl Send for Stats {}
+// SAFETY: as above.
+unsafe impl Sync for Stats {}
+
 impl Stats {
     /// The mapping, if faasd gave this zygote the file (and it is one).
     pub fn open() -> Option<Self> {
