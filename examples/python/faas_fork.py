@@ -37,6 +37,7 @@ import random
 import signal
 import socket
 import struct
+import traceback
 
 CONTROL_SOCKET = "/control.sock"
 
@@ -79,6 +80,8 @@ def fork_serve(init, handle):
             code = 1
             try:
                 code = _enter_and_serve(channel, seal, cwd, holder, lambda: handle(state, socket.socket(fileno=conn)))
+            except BaseException:
+                traceback.print_exc()  # the function's log
             finally:
                 os._exit(code)
         for fd in (conn, holder, done):
