@@ -19,7 +19,7 @@
 //! namespace; its host name in its own uts namespace.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -27,12 +27,12 @@ use std::process::ExitCode;
 
 use faas_protocol::{fork as vars, layout};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::unistd::Pid;
 
+use crate::channel::{self, Handed};
+use crate::mode::Mode;
 use crate::seal;
 use crate::slots;
 use crate::stats::Stats;
-use crate::Mode;
 
 /// Where a child's own tmpfs is first mounted: it holds the writable
 /// layer and the control socket, and is covered by the final `/tmp`.
@@ -237,9 +237,9 @@ fn serve(
         // A fork server's child serves in this one's namespaces; should
         // the server be gone, this child serves the connection itself.
         let mut stream = std::os::unix::net::UnixStream::from(channel);
-        match next(&mut stream)? {
+        match channel::next(&mut stream)? {
             Handed::Connection(conn, received) => {
-                record(stats, received);
+                channel::record(stats, received);
                 crate::handed::preset(conn);
             }
             Handed::ToForkServer => return Ok(held_until_done(done)),
@@ -260,60 +260,6 @@ fn serve(
         },
         Mode::Listen | Mode::Bind(_) => Err(format!("{mode:?} cannot be forked")),
     }
-}
-
-/// The start latency of a child's connection, received by the zygote at
-/// `received` (`fork::monotonic_ns`), into the zygote's counters; then the
-/// mapping goes (the program never has it).
-pub fn record(stats: Option<&Stats>, received: u64) {
-    if let Some(stats) = stats {
-        let now = crate::fork::monotonic_ns();
-        stats.record(std::time::Duration::from_nanos(
-            now.saturating_sub(received),
-        ));
-        stats.unmap_here();
-    }
-}
-
-/// What the zygote gives a prepared child.
-pub enum Handed {
-    /// Its connection, and when the zygote received it.
-    Connection(OwnedFd, u64),
-    /// A fork server's child serves in its namespaces instead.
-    ToForkServer,
-    /// Nothing: the zygote lets it go.
-    Nothing,
-}
-
-/// What the zygote says instead of a connection's time when a fork
-/// server's child takes this child's namespaces (`fork::hand`).
-pub const TO_FORK_SERVER: u64 = u64::MAX;
-
-/// The zygote's next word to a prepared child. The child says first that
-/// its sandbox is made: a fork server's child may enter it now (a zygote
-/// without a fork server reads none of it, and may have let go of its end
-/// already, the connection sent).
-pub fn next(stream: &mut std::os::unix::net::UnixStream) -> Result<Handed, String> {
-    use std::io::{Read, Write};
-    let _ = stream.write_all(&[1]);
-    let mut when = [0u8; 8];
-    match stream.read_exact(&mut when) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Handed::Nothing),
-        Err(e) => return Err(format!("waiting for a connection: {e}")),
-    }
-    if u64::from_le_bytes(when) == TO_FORK_SERVER {
-        return Ok(Handed::ToForkServer);
-    }
-    let mut byte = [0u8; 1];
-    let got = faas_protocol::recv_fds(stream.as_fd(), &mut byte, faas_protocol::Wait::Yes)
-        .map_err(|e| format!("receiving its connection: {e}"))?;
-    let conn = got
-        .fds
-        .into_iter()
-        .next()
-        .ok_or("the zygote sent no connection")?;
-    Ok(Handed::Connection(conn, u64::from_le_bytes(when)))
 }
 
 /// Holds this child's namespaces (its pid namespace's init) until the
@@ -581,39 +527,6 @@ fn mount_or<S: AsRef<Path> + ?Sized>(
             target.display()
         )
     })
-}
-
-/// Maps the zygote's user and group ids one to one onto the container's
-/// (every id the container has, so a program that changes user, as
-/// nginx does, still can). Without CAP_SETUID and CAP_SETGID in the
-/// container (faasd grants them to faas-init) only faas-init's own ids.
-pub fn map_ids(child: Pid) -> Result<(), String> {
-    let proc = PathBuf::from(format!("/proc/{child}"));
-    let identity = |own: &str| -> Result<String, String> {
-        let text = std::fs::read_to_string(format!("/proc/self/{own}"))
-            .map_err(|e| format!("reading {own}: {e}"))?;
-        Ok(text
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
-            })
-            .collect())
-    };
-    let (uids, gids) = (identity("uid_map")?, identity("gid_map")?);
-    let full = std::fs::write(proc.join("uid_map"), uids)
-        .and_then(|()| std::fs::write(proc.join("gid_map"), gids));
-    if full.is_ok() {
-        return Ok(());
-    }
-    let uid = nix::unistd::geteuid();
-    let gid = nix::unistd::getegid();
-    std::fs::write(proc.join("uid_map"), format!("{uid} {uid} 1\n"))
-        .map_err(|e| format!("writing uid_map: {e}"))?;
-    std::fs::write(proc.join("setgroups"), "deny")
-        .map_err(|e| format!("writing setgroups: {e}"))?;
-    std::fs::write(proc.join("gid_map"), format!("{gid} {gid} 1\n"))
-        .map_err(|e| format!("writing gid_map: {e}"))
 }
 
 #[cfg(test)]

@@ -1,27 +1,35 @@
 //! `fork MODE -- PROGRAM`: faas-init as the zygote of a `--fork` function.
 //!
-//! It holds the container's control connection as a reuse handler would,
-//! and for each connection faasd hands over clones a child into new user,
-//! mount, pid, ipc, uts and network namespaces (`child`), which serves
-//! that one connection as MODE's single-use faas-init would and ends with
-//! it: the child is its pid namespace's init, so when it ends the kernel
-//! kills whatever it started. The zygote asks for more connections while
-//! fewer than `FAAS_FORK_MAX` children live, reaps them, and kills one
-//! that outlives `FAAS_FORK_TIMEOUT_MS`. When faasd closes the control
-//! connection the zygote waits for its children and exits.
+//! faas-init, the container's first process, clones the zygote into a
+//! user namespace of its own (ids mapped one to one onto the container's)
+//! and reaps whatever ends up its child. The zygote holds the container's
+//! control connection as a reuse handler would, and keeps children
+//! prepared (`child`): each cloned into new mount, pid, ipc and uts
+//! namespaces, given a network namespace and pids cgroup of its slot
+//! (`slots`), its sandbox made and sealed and MODE's program started
+//! ahead, waiting on a channel to the zygote. A connection from faasd goes
+//! to the oldest prepared child (or, for a program built on the SDK's
+//! `fork_serve`, to the program started once beside the zygote, with a
+//! prepared child's namespaces: `sdk`), and another is prepared behind
+//! it. A child is its pid namespace's init: when it ends, the kernel kills
+//! whatever it started. The zygote asks for more connections while fewer
+//! than `FAAS_FORK_MAX` children serve, reaps them, and kills one that
+//! outlives `FAAS_FORK_TIMEOUT_MS`. When faasd closes the control
+//! connection the prepared children go, the serving ones finish, and the
+//! zygote exits.
 //!
 //! The image's program never runs in the zygote: only faas-init's code
-//! does, under the container's seccomp profile that lets it make
-//! namespaces and mounts; each child forbids both again before the
-//! program starts.
+//! does (and a fork server's start-up, beside it), under the container's
+//! seccomp profile that lets it make namespaces and mounts; each child
+//! forbids both again before the program starts.
 #![allow(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use faas_protocol::{fork as vars, layout, recv_fds, send_ready, Wait, MAX_BATCH};
@@ -32,34 +40,27 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::child::{self, map_ids, Plan};
+use crate::channel;
+use crate::child::{self, Plan};
+use crate::mode::Mode;
 use crate::sdk;
 use crate::slots::Slots;
 use crate::stats::Stats;
-use crate::Mode;
 
 /// Each child's stack while it runs faas-init's code (the program gets
 /// its own at exec). Only the pages a child touches are ever copied.
 const STACK: usize = 1 << 20;
 
 /// The namespaces of every child (its user namespace is the zygote's,
-/// its network namespace one of `netslots`, or new).
+/// its network namespace its slot's, or new).
 const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWPID)
     .union(CloneFlags::CLONE_NEWIPC)
     .union(CloneFlags::CLONE_NEWUTS);
 
 /// CAP_NET_ADMIN and CAP_NET_RAW: a program holding either could leave
-/// something in a network namespace for the next child (`netslots`).
+/// something in a network namespace for the next child (`slots`).
 const NET_CAPS: [u32; 2] = [12, 13];
-
-/// Set in a child right after the clone: the code it shares with the
-/// zygote then takes the child's ways (its connection is preset).
-static IS_CHILD: AtomicBool = AtomicBool::new(false);
-
-pub fn is_child() -> bool {
-    IS_CHILD.load(Ordering::Relaxed)
-}
 
 /// What faasd set for the zygote (`faas_protocol::fork`).
 struct Settings {
@@ -97,10 +98,6 @@ impl Settings {
 const PREPARED: usize = 2;
 /// How long no child is prepared ahead after one failed to be.
 const PREPARE_BACKOFF: Duration = Duration::from_secs(1);
-/// How long a fork server's connection waits for a child being prepared
-/// (its sandbox takes about a millisecond).
-const PREPARE_WAIT: Duration = Duration::from_secs(2);
-
 /// A child of the zygote (its slot is found by its pid).
 struct Child {
     state: State,
@@ -183,6 +180,39 @@ pub fn serve(mode: Mode, program: &[OsString]) -> Result<ExitCode, String> {
             Err(e) => return Err(format!("waiting for the zygote: {e}")),
         }
     }
+}
+
+/// Maps the zygote's user and group ids one to one onto the container's
+/// (every id the container has, so a program that changes user, as
+/// nginx does, still can). Without CAP_SETUID and CAP_SETGID in the
+/// container (faasd grants them to faas-init) only faas-init's own ids.
+fn map_ids(child: Pid) -> Result<(), String> {
+    let proc = PathBuf::from(format!("/proc/{child}"));
+    let identity = |own: &str| -> Result<String, String> {
+        let text = std::fs::read_to_string(format!("/proc/self/{own}"))
+            .map_err(|e| format!("reading {own}: {e}"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
+            })
+            .collect())
+    };
+    let (uids, gids) = (identity("uid_map")?, identity("gid_map")?);
+    let full = std::fs::write(proc.join("uid_map"), uids)
+        .and_then(|()| std::fs::write(proc.join("gid_map"), gids));
+    if full.is_ok() {
+        return Ok(());
+    }
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    std::fs::write(proc.join("uid_map"), format!("{uid} {uid} 1\n"))
+        .map_err(|e| format!("writing uid_map: {e}"))?;
+    std::fs::write(proc.join("setgroups"), "deny")
+        .map_err(|e| format!("writing setgroups: {e}"))?;
+    std::fs::write(proc.join("gid_map"), format!("{gid} {gid} 1\n"))
+        .map_err(|e| format!("writing gid_map: {e}"))
 }
 
 /// The settings, read before the zygote's clone (the copy it has).
@@ -288,7 +318,7 @@ fn zygote(
                 Ok(got) if got.bytes == 0 => open = false,
                 Ok(got) => {
                     asked = false;
-                    let received = monotonic_ns();
+                    let received = channel::monotonic_ns();
                     for conn in got.fds {
                         zygote.hand(conn, received);
                     }
@@ -304,17 +334,6 @@ fn zygote(
             zygote.release_prepared();
         }
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: a child measures its start from the
-/// zygote's receipt of its connection with it.
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0)
 }
 
 struct Zygote {
@@ -386,16 +405,18 @@ impl Zygote {
                     // they are made (the holder says so); the holder is
                     // told to hold them. Failing that, this child serves
                     // the connection itself.
-                    match prepared(channel).and_then(|()| server.hand(&conn, pid, done, received)) {
-                        Ok(()) => send_to_fork_server(channel),
+                    match channel::prepared(channel)
+                        .and_then(|()| server.hand(&conn, pid, done, received))
+                    {
+                        Ok(()) => channel::send_to_fork_server(channel),
                         Err(e) => {
                             eprintln!("faas-init: handing a connection to the fork server: {e}");
-                            send_connection(channel, &conn, received)
+                            channel::send_connection(channel, &conn, received)
                         }
                     }
                 }
                 (State::Prepared { channel, .. }, None) => {
-                    send_connection(channel, &conn, received)
+                    channel::send_connection(channel, &conn, received)
                 }
                 (State::Serving { .. }, _) => continue,
             };
@@ -438,7 +459,7 @@ impl Zygote {
         let channel_fd = theirs.as_raw_fd();
         let done_fd = done_r.as_raw_fd();
         let run = Box::new(move || {
-            IS_CHILD.store(true, Ordering::Relaxed);
+            crate::handed::mark_fork_child();
             // SAFETY: the zygote's descriptors, copied into this child's
             // table by the clone; nothing else in the child owns them.
             let (channel, done, net) = unsafe {
@@ -568,30 +589,6 @@ impl Zygote {
             })
             .unwrap_or(PollTimeout::NONE)
     }
-}
-
-/// Waits for a prepared child to say its sandbox is made (at once, for
-/// one prepared a while ago; at most `PREPARE_WAIT`).
-fn prepared(channel: &UnixStream) -> std::io::Result<()> {
-    use std::io::Read;
-    channel.set_read_timeout(Some(PREPARE_WAIT))?;
-    let mut byte = [0u8; 1];
-    (&*channel).read_exact(&mut byte)
-}
-
-/// Tells a prepared child that a fork server's child serves in its
-/// namespaces (`sdk`).
-fn send_to_fork_server(channel: &UnixStream) -> std::io::Result<()> {
-    use std::io::Write;
-    (&*channel).write_all(&child::TO_FORK_SERVER.to_le_bytes())
-}
-
-/// Gives a prepared child its connection: when it was received, then the
-/// descriptor.
-fn send_connection(channel: &UnixStream, conn: &OwnedFd, received: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    (&*channel).write_all(&received.to_le_bytes())?;
-    faas_protocol::send_fds(channel.as_fd(), &[conn.as_fd()])
 }
 
 use nix::libc;

@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::stats::Stats;
@@ -64,9 +65,17 @@ pub fn from_zygote(channel: UnixStream, stats: Option<&'static Stats>) {
     *FROM_ZYGOTE.lock().unwrap_or_else(|e| e.into_inner()) = Some((channel, stats));
 }
 
-/// Whether this process is a `--fork` child (its connection was preset).
+/// Set in a `--fork` child right after its clone: the code it shares
+/// with faas-init elsewhere then takes its connection from the zygote.
+static FORK_CHILD: AtomicBool = AtomicBool::new(false);
+
+pub fn mark_fork_child() {
+    FORK_CHILD.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process is a `--fork` child.
 pub fn in_fork_child() -> bool {
-    crate::fork::is_child()
+    FORK_CHILD.load(Ordering::Relaxed)
 }
 
 /// A fork child's connection: preset, or the zygote's when it comes. A
@@ -80,13 +89,13 @@ fn from_the_zygote(what: &str) -> Result<OwnedFd, String> {
     let Some((mut channel, stats)) = taken else {
         return Err(format!("a fork child asked twice for {what}"));
     };
-    match crate::child::next(&mut channel)? {
-        crate::child::Handed::Connection(conn, received) => {
-            crate::child::record(stats, received);
+    match crate::channel::next(&mut channel)? {
+        crate::channel::Handed::Connection(conn, received) => {
+            crate::channel::record(stats, received);
             Ok(conn)
         }
-        crate::child::Handed::Nothing => std::process::exit(0),
-        crate::child::Handed::ToForkServer => Err(format!("no {what}: a fork server serves it")),
+        crate::channel::Handed::Nothing => std::process::exit(0),
+        crate::channel::Handed::ToForkServer => Err(format!("no {what}: a fork server serves it")),
     }
 }
 

@@ -34,10 +34,12 @@ use std::process::ExitCode;
 
 use exec::exec;
 use handed::receive;
+use mode::Mode;
 
 mod accept;
 mod bind;
 mod caps;
+mod channel;
 mod child;
 mod control;
 mod cpu;
@@ -46,6 +48,7 @@ mod flow;
 mod fork;
 mod handed;
 mod listening;
+mod mode;
 mod port;
 mod relay;
 mod sdk;
@@ -54,17 +57,6 @@ mod slots;
 mod stats;
 mod stdio;
 mod unotify;
-
-/// How `faas-init` was asked to run the program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Stdio,
-    Listen,
-    Port(u16),
-    Bind(u16),
-    /// A program of faasd's protocol (`--fork` only).
-    Control,
-}
 
 fn main() -> ExitCode {
     // The program runs as our user, often as our child: without this it
