@@ -1,5 +1,7 @@
-//! A process's capability sets (`capget`/`capset`, which neither std nor
-//! nix wraps), for the SDK's fork children and for faas-init.
+//! A process's capability sets (`capget`/`capset`, the bounding and
+//! ambient sets' `prctl`s, which neither std nor nix wraps), for the SDK's
+//! fork children and for faas-init. Syscalls only: safe between fork and
+//! exec.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -58,4 +60,40 @@ pub fn set(data: &[Word; 2]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Empties this process's ambient set.
+pub fn clear_ambient() -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes `cap` out of this process's bounding set (needs CAP_SETPCAP).
+pub fn drop_bounding(cap: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Leaves in the bounding set only `caps`, of every capability up to
+/// `last` (the kernel's highest).
+pub fn bound_to(caps: &[u32], last: u32) -> io::Result<()> {
+    (0..=last)
+        .filter(|c| !caps.contains(c))
+        .try_for_each(drop_bounding)
 }

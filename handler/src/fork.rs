@@ -199,25 +199,8 @@ impl Seal {
 
     fn apply(&self) -> io::Result<()> {
         use nix::libc;
-        for cap in (0..=self.last_cap).filter(|c| !self.caps.contains(c)) {
-            // SAFETY: integer arguments only.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        // SAFETY: integer arguments only.
-        let rc = unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::caps::bound_to(&self.caps, self.last_cap)?;
+        crate::caps::clear_ambient()?;
         let kept: &[u32] = if nix::unistd::geteuid().is_root() {
             &self.caps
         } else {

@@ -46,19 +46,7 @@ pub fn drop_for_program() -> io::Result<()> {
     }
     // faasd made them ambient, so faas-init keeps them as any user; the
     // program must not inherit that.
-    // SAFETY: integer arguments only.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    faas_handler::caps::clear_ambient()?;
     // Inheritable too: at a root program's exec the kernel grants what is
     // inheritable as if the file allowed everything.
     clear_inheritable()?;
@@ -67,14 +55,9 @@ pub fn drop_for_program() -> io::Result<()> {
         .iter()
         .filter(|&&c| c != SETPCAP)
         .chain(extra.iter().filter(|&&c| c == SETPCAP));
-    for &cap in ordered {
-        // SAFETY: integer arguments only (nix has no PR_CAPBSET_DROP).
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    ordered
+        .copied()
+        .try_for_each(|cap| faas_handler::caps::drop_bounding(cap as u32))
 }
 
 /// The command that starts `program` without faas-init's capabilities.

@@ -69,17 +69,8 @@ pub fn keep_only(keep: &[&OwnedFd]) -> Result<(), String> {
 /// function may hold. A root program gains them at its exec, another
 /// user's program none. `last` is the kernel's highest (`last_cap`).
 pub fn bounding_set(caps: &[u32], last: u32) -> Result<(), String> {
-    for cap in (0..=last).filter(|c| !caps.contains(c)) {
-        // SAFETY: integer arguments only (nix has no PR_CAPBSET_DROP).
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            return Err(format!(
-                "dropping capability {cap}: {}",
-                io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
+    faas_handler::caps::bound_to(caps, last)
+        .map_err(|e| format!("dropping capabilities from the bounding set: {e}"))
 }
 
 /// The kernel's highest capability number: read once, by the zygote.

@@ -53,9 +53,10 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// The readings of the file in `bundle`.
+    pub fn open(bundle: &Path) -> io::Result<Self> {
         Ok(Self {
-            file: File::open(path)?,
+            file: File::open(bundle.join(FILE))?,
             started: 0,
             ended: 0,
             failed: 0,
@@ -120,7 +121,7 @@ mod tests {
             nix::unistd::getgid().as_raw(),
         );
         let path = create(dir.path(), owner).expect("create");
-        let mut tally = Tally::open(&path).expect("open");
+        let mut tally = Tally::open(dir.path()).expect("open");
         assert_eq!(tally.read().expect("read"), Delta::default());
         put(&path, words::STARTED, 3);
         put(&path, words::ENDED, 2);

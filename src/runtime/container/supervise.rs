@@ -473,7 +473,7 @@ fn fold(func: &Function, tally: Option<&mut forkstats::Tally>) {
 /// be killed (timeout, retired, shutdown).
 async fn supervise_reuse(mut guard: Guard, reuse: Arc<Reuse>) {
     let mut tally = match guard.func.options.fork {
-        true => forkstats::Tally::open(&guard.bundle.join("fork.stats")).ok(),
+        true => forkstats::Tally::open(&guard.bundle).ok(),
         false => None,
     };
     let mut every = tokio::time::interval(FORK_STATS_EVERY);
