@@ -76,7 +76,7 @@ fn handoff(c: &mut Criterion) {
 fn warm(c: &mut Criterion) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let pool = WarmPool::new(1, false);
+    let pool = WarmPool::new(1, 1, false);
     c.bench_function("warm/accept_to_handoff", |bench| {
         bench.iter(|| {
             // A "container" waiting on its control socket.

@@ -7,8 +7,9 @@
  *   cl   the answer ends when Content-Length bytes of body have arrived
  *        (the client then closes by itself): what HTTP/1.1 clients do
  *
- * usage: latency HOST PORT N MODE [GAP_US]
- *   GAP_US (default 0) is slept between requests (time for a pool refill).
+ * usage: latency HOST PORT N MODE [GAP_US [BURST]]
+ *   GAP_US (default 0) is slept between requests (time for a pool refill);
+ *   with BURST, only after every BURST requests (back-to-back bursts).
  * Prints one JSON object: n, mode, p50_us, p90_us, p99_us, max_us, mean_us,
  * errors (requests without a 200 answer).
  */
@@ -90,7 +91,7 @@ static int once(const struct sockaddr_in *addr, int to_eof) {
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s HOST PORT N eof|cl [GAP_US]\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST PORT N eof|cl [GAP_US [BURST]]\n", argv[0]);
         return 2;
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
@@ -105,6 +106,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     long gap_us = argc > 5 ? atol(argv[5]) : 0;
+    int burst = argc > 6 ? atoi(argv[6]) : 1;
+    if (burst <= 0)
+        burst = 1;
     double *t = calloc((size_t)n, sizeof *t);
     if (!t)
         return 1;
@@ -116,7 +120,7 @@ int main(int argc, char **argv) {
             errors++;
         t[i] = now_us() - t0;
         sum += t[i];
-        if (gap_us > 0)
+        if (gap_us > 0 && (i + 1) % burst == 0)
             usleep((useconds_t)gap_us);
     }
     qsort(t, (size_t)n, sizeof *t, cmp);

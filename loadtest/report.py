@@ -78,6 +78,25 @@ row("Python, a 300 ms start, `--fork` through `faas_fork.py`: warm p50, to Conte
     f"{pf['p50_us'] / 1000:.1f} ms", f"without `--fork`, `--warm 0` {pr['p50_us'] / 1000:.0f} ms", "—", "≤ 10 ms",
     pf["p50_us"] <= 10_000)
 
+if "fork_memory" in r:
+    fm = r["fork_memory"]
+    per = (fm["with"] - fm["before"]) / max(fm["children"], 1) / 1e6
+    beyond = per - fm["program_private_kb"] / 1e3
+    row(f"`--fork`: memory per live child, {fm['children']} held open ({fm['containers']} pool container; its "
+        f"memory cgroup), beyond what its program touches itself ({fm['program_private_kb']} kB private)", f"{beyond:.2f} MB",
+        f"all of it {per:.2f} MB", "—", "≤ 0.3 MB", beyond <= 0.3)
+
+if "pool_follows" in r:
+    pfx, pfo, pt = r["pool_fixed"], r["pool_follows"], r["pool_target"]
+    ratio = pfo["p90_us"] / pfo["p50_us"]
+    row("python3 -m http.server single use, bursts of 8 back to back every 2 s: `--warm 2 --warm-max 16` p90 "
+        f"against its p50 (C client, to Content-Length; the pool grew to {pt['grown']})",
+        us(pfo["p90_us"]), f"p50 {us(pfo['p50_us'])}", f"{ratio:.2f}", "≤ 2", ratio <= 2)
+    row("(the same load with `--warm 2`: p90, p50)", us(pfx["p90_us"]), f"p50 {us(pfx['p50_us'])}",
+        f"{pfx['p90_us'] / pfx['p50_us']:.1f}", "—", True)
+    row("(the grown pool, 14 s after the load with `--pool-idle 10`: target, ready)",
+        f"{pt['after_idle']}, {pt['ready_after_idle']}", "--warm 2", "—", "2", pt["after_idle"] == 2)
+
 for runtime in ("runc", "crun"):
     c = r[f"cold_{runtime}"]
     ratio = c["http"]["p50_ms"] / c["runc"]["p50_ms"]

@@ -261,6 +261,77 @@ done
 put fork_sdk "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for x in v.split()] for k, v in zip(["sdk", "ref"], sys.argv[1:])}))' \
     "${sdk_runs[*]}" "${sdk_ref_runs[*]}")"
 
+# Memory per --fork child (#24): one zygote, 200 connections held open by
+# children that took them and wait (probe `hang`), opened 20 ms apart (all
+# at once, the pool scales out: a zygote prepares two children ahead, and
+# connections that wait 10 ms for it start another zygote container); the
+# function's memory cgroups before and with them, and what one child's
+# program touches itself (its private pages, the median).
+echo "== --fork: memory with 200 children held" >&2
+start_faasd crun 2
+$FAAS deploy fork-mem --fork --warm 1 --concurrency 256 --timeout 300 --env PROBE_MODE=hang --image "$work/probe.tar" >/dev/null
+wait_ready fork-mem 1; sleep 2
+mem_cg=$(ls -d /sys/fs/cgroup/memory/faasd-*/fork-mem-* | head -1)
+mem_before=$(cat "$mem_cg/memory.usage_in_bytes")
+python3 - "$($FAAS ip fork-mem)" 200 <<'PY' &
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 80), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    held.append(s)
+    time.sleep(0.02)
+time.sleep(120)
+PY
+holder=$!
+for _ in $(seq 120); do
+    alive=$($FAAS inspect fork-mem | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"].get("fork_children_alive") or 0)')
+    [ "$alive" -ge 200 ] && break; sleep 0.5
+done
+sleep 1
+mem_with=$(cat /sys/fs/cgroup/memory/faasd-*/fork-mem-*/memory.usage_in_bytes | awk '{s += $1} END {print s}')
+zygotes=$(ls -d /sys/fs/cgroup/memory/faasd-*/fork-mem-* | wc -l)
+program_kb=$(python3 - "$mem_cg" <<'PY'
+import sys
+kb = []
+for pid in open(sys.argv[1] + "/cgroup.procs").read().split():
+    try:
+        if open(f"/proc/{pid}/cmdline").read().split("\0")[0] != "/handler":
+            continue
+        rollup = open(f"/proc/{pid}/smaps_rollup").read()
+    except OSError:
+        continue
+    kb.append(sum(int(l.split()[1]) for l in rollup.splitlines() if l.startswith(("Private_Clean", "Private_Dirty"))))
+kb.sort()
+print(kb[len(kb) // 2] if kb else 0)
+PY
+)
+kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+put fork_memory "{\"children\": $alive, \"containers\": $zygotes, \"before\": $mem_before, \"with\": $mem_with, \"program_private_kb\": $program_kb}"
+stop_faasd
+
+# The pool follows demand (#24): python3 -m http.server single use on a
+# container port, bursts of 8 back-to-back connections every 2 s (the C
+# client), with --warm 2 and with --warm 2 --warm-max 16, after three
+# bursts of warm-up each; then the grown pool back at 2 after --pool-idle.
+echo "== the pool follows demand: python3 -m http.server, bursts of 8" >&2
+mkdir -p "$pyroot/srv"; echo hello > "$pyroot/srv/index.html"
+python3 loadtest/mkimage.py "$pyroot" "$work/pyhttp.tar" '["/usr/bin/python3.11", "-m", "http.server", "8000", "-d", "/srv"]'
+start_faasd runc 2 --pool-idle 10
+$FAAS deploy py-fixed --container-port 8000 --warm 2 --image "$work/pyhttp.tar" >/dev/null
+$FAAS deploy py-follows --container-port 8000 --warm 2 --warm-max 16 --image "$work/pyhttp.tar" >/dev/null
+wait_ready py-fixed 2; wait_ready py-follows 2
+for name in py-fixed py-follows; do
+    ip=$($FAAS ip $name)
+    "$work/latency" "$ip" 80 24 cl 2000000 8 >/dev/null
+    put "pool_${name#py-}" "$("$work/latency" "$ip" 80 80 cl 2000000 8)"
+done
+pool_grown=$($FAAS inspect py-follows | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["target"])')
+sleep 14
+pool_after=$($FAAS inspect py-follows | python3 -c 'import json,sys; p=json.load(sys.stdin)["pool"]; print(p["target"], p["ready"])')
+put pool_target "{\"grown\": $pool_grown, \"after_idle\": ${pool_after% *}, \"ready_after_idle\": ${pool_after#* }}"
+stop_faasd
+
 echo "== reuse against the plain server, cores 2 against cores 1 (alternated)" >&2
 plain_runs=(); reuse2_runs=(); reuse1_runs=()
 # Four rounds: with two, the machine's round-to-round spread (±5%) alone

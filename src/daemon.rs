@@ -248,6 +248,7 @@ async fn start_node(
             shutdown_grace: SHUTDOWN_GRACE,
             max_concurrent_starts: config.max_concurrent_starts,
             pool_idle: config.pool_idle,
+            pool_memory: config.pool_memory,
             init,
             refuse_descriptors,
         },

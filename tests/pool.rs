@@ -439,3 +439,123 @@ fn cold_started_containers_are_served_and_leave_the_pool_uncounted() {
         );
     }
 }
+
+/// Eight connections back to back, one at a time; how many of them got a
+/// container started for them.
+fn burst(d: &Daemon, name: &str, ip: std::net::IpAddr) -> u64 {
+    let before = d.client().inspect(name).expect("inspect").stats;
+    for i in 0..8 {
+        let (status, body) = call(ip).unwrap_or_else(|e| panic!("{name} request {i}: {e}"));
+        assert_eq!(status, 200, "{name} request {i}: {body}");
+    }
+    let after = d.wait_for(name, Duration::from_secs(10), "the burst counted", |i| {
+        i.stats.requests >= before.requests + 8
+    });
+    after.stats.cold_starts - before.cold_starts
+}
+
+#[test]
+fn a_pool_follows_bursts_up_to_warm_max_and_shrinks_back_after_pool_idle() {
+    let d = Daemon::start_with(&["--pool-idle", "4"]);
+    // A program that takes 300 ms to start, as one with heavy imports.
+    let slow = probe_image("hello", &["PROBE_START_MS=300"]);
+    let fixed = d.deploy("fixed", &slow, &warm(2)).ip;
+    let follows = DeployOptions {
+        warm_max: 16,
+        ..warm(2)
+    };
+    let ip = d.deploy("follows", &slow, &follows).ip;
+    for name in ["fixed", "follows"] {
+        d.wait_for(name, Duration::from_secs(20), "pool of 2", |i| {
+            i.stats.warm_ready == 2
+        });
+    }
+    // Bursts of eight, 2.5 s apart: a pool of two runs dry in each.
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        cold.push((burst(&d, "fixed", fixed), burst(&d, "follows", ip)));
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let info = d.client().inspect("follows").expect("inspect");
+    let pool = info.pool.expect("pool");
+    eprintln!("cold starts per burst (fixed, follows): {cold:?}; {pool:?}");
+    assert!(
+        cold.iter().all(|(fixed, _)| *fixed >= 2),
+        "--warm 2 serves most of each burst cold: {cold:?}"
+    );
+    assert_eq!(
+        cold[3..].iter().map(|(_, f)| f).sum::<u64>(),
+        0,
+        "grown, the pool serves whole bursts: {cold:?}"
+    );
+    assert!(
+        (8..=16).contains(&pool.target) && pool.why.contains("arrived within two starts"),
+        "{pool:?}"
+    );
+    assert_eq!((pool.min, pool.max), (2, 16));
+    // Without demand, back to --warm after --pool-idle.
+    let info = d.wait_for("follows", Duration::from_secs(20), "back to 2", |i| {
+        i.pool.as_ref().is_some_and(|p| p.target == 2) && i.stats.warm_ready == 2
+    });
+    let why = info.pool.expect("pool").why;
+    assert!(why.contains("shrunk after 4 s"), "{why}");
+    // The fixed pool never moved.
+    let fixed = d
+        .client()
+        .inspect("fixed")
+        .expect("inspect")
+        .pool
+        .expect("pool");
+    assert_eq!((fixed.target, fixed.why.as_str()), (2, "--warm 2"));
+}
+
+#[test]
+fn pool_memory_bounds_all_pools_and_the_idle_one_shrinks_first() {
+    // What one waiting probe container takes here.
+    let each = {
+        let d = Daemon::start();
+        d.deploy("m", &hello_image(), &warm(1));
+        let info = d.wait_for("m", Duration::from_secs(20), "measured", |i| {
+            i.pool.as_ref().is_some_and(|p| p.memory_each > 0)
+        });
+        info.pool.expect("pool").memory_each
+    };
+    // Room for five: the busy function's four, and one.
+    let budget = each * 5 + each / 2;
+    let d = Daemon::start_with(&["--pool-memory", &budget.to_string()]);
+    d.deploy("idle", &hello_image(), &warm(4));
+    d.wait_for("idle", Duration::from_secs(20), "pool of 4", |i| {
+        i.stats.warm_ready == 4
+    });
+    let busy = d.deploy("busy", &hello_image(), &warm(4)).ip;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = call(busy);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let idle = d.wait_for(
+        "idle",
+        Duration::from_secs(30),
+        "the idle pool shrunk",
+        |i| i.pool.as_ref().is_some_and(|p| p.target < 4) && i.stats.warm_ready < 4,
+    );
+    let busy = d.wait_for("busy", Duration::from_secs(30), "the busy pool full", |i| {
+        i.pool.as_ref().is_some_and(|p| p.target == 4)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().expect("traffic");
+    let (idle, busy) = (idle.pool.expect("pool"), busy.pool.expect("pool"));
+    eprintln!("budget {budget}: idle {idle:?}, busy {busy:?}");
+    assert!(idle.why.contains("--pool-memory allows"), "{idle:?}");
+    let held = u64::from(idle.target) * idle.memory_each.max(1)
+        + u64::from(busy.target) * busy.memory_each.max(1);
+    assert!(held <= budget, "{held} > {budget}: {idle:?} {busy:?}");
+    // The idle one still answers (from what is left, or cold).
+    let (status, _) = call(d.client().inspect("idle").expect("inspect").ip).expect("call");
+    assert_eq!(status, 200);
+}

@@ -78,6 +78,29 @@ pub struct FunctionInfo {
     /// (the kind taken from the image's EXPOSE).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Its warm pool now, where it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolInfo>,
+}
+
+/// A function's warm pool as it is now, and why (`faas inspect`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// `--warm` and `--warm-max` (equal: a fixed pool).
+    pub min: u32,
+    pub max: u32,
+    /// How many containers it holds to.
+    pub target: u32,
+    /// Waiting now, and being started.
+    pub ready: u32,
+    pub starting: u32,
+    /// Connections per second arriving (an average over seconds).
+    pub rate_per_s: f64,
+    /// What decided the target: demand (rate × start time), a bound, the
+    /// node's `--pool-memory`.
+    pub why: String,
+    /// One waiting container's memory, as last measured (bytes).
+    pub memory_each: u64,
 }
 
 /// The header a cluster node's archive fetch from a peer authenticates

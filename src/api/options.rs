@@ -112,6 +112,8 @@ pub fn check_secret_name(name: &str) -> Result<(), String> {
 pub struct DeployOptions {
     /// Containers kept started and waiting on `/control.sock`.
     pub warm: u32,
+    /// The pool follows demand up to this many (0: stays at `warm`).
+    pub warm_max: u32,
     pub env: BTreeMap<String, String>,
     pub memory: u64,
     /// Seconds one connection may take (container start to end, or to the
@@ -252,6 +254,7 @@ impl Default for DeployOptions {
     fn default() -> Self {
         Self {
             warm: DEFAULT_WARM,
+            warm_max: 0,
             env: BTreeMap::new(),
             memory: DEFAULT_MEMORY,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
@@ -287,6 +290,20 @@ impl DeployOptions {
         }
         if self.warm > 256 {
             return Err(format!("warm count {} is above 256", self.warm));
+        }
+        if self.warm_max != 0 {
+            if self.warm_max < self.warm {
+                return Err(format!(
+                    "--warm-max {} is below --warm {}",
+                    self.warm_max, self.warm
+                ));
+            }
+            if self.warm_max > 256 {
+                return Err(format!("--warm-max {} is above 256", self.warm_max));
+            }
+            if self.warm_max > self.warm && self.hands_listener() {
+                return Err("--warm-max does not apply to servers handed the listener (--socket-activation, --reuse on a --container-port): they accept by themselves, faasd does not see their demand".into());
+            }
         }
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return Err(format!(
@@ -354,6 +371,11 @@ impl DeployOptions {
     /// at once: reuse, and a `--fork` zygote.
     pub fn serves_many(&self) -> bool {
         self.reuse || self.fork
+    }
+
+    /// The pool's least and most containers (`--warm`, `--warm-max`).
+    pub fn pool_bounds(&self) -> (u32, u32) {
+        (self.warm, self.warm_max.max(self.warm))
     }
 
     /// Whether the function's listener holds a connection back until the

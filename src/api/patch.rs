@@ -12,6 +12,7 @@ use crate::api::units::parse_size;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OptionsPatch {
     pub warm: Option<u32>,
+    pub warm_max: Option<u32>,
     /// The whole environment (given means replaced).
     pub env: Option<BTreeMap<String, String>>,
     pub memory: Option<u64>,
@@ -42,6 +43,7 @@ impl From<&DeployOptions> for OptionsPatch {
     fn from(o: &DeployOptions) -> Self {
         Self {
             warm: Some(o.warm),
+            warm_max: Some(o.warm_max),
             env: Some(o.env.clone()),
             memory: Some(o.memory),
             timeout_secs: Some(o.timeout_secs),
@@ -86,6 +88,7 @@ impl OptionsPatch {
         let pick = |p: Option<u64>, b: u64| p.unwrap_or(b);
         let out = DeployOptions {
             warm: self.warm.unwrap_or(base.warm),
+            warm_max: self.warm_max.unwrap_or(base.warm_max),
             env: self.env.clone().unwrap_or_else(|| base.env.clone()),
             memory: pick(self.memory, base.memory),
             timeout_secs: pick(self.timeout_secs, base.timeout_secs),
@@ -128,6 +131,7 @@ impl OptionsPatch {
             }
         };
         put("warm", self.warm.map(|v| v.to_string()));
+        put("warm_max", self.warm_max.map(|v| v.to_string()));
         put("memory", self.memory.map(|v| v.to_string()));
         put("timeout", self.timeout_secs.map(|v| v.to_string()));
         put("reuse", self.reuse.map(|v| v.to_string()));
@@ -207,6 +211,7 @@ impl OptionsPatch {
                 }
                 "server_first" => p.server_first = Some(parse_bool("server_first", &value)?),
                 "warm" => p.warm = Some(number("warm count", &value)?),
+                "warm_max" => p.warm_max = Some(number("warm-max count", &value)?),
                 "memory" => p.memory = Some(parse_size(&value)?),
                 "timeout" => p.timeout_secs = Some(number("timeout (seconds)", &value)?),
                 "reuse" => p.reuse = Some(parse_bool("reuse", &value)?),
@@ -412,10 +417,17 @@ mod tests {
             "kind=socket-activation&reuse=true",
             "kind=socket-activation&warm=0",
             "kind=fast",
+            "warm=4&warm_max=2",
+            "warm_max=300",
+            "kind=socket-activation&warm=1&warm_max=4",
+            "container_port=80&reuse=true&warm=1&warm_max=4",
         ] {
             let e = DeployOptions::from_query(bad).expect_err(bad);
             assert!(!e.contains('\n'), "one line: {e}");
         }
+        let follows = DeployOptions::from_query("warm=2&warm_max=16").expect("warm_max");
+        assert_eq!(follows.pool_bounds(), (2, 16));
+        assert_eq!(DeployOptions::default().pool_bounds(), (2, 2));
         let reuse = DeployOptions::from_query("reuse=true").expect("reuse");
         assert!(reuse.defers_accept());
         let banner = DeployOptions::from_query("reuse=true&server_first=true").expect("banner");

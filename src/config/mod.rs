@@ -119,9 +119,12 @@ pub struct Args {
     /// Containers allowed to be starting at once.
     #[arg(long, default_value_t = 16)]
     pub max_concurrent_starts: usize,
-    /// Seconds without traffic after which a function's warm pool shrinks to nothing (0: never).
-    #[arg(long, default_value_t = 300)]
+    /// Seconds without demand for it after which a pool grown beyond --warm (towards --warm-max) shrinks back (0: never).
+    #[arg(long, default_value_t = 60)]
     pub pool_idle: u64,
+    /// Memory all warm pools together may hold (e.g. 2G; 0: no bound); the busiest functions keep theirs, the idle ones shrink first, below --warm if need be. Default: a quarter of the machine's memory.
+    #[arg(long, value_parser = parse_size)]
+    pub pool_memory: Option<u64>,
     /// Seconds a connection may wait for a free slot before faasd answers 503.
     #[arg(long, default_value_t = 10.0)]
     pub queue_timeout: f64,
@@ -190,6 +193,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub max_concurrent_starts: usize,
     pub pool_idle: Duration,
+    /// `--pool-memory` in bytes (0: no bound).
+    pub pool_memory: u64,
     pub queue_timeout: Duration,
     pub log_format: LogFormat,
     pub metrics: bool,
@@ -262,6 +267,9 @@ impl Args {
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             max_concurrent_starts: self.max_concurrent_starts,
             pool_idle: Duration::from_secs(self.pool_idle),
+            pool_memory: self
+                .pool_memory
+                .unwrap_or_else(|| crate::sys::physical_memory() / 4),
             queue_timeout: Duration::from_secs_f64(self.queue_timeout),
             log_format,
             metrics: !self.no_metrics,

@@ -192,10 +192,14 @@ impl Manager {
             options: record.options.clone(),
             logs: log,
             ledger: Ledger::new(record.name.as_str(), stats, record.options.fork),
-            pool: WarmPool::new(
-                record.options.warm,
-                record.options.serves_many() || record.options.hands_listener(),
-            ),
+            pool: {
+                let (floor, ceiling) = record.options.pool_bounds();
+                WarmPool::new(
+                    floor,
+                    ceiling,
+                    record.options.serves_many() || record.options.hands_listener(),
+                )
+            },
             id_base,
             listener: ActivationListener::default(),
         });
@@ -357,6 +361,7 @@ impl Manager {
                 .collect(),
             nodes: Vec::new(),
             notes: Vec::new(),
+            pool: live.as_ref().map(|(func, _)| pool_info(&func.pool)),
         }
     }
 
@@ -456,5 +461,26 @@ impl Manager {
         let runtime = Arc::clone(&self.runtime);
         let _ = tokio::task::spawn_blocking(move || runtime.egress.close()).await;
         self.secrets.close();
+    }
+}
+
+/// What `faas inspect` shows of a pool.
+fn pool_info(pool: &crate::runtime::WarmPool) -> crate::api::PoolInfo {
+    let demand = pool.demand();
+    let (min, max) = demand.bounds();
+    let target = pool.target();
+    let mut why = demand.why().to_string();
+    if target < pool.wanted() {
+        why.push_str(&format!("; --pool-memory allows {target}"));
+    }
+    crate::api::PoolInfo {
+        min,
+        max,
+        target,
+        ready: pool.ready(),
+        starting: pool.starting(),
+        rate_per_s: (demand.rate_at(std::time::Instant::now()) * 10.0).round() / 10.0,
+        why,
+        memory_each: pool.memory_each(),
     }
 }

@@ -50,6 +50,7 @@ pub fn deliver(
     accepted: Instant,
     lease: Lease,
 ) {
+    func.pool.arrived(1);
     if let Err(lease) = from_pool(func, conn, accepted, lease) {
         without_pool(rt, func, conn, accepted, lease);
     }
@@ -68,6 +69,7 @@ pub fn deliver_many(
     accepted: Instant,
     leases: Vec<Lease>,
 ) {
+    func.pool.arrived(conns.len());
     let mut leases = VecDeque::from(leases);
     let mut next = 0;
     // A lease per connection not yet handed over (the caller's and

@@ -7,7 +7,8 @@
 //! pools filled (`refill`). Below: the OCI runtime's command line (`oci`:
 //! runc, crun or another), child reaping (`reaper`), cleanup at idle
 //! priority (`janitor`), passing the client socket (`fdpass`), handler
-//! output (`logs`) and each function's ledger of outcomes (`ledger`).
+//! output (`logs`), each function's ledger of outcomes (`ledger`) and
+//! the node's memory bound on all pools (`budget`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use crate::api::name::FunctionName;
 use crate::api::DeployOptions;
 use crate::image::ImageConfig;
 
+pub mod budget;
 pub mod bundles;
 mod cold;
 pub mod container;
@@ -85,8 +87,11 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     /// How many containers may be starting at once.
     pub max_concurrent_starts: usize,
-    /// A pool with no traffic for this long shrinks to nothing (zero: never).
+    /// A pool grown beyond its `--warm` shrinks back after this long
+    /// without demand for it (zero: never).
     pub pool_idle: Duration,
+    /// All pools together hold at most this much memory (0: no bound).
+    pub pool_memory: u64,
     /// `faas-init`, installed in the state directory, if there is one.
     pub init: Option<PathBuf>,
     /// Control sockets refuse descriptors containers send (SO_PASSRIGHTS,
@@ -269,6 +274,8 @@ pub struct Runtime {
     /// and start containers: nothing waits on them, so they only get CPU
     /// time no connection wants.
     pub(crate) background: tokio::runtime::Handle,
+    /// `--pool-memory`, shared among the pools.
+    pub(crate) budget: Arc<budget::Budget>,
 }
 
 impl Runtime {
@@ -313,6 +320,8 @@ impl Runtime {
         let egress_reaper = reaper.clone();
         let view = view::StateView::open(&config.state_dir, &cgroup_scope)
             .map_err(io("making the state directory reachable for containers"))?;
+        let budget = budget::Budget::new(config.pool_memory);
+        background.spawn(Arc::clone(&budget).run());
         Ok(Arc::new(Self {
             oci,
             reaper,
@@ -328,6 +337,7 @@ impl Runtime {
             egress: sandbox::egress::Egress::new(egress_reaper),
             control: tokio::runtime::Handle::current(),
             background,
+            budget,
             config,
         }))
     }

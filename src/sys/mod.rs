@@ -139,6 +139,17 @@ pub fn set_process_priority(pid: i32, priority: Priority) -> io::Result<()> {
     Ok(())
 }
 
+/// The machine's memory in bytes (`MemTotal`; 0 if unreadable).
+pub fn physical_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Moves this process into a mount namespace of its own, which host
 /// mounts still propagate into and nothing of ours leaves: the rootfs
 /// overlays, the secrets tmpfs and the state view are faasd's alone and

@@ -167,6 +167,9 @@ pub struct OptionArgs {
     /// Pre-started containers kept waiting (0: every connection starts one).
     #[arg(long)]
     pub warm: Option<u32>,
+    /// Let the pool grow with demand up to this many (arrival rate × start time, with headroom), back to --warm after faasd's --pool-idle without demand (0: fixed at --warm).
+    #[arg(long, value_name = "M")]
+    pub warm_max: Option<u32>,
     /// Environment, KEY=VALUE (repeatable; given, it replaces the whole environment).
     #[arg(long = "env", value_parser = parse_env, value_name = "KEY=VALUE")]
     pub env: Vec<(String, String)>,
@@ -261,6 +264,7 @@ impl OptionArgs {
         };
         Ok(OptionsPatch {
             warm: self.warm,
+            warm_max: self.warm_max,
             env,
             memory: self.memory,
             timeout_secs: self.timeout,

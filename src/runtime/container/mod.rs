@@ -57,6 +57,8 @@ struct Guard {
     adopted: bool,
     /// Its way out, with `--egress`.
     egress: Option<crate::runtime::sandbox::egress::Link>,
+    /// Its cgroup runs at idle priority until it serves (a pool refill).
+    idle_start: bool,
 }
 
 /// A container's first process: our child since its `create` exited.
@@ -101,6 +103,7 @@ impl Drop for Guard {
             bundle: std::mem::take(&mut self.bundle),
             created: self.created,
             process: self.process.take(),
+            idle_start: false,
             exited: self.exited.take(),
             egress: self.egress.take(),
         };

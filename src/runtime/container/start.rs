@@ -76,6 +76,7 @@ impl Runtime {
             exited: None,
             adopted: false,
             egress: None,
+            idle_start: false,
         };
         let ledger = &func.ledger;
         let t0 = Instant::now();
@@ -134,13 +135,23 @@ impl Starting {
         let t0 = Instant::now();
         let connect_timeout = guard.rt.config.connect_timeout;
         let id = guard.id.clone();
-        let connected = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(io("accepting the handler")),
-            exit = guard.wait_process() => Err(RuntimeError::HandlerExited { id, exit }),
-            _ = tokio::time::sleep(connect_timeout) => Err(RuntimeError::ConnectTimeout {
-                id,
-                secs: connect_timeout.as_secs_f64(),
-            }),
+        let deadline = t0 + connect_timeout;
+        // A start at idle priority that the host's load starves is raised
+        // halfway to its deadline: late, but not failed.
+        let mut promote = guard.idle_start.then(|| t0 + connect_timeout / 2);
+        let connected = loop {
+            tokio::select! {
+                accepted = listener.accept() => break accepted.map_err(io("accepting the handler")),
+                exit = guard.wait_process() => break Err(RuntimeError::HandlerExited { id, exit }),
+                _ = tokio::time::sleep_until(deadline.into()) => break Err(RuntimeError::ConnectTimeout {
+                    id,
+                    secs: connect_timeout.as_secs_f64(),
+                }),
+                _ = sys::timer::sleep_until_opt(promote) => {
+                    promote = None;
+                    guard.serve_at_normal();
+                }
+            }
         };
         let control = match connected {
             Ok(c) => c,
@@ -285,6 +296,12 @@ impl Guard {
             if let Err(e) = sys::set_process_priority(pid, Priority::Normal) {
                 tracing::warn!(id = %self.id, pid, error = %e, "raising the container's priority");
             }
+            // Until it serves, its whole cgroup (the program's start, its
+            // children) gives way to containers serving connections.
+            match cgroup::set_idle(&self.rt.cgroup_scope, &self.id, true) {
+                Ok(()) => self.idle_start = true,
+                Err(e) => tracing::debug!(id = %self.id, error = %e, "cpu.idle"),
+            }
         }
         self.process = Some(Process {
             pid,
@@ -346,6 +363,17 @@ impl Guard {
         RuntimeError::Start {
             id: self.id.clone(),
             reason: Oci::failure(&self.bundle).unwrap_or(fallback),
+        }
+    }
+}
+
+impl Guard {
+    /// A container started at idle priority serves at normal.
+    pub(super) fn serve_at_normal(&mut self) {
+        if std::mem::take(&mut self.idle_start) {
+            if let Err(e) = cgroup::set_idle(&self.rt.cgroup_scope, &self.id, false) {
+                tracing::warn!(id = %self.id, error = %e, "raising the container's priority");
+            }
         }
     }
 }

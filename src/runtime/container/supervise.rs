@@ -62,9 +62,14 @@ impl Ready {
     /// Puts the container into its function's pool (before returning, so
     /// the pool's count is right at once), supervised there on the control
     /// runtime (whatever runtime started it).
-    pub fn park(self) {
+    pub fn park(mut self) {
+        self.guard.serve_at_normal();
         let func = Arc::clone(&self.guard.func);
         let rt = Arc::clone(&self.guard.rt);
+        // What a waiting container takes, for `--pool-memory`.
+        if let Some(bytes) = cgroup::memory_now(&rt.cgroup_scope, &self.guard.id) {
+            func.pool.measured_memory(bytes);
+        }
         if func.options.hands_listener() {
             func.pool.reuse_started();
             rt.control

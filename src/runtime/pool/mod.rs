@@ -1,7 +1,8 @@
 //! The warm pool of one function version: containers already started whose
 //! handler is connected to `/control.sock` and waiting (`slot`), the
 //! connections waiting for a busy reuse-mode container (`waiters`), and
-//! reuse mode's per-container state (`reuse`). The state only: handing
+//! reuse mode's per-container state (`reuse`), and how many containers
+//! it should hold (`demand`). The state only: handing
 //! connections over (`runtime::handoff`) and keeping the pool at its
 //! target (`runtime::refill`) live above, where the function and the
 //! runtime are known.
@@ -13,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+pub mod demand;
 pub mod reuse;
 pub mod slot;
 pub mod waiters;
 
+use demand::Demand;
 pub use slot::{Handed, Lease, Slot, SlotWatch, Taken};
 use waiters::Waiters;
 
@@ -39,7 +42,17 @@ const CRASH_LOOP: u32 = 3;
 
 /// Warm containers of one function version.
 pub struct WarmPool {
-    pub(in crate::runtime) target: u32,
+    /// How many it should hold now (`demand`'s target, within the
+    /// node's `--pool-memory` share).
+    target: AtomicU32,
+    demand: Mutex<Demand>,
+    /// Its share of `--pool-memory` in containers (`u32::MAX`: unbounded).
+    cap: AtomicU32,
+    /// Connections that arrived, a running count for `demand`.
+    arrivals: AtomicU64,
+    /// What one of its waiting containers takes in memory (bytes, as last
+    /// measured; 0 until then).
+    memory_each: AtomicU64,
     /// Reuse mode and socket activation: containers live on (they come
     /// back, or accept by themselves), so the target counts live
     /// containers and taking one does not call for a new start.
@@ -79,16 +92,22 @@ pub struct WarmPool {
 impl std::fmt::Debug for WarmPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WarmPool")
-            .field("target", &self.target)
+            .field("target", &self.target())
             .field("ready", &self.ready())
             .finish()
     }
 }
 
 impl WarmPool {
-    pub fn new(target: u32, reuse: bool) -> Self {
+    /// A pool of `floor` containers (`--warm`), following demand up to
+    /// `ceiling` (`--warm-max`; no more than `floor`: fixed).
+    pub fn new(floor: u32, ceiling: u32, reuse: bool) -> Self {
         Self {
-            target,
+            target: AtomicU32::new(floor),
+            demand: Mutex::new(Demand::new(floor, ceiling, reuse, Instant::now())),
+            cap: AtomicU32::new(u32::MAX),
+            arrivals: AtomicU64::new(0),
+            memory_each: AtomicU64::new(0),
             reuse,
             slots: Mutex::new(VecDeque::new()),
             ready: AtomicU32::new(0),
@@ -118,6 +137,17 @@ impl WarmPool {
         }
     }
 
+    /// Its containers serve many connections each (reuse, zygotes,
+    /// servers): taking one does not use it up.
+    pub fn serves_many(&self) -> bool {
+        self.reuse
+    }
+
+    /// Containers being started for it now.
+    pub fn starting(&self) -> u32 {
+        self.starting.load(Ordering::Acquire)
+    }
+
     /// Containers waiting right now.
     pub fn ready(&self) -> u32 {
         self.ready.load(Ordering::Acquire)
@@ -133,15 +163,79 @@ impl WarmPool {
     }
 
     /// Whether as many containers as `--warm` asks for are up (waiting,
-    /// or in reuse mode and socket activation alive): the version is ready
-    /// to be announced.
+    /// or in reuse mode and socket activation alive; fewer if
+    /// `--pool-memory` allows fewer): the version is ready to be announced.
     pub fn filled(&self) -> bool {
         let up = if self.reuse {
             self.live.load(Ordering::Acquire).max(self.ready())
         } else {
             self.ready()
         };
-        up >= self.target
+        up >= self.floor().min(self.cap.load(Ordering::Acquire))
+    }
+
+    /// How many containers it should hold now.
+    pub fn target(&self) -> u32 {
+        self.target
+            .load(Ordering::Acquire)
+            .min(self.cap.load(Ordering::Acquire))
+    }
+
+    /// What demand asks for, before the node's memory bound.
+    pub fn wanted(&self) -> u32 {
+        self.target.load(Ordering::Acquire)
+    }
+
+    fn floor(&self) -> u32 {
+        self.demand().bounds().0
+    }
+
+    pub fn demand(&self) -> std::sync::MutexGuard<'_, Demand> {
+        self.demand.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `n` connections arrived (taken from the pool or not).
+    pub fn arrived(&self, n: usize) {
+        self.arrivals.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Recomputes the target from the demand seen so far (the refiller,
+    /// whenever it wakes); a grown target shrinks after `idle`.
+    pub(in crate::runtime) fn follow_demand(&self, idle: Duration) -> u32 {
+        let mut demand = self.demand();
+        if self.reuse {
+            demand.busy(self.live().saturating_sub(self.ready()));
+        }
+        let target = demand.tick(Instant::now(), self.arrivals.load(Ordering::Relaxed), idle);
+        self.target.store(target, Ordering::Release);
+        target
+    }
+
+    /// Sets the node's memory bound on this pool, in containers.
+    pub(in crate::runtime) fn set_cap(&self, cap: u32) {
+        if self.cap.swap(cap, Ordering::AcqRel) > cap {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn cap(&self) -> Option<u32> {
+        Some(self.cap.load(Ordering::Acquire)).filter(|c| *c != u32::MAX)
+    }
+
+    /// A waiting container's memory, as measured (0: not yet).
+    pub fn memory_each(&self) -> u64 {
+        self.memory_each.load(Ordering::Acquire)
+    }
+
+    pub(in crate::runtime) fn measured_memory(&self, bytes: u64) {
+        let before = self.memory_each.load(Ordering::Acquire);
+        let next = if before == 0 {
+            bytes
+        } else {
+            // Averaged: one container's page cache says little.
+            (before * 3 + bytes) / 4
+        };
+        self.memory_each.store(next, Ordering::Release);
     }
 
     /// The next waiting container (see `slots`), if any; never waits. Call `taken`
@@ -170,7 +264,7 @@ impl WarmPool {
     /// Records traffic, so an idle-shrunk pool fills again.
     fn touch(&self) {
         self.last_used_ms.store(self.now_ms(), Ordering::Release);
-        if self.target > 0 && self.have() == 0 {
+        if self.target() > 0 && self.have() == 0 {
             self.wake.notify_one();
         }
     }
@@ -212,7 +306,7 @@ impl WarmPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(slot);
-        if self.reuse && before == self.target {
+        if self.reuse && before == self.target() {
             // The first container beyond the target: the refiller times
             // the surplus's retirement (once per surge, not per request).
             self.wake.notify_one();
@@ -263,7 +357,7 @@ impl WarmPool {
     /// More waiting containers than the target (reuse mode re-parks
     /// containers that were started cold).
     pub fn surplus(&self) -> bool {
-        self.ready() > self.target
+        self.ready() > self.target()
     }
 
     /// A container of this version failed (did not start, ended before
@@ -332,7 +426,7 @@ impl WarmPool {
         } else {
             self.ready()
         };
-        match (self.crash_looping(), up > 0 || self.target == 0) {
+        match (self.crash_looping(), up > 0 || self.target() == 0) {
             (true, _) => "crash-looping",
             (false, true) => "ready",
             (false, false) => "starting",

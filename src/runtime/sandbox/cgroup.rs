@@ -114,6 +114,34 @@ pub fn usage(scope: &str, id: &str) -> Option<Usage> {
     })
 }
 
+/// What container `id` takes in memory now (its processes' pages and
+/// the page cache charged to it), if its cgroup is there.
+pub fn memory_now(scope: &str, id: &str) -> Option<u64> {
+    if v2() {
+        return read_u64(&Path::new(ROOT).join(scope).join(id).join("memory.current"));
+    }
+    read_u64(
+        &Path::new(ROOT)
+            .join("memory")
+            .join(scope)
+            .join(id)
+            .join("memory.usage_in_bytes"),
+    )
+}
+
+/// Makes container `id`'s cgroup run at idle priority (`cpu.idle`, the
+/// group's SCHED_IDLE: its processes get only CPU time no other group
+/// wants), or back at normal. Per group, since a process's own priority
+/// counts only against the processes of its own group.
+pub fn set_idle(scope: &str, id: &str, idle: bool) -> std::io::Result<()> {
+    let dir = if v2() {
+        Path::new(ROOT).join(scope).join(id)
+    } else {
+        Path::new(ROOT).join("cpu").join(scope).join(id)
+    };
+    fs::write(dir.join("cpu.idle"), if idle { "1" } else { "0" })
+}
+
 /// The processes in container `id` now.
 pub fn procs(scope: &str, id: &str) -> Vec<i32> {
     let dir = if v2() {

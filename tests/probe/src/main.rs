@@ -49,6 +49,9 @@
 //! started at or after T behaves as MODE: a deploy's first container
 //! comes up, the containers started for later requests misbehave.
 //!
+//! With PROBE_START_MS it sleeps that long before anything else (a
+//! program with a slow start, such as its imports).
+//!
 //! With FAAS_REUSE=1 it asks for the next connection on the same control
 //! connection (`faas-handler`), or with PROBE_RECONNECT set connects again
 //! for each one (the protocol's older form); `inspect` then reports the
@@ -62,6 +65,12 @@ use std::time::Duration;
 use faas_handler::Control;
 
 fn main() {
+    if let Some(ms) = std::env::var("PROBE_START_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let mode = later_mode().unwrap_or_else(|| {
         std::env::args()
             .nth(1)
