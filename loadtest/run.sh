@@ -262,9 +262,10 @@ put fork_sdk "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for 
     "${sdk_runs[*]}" "${sdk_ref_runs[*]}")"
 
 # Memory per --fork child (#24): one zygote, 200 connections held open by
-# children that took them and wait (probe `hang`), opened 20 ms apart (all
-# at once, the pool scales out: a zygote prepares two children ahead, and
-# connections that wait 10 ms for it start another zygote container); the
+# children that took them and wait (probe `hang`), opened 20 ms apart, so
+# that one zygote holds them all (opened at once, a burst outruns the two
+# children a zygote prepares ahead and the pool adds zygote containers,
+# one at a time: 11 here); the
 # function's memory cgroups before and with them, and what one child's
 # program touches itself (its private pages, the median).
 echo "== --fork: memory with 200 children held" >&2

@@ -288,13 +288,24 @@ fn a_handler_lingering_on_its_client_stalls_no_one() {
         );
         if label == "one-shot" {
             // Stuffing takes milliseconds; a handler still serving after
-            // that waits in its own lingering close.
+            // that waits in its own lingering close (for LINGER_SECS). The
+            // closer, at low priority, may take a while on a busy host:
+            // looked at until the handlers' lingers would end.
             std::thread::sleep(Duration::from_millis(1500));
-            let ours = b.metric("faas_closer_lingers_cleared_total") - before;
-            let theirs =
-                b.d.client()
-                    .inspect("hostile")
-                    .map_or(0, |i| i.stats.inflight);
+            let landed = || {
+                let ours = b.metric("faas_closer_lingers_cleared_total") - before;
+                let theirs =
+                    b.d.client()
+                        .inspect("hostile")
+                        .map_or(0, |i| i.stats.inflight);
+                (ours, theirs)
+            };
+            let until = Instant::now() + Duration::from_millis(1500);
+            let (mut ours, mut theirs) = landed();
+            while ours + (theirs as f64) < clients as f64 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+                (ours, theirs) = landed();
+            }
             assert!(
                 ours + theirs as f64 >= clients as f64,
                 "{label}: {ours} lingering closes by faasd, {theirs} by handlers \

@@ -216,9 +216,17 @@ async fn watchdog(rt: Arc<Runtime>, func: Arc<Function>) {
 }
 
 /// Whether a connection that has waited since `since` should start a
-/// container of its own now.
+/// container of its own now. A `--fork` zygote serves many connections at
+/// once, so one more is added at a time, however long the queue has
+/// waited: with a container per connection that waited `MAX_WAIT`, 200
+/// connections opened at once started 100 zygote containers (a zygote
+/// prepares two children ahead, the rest of a burst waits for more).
 fn should_scale_out(func: &Function, since: Instant) -> bool {
-    func.pool.scaling.load(Ordering::Acquire) == 0 || since.elapsed() >= MAX_WAIT
+    let scaling = func.pool.scaling.load(Ordering::Acquire);
+    if func.options.fork {
+        return scaling == 0;
+    }
+    scaling == 0 || since.elapsed() >= MAX_WAIT
 }
 
 /// Gives a reuse-mode container that came back the oldest waiting
