@@ -87,6 +87,8 @@ pub struct WarmPool {
     pub(crate) retired: Notify,
     epoch: Instant,
     last_used_ms: AtomicU64,
+    /// The gap between the last two takes (ms).
+    last_gap_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for WarmPool {
@@ -125,6 +127,7 @@ impl WarmPool {
             retired: Notify::new(),
             epoch: Instant::now(),
             last_used_ms: AtomicU64::new(0),
+            last_gap_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -263,7 +266,10 @@ impl WarmPool {
 
     /// Records traffic, so an idle-shrunk pool fills again.
     fn touch(&self) {
-        self.last_used_ms.store(self.now_ms(), Ordering::Release);
+        let now = self.now_ms();
+        let before = self.last_used_ms.swap(now, Ordering::AcqRel);
+        self.last_gap_ms
+            .store(now.saturating_sub(before), Ordering::Release);
         if self.target() > 0 && self.have() == 0 {
             self.wake.notify_one();
         }
@@ -345,6 +351,11 @@ impl WarmPool {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The last two takes came this close together (a burst under way).
+    pub(in crate::runtime) fn takes_within(&self, gap: Duration) -> bool {
+        self.last_gap_ms.load(Ordering::Acquire) < gap.as_millis() as u64
     }
 
     pub(in crate::runtime) fn idle_for(&self) -> Duration {
