@@ -27,10 +27,9 @@ use crate::sys::Priority;
 const REFILL_AFTER_TAKE: Duration = Duration::from_millis(3);
 /// In a burst (the last two takes closer than `BURST_GAP`) while a
 /// quarter of the pool still waits, refills wait until no take came for
-/// this long:
-/// the burst is served first, by the containers waiting for it, and the
-/// starts (whose runtime and disk work a container's cgroup priority does
-/// not cover) come after it. Measured with bursts of eight back-to-back
+/// this long: the burst is served first, by the containers waiting for
+/// it, and the starts (whose runtime and disk work a container's cgroup
+/// priority does not cover) come after it. Measured with bursts of eight back-to-back
 /// single-use connections: p90 of the hits 10 ms starting at once, 7.7 ms
 /// starting after the burst. Not for connections spaced wider: a refill
 /// 50 ms after every take met the next one of a client 50 ms apart (p99
@@ -62,7 +61,8 @@ async fn keep_filled(rt: Arc<Runtime>, func: Arc<Function>) {
         if pool.is_closed() || *rt.stopping.borrow() {
             return;
         }
-        // The last take (`touch`, ms granularity: 2–3 ms of real time).
+        // Measured from the last take (`touch`, ms granularity: 2–3 ms of
+        // real time).
         let burst = !pool.serves_many()
             && pool.takes_within(BURST_GAP)
             && pool.ready() * 4 >= pool.target();
