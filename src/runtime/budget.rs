@@ -31,10 +31,6 @@ impl Budget {
         })
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// Counts `func`'s pool in (its refiller does, once).
     pub fn register(&self, func: &Arc<Function>) {
         if self.bytes == 0 {

@@ -221,10 +221,6 @@ impl WarmPool {
         }
     }
 
-    pub fn cap(&self) -> Option<u32> {
-        Some(self.cap.load(Ordering::Acquire)).filter(|c| *c != u32::MAX)
-    }
-
     /// A waiting container's memory, as measured (0: not yet).
     pub fn memory_each(&self) -> u64 {
         self.memory_each.load(Ordering::Acquire)
