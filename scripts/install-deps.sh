@@ -12,11 +12,12 @@
 # .proto files), curl, and iptables (egress rules; the cluster test's
 # router pins flows), openssl (the cluster tests' etcd PKI), and the
 # stock software the tests run as users have it: nginx-light,
-# python3-gunicorn, python3-uvicorn.
+# python3-gunicorn, python3-uvicorn; docker-registry (distribution 2.8:
+# the registry the pull tests push to with skopeo).
 set -euo pipefail
 
 # command:package, or /path:package for a file a package brings
-wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc /usr/bin/python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 /usr/lib/frr/bgpd:frr etcd:etcd-server protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev curl:curl nsenter:util-linux iptables:iptables openssl:openssl /usr/sbin/nginx:nginx-light /usr/lib/python3/dist-packages/gunicorn:python3-gunicorn /usr/lib/python3/dist-packages/uvicorn:python3-uvicorn"
+wanted="runc:runc crun:crun dockerd:docker.io skopeo:skopeo wrk:wrk ip:iproute2 busybox:busybox-static promtool:prometheus gcc:gcc /usr/bin/python3.11:python3-minimal systemd-analyze:systemd man:man-db bird:bird2 /usr/lib/frr/bgpd:frr etcd:etcd-server protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev curl:curl nsenter:util-linux iptables:iptables openssl:openssl /usr/sbin/nginx:nginx-light /usr/lib/python3/dist-packages/gunicorn:python3-gunicorn /usr/lib/python3/dist-packages/uvicorn:python3-uvicorn docker-registry:docker-registry"
 have() {
     case $1 in
         /*) [ -e "$1" ] ;;

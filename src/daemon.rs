@@ -2,6 +2,7 @@
 //! deployed functions, serves the control API, and on SIGTERM/SIGINT stops
 //! accepting, ends in-flight containers and removes its addresses.
 
+use crate::pull::{Credentials, Puller};
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -239,6 +240,15 @@ async fn start_node(
         .map(|table| crate::net::Routes::new(net.clone(), table));
     let registry = Registry::load(state)?;
     let secrets = SecretStore::open(state)?;
+    // reqwest (registry pulls) takes rustls' process-wide provider; ring
+    // is the one the etcd client already brings (rustls now steers to
+    // aws-lc-rs, a C and cmake build we do not need for a client of
+    // registries). Set once; a second call finds it set.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let credentials = Credentials::open(state).map_err(ManagerError::from)?;
+    let puller =
+        Arc::new(Puller::new(config.pull.clone(), credentials).map_err(ManagerError::from)?);
     let runtime = Runtime::new(
         RuntimeConfig {
             runtime_binary,
@@ -272,6 +282,7 @@ async fn start_node(
         config.keep_versions,
         routes,
         config.copy_layers,
+        puller,
     )?);
     manager.restore().await?;
     Ok(manager)

@@ -38,6 +38,8 @@ pub mod manager;
 pub mod metrics;
 /// Function IP addresses: the pool allocator and the loopback addresses.
 pub mod net;
+/// Pulling images from a registry by reference (the OCI distribution API).
+pub mod pull;
 /// Persistent record of deployed functions.
 pub mod registry;
 /// Containers: sandbox, one container's life, the warm pool, the cold path.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::name::FunctionName;
-use crate::api::DeployOptions;
+use crate::api::{DeployOptions, ImageRef};
 use crate::image::ImageConfig;
 
 const FILE: &str = "registry.json";
@@ -37,6 +37,10 @@ pub struct FunctionRecord {
     /// What made this version: `deploy`, `update` or `rollback`.
     #[serde(default = "deployed")]
     pub origin: String,
+    /// The registry reference and digest it was pulled by (absent for an
+    /// uploaded archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<ImageRef>,
     /// Versions kept to roll back to, the one that served last first.
     #[serde(default)]
     pub history: Vec<Version>,
@@ -56,6 +60,8 @@ pub struct Version {
     pub options: DeployOptions,
     pub deployed_at: u64,
     pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled: Option<ImageRef>,
 }
 
 impl FunctionRecord {
@@ -74,6 +80,7 @@ impl FunctionRecord {
             options: self.options.clone(),
             deployed_at: self.deployed_at,
             origin: self.origin.clone(),
+            pulled: self.pulled.clone(),
         }
     }
 
@@ -114,6 +121,7 @@ impl FunctionRecord {
             id_slot: self.id_slot,
             rootfs: Some(next.rootfs),
             origin: next.origin,
+            pulled: next.pulled,
             history,
         };
         (record, dropped)
@@ -247,6 +255,7 @@ mod tests {
             id_slot: None,
             rootfs: None,
             origin: "deploy".into(),
+            pulled: None,
             history: Vec::new(),
         }
     }
@@ -260,6 +269,7 @@ mod tests {
             options: DeployOptions::default(),
             deployed_at: n,
             origin: "deploy".into(),
+            pulled: None,
         }
     }
 

@@ -45,6 +45,9 @@ pub struct FunctionInfo {
     pub name: String,
     pub ip: IpAddr,
     pub image_id: String,
+    /// The serving version's registry reference and digest, if pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
     pub version: u64,
     pub deployed_at: u64,
     pub options: DeployOptions,
@@ -142,11 +145,26 @@ fn default_port() -> u16 {
     80
 }
 
+/// Where a pulled image came from: the reference as given (normalised)
+/// and the manifest digest it resolved to, which is what was pulled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub digest: String,
+    /// The platform an index was resolved for (`linux/amd64`).
+    #[serde(default)]
+    pub platform: String,
+}
+
 /// One version of a function: an image and the options it ran with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {
     pub version: u64,
     pub image_id: String,
+    /// Pulled by reference: which, at which digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
     pub deployed_at: u64,
     /// Whether this version serves now.
     pub current: bool,

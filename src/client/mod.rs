@@ -157,6 +157,68 @@ impl Client {
         Self::json(r)
     }
 
+    /// Deploys `name` from the registry reference `reference`, pulled by
+    /// faasd (for `platform`, `os/arch[/variant]`, if given).
+    pub fn deploy_image<'a>(
+        &self,
+        name: &str,
+        patch: impl Into<Patch<'a>>,
+        reference: &str,
+        platform: Option<&str>,
+    ) -> Result<FunctionInfo, ClientError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("image", reference);
+        if let Some(p) = platform {
+            query.append_pair("platform", p);
+        }
+        let options = patch.into().query();
+        let mut path = format!("/v1/functions/{}?{}", escape(name), query.finish());
+        if !options.is_empty() {
+            path = format!("{path}&{options}");
+        }
+        Self::json(self.send("PUT", &path, &[], Body::Empty)?)
+    }
+
+    /// Resolves the reference `name` was pulled by again; deploys the new
+    /// digest (with `patch`) if it moved.
+    pub fn update_pull(
+        &self,
+        name: &str,
+        patch: &OptionsPatch,
+    ) -> Result<FunctionInfo, ClientError> {
+        let options = patch.to_query();
+        let sep = if options.is_empty() { "" } else { "&" };
+        let path = format!("/v1/functions/{}?pull=true{sep}{options}", escape(name));
+        Self::json(self.send("PATCH", &path, &[], Body::Empty)?)
+    }
+
+    /// Stores the login faasd pulls from `host` with.
+    pub fn registry_login(
+        &self,
+        host: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "username": username, "password": password }).to_string();
+        let path = format!("/v1/registries/{}", escape(host));
+        let sent = self.send(
+            "PUT",
+            &path,
+            &[("content-type", "application/json")],
+            Body::Bytes(body.as_bytes()),
+        );
+        sent.map(|_| ())
+    }
+
+    pub fn registry_list(&self) -> Result<Vec<crate::pull::credentials::Login>, ClientError> {
+        Self::json(self.send("GET", "/v1/registries", &[], Body::Empty)?)
+    }
+
+    pub fn registry_logout(&self, host: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/registries/{}", escape(host));
+        self.send("DELETE", &path, &[], Body::Empty).map(|_| ())
+    }
+
     /// Changes options of a deployed function without a new image.
     pub fn update(&self, name: &str, patch: &OptionsPatch) -> Result<FunctionInfo, ClientError> {
         let path = format!("/v1/functions/{}?{}", escape(name), patch.to_query());

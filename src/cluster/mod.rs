@@ -5,6 +5,7 @@
 //! Addresses are allocated by transaction, so two nodes never hand out one;
 //! image archives move between nodes by digest (`archives`).
 
+use crate::manager::ImageSource;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -188,7 +189,12 @@ impl Cluster {
         let deployed = async {
             self.forget_if_elsewhere(&name, ip).await?;
             self.manager
-                .deploy_at(name.clone(), patch, self.archives.path(&digest), Some(ip))
+                .deploy_at(
+                    name.clone(),
+                    patch,
+                    ImageSource::Archive(self.archives.path(&digest)),
+                    Some(ip),
+                )
                 .await
                 .map_err(ClusterError::from)
         }

@@ -5,6 +5,7 @@
 //! everything again, so nothing changed during an outage is missed; in
 //! between, the node serves what it has.
 
+use crate::manager::ImageSource;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -319,7 +320,7 @@ impl Cluster {
                     .deploy_at(
                         name.clone(),
                         OptionsPatch::from(&spec.options),
-                        archive,
+                        ImageSource::Archive(archive),
                         Some(spec.ip),
                     )
                     .await?;

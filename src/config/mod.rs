@@ -150,6 +150,18 @@ pub struct Args {
     /// more disk and slower deploys, faster file lookups in containers.
     #[arg(long)]
     pub copy_layers: bool,
+    /// A registry host (as image references name it: HOST or HOST:PORT)
+    /// to reach over plain HTTP instead of HTTPS; repeatable. Pulls from
+    /// any other host are HTTPS only.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// PEM file of CA certificates trusted for registries besides the
+    /// system's (a private registry's own CA).
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+    /// Seconds one image pull may take, manifest to last layer.
+    #[arg(long, default_value_t = 600.0)]
+    pub pull_timeout: f64,
     /// The static `faas-init` helper for the stdio, socket-activation and
     /// container-port kinds (default: `faas-init` next to `faasd`).
     #[arg(long, value_name = "PATH")]
@@ -203,6 +215,8 @@ pub struct Config {
     pub keep_versions: usize,
     /// `--copy-layers`
     pub copy_layers: bool,
+    /// `--insecure-registry`, `--registry-ca`, `--pull-timeout`.
+    pub pull: crate::pull::PullConfig,
     pub route_table: Option<u32>,
     pub drain: Duration,
     /// `--init`, if given (else looked for next to the executable).
@@ -277,6 +291,21 @@ impl Args {
             token,
             keep_versions: self.keep_versions,
             copy_layers: self.copy_layers,
+            pull: crate::pull::PullConfig {
+                insecure: self
+                    .insecure_registry
+                    .iter()
+                    .map(|h| crate::pull::credentials::normalise_host(h).map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()?,
+                ca_pem: match &self.registry_ca {
+                    Some(path) => {
+                        crate::pull::read_ca(path).map_err(|e| format!("--registry-ca: {e}"))?
+                    }
+                    None => Vec::new(),
+                },
+                timeout: Duration::from_secs_f64(self.pull_timeout),
+                max_bytes: self.max_upload,
+            },
             route_table: self.route_table,
             drain: Duration::from_secs_f64(self.drain),
             init: self.init,
@@ -293,6 +322,12 @@ impl Args {
                     "--route-table {t}: choose a table of its own (1-252, or above 255)"
                 ));
             }
+        }
+        if !(1.0..=86_400.0).contains(&self.pull_timeout) {
+            return Err(format!(
+                "--pull-timeout {} must be within [1, 86400] seconds",
+                self.pull_timeout
+            ));
         }
         if !(0.0..=600.0).contains(&self.drain) {
             return Err(format!(

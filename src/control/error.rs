@@ -1,6 +1,8 @@
 //! One table from every error the control API can meet to an HTTP status,
 //! and the JSON error body.
 
+use crate::pull::credentials::CredentialError;
+use crate::pull::PullError;
 use hyper::{Response, StatusCode};
 
 use crate::api::name::NameError;
@@ -87,6 +89,23 @@ fn cluster_status(e: &ClusterError) -> StatusCode {
     }
 }
 
+/// The registry's failures are a bad gateway's (401 and 403 too: the
+/// control API's own 401 means the faas token).
+fn pull_status(e: &PullError) -> StatusCode {
+    match e {
+        PullError::Reference { .. } => StatusCode::BAD_REQUEST,
+        PullError::NotFound { .. } | PullError::Platform { .. } => StatusCode::NOT_FOUND,
+        PullError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        PullError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PullError::Io { source, .. } => io_status(source),
+        PullError::Unauthorized { .. }
+        | PullError::Denied { .. }
+        | PullError::Digest { .. }
+        | PullError::Registry { .. }
+        | PullError::Invalid(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
 fn manager_status(e: &ManagerError) -> StatusCode {
     match e {
         ManagerError::NotFound(_) | ManagerError::NoVersion { .. } => StatusCode::NOT_FOUND,
@@ -108,6 +127,12 @@ fn manager_status(e: &ManagerError) -> StatusCode {
             other => other,
         },
         ManagerError::Image(_) => StatusCode::BAD_REQUEST,
+        ManagerError::Pull(p) => pull_status(p),
+        ManagerError::Credentials(CredentialError::Host(_) | CredentialError::Invalid(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        ManagerError::Credentials(CredentialError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ManagerError::Credentials(CredentialError::Io { source, .. }) => io_status(source),
         ManagerError::Net(NetError::Exhausted(_)) => StatusCode::INSUFFICIENT_STORAGE,
         ManagerError::ShuttingDown | ManagerError::Runtime(RuntimeError::ShuttingDown) => {
             StatusCode::SERVICE_UNAVAILABLE

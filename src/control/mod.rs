@@ -64,6 +64,7 @@ use crate::manager::Manager;
 
 pub mod error;
 pub mod logs;
+pub mod pull;
 pub mod reply;
 pub mod routes;
 pub mod secrets;

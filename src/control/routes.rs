@@ -9,7 +9,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::reply::{json, text, Reply};
-use super::{logs, secrets, upload, ApiError, Body, Control, Peer};
+use super::{logs, pull, secrets, upload, ApiError, Body, Control, Peer};
 use crate::api::name::FunctionName;
 use crate::api::OptionsPatch;
 use crate::cluster::ClusterError;
@@ -57,6 +57,11 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
             secrets::create(control, name, req).await
         }
         (&Method::DELETE, ["v1", "secrets", name]) => secrets::remove(control, name).await,
+        (&Method::GET, ["v1", "registries"]) => pull::logins(control),
+        (&Method::PUT | &Method::POST, ["v1", "registries", host]) => {
+            pull::login(control, host, req).await
+        }
+        (&Method::DELETE, ["v1", "registries", host]) => pull::logout(control, host),
         (&Method::GET, ["metrics"]) => metrics(control).await,
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
@@ -65,7 +70,7 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
             _,
             ["healthz"]
             | ["metrics"]
-            | ["v1", "functions" | "secrets" | "nodes" | "archives", ..]
+            | ["v1", "functions" | "secrets" | "nodes" | "archives" | "registries", ..]
             | ["api", ..],
         ) => Err(ApiError::Method(method.to_string())),
         _ => Err(ApiError::NoRoute(path.clone())),
@@ -174,18 +179,28 @@ async fn archive(control: &Control, digest: &str) -> Reply {
 }
 
 async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -> Reply {
-    let patch = match OptionsPatch::from_query(req.uri().query().unwrap_or("")) {
+    let (pull, rest) = match pull::split_query(req.uri().query().unwrap_or("")) {
+        Ok(split) => split,
+        Err(e) => return refuse_upload(req, ApiError::BadRequest(e)).await,
+    };
+    let patch = match OptionsPatch::from_query(&rest) {
         Ok(o) => o,
         Err(e) => return refuse_upload(req, ApiError::BadRequest(e)).await,
     };
-    let info = receive_and_deploy(control, name, patch, req).await?;
+    let info = match pull {
+        Some(pull) => pull::deploy(control, name, patch, pull, req).await?,
+        None => receive_and_deploy(control, name, patch, req).await?,
+    };
     json(&info)
 }
 
 async fn update(control: &Control, name: &str, req: &Request<Incoming>) -> Reply {
     let name = FunctionName::parse(name)?;
-    let patch =
-        OptionsPatch::from_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadRequest)?;
+    let (again, rest) = pull::split_update(req.uri().query().unwrap_or(""))?;
+    let patch = OptionsPatch::from_query(&rest).map_err(ApiError::BadRequest)?;
+    if again {
+        return json(&pull::update(control, &name, patch).await?);
+    }
     if patch.is_empty() {
         return Err(ApiError::BadRequest(
             "nothing to update: name the options to change".into(),

@@ -1,9 +1,10 @@
-//! Reading an uploaded image archive from disk: finds the manifest (docker's
-//! `manifest.json` or the OCI `index.json`), the config and the layers by
-//! their offsets, then applies the layers in order, checking each against
-//! its `diff_id`: all into one directory, or each it lacks into the shared
-//! layer store. The archive is read in place; nothing is held in memory
-//! beyond the JSON documents.
+//! Unpacking an image: applies its layers in order, checking each against
+//! its `diff_id`, all into one directory or each it lacks into the shared
+//! layer store. Layers come from a `LayerSource`: here, an uploaded
+//! archive on disk (docker's `manifest.json` or the OCI `index.json`, the
+//! config and the layers found by their offsets and read in place,
+//! nothing held in memory beyond the JSON documents); or blobs pulled from
+//! a registry (`crate::pull`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,46 +54,71 @@ struct Index {
     links: HashMap<String, String>,
 }
 
-/// An opened image archive: its settings, and its layers with the
+/// Where an image's layers are read from: an uploaded archive, or blobs
+/// pulled from a registry (`crate::pull`). Layer `i` comes as stored:
+/// gzip, zstd or plain tar.
+pub trait LayerSource: Send {
+    fn open(&mut self, i: usize) -> Result<Box<dyn BufRead + '_>, ImageError>;
+}
+
+/// An image about to be unpacked: its settings, and its layers with the
 /// `diff_id` each must have.
-struct Opened {
-    index: Index,
+pub struct Image {
+    source: Box<dyn LayerSource>,
     config: ImageConfig,
     image_id: String,
-    layers: Vec<(String, String)>,
+    diff_ids: Vec<String>,
 }
 
-/// Reads the manifest and the config, refusing what breaks the limits.
-fn open(archive: &Path, limits: &Limits) -> Result<Opened, ImageError> {
-    let mut index = Index::read(archive)?;
-    let (config_path, layers) = locate(&mut index)?;
-    let config_bytes = index.read_small(&config_path)?;
-    let image_id = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
-    let raw: RawImageConfig = config::parse_json(&config_path, &config_bytes)?;
-    let (config, diff_ids) = config::run_settings(raw)?;
-    if layers.len() != diff_ids.len() {
-        return Err(ImageError::Invalid(format!(
-            "manifest lists {} layers but the config has {} diff_ids",
+impl Image {
+    /// Reads the manifest and the config of the archive at `archive`,
+    /// refusing what breaks the limits.
+    pub fn archive(archive: &Path, limits: &Limits) -> Result<Self, ImageError> {
+        let mut index = Index::read(archive)?;
+        let (config_path, layers) = locate(&mut index)?;
+        let config_bytes = index.read_small(&config_path)?;
+        Self::new(
+            &config_path,
+            &config_bytes,
             layers.len(),
-            diff_ids.len()
-        )));
+            Box::new(ArchiveLayers { index, layers }),
+            limits,
+        )
     }
-    if layers.len() > limits.max_layers {
-        return Err(ImageError::Limit {
-            limit: "layer count",
-            value: layers.len() as u64,
-            max: limits.max_layers as u64,
-        });
-    }
-    Ok(Opened {
-        index,
-        config,
-        image_id,
-        layers: layers.into_iter().zip(diff_ids).collect(),
-    })
-}
 
-impl Opened {
+    /// An image from its config (`config_bytes`, named `what` in errors)
+    /// and `layers` layers that `source` opens.
+    pub fn new(
+        what: &str,
+        config_bytes: &[u8],
+        layers: usize,
+        source: Box<dyn LayerSource>,
+        limits: &Limits,
+    ) -> Result<Self, ImageError> {
+        let image_id = format!("sha256:{}", hex(&Sha256::digest(config_bytes)));
+        let raw: RawImageConfig = config::parse_json(what, config_bytes)?;
+        let (config, diff_ids) = config::run_settings(raw)?;
+        if layers != diff_ids.len() {
+            return Err(ImageError::Invalid(format!(
+                "manifest lists {layers} layers but the config has {} diff_ids",
+                diff_ids.len()
+            )));
+        }
+        if layers > limits.max_layers {
+            return Err(ImageError::Limit {
+                limit: "layer count",
+                value: layers as u64,
+                max: limits.max_layers as u64,
+            });
+        }
+        Ok(Self {
+            source,
+            config,
+            image_id,
+            diff_ids,
+        })
+    }
+
     /// Applies layer `i` onto `root`, checking it against its `diff_id`.
     fn apply(
         &mut self,
@@ -101,15 +127,10 @@ impl Opened {
         limits: &Limits,
         totals: &mut Totals,
     ) -> Result<(), ImageError> {
-        let (layer, diff_id) = &self.layers[i];
-        let member = self.index.member(layer)?;
-        self.index
-            .file
-            .seek(SeekFrom::Start(member.offset))
-            .map_err(ImageError::Archive)?;
-        let raw = BufReader::new((&self.index.file).take(member.size));
+        let raw = self.source.open(i)?;
         let actual = apply_compressed(raw, root, limits, totals)
             .map_err(|source| ImageError::Layer { layer: i, source })?;
+        let diff_id = &self.diff_ids[i];
         let expected = config::hex_digest(diff_id)?;
         if actual != expected {
             return Err(ImageError::DiffIdMismatch {
@@ -119,6 +140,25 @@ impl Opened {
             });
         }
         Ok(())
+    }
+}
+
+/// The layers of an archive on disk, read in place.
+struct ArchiveLayers {
+    index: Index,
+    layers: Vec<String>,
+}
+
+impl LayerSource for ArchiveLayers {
+    fn open(&mut self, i: usize) -> Result<Box<dyn BufRead + '_>, ImageError> {
+        let member = self.index.member(&self.layers[i])?;
+        self.index
+            .file
+            .seek(SeekFrom::Start(member.offset))
+            .map_err(ImageError::Archive)?;
+        Ok(Box::new(BufReader::new(
+            (&self.index.file).take(member.size),
+        )))
     }
 }
 
@@ -132,38 +172,32 @@ fn open_root(dir: &Path) -> Result<Root, ImageError> {
 
 /// Unpacks the image archive at `archive` into the empty directory `dest`.
 pub fn unpack_image(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, ImageError> {
-    let mut opened = open(archive, limits)?;
+    unpack_into(Image::archive(archive, limits)?, dest, limits)
+}
+
+/// Unpacks `image` into the empty directory `dest`.
+pub fn unpack_into(mut image: Image, dest: &Path, limits: &Limits) -> Result<Unpacked, ImageError> {
     let root = open_root(dest)?;
     let mut totals = Totals::default();
-    for i in 0..opened.layers.len() {
-        opened.apply(i, &root, limits, &mut totals)?;
+    for i in 0..image.diff_ids.len() {
+        image.apply(i, &root, limits, &mut totals)?;
     }
-    let mut config = opened.config;
+    let mut config = image.config;
     resolve_user(&mut config, &root)?;
     Ok(Unpacked {
         config,
-        image_id: opened.image_id,
-        layers: opened.layers.len(),
+        image_id: image.image_id,
+        layers: image.diff_ids.len(),
         totals,
     })
 }
 
-/// Unpacks into `store` each layer of the archive at `archive` it does not
-/// hold yet, each into a directory of its own named by its chain id (the
-/// layer and all below it, as docker names them: a layer's whiteouts and
-/// copied-up files depend on what is below it). `reserve` is told every
-/// layer the image needs before any is looked for, so none of them is
-/// collected meanwhile. The image's user is not resolved (that needs the
-/// layers composed: `resolve_user`).
-pub fn unpack_layers(
-    archive: &Path,
-    store: &Layers,
-    reserve: impl FnOnce(&[String]) -> Result<(), ImageError>,
-    limits: &Limits,
-) -> Result<Unpacked, ImageError> {
-    let mut opened = open(archive, limits)?;
-    let mut chain: Vec<String> = Vec::with_capacity(opened.layers.len());
-    for (_, diff_id) in &opened.layers {
+/// The chain id (hex) of each layer of an image whose layers have these
+/// `diff_ids`: the layer and all below it, as docker names them (a
+/// layer's whiteouts and copied-up files depend on what is below it).
+pub fn chain_ids(diff_ids: &[String]) -> Result<Vec<String>, ImageError> {
+    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
         config::hex_digest(diff_id)?;
         let id = match chain.last() {
             None => diff_id.clone(),
@@ -174,18 +208,33 @@ pub fn unpack_layers(
         };
         chain.push(config::hex_digest(&id)?.to_owned());
     }
+    Ok(chain)
+}
+
+/// Unpacks into `store` each layer of `image` it does not hold yet, each
+/// into a directory of its own named by its chain id. `reserve` is told
+/// every layer the image needs before any is looked for, so none of them
+/// is collected meanwhile. The image's user is not resolved (that needs
+/// the layers composed: `resolve_user`).
+pub fn unpack_layers(
+    mut image: Image,
+    store: &Layers,
+    reserve: impl FnOnce(&[String]) -> Result<(), ImageError>,
+    limits: &Limits,
+) -> Result<Unpacked, ImageError> {
+    let chain = chain_ids(&image.diff_ids)?;
     reserve(&chain)?;
     let mut totals = Totals::default();
     for (i, id) in chain.iter().enumerate() {
         if !store.has(id) {
             store.unpack(id, &chain[..i], |root| {
-                opened.apply(i, root, limits, &mut totals)
+                image.apply(i, root, limits, &mut totals)
             })?;
         }
     }
     Ok(Unpacked {
-        config: opened.config,
-        image_id: opened.image_id,
+        config: image.config,
+        image_id: image.image_id,
         layers: chain.len(),
         totals,
     })
@@ -206,7 +255,7 @@ pub fn resolve_user(config: &mut ImageConfig, root: &Root) -> Result<(), ImageEr
     Ok(())
 }
 
-/// Applies a possibly gzip-compressed layer; returns the hex sha256 of the
+/// Applies a plain, gzip- or zstd-compressed layer; returns the hex sha256 of the
 /// uncompressed stream (what `diff_id` names).
 fn apply_compressed<R: BufRead>(
     mut raw: R,
@@ -217,14 +266,10 @@ fn apply_compressed<R: BufRead>(
     let head = raw.fill_buf().map_err(super::LayerError::Read)?;
     let gzip = head.starts_with(&[0x1f, 0x8b]);
     let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    if zstd {
-        return Err(super::LayerError::BadEntry {
-            path: String::new(),
-            reason: "zstd-compressed layers are not supported".into(),
-        });
-    }
     let plain: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(raw))
+    } else if zstd {
+        Box::new(zstd::stream::read::Decoder::with_buffer(raw).map_err(super::LayerError::Read)?)
     } else {
         Box::new(raw)
     };

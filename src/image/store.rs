@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::archive::{self, Unpacked};
+use super::archive::{self, Image, Unpacked};
 use super::fsops::{self, Root};
 use faas_protocol::layout;
 
@@ -100,21 +100,26 @@ impl Store {
         self.layers.as_ref()
     }
 
-    /// Unpacks the image archive at `archive` for `staging`: into it, or
-    /// into the layer store (what it lacks) with the image's user read
-    /// from the layers composed at `staging` for a moment.
+    /// The layer store new versions are composed from, if they are.
+    pub fn shared_layers(&self) -> Option<&Arc<Layers>> {
+        self.layers.as_ref().filter(|_| !self.copy)
+    }
+
+    /// Unpacks `image` for `staging`: into it, or into the layer store
+    /// (what it lacks) with the image's user read from the layers composed
+    /// at `staging` for a moment.
     pub fn unpack(
         &self,
-        archive: &Path,
+        image: Image,
         staging: &mut Staging,
         limits: &Limits,
     ) -> Result<Unpacked, ImageError> {
-        let Some(layers) = self.layers.as_ref().filter(|_| !self.copy) else {
-            return archive::unpack_image(archive, staging.path(), limits);
+        let Some(layers) = self.shared_layers() else {
+            return archive::unpack_into(image, staging.path(), limits);
         };
         let key = staging.key();
         let mut unpacked = archive::unpack_layers(
-            archive,
+            image,
             layers,
             |hexes| {
                 layers.reserve(&key, hexes)?;

@@ -13,15 +13,30 @@ use std::sync::Arc;
 
 use super::{listening, now_secs, Live, Manager, ManagerError};
 use crate::api::name::FunctionName;
-use crate::api::{DeployOptions, FunctionInfo, OptionsPatch};
+use crate::api::{DeployOptions, FunctionInfo, ImageRef, OptionsPatch};
 use crate::dataplane::Served;
-use crate::image::archive::Unpacked;
+use crate::image::archive::{self, Image, Unpacked};
+use crate::image::config::{self, RawImageConfig};
 use crate::image::owners;
 use crate::image::store::Staging;
+use crate::image::ImageError;
 use crate::net::Added;
+use crate::pull::Platform;
 use crate::registry::{FunctionRecord, Registry, Version};
 use crate::runtime::Function;
 use crate::sys::Priority;
+
+/// Where a deploy's image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// An uploaded archive on disk.
+    Archive(PathBuf),
+    /// A registry reference faasd pulls (`faas deploy --image REF`).
+    Registry {
+        reference: String,
+        platform: Platform,
+    },
+}
 
 /// Gives the unpacked rootfs at `root` to the function's id range.
 pub(super) async fn shift_owners(root: PathBuf, slot: u32) -> Result<(), ManagerError> {
@@ -78,7 +93,8 @@ impl Manager {
         patch: OptionsPatch,
         archive: PathBuf,
     ) -> Result<FunctionInfo, ManagerError> {
-        self.deploy_at(name, patch, archive, None).await
+        self.deploy_at(name, patch, ImageSource::Archive(archive), None)
+            .await
     }
 
     /// A deploy whose address, for a new function, is `ip` when given (the
@@ -88,10 +104,10 @@ impl Manager {
         &self,
         name: FunctionName,
         patch: OptionsPatch,
-        archive: PathBuf,
+        source: ImageSource,
         ip: Option<IpAddr>,
     ) -> Result<FunctionInfo, ManagerError> {
-        let (staging, unpacked) = self.unpack(&name, &patch, archive).await?;
+        let (staging, unpacked, pulled) = self.unpack(&name, &patch, source).await?;
         let mut registry = self.registry.lock().await;
         let previous = registry.get(&name).cloned();
         let options = patch
@@ -125,6 +141,7 @@ impl Manager {
             options,
             deployed_at: now_secs(),
             origin: "deploy".into(),
+            pulled,
         };
         let fresh = self.rootfs_dir(rootfs);
         let switched = match previous {
@@ -147,14 +164,15 @@ impl Manager {
         })
     }
 
-    /// Unpacks `archive` for a new version of `name` (options refused
-    /// first, before the work, if they cannot work).
+    /// Unpacks the image `source` names for a new version of `name`
+    /// (options refused first, before the work, if they cannot work);
+    /// says where a pulled image came from.
     async fn unpack(
         &self,
         name: &FunctionName,
         patch: &OptionsPatch,
-        archive: PathBuf,
-    ) -> Result<(Staging, Unpacked), ManagerError> {
+        source: ImageSource,
+    ) -> Result<(Staging, Unpacked, Option<ImageRef>), ManagerError> {
         let current = self
             .registry
             .lock()
@@ -169,10 +187,105 @@ impl Manager {
         let mut staging = self.store.staging(name.as_str())?;
         let limits = self.limits.clone();
         let store = self.store.clone();
-        blocking("unpacking image", move || {
-            background(|| store.unpack(&archive, &mut staging, &limits)).map(|u| (staging, u))
-        })
-        .await
+        match source {
+            ImageSource::Archive(archive) => {
+                blocking("unpacking image", move || {
+                    let image = Image::archive(&archive, &limits)?;
+                    background(|| store.unpack(image, &mut staging, &limits))
+                        .map(|u| (staging, u, None))
+                })
+                .await
+            }
+            ImageSource::Registry {
+                reference,
+                platform,
+            } => self.pull(&reference, &platform, staging).await,
+        }
+    }
+
+    /// Pulls `reference` for `platform` into `staging`: the layers the
+    /// layer store lacks are downloaded while the unpacker applies them in
+    /// order. A failed download is the error (not the unpack it stopped).
+    async fn pull(
+        &self,
+        reference: &str,
+        platform: &Platform,
+        mut staging: Staging,
+    ) -> Result<(Staging, Unpacked, Option<ImageRef>), ManagerError> {
+        let started = std::time::Instant::now();
+        let resolved = self.puller.resolve(reference, platform).await?;
+        let raw: RawImageConfig = config::parse_json("the image config", &resolved.config)?;
+        let (_, diff_ids) = config::run_settings(raw)?;
+        if diff_ids.len() != resolved.layers.len() {
+            return Err(ImageError::Invalid(format!(
+                "the manifest lists {} layers but the config has {} diff_ids",
+                resolved.layers.len(),
+                diff_ids.len()
+            ))
+            .into());
+        }
+        let wanted: Vec<bool> = match self.store.shared_layers() {
+            Some(layers) => archive::chain_ids(&diff_ids)?
+                .iter()
+                .map(|id| !layers.has(id))
+                .collect(),
+            None => vec![true; diff_ids.len()],
+        };
+        let (pulled, downloads) = self.puller.fetch(&resolved, &wanted, &self.pulls)?;
+        let progress = pulled.progress();
+        let image = Image::new(
+            "the image config",
+            &resolved.config,
+            resolved.layers.len(),
+            Box::new(pulled),
+            &self.limits,
+        )?;
+        let limits = self.limits.clone();
+        let store = self.store.clone();
+        let unpack = blocking("unpacking a pulled image", move || {
+            background(|| store.unpack(image, &mut staging, &limits)).map(|u| (staging, u))
+        });
+        tokio::pin!(unpack, downloads);
+        let mut downloaded = None;
+        let unpacked = loop {
+            tokio::select! {
+                done = &mut downloads, if downloaded.is_none() => {
+                    if let Err(e) = &done {
+                        tracing::info!(%reference, error = %e, "pull failed");
+                    }
+                    downloaded = Some(done);
+                }
+                unpacked = &mut unpack => break unpacked,
+            }
+        };
+        if let Some(Err(e)) = downloaded {
+            return Err(e.into());
+        }
+        if unpacked.is_err() && downloaded.is_none() {
+            // The unpacker stopped on a layer that never arrived: the
+            // download's own error says why.
+            if let Ok(Err(e)) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), &mut downloads).await
+            {
+                return Err(e.into());
+            }
+        }
+        let (staging, unpacked) = unpacked?;
+        tracing::info!(
+            %reference,
+            digest = %resolved.digest,
+            layers = resolved.layers.len(),
+            fetched = wanted.iter().filter(|w| **w).count(),
+            bytes = progress.bytes(),
+            ms = started.elapsed().as_millis() as u64,
+            "image pulled"
+        );
+        let from = ImageRef {
+            reference: resolved.reference,
+            digest: resolved.digest,
+            platform: platform.to_string(),
+        };
+        Ok((staging, unpacked, Some(from)))
     }
 
     /// Makes `staging` the rootfs `store_id` of `name`, owned by the ids of
@@ -221,6 +334,7 @@ impl Manager {
             id_slot: Some(id_slot),
             rootfs: Some(next.rootfs),
             origin: next.origin,
+            pulled: next.pulled,
             history: Vec::new(),
         };
         let switched = self
@@ -247,6 +361,43 @@ impl Manager {
             patch.apply(current).map_err(ManagerError::Options)
         })
         .await
+    }
+
+    /// `faas update NAME --pull`: resolves the reference `name` was pulled
+    /// by again and deploys it (with `patch`) only if its digest moved;
+    /// otherwise changes only what `patch` names.
+    pub async fn update_pull(
+        &self,
+        name: &FunctionName,
+        patch: OptionsPatch,
+    ) -> Result<FunctionInfo, ManagerError> {
+        let record = self
+            .registry
+            .lock()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
+        let Some(from) = record.pulled.clone() else {
+            return Err(ManagerError::Options(format!(
+                "{name} was deployed from an archive, not pulled: deploy it with --image REF"
+            )));
+        };
+        let platform: Platform = from.platform.parse().unwrap_or_default();
+        let resolved = self.puller.resolve(&from.reference, &platform).await?;
+        if resolved.digest == from.digest {
+            let mut info = self.update(name, patch).await?;
+            info.notes.push(format!(
+                "{} is still {}: nothing pulled",
+                from.reference, from.digest
+            ));
+            return Ok(info);
+        }
+        let source = ImageSource::Registry {
+            reference: from.reference,
+            platform,
+        };
+        self.deploy_at(name.clone(), patch, source, None).await
     }
 
     /// A new version of `name` with exactly `options` (a cluster peer's).

@@ -16,6 +16,8 @@ use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{owners, ImageError, Limits};
 use crate::net::{AddressPool, NetError, Netlink, Routes};
+use crate::pull::credentials::{CredentialError, Login};
+use crate::pull::{PullError, Puller};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
 use crate::runtime::{
@@ -29,6 +31,7 @@ mod egress;
 mod restore;
 
 use announce::Announced;
+pub use deploy::ImageSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -36,6 +39,10 @@ pub enum ManagerError {
     NotFound(FunctionName),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
@@ -96,6 +103,9 @@ pub struct Manager {
     /// Addresses announced (or about to be), and whether announcing is
     /// over (draining).
     announced: Arc<Mutex<Announced>>,
+    /// Pulls images by reference; its downloads go to `pulls`.
+    puller: Arc<Puller>,
+    pulls: PathBuf,
 }
 
 /// How a function's address is listened on, from its options.
@@ -128,8 +138,16 @@ impl Manager {
         keep_versions: usize,
         routes: Option<Routes>,
         copy_layers: bool,
+        puller: Arc<Puller>,
     ) -> Result<Self, ManagerError> {
         let mut store = Store::open(state_dir.join("rootfs"))?;
+        // What an interrupted pull left goes: nothing of it was committed.
+        let pulls = state_dir.join("pulls");
+        let _ = std::fs::remove_dir_all(&pulls);
+        std::fs::create_dir_all(&pulls).map_err(|source| ManagerError::Io {
+            op: format!("creating {}", pulls.display()),
+            source,
+        })?;
         if let Err(e) = store.share_layers(state_dir.join("layers")) {
             tracing::warn!(error = %e, "versions cannot share image layers here: each gets its own copy");
         }
@@ -151,6 +169,8 @@ impl Manager {
             keep_versions,
             routes,
             announced: Arc::default(),
+            puller,
+            pulls,
         })
     }
 
@@ -334,6 +354,7 @@ impl Manager {
             name: r.name.to_string(),
             ip: r.ip,
             image_id: r.image_id.clone(),
+            image: r.pulled.clone(),
             version: r.version,
             deployed_at: r.deployed_at,
             options: r.options.clone(),
@@ -354,6 +375,7 @@ impl Manager {
                 .map(|(v, current)| VersionInfo {
                     version: v.version,
                     image_id: v.image_id,
+                    image: v.pulled,
                     deployed_at: v.deployed_at,
                     current,
                     origin: v.origin,
@@ -388,6 +410,30 @@ impl Manager {
                 bytes: s.bytes,
             })
             .collect())
+    }
+
+    /// `faas registry login HOST`: stores (replaces) the credentials
+    /// pulls from `host` use; returns the host as kept.
+    pub fn registry_login(
+        &self,
+        host: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<String, ManagerError> {
+        let host = self.puller.credentials().store(host, username, password)?;
+        tracing::info!(registry = %host, username, "registry credentials stored");
+        Ok(host)
+    }
+
+    pub fn registry_logout(&self, host: &str) -> Result<String, ManagerError> {
+        let host = self.puller.credentials().remove(host)?;
+        tracing::info!(registry = %host, "registry credentials removed");
+        Ok(host)
+    }
+
+    /// The registries faasd has credentials for, and the user names.
+    pub fn registry_logins(&self) -> Result<Vec<Login>, ManagerError> {
+        Ok(self.puller.credentials().list()?)
     }
 
     pub async fn create_secret(

@@ -12,7 +12,10 @@ pub mod closer;
 pub mod fs;
 pub mod notify;
 pub mod rawfd;
+pub mod term;
 pub mod timer;
+
+pub use term::EchoOff;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -8,6 +8,7 @@ pub mod bird;
 pub mod etcd;
 pub mod frr;
 pub mod netns;
+pub mod registry;
 pub mod stock;
 
 use std::io::{Read, Write};
@@ -208,7 +209,7 @@ fn cores_arg(extra: &[String]) -> Vec<String> {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }

@@ -36,14 +36,20 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Deploy (or replace) a function from a `docker save` archive.
+    /// Deploy (or replace) a function from a registry (--image REF) or a
+    /// `docker save` archive (--archive FILE or standard input).
     Deploy(DeployArgs),
     /// Same as deploy (the original tool's verb).
     #[command(hide = true)]
     New(DeployArgs),
-    /// Change a function's options without a new image (a new version).
+    /// Change a function's options without a new image (a new version),
+    /// or with --pull, pull its reference again.
     Update {
         name: String,
+        /// Resolve the image reference it was deployed from again and
+        /// deploy the new digest, if the tag moved.
+        #[arg(long)]
+        pull: bool,
         #[command(flatten)]
         options: OptionArgs,
     },
@@ -91,6 +97,9 @@ pub enum Command {
     /// Manage secrets (values go in, never out).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Manage the registry logins faasd pulls with (passwords go in, never out).
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Build a deployable image archive from a static binary (no Docker needed).
     Pack {
         binary: PathBuf,
@@ -127,6 +136,28 @@ pub enum SecretCommand {
     Rm { name: String },
 }
 
+#[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Store the login for a registry host (ghcr.io, docker.io, 127.0.0.1:5000).
+    Login {
+        host: String,
+        /// The user name.
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from standard input (else it is asked for).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the registries faasd has logins for (hosts and user names).
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Forget the login for a registry host.
+    Logout { host: String },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
@@ -137,9 +168,17 @@ pub enum Format {
 #[derive(Args)]
 pub struct DeployArgs {
     pub name: String,
-    /// Image archive to upload (default: standard input).
-    #[arg(long)]
-    pub image: Option<PathBuf>,
+    /// Image reference faasd pulls (nginx, nginx:1.25, ghcr.io/org/app:v2,
+    /// 127.0.0.1:5000/app@sha256:...); an existing file is read as
+    /// --archive, as before.
+    #[arg(long, value_name = "REF", conflicts_with = "archive")]
+    pub image: Option<String>,
+    /// Image archive (`docker save`) to upload (default: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub archive: Option<PathBuf>,
+    /// Platform to pick from a multi-platform image (os/arch[/variant]).
+    #[arg(long, value_name = "OS/ARCH", requires = "image")]
+    pub platform: Option<String>,
     #[command(flatten)]
     pub options: OptionArgs,
 }

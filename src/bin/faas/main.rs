@@ -2,7 +2,7 @@
 //! failure exits non-zero with a one-line reason.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -14,7 +14,7 @@ use faasd::image::build::{single_binary, write_image};
 mod cli;
 mod output;
 
-use cli::{Cli, Command, DeployArgs, Format, InvokeArgs, SecretCommand};
+use cli::{Cli, Command, DeployArgs, Format, InvokeArgs, RegistryCommand, SecretCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -57,7 +57,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let client = connect(&cli)?;
     match cli.command {
         Command::Deploy(args) | Command::New(args) => deploy(&client, args),
-        Command::Update { name, options } => {
+        Command::Update {
+            name,
+            pull: true,
+            options,
+        } => {
+            let patch = options.patch().map_err(anyhow::Error::msg)?;
+            let info = client.update_pull(&name, &patch)?;
+            for note in &info.notes {
+                println!("{note}");
+            }
+            println!(
+                "{} serves version {}{}",
+                info.name,
+                info.version,
+                pulled(&info)
+            );
+            Ok(())
+        }
+        Command::Update { name, options, .. } => {
             let patch = options.patch().map_err(anyhow::Error::msg)?;
             if patch.is_empty() {
                 bail!("nothing to update: name the options to change (faas update --help)");
@@ -103,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Secret(cmd) => secret(&client, cmd),
+        Command::Registry(cmd) => registry(&client, cmd),
         Command::Completion { .. } | Command::Man | Command::Pack { .. } => Ok(()),
     }
 }
@@ -123,9 +142,16 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(client.with_token(token))
 }
 
-fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
+fn deploy(client: &Client, mut args: DeployArgs) -> anyhow::Result<()> {
     let patch = args.options.patch().map_err(anyhow::Error::msg)?;
-    let (reader, size): (Box<dyn Read>, Option<u64>) = match &args.image {
+    if let Some(image) = args.image.take() {
+        if !std::path::Path::new(&image).is_file() {
+            return deploy_image(client, &args, &patch, &image);
+        }
+        eprintln!("note: --image FILE is now --archive FILE (--image takes a registry reference)");
+        args.archive = Some(image.into());
+    }
+    let (reader, size): (Box<dyn Read>, Option<u64>) = match &args.archive {
         Some(path) => {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let size = file.metadata().ok().map(|m| m.len());
@@ -133,7 +159,7 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
         }
         None => {
             if std::io::stdin().is_terminal() {
-                bail!("no image: pipe one in (docker save IMAGE | faas deploy NAME) or pass --image FILE");
+                bail!("no image: name one (--image REF), pipe one in (docker save IMAGE | faas deploy NAME) or pass --archive FILE");
             }
             (Box::new(std::io::stdin().lock()), None)
         }
@@ -162,6 +188,112 @@ fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<()> {
         println!("{note}");
     }
     Ok(())
+}
+
+/// `faas deploy NAME --image REF`: faasd pulls; a spinner meanwhile on a
+/// terminal.
+fn deploy_image(
+    client: &Client,
+    args: &DeployArgs,
+    patch: &faasd::api::OptionsPatch,
+    reference: &str,
+) -> anyhow::Result<()> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("faasd is pulling {reference}"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    if spinner.is_none() {
+        eprintln!("faasd is pulling {reference}");
+    }
+    let deployed = client.deploy_image(&args.name, patch, reference, args.platform.as_deref());
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    let info = deployed?;
+    println!(
+        "deployed {} at {} (version {}){}",
+        info.name,
+        info.ip,
+        info.version,
+        pulled(&info)
+    );
+    for note in &info.notes {
+        println!("{note}");
+    }
+    Ok(())
+}
+
+/// ` from REF@DIGEST`, for a pulled version.
+fn pulled(info: &faasd::api::FunctionInfo) -> String {
+    info.image
+        .as_ref()
+        .map(|i| format!(" from {}@{}", i.reference, i.digest))
+        .unwrap_or_default()
+}
+
+fn registry(client: &Client, cmd: RegistryCommand) -> anyhow::Result<()> {
+    match cmd {
+        RegistryCommand::Login {
+            host,
+            username,
+            password_stdin,
+        } => {
+            let mut password = read_password(password_stdin)?;
+            let stored = client.registry_login(&host, &username, &password);
+            password.clear();
+            stored?;
+            println!("login for {host} stored (faasd pulls with it)");
+        }
+        RegistryCommand::Ls { output } => {
+            let all = client.registry_list()?;
+            match output {
+                Format::Table => {
+                    println!("{:<40} USER", "REGISTRY");
+                    for l in &all {
+                        println!("{:<40} {}", l.registry, l.username);
+                    }
+                }
+                f => print!("{}", output::structured(&all, f)?),
+            }
+        }
+        RegistryCommand::Logout { host } => {
+            client.registry_logout(&host)?;
+            println!("removed the login for {host}");
+        }
+    }
+    Ok(())
+}
+
+/// The password: standard input's first line with --password-stdin;
+/// else asked for on the terminal, not echoed.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let mut line = String::new();
+    if from_stdin {
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!("no terminal to ask for the password on: pipe it in with --password-stdin");
+        }
+        eprint!("Password: ");
+        let stdin = std::io::stdin();
+        let _quiet = faasd::sys::EchoOff::new(&stdin).context("turning off the terminal's echo")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password")?;
+        eprintln!();
+    }
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    line.clear();
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
 }
 
 fn secret(client: &Client, cmd: SecretCommand) -> anyhow::Result<()> {

@@ -1,0 +1,157 @@
+//! Downloading blobs to files: a few at once, each verified against its
+//! digest as it streams (oci-client's `pull_blob`), never more bytes than
+//! its descriptor says, retried with backoff after a reset, 429 or 5xx.
+//! Progress is counted per layer for the client to show.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use tokio::io::AsyncWrite;
+
+use super::source::Job;
+use super::{classify, PullError, Puller};
+
+/// Bytes downloaded per layer (0 for those not downloaded).
+#[derive(Debug)]
+pub struct Progress {
+    pub layers: Vec<LayerProgress>,
+}
+
+#[derive(Debug)]
+pub struct LayerProgress {
+    pub digest: String,
+    pub size: u64,
+    /// Whether it is downloaded at all (the layer store lacks it).
+    pub fetched: bool,
+    pub done: AtomicU64,
+}
+
+impl Progress {
+    pub fn new(layers: &[OciDescriptor], wanted: &[bool]) -> Self {
+        Self {
+            layers: layers
+                .iter()
+                .zip(wanted)
+                .map(|(l, w)| LayerProgress {
+                    digest: l.digest.clone(),
+                    size: l.size.max(0) as u64,
+                    fetched: *w,
+                    done: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Bytes downloaded in all.
+    pub fn bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.done.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Runs `jobs`, `concurrent` at a time, in order of start; the first
+/// failure stops the rest.
+pub(super) async fn all(
+    puller: &Puller,
+    _auth: &RegistryAuth,
+    at: &Reference,
+    jobs: Vec<Job>,
+    concurrent: usize,
+) -> Result<(), PullError> {
+    futures::stream::iter(jobs)
+        .map(|job| one(puller, at, job))
+        .buffer_unordered(concurrent)
+        .try_collect::<()>()
+        .await
+}
+
+async fn one(puller: &Puller, at: &Reference, job: Job) -> Result<(), PullError> {
+    let layer = &job.progress.layers[job.index];
+    let what = format!("layer {}", job.descriptor.digest);
+    let logged_in = puller.credentials.has(at.registry());
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0;
+    let outcome = loop {
+        layer.done.store(0, Ordering::Relaxed);
+        let file = match tokio::fs::File::create(&job.path).await {
+            Ok(f) => f,
+            Err(source) => {
+                break Err(PullError::Io {
+                    op: "creating",
+                    path: job.path.clone(),
+                    source,
+                })
+            }
+        };
+        let out = Bounded {
+            inner: file,
+            max: layer.size,
+            done: &layer.done,
+            what: &what,
+        };
+        match puller
+            .client
+            .pull_blob(at, &job.descriptor, out)
+            .await
+            .map_err(|e| classify(e, at, &what, logged_in))
+        {
+            Err(e) if e.transient() && attempt < 3 => {
+                tracing::warn!(reference = %at.whole(), error = %e, "retrying");
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            other => break other,
+        }
+    };
+    let _ = job
+        .done
+        .send(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
+    outcome
+}
+
+/// A file that refuses bytes past the descriptor's size (a registry
+/// could otherwise fill the disk before the digest is checked).
+struct Bounded<'a> {
+    inner: tokio::fs::File,
+    max: u64,
+    done: &'a AtomicU64,
+    what: &'a str,
+}
+
+impl AsyncWrite for Bounded<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let so_far = self.done.load(Ordering::Relaxed);
+        if so_far + buf.len() as u64 > self.max {
+            return Poll::Ready(Err(std::io::Error::other(format!(
+                "{}: the registry sent more than the {} bytes the manifest gives it",
+                self.what, self.max
+            ))));
+        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            self.done.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
