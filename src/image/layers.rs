@@ -153,6 +153,14 @@ impl Layers {
         }
     }
 
+    /// Writes what was unpacked to the disk, once per image: layers are
+    /// unpacked through volatile overlays (no sync per layer), and a
+    /// version whose layers a crash left half-written must not be served.
+    pub fn sync(&self) -> Result<(), ImageError> {
+        let dir = fs::File::open(&self.dir).map_err(err("opening", &self.dir))?;
+        nix::unistd::syncfs(&dir).map_err(|e| err("syncing", &self.dir)(io::Error::from(e)))
+    }
+
     /// A directory for `top`.
     fn staging(&self) -> Result<staging::Dir, ImageError> {
         staging::Dir::new_in(&self.dir, "top")

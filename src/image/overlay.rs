@@ -109,6 +109,21 @@ pub fn compose(
         Some(upper) => {
             set_string(&fs, c"upperdir", upper.dir)?;
             set_string(&fs, c"workdir", upper.work)?;
+            // A layer being unpacked: unmounting would otherwise sync the
+            // whole upper filesystem after every layer (most of a pull's
+            // time); the store syncs once, when the image is whole.
+            // SAFETY: as below; a flag takes no value.
+            done(unsafe {
+                libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs.as_raw_fd(),
+                    FSCONFIG_SET_FLAG,
+                    c"volatile".as_ptr(),
+                    std::ptr::null::<libc::c_char>(),
+                    0,
+                )
+            })
+            .map_err(|e| context(e, "making the unpacking overlay volatile"))?;
         }
         None => {
             attrs |= MOUNT_ATTR_RDONLY;

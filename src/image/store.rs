@@ -105,6 +105,18 @@ impl Store {
         self.layers.as_ref().filter(|_| !self.copy)
     }
 
+    /// Claims the layers `hexes` (chain ids) for `staging` before a pull
+    /// looks at which of them the store has, so none is collected between
+    /// that look and the unpack (a removed function's layers go a moment
+    /// after `rm` answers).
+    pub fn reserve(&self, staging: &mut Staging, hexes: &[String]) -> Result<(), ImageError> {
+        if let Some(layers) = self.shared_layers() {
+            layers.reserve(&staging.key(), hexes)?;
+            staging.reserved = Some(Arc::clone(layers));
+        }
+        Ok(())
+    }
+
     /// Unpacks `image` for `staging`: into it, or into the layer store
     /// (what it lacks) with the image's user read from the layers composed
     /// at `staging` for a moment.
@@ -128,6 +140,7 @@ impl Store {
             },
             limits,
         )?;
+        layers.sync()?;
         let stack = layers
             .stack(&key)?
             .ok_or_else(|| ImageError::Invalid("reserved layers vanished".into()))?;

@@ -214,6 +214,7 @@ impl Manager {
     ) -> Result<(Staging, Unpacked, Option<ImageRef>), ManagerError> {
         let started = std::time::Instant::now();
         let resolved = self.puller.resolve(reference, platform).await?;
+        let resolved_in = started.elapsed();
         let raw: RawImageConfig = config::parse_json("the image config", &resolved.config)?;
         let (_, diff_ids) = config::run_settings(raw)?;
         if diff_ids.len() != resolved.layers.len() {
@@ -224,11 +225,10 @@ impl Manager {
             ))
             .into());
         }
+        let chain = archive::chain_ids(&diff_ids)?;
+        self.store.reserve(&mut staging, &chain)?;
         let wanted: Vec<bool> = match self.store.shared_layers() {
-            Some(layers) => archive::chain_ids(&diff_ids)?
-                .iter()
-                .map(|id| !layers.has(id))
-                .collect(),
+            Some(layers) => chain.iter().map(|id| !layers.has(id)).collect(),
             None => vec![true; diff_ids.len()],
         };
         let (pulled, downloads) = self.puller.fetch(&resolved, &wanted, &self.pulls)?;
@@ -253,14 +253,16 @@ impl Manager {
                     if let Err(e) = &done {
                         tracing::info!(%reference, error = %e, "pull failed");
                     }
-                    downloaded = Some(done);
+                    downloaded = Some((done, started.elapsed()));
                 }
                 unpacked = &mut unpack => break unpacked,
             }
         };
-        if let Some(Err(e)) = downloaded {
-            return Err(e.into());
-        }
+        let downloaded_in = match downloaded {
+            Some((Err(e), _)) => return Err(e.into()),
+            Some((Ok(()), at)) => at,
+            None => started.elapsed(),
+        };
         if unpacked.is_err() && downloaded.is_none() {
             // The unpacker stopped on a layer that never arrived: the
             // download's own error says why.
@@ -277,6 +279,8 @@ impl Manager {
             layers = resolved.layers.len(),
             fetched = wanted.iter().filter(|w| **w).count(),
             bytes = progress.bytes(),
+            resolved_ms = resolved_in.as_millis() as u64,
+            downloaded_ms = downloaded_in.as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "image pulled"
         );

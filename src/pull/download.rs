@@ -1,10 +1,13 @@
 //! Downloading blobs to files: a few at once, each verified against its
 //! digest as it streams (oci-client's `pull_blob`), never more bytes than
 //! its descriptor says, retried with backoff after a reset, 429 or 5xx.
-//! Progress is counted per layer for the client to show.
+//! Each layer's state (bytes so far, which attempt, how it ended) is what
+//! the unpacker follows the file by (`source.rs`) and what the client is
+//! shown.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +32,21 @@ pub struct LayerProgress {
     pub size: u64,
     /// Whether it is downloaded at all (the layer store lacks it).
     pub fetched: bool,
+    /// Bytes written by the current attempt.
     pub done: AtomicU64,
+    /// The attempt writing the file now (0: none started).
+    pub attempt: AtomicU32,
+    /// How the download ended, once it has; `changed` is signalled on
+    /// every write and at the end.
+    pub outcome: Mutex<Option<Result<(), String>>>,
+    pub changed: Condvar,
+}
+
+impl LayerProgress {
+    fn end(&self, outcome: Result<(), String>) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        self.changed.notify_all();
+    }
 }
 
 impl Progress {
@@ -43,6 +60,9 @@ impl Progress {
                     size: l.size.max(0) as u64,
                     fetched: *w,
                     done: AtomicU64::new(0),
+                    attempt: AtomicU32::new(0),
+                    outcome: Mutex::new(None),
+                    changed: Condvar::new(),
                 })
                 .collect(),
         }
@@ -54,6 +74,24 @@ impl Progress {
             .iter()
             .map(|l| l.done.load(Ordering::Relaxed))
             .sum()
+    }
+}
+
+/// Ends, when dropped, every layer not ended yet: a pull stopped (its
+/// timeout, another layer's failure, the request gone) must not leave the
+/// unpacker waiting for bytes that will not come.
+pub(super) struct EndAll(pub std::sync::Arc<Progress>);
+
+impl Drop for EndAll {
+    fn drop(&mut self) {
+        for layer in &self.0.layers {
+            let mut outcome = layer.outcome.lock().unwrap_or_else(|p| p.into_inner());
+            if outcome.is_none() {
+                *outcome = Some(Err("the pull stopped before this layer arrived".into()));
+            }
+            drop(outcome);
+            layer.changed.notify_all();
+        }
     }
 }
 
@@ -81,7 +119,11 @@ async fn one(puller: &Puller, at: &Reference, job: Job) -> Result<(), PullError>
     let mut attempt = 0;
     let outcome = loop {
         layer.done.store(0, Ordering::Relaxed);
-        let file = match tokio::fs::File::create(&job.path).await {
+        let file = tokio::fs::File::create(&job.path).await;
+        // The unpacker follows this attempt's file from here on.
+        layer.attempt.fetch_add(1, Ordering::AcqRel);
+        layer.changed.notify_all();
+        let file = match file {
             Ok(f) => f,
             Err(source) => {
                 break Err(PullError::Io {
@@ -94,7 +136,7 @@ async fn one(puller: &Puller, at: &Reference, job: Job) -> Result<(), PullError>
         let out = Bounded {
             inner: file,
             max: layer.size,
-            done: &layer.done,
+            layer,
             what: &what,
         };
         match puller
@@ -112,9 +154,7 @@ async fn one(puller: &Puller, at: &Reference, job: Job) -> Result<(), PullError>
             other => break other,
         }
     };
-    let _ = job
-        .done
-        .send(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
+    layer.end(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
     outcome
 }
 
@@ -123,7 +163,7 @@ async fn one(puller: &Puller, at: &Reference, job: Job) -> Result<(), PullError>
 struct Bounded<'a> {
     inner: tokio::fs::File,
     max: u64,
-    done: &'a AtomicU64,
+    layer: &'a LayerProgress,
     what: &'a str,
 }
 
@@ -133,7 +173,7 @@ impl AsyncWrite for Bounded<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let so_far = self.done.load(Ordering::Relaxed);
+        let so_far = self.layer.done.load(Ordering::Relaxed);
         if so_far + buf.len() as u64 > self.max {
             return Poll::Ready(Err(std::io::Error::other(format!(
                 "{}: the registry sent more than the {} bytes the manifest gives it",
@@ -142,7 +182,8 @@ impl AsyncWrite for Bounded<'_> {
         }
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &written {
-            self.done.fetch_add(*n as u64, Ordering::Relaxed);
+            self.layer.done.fetch_add(*n as u64, Ordering::Relaxed);
+            self.layer.changed.notify_all();
         }
         written
     }

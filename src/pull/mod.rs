@@ -294,7 +294,9 @@ impl Puller {
         };
         let timeout = self.timeout;
         let reference = resolved.reference.clone();
+        let ends = download::EndAll(progress);
         let bounded = async move {
+            let _ends = ends;
             tokio::time::timeout(timeout, driving)
                 .await
                 .map_err(|_| PullError::Timeout {

@@ -1,41 +1,43 @@
-//! The pulled layers as the unpacker reads them: layer `i` is its
-//! downloaded file once the download completed and matched its digest;
-//! the unpacker (a blocking thread) waits for it, so layers are applied
-//! in order while later ones still arrive. The files live in a directory
-//! of their own, gone with the `Pulled`.
+//! The pulled layers as the unpacker reads them: layer `i` is its file
+//! followed as it is downloaded (the unpacker, a blocking thread, waits
+//! for bytes not written yet), so a layer is applied while it arrives and
+//! the next ones download beside it. Its end is the download's: a digest
+//! that did not match is an error at the end of the layer, and the layer
+//! applied so far is discarded (`Layers::unpack` keeps only what applied
+//! whole and matched its `diff_id`). A download restarted after a reset
+//! is an error for a layer already being read. The files live in a
+//! directory of their own, gone with the `Pulled`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use oci_client::manifest::OciDescriptor;
 
-use super::download::Progress;
+use super::download::{LayerProgress, Progress};
 use super::PullError;
 use crate::image::archive::LayerSource;
 use crate::image::ImageError;
 
-/// One layer to download, and whom to tell when it is there.
+/// How long the unpacker sleeps between looks when no write woke it.
+const LOOK: Duration = Duration::from_millis(20);
+
+/// One layer to download.
 pub(super) struct Job {
     pub index: usize,
     pub descriptor: OciDescriptor,
     pub path: PathBuf,
-    pub done: mpsc::SyncSender<Result<(), String>>,
     pub progress: Arc<Progress>,
-}
-
-struct Slot {
-    path: PathBuf,
-    done: mpsc::Receiver<Result<(), String>>,
 }
 
 /// The layers of a pull, for `crate::image::archive::Image`.
 pub struct Pulled {
     dir: tempfile::TempDir,
-    slots: Vec<Option<Slot>>,
-    open: Option<File>,
+    /// Each layer's file, if it is downloaded.
+    slots: Vec<Option<PathBuf>>,
     progress: Arc<Progress>,
 }
 
@@ -63,16 +65,11 @@ impl Pulled {
                 continue;
             }
             let path = dir.path().join(index.to_string());
-            let (tx, rx) = mpsc::sync_channel(1);
-            slots.push(Some(Slot {
-                path: path.clone(),
-                done: rx,
-            }));
+            slots.push(Some(path.clone()));
             jobs.push(Job {
                 index,
                 descriptor: descriptor.clone(),
                 path,
-                done: tx,
                 progress: Arc::clone(&progress),
             });
         }
@@ -80,7 +77,6 @@ impl Pulled {
             Self {
                 dir,
                 slots,
-                open: None,
                 progress,
             },
             jobs,
@@ -95,30 +91,90 @@ impl Pulled {
 
 impl LayerSource for Pulled {
     fn open(&mut self, i: usize) -> Result<Box<dyn BufRead + '_>, ImageError> {
-        let Some(slot) = self.slots.get(i).and_then(Option::as_ref) else {
+        let Some(path) = self.slots.get(i).and_then(Option::as_ref) else {
             return Err(ImageError::Invalid(format!(
-                "layer {i} left the layer store while the image was pulled: deploy again"
+                "layer {i} is not in the layer store, nor was it downloaded"
             )));
         };
-        match slot.done.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ImageError::Invalid(format!("layer {i}: {e}"))),
-            Err(_) => {
-                return Err(ImageError::Invalid(format!(
-                    "layer {i}: the download stopped"
-                )))
-            }
-        }
-        let file = File::open(&slot.path).map_err(|source| ImageError::Store {
+        let layer = &self.progress.layers[i];
+        let attempt =
+            wait_started(layer).map_err(|e| ImageError::Invalid(format!("layer {i}: {e}")))?;
+        let file = File::open(path).map_err(|source| ImageError::Store {
             op: "opening",
-            path: slot.path.clone(),
+            path: path.clone(),
             source,
         })?;
-        // Gone from the disk once read: a pull holds at most the layers
-        // not applied yet.
-        let _ = std::fs::remove_file(&slot.path);
+        // Gone from the directory once open: a pull holds no layer on
+        // the disk beyond the unpack.
+        let _ = std::fs::remove_file(path);
         let _ = self.dir.path();
-        let file = self.open.insert(file);
-        Ok(Box::new(BufReader::with_capacity(1 << 20, &*file)))
+        let follow = Follow {
+            file,
+            layer,
+            attempt,
+            read: 0,
+        };
+        Ok(Box::new(BufReader::with_capacity(1 << 20, follow)))
+    }
+}
+
+/// Waits until `layer`'s download has a file (or ended without one);
+/// returns the attempt writing it.
+fn wait_started(layer: &LayerProgress) -> Result<u32, String> {
+    let mut outcome = layer.outcome.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some(Err(e)) = outcome.as_ref() {
+            return Err(e.clone());
+        }
+        let attempt = layer.attempt.load(Ordering::Acquire);
+        if attempt > 0 {
+            return Ok(attempt);
+        }
+        outcome = layer
+            .changed
+            .wait_timeout(outcome, LOOK)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// A layer's file read as it grows, to the download's end.
+struct Follow<'a> {
+    file: File,
+    layer: &'a LayerProgress,
+    attempt: u32,
+    read: u64,
+}
+
+impl Read for Follow<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.layer.attempt.load(Ordering::Acquire) != self.attempt {
+                return Err(io::Error::other(
+                    "its download was restarted after the layer was partly applied: deploy again",
+                ));
+            }
+            let n = self.file.read(buf)?;
+            if n > 0 {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            let outcome = self.layer.outcome.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome.as_ref() {
+                Some(Err(e)) => return Err(io::Error::other(e.clone())),
+                // Flushed before it ended: what is not read yet is there.
+                Some(Ok(())) if self.read >= self.layer.done.load(Ordering::Acquire) => {
+                    return Ok(0)
+                }
+                Some(Ok(())) => continue,
+                None => {
+                    let _ = self
+                        .layer
+                        .changed
+                        .wait_timeout(outcome, LOOK)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
     }
 }
