@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::bird::{node_config, paths, router_config, router_route, wait_until, Bird};
 use common::etcd::{Etcd, Pki};
 use common::netns::{link, Netns};
+use common::registry::{require_tools, Registry};
 use common::*;
 use faasd::api::{DeployOptions, FunctionInfo};
 use faasd::image::build::{Entry, ImageSpec, Layer};
@@ -65,6 +66,11 @@ struct Sim {
 
 impl Sim {
     fn start(count: usize) -> Self {
+        Self::start_with(count, &[])
+    }
+
+    /// `count` nodes, each faasd with `extra` flags too.
+    fn start_with(count: usize, extra: &[&str]) -> Self {
         for tool in ["bird", "etcd"] {
             assert!(
                 which(tool).is_some(),
@@ -125,6 +131,7 @@ impl Sim {
                 "--token-file",
                 &token_path,
             ]);
+            args.extend_from_slice(extra);
             let faasd = Daemon::start_in(&ns.0, &args);
             let mut node = Node {
                 ns,
@@ -652,4 +659,128 @@ fn until_recovered(sim: &Sim, mut served: impl FnMut() -> bool) -> (Duration, u3
 
 fn signal(pid: i32, sig: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+}
+
+/// The probe answering with `WHICH=which`.
+fn which_image(which: &str) -> ImageSpec {
+    let mut spec = probe_image("inspect", &["PROBE_ENV=WHICH", &format!("WHICH={which}")]);
+    spec.tag = format!("which-{which}:latest");
+    spec
+}
+
+/// A registry in the router's namespace, with a login: a deploy by
+/// reference through one node serves one digest on every node (each
+/// pulled it itself, with the login given through another node, which
+/// etcd holds encrypted); the tag moves and every node keeps serving the
+/// digest it was deployed by, until `faas update --pull` through a third.
+#[test]
+fn a_deploy_by_reference_serves_one_digest_on_every_node() {
+    require_tools();
+    const REGISTRY: &str = "198.18.0.1:5000";
+    let sim = Sim::start_with(3, &["--insecure-registry", REGISTRY]);
+    let ctx = |sim: &Sim| sim.context();
+    wait_until(
+        "three members",
+        Duration::from_secs(15),
+        || {
+            sim.nodes[0]
+                .faasd
+                .client()
+                .nodes()
+                .is_ok_and(|n| n.len() == 3)
+        },
+        || ctx(&sim),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let password = "cluster-pull-pw";
+    let reg = Registry::start_at(
+        &tmp.path().join("reg"),
+        Some(&sim.router.0),
+        REGISTRY.into(),
+        None,
+        Some(("ci", password)),
+    );
+    let v1 = reg.push(&which_image("v1"), "app:latest", &[]);
+
+    let out = sim.nodes[1].faasd.faas(
+        &[
+            "registry",
+            "login",
+            REGISTRY,
+            "-u",
+            "ci",
+            "--password-stdin",
+        ],
+        Some(format!("{password}\n").as_bytes()),
+    );
+    assert!(out.status.success(), "login: {out:?}");
+    let stored = sim
+        .etcd
+        .get(&format!("/faasd/registries/{REGISTRY}"))
+        .expect("the login is in etcd");
+    assert!(
+        !String::from_utf8_lossy(&stored).contains(password),
+        "etcd holds the password in the clear"
+    );
+    let listed = sim.nodes[2].faasd.faas(&["registry", "ls"], None);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("ci"),
+        "{listed:?}"
+    );
+
+    let app = format!("{REGISTRY}/app");
+    let out = sim.nodes[0]
+        .faasd
+        .faas(&["deploy", "f", "--image", &app, "--warm", "1"], None);
+    assert!(out.status.success(), "deploy: {out:?}\n{}", ctx(&sim));
+    let digest_everywhere = |want: &str| {
+        sim.nodes.iter().all(|n| {
+            n.faasd
+                .client()
+                .inspect("f")
+                .ok()
+                .and_then(|i| i.image)
+                .is_some_and(|i| i.digest == want)
+        })
+    };
+    wait_until(
+        "every node serving v1's digest",
+        Duration::from_secs(30),
+        || digest_everywhere(&v1),
+        || ctx(&sim),
+    );
+    let ip: IpAddr = sim.nodes[0].inspect("f").ip;
+    for node in &sim.nodes {
+        let (status, body) = node.call(ip).expect("call");
+        assert_eq!(
+            (status, kv(&body).get("env.WHICH").cloned()),
+            (200, Some("v1".into()))
+        );
+    }
+
+    // The tag moves: nothing changes until someone asks.
+    let v2 = reg.push(&which_image("v2"), "app:latest", &[]);
+    assert_ne!(v1, v2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        digest_everywhere(&v1),
+        "a moved tag changed a node by itself"
+    );
+
+    let out = sim.nodes[2].faasd.faas(&["update", "f", "--pull"], None);
+    assert!(
+        out.status.success(),
+        "update --pull: {out:?}\n{}",
+        ctx(&sim)
+    );
+    wait_until(
+        "every node serving v2's digest",
+        Duration::from_secs(30),
+        || digest_everywhere(&v2),
+        || ctx(&sim),
+    );
+    for node in &sim.nodes {
+        let (_, body) = node.call(ip).expect("call");
+        assert_eq!(kv(&body).get("env.WHICH").map(String::as_str), Some("v2"));
+    }
 }

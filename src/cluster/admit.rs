@@ -9,6 +9,7 @@
 use super::keys::{self, Spec};
 use super::seal::{self, SealError};
 use super::{archives, refused, Cluster, ClusterError};
+use crate::pull::{Platform, Puller};
 
 impl Cluster {
     /// The spec stored under `key`, if this node may apply it.
@@ -25,9 +26,23 @@ impl Cluster {
                 spec.ip
             )));
         }
-        let digests = std::iter::once(&spec.archive).chain(spec.archives.values());
+        // A pulled image has no archive: its reference and digest instead.
+        let pulled_now = spec.pulled.contains_key(&spec.image_id);
+        let serving = (!pulled_now || !spec.archive.is_empty()).then_some(&spec.archive);
+        let digests = serving.into_iter().chain(spec.archives.values());
         if let Some(bad) = digests.into_iter().find(|d| !archives::valid_digest(d)) {
             return Err(refuse(format!("{bad:?} is not an archive digest")));
+        }
+        for from in spec.pulled.values() {
+            Puller::parse(&from.reference).map_err(|e| refuse(e.to_string()))?;
+            let hex = from.digest.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(refuse(format!(
+                    "{:?} is not a manifest digest",
+                    from.digest
+                )));
+            }
+            from.platform.parse::<Platform>().map_err(refuse)?;
         }
         self.manager
             .check_secrets(&spec.options.secrets)

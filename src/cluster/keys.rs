@@ -9,6 +9,8 @@
 //!   (`api::NodeStatus`), under the node's lease
 //! - `archives/DIGEST/NODE`: a node holding a verified image archive,
 //!   under the node's lease (the node's URL is in `nodes/NODE`)
+//! - `registries/HOST`: the login nodes pull from HOST with, encrypted
+//!   (`seal.rs`, `logins.rs`)
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,13 +18,14 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::api::name::FunctionName;
-use crate::api::DeployOptions;
+use crate::api::{DeployOptions, ImageRef};
 
 pub const FUNCTIONS: &str = "/faasd/functions/";
 pub const ADDRESSES: &str = "/faasd/addresses/";
 pub const NODES: &str = "/faasd/nodes/";
 pub const STATUS: &str = "/faasd/status/";
 pub const ARCHIVES: &str = "/faasd/archives/";
+pub const REGISTRIES: &str = "/faasd/registries/";
 
 /// A function as the cluster wants it served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,11 @@ pub struct Spec {
     /// The archive of each image this function serves or keeps to roll
     /// back to (`image_id` → archive digest).
     pub archives: BTreeMap<String, String>,
+    /// The registry reference and manifest digest of each such image that
+    /// was pulled (`image_id` → where from): every node pulls that digest,
+    /// whatever the tag says by then. Its `archive` is then empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pulled: BTreeMap<String, ImageRef>,
     pub options: DeployOptions,
     /// `deploy`, `update` or `rollback`.
     pub origin: String,
@@ -49,6 +57,10 @@ pub fn function(name: &FunctionName) -> String {
 
 pub fn address(ip: IpAddr) -> String {
     format!("{ADDRESSES}{ip}")
+}
+
+pub fn registry(host: &str) -> String {
+    format!("{REGISTRIES}{host}")
 }
 
 pub fn node(node: &str) -> String {

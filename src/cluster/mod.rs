@@ -5,7 +5,7 @@
 //! Addresses are allocated by transaction, so two nodes never hand out one;
 //! image archives move between nodes by digest (`archives`).
 
-use crate::manager::ImageSource;
+use crate::manager::{ImageSource, Repull};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ mod addresses;
 mod admit;
 pub mod archives;
 pub mod keys;
+mod logins;
 mod reports;
 pub mod seal;
 mod sync;
@@ -211,6 +212,66 @@ impl Cluster {
             .await
     }
 
+    /// Deploys through this node from a registry: pulled here first (the
+    /// reference resolved to a digest), then recorded with that digest,
+    /// which every other node pulls itself.
+    pub async fn deploy_pulled(
+        &self,
+        name: FunctionName,
+        patch: OptionsPatch,
+        source: ImageSource,
+    ) -> Result<FunctionInfo, ClusterError> {
+        let _one = self.applying.lock().await;
+        let (current, revision) = self.spec(&name).await?;
+        let (ip, reserved) = match &current {
+            Some(spec) => (spec.ip, false),
+            None => (self.reserve_address(&name).await?, true),
+        };
+        let deployed = async {
+            self.forget_if_elsewhere(&name, ip).await?;
+            if let ImageSource::Registry { reference, .. } = &source {
+                self.take_login(reference).await?;
+            }
+            self.manager
+                .deploy_at(name.clone(), patch, source, Some(ip))
+                .await
+                .map_err(ClusterError::from)
+        }
+        .await;
+        if let Err(e) = deployed {
+            if reserved {
+                self.release_address(ip).await;
+            }
+            return Err(e);
+        }
+        self.publish(&name, current.as_ref(), revision, None, "deploy")
+            .await
+    }
+
+    /// `faas update NAME --pull` through this node: the reference resolved
+    /// again here; a moved digest is deployed (and recorded) as a pull.
+    pub async fn update_pull(
+        &self,
+        name: &FunctionName,
+        patch: OptionsPatch,
+    ) -> Result<FunctionInfo, ClusterError> {
+        if let Some(from) = self.manager.record(name).await.and_then(|r| r.pulled) {
+            self.take_login(&from.reference).await?;
+        }
+        match self.manager.pull_again(name).await? {
+            Repull::Moved(source) => self.deploy_pulled(name.clone(), patch, source).await,
+            Repull::Same(note) => {
+                let mut info = if patch.is_empty() {
+                    self.manager.inspect(name).await?
+                } else {
+                    self.update(name, patch).await?
+                };
+                info.notes.push(note);
+                Ok(info)
+            }
+        }
+    }
+
     /// New options for `name`, through this node.
     pub async fn update(
         &self,
@@ -339,26 +400,38 @@ impl Cluster {
             .await
             .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
         let mut archives = previous.map(|p| p.archives.clone()).unwrap_or_default();
+        let mut pulled = previous.map(|p| p.pulled.clone()).unwrap_or_default();
         if let Some(digest) = new_archive {
             archives.insert(record.image_id.clone(), digest.to_string());
+        }
+        for version in std::iter::once(record.as_version()).chain(record.history.iter().cloned()) {
+            if let Some(from) = version.pulled {
+                pulled.insert(version.image_id, from);
+            }
         }
         let images: HashSet<&str> = std::iter::once(record.image_id.as_str())
             .chain(record.history.iter().map(|v| v.image_id.as_str()))
             .collect();
         archives.retain(|image, _| images.contains(image.as_str()));
-        let archive = archives.get(&record.image_id).cloned().ok_or_else(|| {
-            ClusterError::Corrupt(format!(
-                "{}: no archive recorded for image {}",
-                keys::function(name),
-                record.image_id
-            ))
-        })?;
+        pulled.retain(|image, _| images.contains(image.as_str()));
+        let archive = match (record.pulled.as_ref(), archives.get(&record.image_id)) {
+            (Some(_), _) => String::new(),
+            (None, Some(archive)) => archive.clone(),
+            (None, None) => {
+                return Err(ClusterError::Corrupt(format!(
+                    "{}: no archive recorded for image {}",
+                    keys::function(name),
+                    record.image_id
+                )))
+            }
+        };
         let spec = Spec {
             name: name.clone(),
             ip: record.ip,
             image_id: record.image_id.clone(),
             archive,
             archives,
+            pulled,
             options: record.options.clone(),
             origin: origin.to_string(),
             node: self.me.node.clone(),

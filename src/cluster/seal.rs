@@ -9,10 +9,16 @@
 //!
 //! - A spec is stored as `faasd-spec-v1 <mac>\n<spec JSON>`, the MAC over
 //!   those JSON bytes exactly (so nodes of different versions agree).
+//! - A registry login is stored as `faasd-login-v1 <hex>`: a random
+//!   nonce and the login's JSON encrypted and authenticated with
+//!   XChaCha20-Poly1305 under a key of its own, bound to its etcd key: etcd
+//!   (and its backups) never hold a registry password in the clear.
 //! - An archive fetch carries `X-Faas-Peer: node=N;ts=T;mac=M`, the MAC
 //!   over the request, the fetching node and the time: good for that one
 //!   archive, for `PEER_SKEW` either side of `ts`.
 
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -21,6 +27,7 @@ use super::keys::Spec;
 type HmacSha256 = Hmac<Sha256>;
 
 const SPEC_HEADER: &str = "faasd-spec-v1 ";
+const LOGIN_HEADER: &str = "faasd-login-v1 ";
 /// How far a peer request's time may be from ours (clock skew, retries).
 const PEER_SKEW: u64 = 300;
 
@@ -42,6 +49,7 @@ pub enum SealError {
 pub struct Seal {
     spec: [u8; 32],
     peer: [u8; 32],
+    login: [u8; 32],
 }
 
 impl std::fmt::Debug for Seal {
@@ -52,7 +60,7 @@ impl std::fmt::Debug for Seal {
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     // HMAC takes a key of any length.
-    let mut m = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     for p in parts {
         m.update(p);
     }
@@ -84,7 +92,48 @@ impl Seal {
         Self {
             spec: derive(b"faasd spec v1"),
             peer: derive(b"faasd peer v1"),
+            login: derive(b"faasd registry login v1"),
         }
+    }
+
+    /// A registry login (its JSON) as stored under `key`, encrypted.
+    pub fn seal_login(&self, key: &str, login: &[u8]) -> Result<Vec<u8>, SealError> {
+        let cipher = XChaCha20Poly1305::new(&self.login.into());
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: login,
+                    aad: key.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Malformed(key.into(), "encrypting".into()))?;
+        let mut body = nonce.to_vec();
+        body.extend_from_slice(&sealed);
+        Ok(format!("{LOGIN_HEADER}{}", hex(&body)).into_bytes())
+    }
+
+    /// The login stored under `key`, if a node of this cluster wrote it.
+    pub fn open_login(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, SealError> {
+        let body = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.strip_prefix(LOGIN_HEADER))
+            .ok_or_else(|| SealError::Unsigned(key.into()))?;
+        let body = unhex(body).ok_or_else(|| SealError::Forged(key.into()))?;
+        if body.len() < 24 {
+            return Err(SealError::Forged(key.into()));
+        }
+        let (nonce, sealed) = body.split_at(24);
+        XChaCha20Poly1305::new(&self.login.into())
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: key.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Forged(key.into()))
     }
 
     /// `spec` as stored in etcd, signed.
@@ -182,10 +231,42 @@ mod tests {
             image_id: "sha256:aa".into(),
             archive: "b".repeat(64),
             archives: Default::default(),
+            pulled: Default::default(),
             options: DeployOptions::default(),
             origin: "deploy".into(),
             node: "n1".into(),
         }
+    }
+
+    #[test]
+    fn a_login_is_never_in_the_clear_and_opens_only_under_its_key() {
+        let seal = Seal::new("cluster-token");
+        let login = br#"{"username":"ci","password":"hunter2-secret"}"#;
+        let sealed = seal
+            .seal_login("/faasd/registries/ghcr.io", login)
+            .expect("seal");
+        let text = String::from_utf8(sealed.clone()).expect("utf8");
+        assert!(
+            !text.contains("hunter2") && !text.contains("ci\""),
+            "{text}"
+        );
+        assert_ne!(
+            sealed,
+            seal.seal_login("/faasd/registries/ghcr.io", login)
+                .expect("seal")
+        );
+        assert_eq!(
+            seal.open_login("/faasd/registries/ghcr.io", &sealed)
+                .expect("open"),
+            login.to_vec()
+        );
+        assert!(seal
+            .open_login("/faasd/registries/evil.io", &sealed)
+            .is_err());
+        assert!(Seal::new("other")
+            .open_login("/faasd/registries/ghcr.io", &sealed)
+            .is_err());
+        assert!(seal.open_login("/faasd/registries/ghcr.io", login).is_err());
     }
 
     #[test]

@@ -314,18 +314,36 @@ impl Cluster {
                     self.manager.set_options(name, spec.options.clone()).await?;
                 }
             }
-            _ => {
-                let archive = self.fetch(&spec.archive).await?;
-                self.manager
-                    .deploy_at(
-                        name.clone(),
-                        OptionsPatch::from(&spec.options),
-                        ImageSource::Archive(archive),
-                        Some(spec.ip),
-                    )
-                    .await?;
-                self.offer(&spec.archive).await;
-            }
+            _ => match spec.pulled.get(&spec.image_id) {
+                Some(from) => {
+                    self.take_login(&from.reference).await?;
+                    let source = ImageSource::Registry {
+                        reference: from.reference.clone(),
+                        platform: from.platform.parse().unwrap_or_default(),
+                        digest: Some(from.digest.clone()),
+                    };
+                    self.manager
+                        .deploy_at(
+                            name.clone(),
+                            OptionsPatch::from(&spec.options),
+                            source,
+                            Some(spec.ip),
+                        )
+                        .await?;
+                }
+                None => {
+                    let archive = self.fetch(&spec.archive).await?;
+                    self.manager
+                        .deploy_at(
+                            name.clone(),
+                            OptionsPatch::from(&spec.options),
+                            ImageSource::Archive(archive),
+                            Some(spec.ip),
+                        )
+                        .await?;
+                    self.offer(&spec.archive).await;
+                }
+            },
         }
         Ok(())
     }

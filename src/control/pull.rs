@@ -85,26 +85,30 @@ pub async fn deploy(
             "send either an image archive or image=REF, not both".into(),
         ));
     }
-    if control.cluster.is_some() {
-        return Err(ApiError::BadRequest(
-            "deploying by reference is not available with --etcd yet: deploy the archive (docker save IMAGE | faas deploy NAME)".into(),
-        ));
-    }
     let started = std::time::Instant::now();
     let source = ImageSource::Registry {
         reference: pull.reference,
         platform: pull.platform,
+        digest: None,
     };
-    match control.manager.deploy_at(name, patch, source, None).await {
-        Ok(info) => {
-            metrics::deployed(started.elapsed(), 0);
-            Ok(info)
-        }
-        Err(e) => {
-            count(&e);
-            Err(e.into())
-        }
+    let deployed = match &control.cluster {
+        Some(cluster) => cluster
+            .deploy_pulled(name, patch, source)
+            .await
+            .map_err(ApiError::from),
+        None => control
+            .manager
+            .deploy_at(name, patch, source, None)
+            .await
+            .map_err(|e| {
+                count(&e);
+                ApiError::from(e)
+            }),
+    };
+    if deployed.is_ok() {
+        metrics::deployed(started.elapsed(), 0);
     }
+    deployed
 }
 
 /// Whether a body of unknown length holds any bytes (read to the end).
@@ -134,19 +138,20 @@ pub async fn update(
     name: &FunctionName,
     patch: OptionsPatch,
 ) -> Result<FunctionInfo, ApiError> {
-    if control.cluster.is_some() {
-        return Err(ApiError::BadRequest(
-            "pulling is not available with --etcd yet".into(),
-        ));
+    match &control.cluster {
+        Some(cluster) => Ok(cluster.update_pull(name, patch).await?),
+        None => control.manager.update_pull(name, patch).await.map_err(|e| {
+            count(&e);
+            e.into()
+        }),
     }
-    control.manager.update_pull(name, patch).await.map_err(|e| {
-        count(&e);
-        e.into()
-    })
 }
 
-pub fn logins(control: &Control) -> Reply {
-    json(&control.manager.registry_logins()?)
+pub async fn logins(control: &Control) -> Reply {
+    match &control.cluster {
+        Some(cluster) => json(&cluster.registry_logins().await?),
+        None => json(&control.manager.registry_logins()?),
+    }
 }
 
 #[derive(Deserialize)]
@@ -172,9 +177,16 @@ pub async fn login(control: &Control, host: &str, req: Request<Incoming>) -> Rep
     let mut login = parsed.map_err(|_| {
         ApiError::BadRequest(r#"send {"username": "...", "password": "..."}"#.into())
     })?;
-    let stored = control
-        .manager
-        .registry_login(host, &login.username, &login.password);
+    let stored = match &control.cluster {
+        Some(cluster) => cluster
+            .registry_login(host, &login.username, &login.password)
+            .await
+            .map_err(ApiError::from),
+        None => control
+            .manager
+            .registry_login(host, &login.username, &login.password)
+            .map_err(ApiError::from),
+    };
     // The password leaves memory once stored.
     login.password.clear();
     let host = stored?;
@@ -184,8 +196,11 @@ pub async fn login(control: &Control, host: &str, req: Request<Incoming>) -> Rep
     ))
 }
 
-pub fn logout(control: &Control, host: &str) -> Reply {
-    let host = control.manager.registry_logout(host)?;
+pub async fn logout(control: &Control, host: &str) -> Reply {
+    let host = match &control.cluster {
+        Some(cluster) => cluster.registry_logout(host).await?,
+        None => control.manager.registry_logout(host)?,
+    };
     Ok(text(
         StatusCode::OK,
         format!("removed the login for {host}\n"),

@@ -57,11 +57,11 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
             secrets::create(control, name, req).await
         }
         (&Method::DELETE, ["v1", "secrets", name]) => secrets::remove(control, name).await,
-        (&Method::GET, ["v1", "registries"]) => pull::logins(control),
+        (&Method::GET, ["v1", "registries"]) => pull::logins(control).await,
         (&Method::PUT | &Method::POST, ["v1", "registries", host]) => {
             pull::login(control, host, req).await
         }
-        (&Method::DELETE, ["v1", "registries", host]) => pull::logout(control, host),
+        (&Method::DELETE, ["v1", "registries", host]) => pull::logout(control, host).await,
         (&Method::GET, ["metrics"]) => metrics(control).await,
         (&Method::POST, ["api", "new"]) => api_new(control, req).await,
         (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,

@@ -31,11 +31,22 @@ use crate::sys::Priority;
 pub enum ImageSource {
     /// An uploaded archive on disk.
     Archive(PathBuf),
-    /// A registry reference faasd pulls (`faas deploy --image REF`).
+    /// A registry reference faasd pulls (`faas deploy --image REF`); with
+    /// `digest`, exactly that manifest (a cluster peer's pull, or an
+    /// update that resolved the tag already), recorded under `reference`.
     Registry {
         reference: String,
         platform: Platform,
+        digest: Option<String>,
     },
+}
+
+/// What resolving a pulled function's reference again found.
+pub enum Repull {
+    /// The same digest; a note saying so.
+    Same(String),
+    /// A new digest, to deploy.
+    Moved(ImageSource),
 }
 
 /// Gives the unpacked rootfs at `root` to the function's id range.
@@ -199,7 +210,11 @@ impl Manager {
             ImageSource::Registry {
                 reference,
                 platform,
-            } => self.pull(&reference, &platform, staging).await,
+                digest,
+            } => {
+                self.pull(&reference, digest.as_deref(), &platform, staging)
+                    .await
+            }
         }
     }
 
@@ -209,11 +224,12 @@ impl Manager {
     async fn pull(
         &self,
         reference: &str,
+        digest: Option<&str>,
         platform: &Platform,
         mut staging: Staging,
     ) -> Result<(Staging, Unpacked, Option<ImageRef>), ManagerError> {
         let started = std::time::Instant::now();
-        let resolved = self.puller.resolve(reference, platform).await?;
+        let resolved = self.puller.resolve(reference, digest, platform).await?;
         let resolved_in = started.elapsed();
         let raw: RawImageConfig = config::parse_json("the image config", &resolved.config)?;
         let (_, diff_ids) = config::run_settings(raw)?;
@@ -375,6 +391,19 @@ impl Manager {
         name: &FunctionName,
         patch: OptionsPatch,
     ) -> Result<FunctionInfo, ManagerError> {
+        match self.pull_again(name).await? {
+            Repull::Moved(source) => self.deploy_at(name.clone(), patch, source, None).await,
+            Repull::Same(note) => {
+                let mut info = self.update(name, patch).await?;
+                info.notes.push(note);
+                Ok(info)
+            }
+        }
+    }
+
+    /// Resolves the reference `name`'s serving version was pulled by
+    /// again: the digest it names now, if that moved.
+    pub async fn pull_again(&self, name: &FunctionName) -> Result<Repull, ManagerError> {
         let record = self
             .registry
             .lock()
@@ -388,20 +417,21 @@ impl Manager {
             )));
         };
         let platform: Platform = from.platform.parse().unwrap_or_default();
-        let resolved = self.puller.resolve(&from.reference, &platform).await?;
+        let resolved = self
+            .puller
+            .resolve(&from.reference, None, &platform)
+            .await?;
         if resolved.digest == from.digest {
-            let mut info = self.update(name, patch).await?;
-            info.notes.push(format!(
+            return Ok(Repull::Same(format!(
                 "{} is still {}: nothing pulled",
                 from.reference, from.digest
-            ));
-            return Ok(info);
+            )));
         }
-        let source = ImageSource::Registry {
+        Ok(Repull::Moved(ImageSource::Registry {
             reference: from.reference,
             platform,
-        };
-        self.deploy_at(name.clone(), patch, source, None).await
+            digest: Some(resolved.digest),
+        }))
     }
 
     /// A new version of `name` with exactly `options` (a cluster peer's).

@@ -31,7 +31,7 @@ mod egress;
 mod restore;
 
 use announce::Announced;
-pub use deploy::ImageSource;
+pub use deploy::{ImageSource, Repull};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {

@@ -183,15 +183,25 @@ impl Puller {
             })
     }
 
-    /// Resolves `reference` to the manifest for `platform` and its config.
+    /// Resolves `reference` to the manifest for `platform` and its config;
+    /// with `digest`, to exactly that manifest (what was resolved before),
+    /// still recorded under `reference`.
     pub async fn resolve(
         &self,
         reference: &str,
+        digest: Option<&str>,
         platform: &Platform,
     ) -> Result<Resolved, PullError> {
-        let at = Self::parse(reference)?;
-        self.bounded(&at, self.resolve_at(at.clone(), platform))
-            .await
+        let named = Self::parse(reference)?;
+        let at = match digest {
+            Some(d) => named.clone_with_digest(d.to_string()),
+            None => named.clone(),
+        };
+        let mut resolved = self
+            .bounded(&at, self.resolve_at(at.clone(), platform))
+            .await?;
+        resolved.reference = named.whole();
+        Ok(resolved)
     }
 
     async fn resolve_at(&self, at: Reference, platform: &Platform) -> Result<Resolved, PullError> {

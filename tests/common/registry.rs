@@ -112,15 +112,41 @@ pub struct Registry {
     child: Child,
     tls: Option<PathBuf>,
     login: Option<(String, String)>,
+    /// The network namespace it listens in (`ip netns` name), if not ours.
+    netns: Option<String>,
+}
+
+/// `program` run in `netns` (nsenter keeps the cgroup mounts `ip netns
+/// exec` would hide), or here.
+fn command(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Registry {
     /// A registry at `127.0.0.1:PORT`; with `pki`, HTTPS only; with
     /// `login`, htpasswd basic auth for that user.
     pub fn start(dir: &Path, pki: Option<&Pki>, login: Option<(&str, &str)>) -> Self {
+        let host = format!("127.0.0.1:{}", free_port());
+        Self::start_at(dir, None, host, pki, login)
+    }
+
+    /// A registry at `host` (ADDR:PORT) in the network namespace `netns`
+    /// (a cluster test's router), pushed to from there too.
+    pub fn start_at(
+        dir: &Path,
+        netns: Option<&str>,
+        host: String,
+        pki: Option<&Pki>,
+        login: Option<(&str, &str)>,
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("registry dir");
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
             dir.join("data").display()
@@ -157,7 +183,7 @@ impl Registry {
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).expect("config");
         let log = std::fs::File::create(dir.join("registry.log")).expect("log");
-        let child = Command::new("docker-registry")
+        let child = command(netns, "docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdout(log.try_clone().expect("dup"))
@@ -170,6 +196,7 @@ impl Registry {
             child,
             tls: pki.map(|p| p.ca.clone()),
             login: login.map(|(u, p)| (u.to_string(), p.to_string())),
+            netns: netns.map(str::to_string),
         };
         registry.wait_up();
         registry
@@ -178,7 +205,12 @@ impl Registry {
     fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&self.host).is_ok() {
+            let up = command(self.netns.as_deref(), "curl")
+                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("{}://{}/v2/", self.scheme(), self.host))
+                .output()
+                .is_ok_and(|o| matches!(&o.stdout[..], b"200" | b"401"));
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -188,6 +220,14 @@ impl Registry {
             self.host,
             std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
         );
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Pushes `spec` (written as a `docker save` archive) to `repo_tag`
@@ -209,7 +249,7 @@ impl Registry {
     /// `skopeo copy SOURCE docker://HOST/repo_tag`; the pushed digest.
     pub fn copy(&self, source: &str, repo_tag: &str, extra: &[&str]) -> String {
         let digest_file = self.dir.join("pushed.digest");
-        let mut cmd = Command::new("skopeo");
+        let mut cmd = command(self.netns.as_deref(), "skopeo");
         cmd.args(["copy", "--quiet", "--digestfile"])
             .arg(&digest_file)
             .args(extra);
