@@ -485,6 +485,14 @@ fn a_failed_pull_is_a_clear_error_and_changes_nothing() {
     let took = started.elapsed();
     assert!(!out.status.success());
     assert!(text(&out).contains("took longer than 4s"), "{}", text(&out));
+    // Meanwhile the client showed the layers: the probe's already here,
+    // the stalled one stopped.
+    let own = &own_layer.trim_start_matches("sha256:")[..12];
+    assert!(
+        text(&out).contains(": already here") && text(&out).contains(&format!("{own}: stopped")),
+        "{}",
+        text(&out)
+    );
     assert!(
         took < Duration::from_secs(20),
         "a stalled pull took {took:?}"

@@ -157,6 +157,26 @@ pub struct ImageRef {
     pub platform: String,
 }
 
+/// A pull under way (`GET /v1/functions/NAME/pull`), as `faas deploy
+/// --image` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub layers: Vec<LayerPull>,
+}
+
+/// One layer of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPull {
+    pub digest: String,
+    pub size: u64,
+    pub bytes: u64,
+    /// `here` (the layer store has it), `waiting`, `downloading`, `done`
+    /// or `failed`.
+    pub state: String,
+}
+
 /// One version of a function: an image and the options it ran with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {

@@ -192,6 +192,19 @@ impl Client {
         Self::json(self.send("PATCH", &path, &[], Body::Empty)?)
     }
 
+    /// The pull under way for `name`, if one is.
+    pub fn pull_progress(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::api::PullProgress>, ClientError> {
+        let path = format!("/v1/functions/{}/pull", escape(name));
+        match self.send("GET", &path, &[], Body::Empty) {
+            Ok(r) => Self::json(r).map(Some),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Stores the login faasd pulls from `host` with.
     pub fn registry_login(
         &self,

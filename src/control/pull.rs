@@ -1,6 +1,7 @@
 //! The registry routes: a deploy by reference (`PUT
 //! /v1/functions/NAME?image=REF[&platform=os/arch]`, empty body), `PATCH
 //! …?pull=true` (pull the reference again, deploy if its digest moved),
+//! `GET /v1/functions/NAME/pull` (the pull under way, layer by layer),
 //! and the credentials faasd pulls with (`/v1/registries/HOST`: a login
 //! only ever comes in; listing shows hosts and user names).
 
@@ -144,6 +145,15 @@ pub async fn update(
             count(&e);
             e.into()
         }),
+    }
+}
+
+/// The pull under way for `name`, layer by layer (404 when none is).
+pub fn progress(control: &Control, name: &str) -> Reply {
+    let name = FunctionName::parse(name)?;
+    match control.manager.pull_progress(&name) {
+        Some(p) => json(&p),
+        None => Err(ApiError::NoRoute(format!("no pull under way for {name}"))),
     }
 }
 

@@ -47,6 +47,7 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
             rollback(control, name, &req).await
         }
         (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
+        (&Method::GET, ["v1", "functions", name, "pull"]) => pull::progress(control, name),
         (&Method::GET, ["v1", "functions", name, "logs"]) => {
             logs::logs(control, name, req.uri().query()).await
         }

@@ -212,7 +212,7 @@ impl Manager {
                 platform,
                 digest,
             } => {
-                self.pull(&reference, digest.as_deref(), &platform, staging)
+                self.pull(name, &reference, digest.as_deref(), &platform, staging)
                     .await
             }
         }
@@ -223,6 +223,7 @@ impl Manager {
     /// order. A failed download is the error (not the unpack it stopped).
     async fn pull(
         &self,
+        name: &FunctionName,
         reference: &str,
         digest: Option<&str>,
         platform: &Platform,
@@ -249,6 +250,7 @@ impl Manager {
         };
         let (pulled, downloads) = self.puller.fetch(&resolved, &wanted, &self.pulls)?;
         let progress = pulled.progress();
+        let _shown = self.pulling.show(name, reference, Arc::clone(&progress));
         let image = Image::new(
             "the image config",
             &resolved.config,

@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::api::name::FunctionName;
-use crate::api::{DeployOptions, FunctionInfo, HandlerKind, SecretInfo, VersionInfo};
+use crate::api::{DeployOptions, FunctionInfo, HandlerKind, PullProgress, SecretInfo, VersionInfo};
 use crate::dataplane::Listening;
 use crate::dataplane::{Dataplane, DataplaneError, Served};
 use crate::image::store::Store;
 use crate::image::{owners, ImageError, Limits};
 use crate::net::{AddressPool, NetError, Netlink, Routes};
 use crate::pull::credentials::{CredentialError, Login};
+use crate::pull::progress::Pulling;
 use crate::pull::{PullError, Puller};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
@@ -106,6 +107,8 @@ pub struct Manager {
     /// Pulls images by reference; its downloads go to `pulls`.
     puller: Arc<Puller>,
     pulls: PathBuf,
+    /// The pulls under way, by function, for `faas deploy --image` to show.
+    pulling: Pulling,
 }
 
 /// How a function's address is listened on, from its options.
@@ -171,6 +174,7 @@ impl Manager {
             announced: Arc::default(),
             puller,
             pulls,
+            pulling: Pulling::default(),
         })
     }
 
@@ -429,6 +433,11 @@ impl Manager {
         let host = self.puller.credentials().remove(host)?;
         tracing::info!(registry = %host, "registry credentials removed");
         Ok(host)
+    }
+
+    /// The pull under way for `name`, layer by layer.
+    pub fn pull_progress(&self, name: &FunctionName) -> Option<PullProgress> {
+        self.pulling.get(name)
     }
 
     /// The registries faasd has credentials for, and the user names.

@@ -9,6 +9,7 @@
 pub mod credentials;
 mod download;
 pub mod platform;
+pub mod progress;
 mod source;
 
 use std::path::{Path, PathBuf};

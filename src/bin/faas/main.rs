@@ -190,27 +190,39 @@ fn deploy(client: &Client, mut args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `faas deploy NAME --image REF`: faasd pulls; a spinner meanwhile on a
-/// terminal.
+/// `faas deploy NAME --image REF`: faasd pulls; meanwhile its progress,
+/// layer by layer (bars on a terminal, a line per layer otherwise).
 fn deploy_image(
     client: &Client,
     args: &DeployArgs,
     patch: &faasd::api::OptionsPatch,
     reference: &str,
 ) -> anyhow::Result<()> {
-    let spinner = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!("faasd is pulling {reference}"));
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        bar
-    });
-    if spinner.is_none() {
-        eprintln!("faasd is pulling {reference}");
-    }
-    let deployed = client.deploy_image(&args.name, patch, reference, args.platform.as_deref());
-    if let Some(bar) = spinner {
-        bar.finish_and_clear();
-    }
+    eprintln!("faasd is pulling {reference}");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let deployed = std::thread::scope(|s| {
+        let deploying = s.spawn(|| {
+            let r = client.deploy_image(&args.name, patch, reference, args.platform.as_deref());
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
+        });
+        let mut shown = PullShown::new(std::io::stderr().is_terminal());
+        let ended = || done.load(std::sync::atomic::Ordering::Relaxed);
+        while !ended() {
+            if let Ok(Some(p)) = client.pull_progress(&args.name) {
+                shown.update(&p);
+            }
+            for _ in 0..15 {
+                if ended() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        shown.finish();
+        deploying.join()
+    })
+    .map_err(|_| anyhow::anyhow!("the deploy thread panicked"))?;
     let info = deployed?;
     println!(
         "deployed {} at {} (version {}){}",
@@ -223,6 +235,94 @@ fn deploy_image(
         println!("{note}");
     }
     Ok(())
+}
+
+/// A pull as `docker pull` shows one: a bar per layer on a terminal, a
+/// line per layer as it finishes (or stops) otherwise.
+struct PullShown {
+    bars: Option<indicatif::MultiProgress>,
+    layers: Vec<(String, Option<indicatif::ProgressBar>, bool)>,
+}
+
+impl PullShown {
+    fn new(terminal: bool) -> Self {
+        Self {
+            bars: terminal.then(indicatif::MultiProgress::new),
+            layers: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, p: &faasd::api::PullProgress) {
+        for l in &p.layers {
+            let short: String = l
+                .digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect();
+            let at = match self.layers.iter().position(|(d, _, _)| *d == l.digest) {
+                Some(i) => i,
+                None => {
+                    let bar = self.bars.as_ref().map(|m| {
+                        let bar = m.add(indicatif::ProgressBar::new(l.size.max(1)));
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "{prefix} {wide_msg} {bytes:>10}/{total_bytes:<10}",
+                            )
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                        bar.set_prefix(short.clone());
+                        bar
+                    });
+                    self.layers.push((l.digest.clone(), bar, false));
+                    self.layers.len() - 1
+                }
+            };
+            let (_, bar, ended) = &mut self.layers[at];
+            if *ended {
+                continue;
+            }
+            let word = match l.state.as_str() {
+                "here" => "already here",
+                "done" => "pulled",
+                "failed" => "failed",
+                "waiting" => "waiting",
+                _ => "downloading",
+            };
+            let finished = matches!(l.state.as_str(), "here" | "done" | "failed");
+            match bar {
+                Some(bar) => {
+                    bar.set_position(l.bytes);
+                    bar.set_message(word);
+                    if finished {
+                        bar.finish();
+                    }
+                }
+                None if finished => eprintln!("{short}: {word} ({} bytes)", l.bytes),
+                None => {}
+            }
+            *ended = finished;
+        }
+    }
+
+    /// Bars of layers that never finished (the pull failed) stop where
+    /// they were; finished ones stay, as docker leaves them.
+    fn finish(self) {
+        for (digest, bar, ended) in self.layers {
+            match (bar, ended) {
+                (_, true) => {}
+                (Some(bar), false) => bar.abandon(),
+                (None, false) => {
+                    let short: String = digest
+                        .trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect();
+                    eprintln!("{short}: stopped");
+                }
+            }
+        }
+    }
 }
 
 /// ` from REF@DIGEST`, for a pulled version.
