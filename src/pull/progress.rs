@@ -9,12 +9,15 @@ use super::download::Progress;
 use crate::api::name::FunctionName;
 use crate::api::{LayerPull, PullProgress};
 
+/// Each function's pull under way: its reference and its layers.
+type Table = Arc<Mutex<HashMap<FunctionName, (String, Arc<Progress>)>>>;
+
 #[derive(Default)]
-pub struct Pulling(Arc<Mutex<HashMap<FunctionName, (String, Arc<Progress>)>>>);
+pub struct Pulling(Table);
 
 /// Shown until dropped.
 pub struct Shown {
-    all: Arc<Mutex<HashMap<FunctionName, (String, Arc<Progress>)>>>,
+    all: Table,
     name: FunctionName,
 }
 
