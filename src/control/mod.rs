@@ -19,14 +19,21 @@
 //!   A request refused before its upload (bad name or options) is answered
 //!   before `100 Continue` (or, without `Expect`, after its body was read
 //!   and dropped), so the client reads the reason
+//! - `PUT /v1/functions/NAME?image=REF[&platform=OS/ARCH]&OPTIONS`, empty
+//!   body: deploy by registry reference, faasd pulls (`pull`)
 //! - `PATCH /v1/functions/NAME?OPTIONS`: a new version with the same image
-//!   and these options changed
+//!   and these options changed; with `pull=true`, the reference resolved
+//!   again and a moved digest deployed
+//! - `GET /v1/functions/NAME/pull`: a pull under way, layer by layer
 //! - `POST /v1/functions/NAME/rollback[?to=VERSION]`: serve a kept version
 //!   again (by default the one that served before)
 //! - `GET /v1/functions/NAME`: one function, with its versions
 //! - `DELETE /v1/functions/NAME`: remove it
 //! - `GET /v1/functions/NAME/logs?tail=N&follow=true`: the end of its
 //!   handler log, then (with `follow`) new lines as they come
+//! - `GET /v1/registries`, `PUT /v1/registries/HOST` (body `{"username",
+//!   "password"}`), `DELETE /v1/registries/HOST`: the logins faasd pulls
+//!   with; hosts and user names only ever go out
 //! - `GET /v1/nodes`: the cluster's members (`--etcd` only)
 //! - `GET /v1/archives/DIGEST`: an image archive this node keeps, for its
 //!   cluster peers (`--etcd` only)
