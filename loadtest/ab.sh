@@ -39,8 +39,8 @@ start_faasd() { # binary
         --init "$handlers/faas-init" --socket "$work/faasd.sock" >>"$work/faasd.log" 2>&1 &
     faasd_pid=$!
     for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
-    $FAAS deploy warm --warm 8 --image "$work/hello.tar" >/dev/null
-    $FAAS deploy reuse --reuse --warm 2 --image "$work/hello.tar" >/dev/null
+    $FAAS deploy warm --warm 8 --archive "$work/hello.tar" >/dev/null
+    $FAAS deploy reuse --reuse --warm 2 --archive "$work/hello.tar" >/dev/null
     for f in warm:8 reuse:2; do
         for _ in $(seq 300); do
             [ "$($FAAS inspect "${f%%:*}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["warm_ready"])')" -ge "${f#*:}" ] && break

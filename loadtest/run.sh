@@ -83,9 +83,9 @@ start_faasd() { # runtime cores [extra flags]
         "$@" >>"$work/faasd.log" 2>&1 &
     faasd_pid=$!
     for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
-    $FAAS deploy warm --warm 8 --image "$work/hello.tar" >/dev/null
-    $FAAS deploy cold --warm 0 --image "$work/hello.tar" >/dev/null
-    $FAAS deploy reuse --reuse --warm 2 --image "$work/hello.tar" >/dev/null
+    $FAAS deploy warm --warm 8 --archive "$work/hello.tar" >/dev/null
+    $FAAS deploy cold --warm 0 --archive "$work/hello.tar" >/dev/null
+    $FAAS deploy reuse --reuse --warm 2 --archive "$work/hello.tar" >/dev/null
     warm_ip=$($FAAS ip warm); cold_ip=$($FAAS ip cold); reuse_ip=$($FAAS ip reuse)
     wait_ready warm 8; wait_ready reuse 2
 }
@@ -213,8 +213,8 @@ fork_runs=(); fork_ref_runs=(); fork_ro_runs=()
 for round in $(seq "${FORK_ROUNDS:-2}"); do
     fork_ref_runs+=("$("$work/forkref" exec 5 2 "$noop")")
     start_faasd crun 2
-    $FAAS deploy fork --fork --stdio --warm 2 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
-    $FAAS deploy fork-ro --fork --read-only --stdio --warm 2 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
+    $FAAS deploy fork --fork --stdio --warm 2 --env PROBE_MODE=stdio --archive "$work/probe.tar" >/dev/null
+    $FAAS deploy fork-ro --fork --read-only --stdio --warm 2 --env PROBE_MODE=stdio --archive "$work/probe.tar" >/dev/null
     warm_up "http://$($FAAS ip fork)/"
     fork_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork)/" "fork-$round")")
     fork_ro_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork-ro)/" "fork-ro-$round")")
@@ -247,12 +247,12 @@ sdk_runs=(); sdk_ref_runs=()
 for round in $(seq "${FORK_ROUNDS:-2}"); do
     sdk_ref_runs+=("$("$work/forkref" exit 5 2 "$noop")")
     start_faasd crun 2
-    $FAAS deploy fork-sdk --fork --warm 2 --env PROBE_MODE=forkserve --env PROBE_SLEEP_MS=300 --image "$work/probe.tar" >/dev/null
+    $FAAS deploy fork-sdk --fork --warm 2 --env PROBE_MODE=forkserve --env PROBE_SLEEP_MS=300 --archive "$work/probe.tar" >/dev/null
     warm_up "http://$($FAAS ip fork-sdk)/"
     sdk_runs+=("$(wrk_rps 16 "http://$($FAAS ip fork-sdk)/" "fork-sdk-$round")")
     if [ "$round" = 1 ]; then
-        $FAAS deploy py-fork --fork --warm 2 --image "$work/py.tar" >/dev/null
-        $FAAS deploy py-fresh --warm 0 --image "$work/py.tar" >/dev/null
+        $FAAS deploy py-fork --fork --warm 2 --archive "$work/py.tar" >/dev/null
+        $FAAS deploy py-fresh --warm 0 --archive "$work/py.tar" >/dev/null
         put py_fork "$(latency "$($FAAS ip py-fork)" 80 cl)"
         put py_fresh "$("$work/latency" "$($FAAS ip py-fresh)" 80 30 cl $((GAP_MS * 1000)))"
     fi
@@ -270,7 +270,7 @@ put fork_sdk "$(python3 -c 'import json,sys; print(json.dumps({k: [float(x) for 
 # program touches itself (its private pages, the median).
 echo "== --fork: memory with 200 children held" >&2
 start_faasd crun 2
-$FAAS deploy fork-mem --fork --warm 1 --concurrency 256 --timeout 300 --env PROBE_MODE=hang --image "$work/probe.tar" >/dev/null
+$FAAS deploy fork-mem --fork --warm 1 --concurrency 256 --timeout 300 --env PROBE_MODE=hang --archive "$work/probe.tar" >/dev/null
 wait_ready fork-mem 1; sleep 2
 mem_cg=$(ls -d /sys/fs/cgroup/memory/faasd-*/fork-mem-* | head -1)
 mem_before=$(cat "$mem_cg/memory.usage_in_bytes")
@@ -319,8 +319,8 @@ echo "== the pool follows demand: python3 -m http.server, bursts of 8" >&2
 mkdir -p "$pyroot/srv"; echo hello > "$pyroot/srv/index.html"
 python3 loadtest/mkimage.py "$pyroot" "$work/pyhttp.tar" '["/usr/bin/python3.11", "-m", "http.server", "8000", "-d", "/srv"]'
 start_faasd runc 2 --pool-idle 10
-$FAAS deploy py-fixed --container-port 8000 --warm 2 --image "$work/pyhttp.tar" >/dev/null
-$FAAS deploy py-follows --container-port 8000 --warm 2 --warm-max 16 --image "$work/pyhttp.tar" >/dev/null
+$FAAS deploy py-fixed --container-port 8000 --warm 2 --archive "$work/pyhttp.tar" >/dev/null
+$FAAS deploy py-follows --container-port 8000 --warm 2 --warm-max 16 --archive "$work/pyhttp.tar" >/dev/null
 wait_ready py-fixed 2; wait_ready py-follows 2
 for name in py-fixed py-follows; do
     ip=$($FAAS ip $name)
@@ -352,7 +352,7 @@ echo "== memory of a --warm 40 pool" >&2
 start_faasd runc 2
 sync; sleep 2
 before=$(meminfo)
-$FAAS deploy mem --warm 40 --image "$work/hello.tar" >/dev/null
+$FAAS deploy mem --warm 40 --archive "$work/hello.tar" >/dev/null
 wait_ready mem 40
 sync; sleep 3
 after=$(meminfo)
@@ -373,12 +373,12 @@ mkdir -p "$work/pp"
 cp "$handlers/plain_server" "$work/pp/plain_server"
 python3 loadtest/mkimage.py "$work/pp" "$work/plain-port.tar" '["/plain_server", "0.0.0.0:8080"]'
 start_faasd runc 2
-$FAAS deploy k-control --warm 8 --env PROBE_MODE=hello --image "$work/probe.tar" >/dev/null
-$FAAS deploy k-stdio --stdio --warm 8 --env PROBE_MODE=stdio --image "$work/probe.tar" >/dev/null
-$FAAS deploy k-port --container-port 8080 --warm 8 --image "$work/busybox.tar" >/dev/null
-$FAAS deploy k-pport --container-port 8080 --warm 8 --image "$work/plain-port.tar" >/dev/null
-$FAAS deploy k-port-reuse --container-port 8080 --reuse --warm 2 --image "$work/busybox.tar" >/dev/null
-$FAAS deploy k-activated --socket-activation --warm 2 --image "$work/plain.tar" >/dev/null
+$FAAS deploy k-control --warm 8 --env PROBE_MODE=hello --archive "$work/probe.tar" >/dev/null
+$FAAS deploy k-stdio --stdio --warm 8 --env PROBE_MODE=stdio --archive "$work/probe.tar" >/dev/null
+$FAAS deploy k-port --container-port 8080 --warm 8 --archive "$work/busybox.tar" >/dev/null
+$FAAS deploy k-pport --container-port 8080 --warm 8 --archive "$work/plain-port.tar" >/dev/null
+$FAAS deploy k-port-reuse --container-port 8080 --reuse --warm 2 --archive "$work/busybox.tar" >/dev/null
+$FAAS deploy k-activated --socket-activation --warm 2 --archive "$work/plain.tar" >/dev/null
 for f in k-control:8 k-stdio:8 k-port:8 k-pport:8 k-port-reuse:2; do wait_ready "${f%%:*}" "${f#*:}"; done
 busybox httpd -f -p "$plain_host:18192" -h "$work/bb/www" & bb_pid=$!
 for kind in control stdio port pport; do

@@ -36,13 +36,13 @@ for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
 
 $FAAS pack "$handlers/hello" -o "$work/hello.tar"
 $FAAS pack "$handlers/probe" -o "$work/probe.tar"
-$FAAS deploy fast --reuse --warm 2 --idle-timeout 3 --image "$work/hello.tar" >/dev/null
-$FAAS deploy oneshot --warm 4 --image "$work/hello.tar" >/dev/null
-$FAAS deploy crash --warm 0 --env PROBE_MODE=crash --image "$work/probe.tar" >/dev/null
-$FAAS deploy hang --warm 1 --timeout 1 --env PROBE_MODE=hang --image "$work/probe.tar" >/dev/null
+$FAAS deploy fast --reuse --warm 2 --idle-timeout 3 --archive "$work/hello.tar" >/dev/null
+$FAAS deploy oneshot --warm 4 --archive "$work/hello.tar" >/dev/null
+$FAAS deploy crash --warm 0 --env PROBE_MODE=crash --archive "$work/probe.tar" >/dev/null
+$FAAS deploy hang --warm 1 --timeout 1 --env PROBE_MODE=hang --archive "$work/probe.tar" >/dev/null
 $FAAS deploy slow --reuse --warm 2 --idle-timeout 3 --concurrency 4 --env PROBE_MODE=slow --env PROBE_SLEEP_MS=50 \
-    --image "$work/probe.tar" >/dev/null
-$FAAS deploy close --warm 2 --env PROBE_MODE=close --image "$work/probe.tar" >/dev/null
+    --archive "$work/probe.tar" >/dev/null
+$FAAS deploy close --warm 2 --env PROBE_MODE=close --archive "$work/probe.tar" >/dev/null
 
 pools_full() {
     python3 - "$FAAS" <<'PY'

@@ -80,11 +80,11 @@ start_faasd() {
         --init "$handlers/faas-init" --socket "$work/faasd.sock" >>"$work/faasd.log" 2>&1 &
     faasd_pid=$!
     for _ in $(seq 100); do curl -sf "$health" >/dev/null && break; sleep 0.1; done
-    $FAAS deploy web --container-port 80 --warm 8 --image "$work/nginx.tar" >/dev/null
-    $FAAS deploy webr --container-port 80 --reuse --warm 2 --image "$work/nginx.tar" >/dev/null
-    $FAAS deploy close --warm 8 --image "$work/close.tar" >/dev/null
-    $FAAS deploy cold-rw --warm 0 --image "$work/hello.tar" >/dev/null
-    $FAAS deploy cold-ro --warm 0 --read-only --image "$work/hello.tar" >/dev/null
+    $FAAS deploy web --container-port 80 --warm 8 --archive "$work/nginx.tar" >/dev/null
+    $FAAS deploy webr --container-port 80 --reuse --warm 2 --archive "$work/nginx.tar" >/dev/null
+    $FAAS deploy close --warm 8 --archive "$work/close.tar" >/dev/null
+    $FAAS deploy cold-rw --warm 0 --archive "$work/hello.tar" >/dev/null
+    $FAAS deploy cold-ro --warm 0 --read-only --archive "$work/hello.tar" >/dev/null
     for f in web:8 webr:2 close:8; do
         for _ in $(seq 300); do
             [ "$($FAAS inspect "${f%%:*}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["warm_ready"])')" -ge "${f#*:}" ] && break
@@ -96,7 +96,7 @@ start_faasd() {
         --init "$handlers/faas-init" --socket "$work/faasd-copy.sock" --copy-layers >>"$work/faasd-copy.log" 2>&1 &
     copy_pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 1))/healthz" >/dev/null && break; sleep 0.1; done
-    FAAS_URL=unix://$work/faasd-copy.sock $FAAS deploy webc --container-port 80 --reuse --warm 2 --image "$work/nginx.tar" >/dev/null
+    FAAS_URL=unix://$work/faasd-copy.sock $FAAS deploy webc --container-port 80 --reuse --warm 2 --archive "$work/nginx.tar" >/dev/null
     sleep 1
 }
 lat() { # host port mode → p50 µs (requests that failed are counted in latency.log)

@@ -115,7 +115,7 @@ fn the_tcp_api_needs_the_token_faasd_created() {
     let image = image.to_string_lossy().into_owned();
     let out = faas(
         &[("FAAS_URL", &d.url), ("FAAS_TOKEN", &token)],
-        &["deploy", "hello", "--warm", "0", "--image", &image],
+        &["deploy", "hello", "--warm", "0", "--archive", &image],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let ip = d.tcp_client().inspect("hello").expect("inspect").ip;
@@ -176,7 +176,7 @@ fn an_unprivileged_user_changes_nothing_on_tcp_or_the_socket() {
         .expect("cat");
     assert!(!read.status.success(), "nobody read the token");
 
-    let out = nobody.faas(&[], &d.url, &["deploy", "mine", "--image", "/dev/null"]);
+    let out = nobody.faas(&[], &d.url, &["deploy", "mine", "--archive", "/dev/null"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
     let out = nobody.faas(&[], &d.url, &["list"]);

@@ -169,6 +169,22 @@ impl Sim {
         out
     }
 
+    /// Until every node is a member, as node 1 sees it.
+    fn wait_members(&self) {
+        wait_until(
+            "every node a member",
+            Duration::from_secs(15),
+            || {
+                self.nodes[0]
+                    .faasd
+                    .client()
+                    .nodes()
+                    .is_ok_and(|n| n.len() == self.nodes.len())
+            },
+            || self.context(),
+        );
+    }
+
     fn paths(&self, addr: IpAddr) -> usize {
         paths(&self.router, addr)
     }
@@ -237,18 +253,7 @@ const HELLO: &str = "Hello from FaaS handler!\n";
 fn three_nodes_one_registry_behind_an_ecmp_router() {
     let mut sim = Sim::start(3);
     let ctx = |sim: &Sim| sim.context();
-    wait_until(
-        "three members",
-        Duration::from_secs(15),
-        || {
-            sim.nodes[0]
-                .faasd
-                .client()
-                .nodes()
-                .is_ok_and(|n| n.len() == 3)
-        },
-        || ctx(&sim),
-    );
+    sim.wait_members();
     let listed = sim.nodes[1].faasd.faas(&["nodes"], None);
     let text = String::from_utf8_lossy(&listed.stdout);
     for n in ["n1", "n2", "n3"] {
@@ -679,18 +684,7 @@ fn a_deploy_by_reference_serves_one_digest_on_every_node() {
     const REGISTRY: &str = "198.18.0.1:5000";
     let sim = Sim::start_with(3, &["--insecure-registry", REGISTRY]);
     let ctx = |sim: &Sim| sim.context();
-    wait_until(
-        "three members",
-        Duration::from_secs(15),
-        || {
-            sim.nodes[0]
-                .faasd
-                .client()
-                .nodes()
-                .is_ok_and(|n| n.len() == 3)
-        },
-        || ctx(&sim),
-    );
+    sim.wait_members();
     let tmp = tempfile::tempdir().expect("tempdir");
     let password = "cluster-pull-pw";
     let reg = Registry::start_at(

@@ -155,7 +155,7 @@ fn docker_build_and_save_deploys_and_serves() {
             "hello-oci",
             "--warm",
             "0",
-            "--image",
+            "--archive",
             &oci.to_string_lossy(),
         ],
         None,

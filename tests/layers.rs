@@ -15,19 +15,6 @@ use faasd::image::build::{Entry, Layer};
 
 const BIG: usize = 20 << 20;
 
-/// Bytes that do not compress or deduplicate (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Bytes on disk under `dir` (each inode once; other mounts not entered,
 /// though from the test's mount namespace faasd's overlays are not seen).
 fn disk_use(dir: &Path) -> u64 {

@@ -34,7 +34,7 @@ fn refused(out: &std::process::Output) -> String {
     err
 }
 
-/// An image archive on disk, for `--image`.
+/// An image archive on disk, for `--archive`.
 fn image_file(dir: &Path, name: &str, spec: &faasd::image::build::ImageSpec) -> String {
     let path = dir.join(name);
     std::fs::write(&path, image_bytes(spec)).expect("image");
@@ -66,12 +66,21 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
     );
     ok(&d.faas(
         &[
-            "deploy", "f", "--warm", "1", "--env", "A=1", "--memory", "64M", "--image", &img,
+            "deploy",
+            "f",
+            "--warm",
+            "1",
+            "--env",
+            "A=1",
+            "--memory",
+            "64M",
+            "--archive",
+            &img,
         ],
         None,
     ));
     // A redeploy that names nothing keeps everything.
-    ok(&d.faas(&["deploy", "f", "--image", &img], None));
+    ok(&d.faas(&["deploy", "f", "--archive", &img], None));
     let v2 = inspect(&d, "f");
     assert_eq!(v2.version, 2);
     assert_eq!((v2.options.warm, v2.options.memory), (1, 64 << 20));
@@ -106,7 +115,7 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
     assert_eq!(versions, vec![(3, true), (2, false), (1, false)]);
     // A fourth version pushes version 1 (and its rootfs) out. (Store
     // directories are numbered apart from versions: an update makes none.)
-    ok(&d.faas(&["deploy", "f", "--image", &img], None));
+    ok(&d.faas(&["deploy", "f", "--archive", &img], None));
     wait_until(Duration::from_secs(10), "v1's rootfs removed", || {
         rootfs_dirs(&d) == vec!["f-v2", "f-v3"]
     });
@@ -138,7 +147,7 @@ fn redeploys_keep_options_updates_need_no_image_and_versions_roll_back() {
         .1
         .contains("env.B=2"));
     // Versions count per function: another's first is 1.
-    ok(&d.faas(&["deploy", "g", "--warm", "0", "--image", &img], None));
+    ok(&d.faas(&["deploy", "g", "--warm", "0", "--archive", &img], None));
     assert_eq!(inspect(&d, "g").version, 1);
 }
 
@@ -149,7 +158,15 @@ fn rollback_and_update_under_load_drop_no_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let img = image_file(dir.path(), "p.tar", &probe_image("hello", &[]));
     ok(&d.faas(
-        &["deploy", "busy", "--reuse", "--warm", "2", "--image", &img],
+        &[
+            "deploy",
+            "busy",
+            "--reuse",
+            "--warm",
+            "2",
+            "--archive",
+            &img,
+        ],
         None,
     ));
     ok(&d.faas(&["update", "busy", "--env", "V=2"], None));
@@ -220,7 +237,7 @@ fn secrets_reach_their_function_and_nowhere_else() {
     spec.config.user = "1000:1000".into();
     let img = image_file(dir.path(), "p.tar", &spec);
     let err = refused(&d.faas(
-        &["deploy", "f", "--secret", "missing", "--image", &img],
+        &["deploy", "f", "--secret", "missing", "--archive", &img],
         None,
     ));
     assert!(err.contains("no secret named missing"), "{err}");
@@ -234,7 +251,7 @@ fn secrets_reach_their_function_and_nowhere_else() {
             "db-pass",
             "--secret",
             "api-key=MY_KEY",
-            "--image",
+            "--archive",
             &img,
         ],
         None,
@@ -341,7 +358,10 @@ fn cli_conventions() {
     let big = dir.path().join("big.tar");
     std::fs::write(&big, vec![0u8; 64 << 20]).expect("big");
     let t0 = Instant::now();
-    let err = refused(&d.faas(&["deploy", "a b", "--image", &big.to_string_lossy()], None));
+    let err = refused(&d.faas(
+        &["deploy", "a b", "--archive", &big.to_string_lossy()],
+        None,
+    ));
     assert!(
         err.contains("function name \"a b\" may only contain"),
         "{err}"
@@ -361,7 +381,7 @@ fn cli_conventions() {
             "ok",
             "--warm",
             "1000",
-            "--image",
+            "--archive",
             &big.to_string_lossy(),
         ],
         None,
@@ -398,7 +418,7 @@ fn cli_conventions() {
             &env_file.to_string_lossy(),
             "--env",
             "C=3",
-            "--image",
+            "--archive",
             &img,
         ],
         None,
@@ -415,7 +435,7 @@ fn cli_conventions() {
     );
     let crash = image_file(dir.path(), "c.tar", &probe_image("close", &[]));
     ok(&d.faas(
-        &["deploy", "broken", "--warm", "1", "--image", &crash],
+        &["deploy", "broken", "--warm", "1", "--archive", &crash],
         None,
     ));
     let err = refused(&d.faas(&["invoke", "broken", "--data", "x"], None));

@@ -6,7 +6,7 @@
 //! shared with the layer store; and the failures a registry can cause
 //! (refused login, missing tag, bytes that do not match their digest, a
 //! stall mid-blob), each a clear error with the serving version untouched
-//! and nothing left behind.
+//! and nothing left behind; a registry's 503 is tried again.
 
 mod common;
 
@@ -16,19 +16,6 @@ use std::time::{Duration, Instant};
 use common::registry::{require_tools, Pki, Proxy, Registry};
 use common::*;
 use faasd::image::build::{Entry, ImageSpec, Layer};
-
-/// Bytes that do not compress or deduplicate (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// The probe answering with `WHICH=which`, over a second layer of
 /// `app_bytes` bytes of noise from `seed`: images that share the probe's
@@ -507,6 +494,13 @@ fn a_failed_pull_is_a_clear_error_and_changes_nothing() {
         text(&out)
     );
     serving();
+
+    // A registry that answers 503 at first is tried again, backing off.
+    let flaky = Proxy::start(&reg, &["--fail-first", "2"]);
+    let d2 = Daemon::start_with(&["--insecure-registry", &flaky.host]);
+    deployed(&d2, "f", &format!("{}/app:2", flaky.host), &[]);
+    assert_eq!(which_serves(&d2, "f"), "bad");
+    assert_eq!(flaky.log_text().matches("503 on purpose").count(), 2);
 }
 
 #[test]

@@ -47,7 +47,14 @@ fn stock_nginx_serves_on_port_80_single_use_and_reused() {
     let image = image.to_string_lossy().into_owned();
     // The README's line: docker save nginx | faas deploy web --container-port 80
     deployed(&d.faas(
-        &["deploy", "web", "--container-port", "80", "--image", &image],
+        &[
+            "deploy",
+            "web",
+            "--container-port",
+            "80",
+            "--archive",
+            &image,
+        ],
         None,
     ));
     let ip = d.client().inspect("web").expect("inspect").ip;
@@ -67,7 +74,7 @@ fn stock_nginx_serves_on_port_80_single_use_and_reused() {
         assert_eq!(status, 200, "{text}");
     }
     // No kind named: the image's EXPOSE 80 decides, and says so.
-    let text = deployed(&d.faas(&["deploy", "site", "--image", &image], None));
+    let text = deployed(&d.faas(&["deploy", "site", "--archive", &image], None));
     assert!(
         text.contains("serving port 80, from the image's EXPOSE"),
         "{text}"

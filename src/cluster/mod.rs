@@ -183,27 +183,11 @@ impl Cluster {
                 op: "keeping the image archive",
                 source,
             })?;
-        let (ip, reserved) = match &current {
-            Some(spec) => (spec.ip, false),
-            None => (self.reserve_address(&name).await?, true),
-        };
-        let deployed = async {
-            self.forget_if_elsewhere(&name, ip).await?;
-            self.manager
-                .deploy_at(
-                    name.clone(),
-                    patch,
-                    ImageSource::Archive(self.archives.path(&digest)),
-                    Some(ip),
-                )
-                .await
-                .map_err(ClusterError::from)
-        }
-        .await;
+        let source = ImageSource::Archive(self.archives.path(&digest));
+        let deployed = self
+            .deploy_here(&name, current.as_ref(), patch, source)
+            .await;
         if let Err(e) = deployed {
-            if reserved {
-                self.release_address(ip).await;
-            }
             self.archives.retain(&self.needed(None).await);
             return Err(e);
         }
@@ -223,12 +207,28 @@ impl Cluster {
     ) -> Result<FunctionInfo, ClusterError> {
         let _one = self.applying.lock().await;
         let (current, revision) = self.spec(&name).await?;
-        let (ip, reserved) = match &current {
+        self.deploy_here(&name, current.as_ref(), patch, source)
+            .await?;
+        self.publish(&name, current.as_ref(), revision, None, "deploy")
+            .await
+    }
+
+    /// Deploys `source` here as `name`'s new version, at its address or,
+    /// for a new function, one reserved in etcd (released again if the
+    /// deploy fails); a pull takes the cluster's login for its registry.
+    async fn deploy_here(
+        &self,
+        name: &FunctionName,
+        current: Option<&Spec>,
+        patch: OptionsPatch,
+        source: ImageSource,
+    ) -> Result<(), ClusterError> {
+        let (ip, reserved) = match current {
             Some(spec) => (spec.ip, false),
-            None => (self.reserve_address(&name).await?, true),
+            None => (self.reserve_address(name).await?, true),
         };
         let deployed = async {
-            self.forget_if_elsewhere(&name, ip).await?;
+            self.forget_if_elsewhere(name, ip).await?;
             if let ImageSource::Registry { reference, .. } = &source {
                 self.take_login(reference).await?;
             }
@@ -238,14 +238,10 @@ impl Cluster {
                 .map_err(ClusterError::from)
         }
         .await;
-        if let Err(e) = deployed {
-            if reserved {
-                self.release_address(ip).await;
-            }
-            return Err(e);
+        if deployed.is_err() && reserved {
+            self.release_address(ip).await;
         }
-        self.publish(&name, current.as_ref(), revision, None, "deploy")
-            .await
+        deployed.map(|_| ())
     }
 
     /// `faas update NAME --pull` through this node: the reference resolved

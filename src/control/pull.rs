@@ -11,7 +11,7 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
 use super::reply::{json, text, Reply};
-use super::{ApiError, Control};
+use super::{upload, ApiError, Control};
 use crate::api::name::FunctionName;
 use crate::api::{FunctionInfo, OptionsPatch};
 use crate::manager::{ImageSource, ManagerError};
@@ -171,17 +171,7 @@ struct LoginBody {
 }
 
 pub async fn login(control: &Control, host: &str, req: Request<Incoming>) -> Reply {
-    let mut body = req.into_body();
-    let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::Upload(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > MAX_LOGIN {
-                return Err(ApiError::TooLarge(MAX_LOGIN as u64));
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
+    let mut bytes = upload::read_small(req.into_body(), MAX_LOGIN).await?;
     let parsed: Result<LoginBody, _> = serde_json::from_slice(&bytes);
     bytes.fill(0);
     let mut login = parsed.map_err(|_| {

@@ -1,12 +1,11 @@
 //! The secrets routes: store a value (the request body), list names and
 //! sizes, remove. A value only ever comes in.
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use super::reply::{json, text, Reply};
-use super::{ApiError, Control};
+use super::{upload, ApiError, Control};
 use crate::secrets::MAX_BYTES;
 
 pub async fn list(control: &Control) -> Reply {
@@ -26,17 +25,7 @@ pub async fn create(control: &Control, name: &str, req: Request<Incoming>) -> Re
             }
         }
     }
-    let mut body = req.into_body();
-    let mut value = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::Upload(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if value.len() + data.len() > MAX_BYTES {
-                return Err(ApiError::TooLarge(MAX_BYTES as u64));
-            }
-            value.extend_from_slice(&data);
-        }
-    }
+    let mut value = upload::read_small(req.into_body(), MAX_BYTES).await?;
     let result = control.manager.create_secret(name, &value, replace).await;
     // The value leaves memory as soon as it is stored.
     value.fill(0);

@@ -65,6 +65,27 @@ pub async fn receive(mut body: Incoming, path: &Path, limit: u64) -> Result<Uplo
     Ok(upload)
 }
 
+/// A small body (a secret, a login) read whole into memory, refused past
+/// `limit` bytes; what was read of a refused one is zeroed.
+pub async fn read_small(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => frame.into_data().unwrap_or_default(),
+            Err(e) => {
+                bytes.fill(0);
+                return Err(ApiError::Upload(e.to_string()));
+            }
+        };
+        if bytes.len() + data.len() > limit {
+            bytes.fill(0);
+            return Err(ApiError::TooLarge(limit as u64));
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes)
+}
+
 /// Reads and drops a request body faasd refuses before looking at it (a
 /// bad name or option), so the client finishes sending and reads the
 /// refusal instead of a broken pipe.

@@ -141,6 +141,19 @@ pub fn sleep_until(when: Instant) {
     std::thread::sleep(when.saturating_duration_since(Instant::now()));
 }
 
+/// Bytes that do not compress or deduplicate (xorshift).
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 pub fn hello_image() -> ImageSpec {
     faasd::image::build::single_binary(handler_bytes("hello"), "hello:latest")
 }
