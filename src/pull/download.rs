@@ -17,8 +17,15 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use tokio::io::AsyncWrite;
 
-use super::source::Job;
 use super::{classify, PullError, Puller};
+
+/// One layer to download, into `path`.
+pub(super) struct Job {
+    pub index: usize,
+    pub descriptor: OciDescriptor,
+    pub path: std::path::PathBuf,
+    pub progress: std::sync::Arc<Progress>,
+}
 
 /// Bytes downloaded per layer (0 for those not downloaded).
 #[derive(Debug)]

@@ -17,21 +17,13 @@ use std::time::Duration;
 
 use oci_client::manifest::OciDescriptor;
 
-use super::download::{LayerProgress, Progress};
+use super::download::{Job, LayerProgress, Progress};
 use super::PullError;
 use crate::image::archive::LayerSource;
 use crate::image::ImageError;
 
 /// How long the unpacker sleeps between looks when no write woke it.
 const LOOK: Duration = Duration::from_millis(20);
-
-/// One layer to download.
-pub(super) struct Job {
-    pub index: usize,
-    pub descriptor: OciDescriptor,
-    pub path: PathBuf,
-    pub progress: Arc<Progress>,
-}
 
 /// The layers of a pull, for `crate::image::archive::Image`.
 pub struct Pulled {
