@@ -114,6 +114,10 @@ fn pulls_from_a_plain_registry_named_insecure_sharing_layers_with_the_store() {
 
     let said = deployed(&d, "fa", &r1, &[]);
     assert!(said.contains(&format!("from {r1}@{one}")), "{said}");
+    assert!(
+        said.contains("over plain HTTP (faasd --insecure-registry)"),
+        "{said}"
+    );
     assert_eq!(which_serves(&d, "fa"), "one");
     let info = d.client().inspect("fa").expect("inspect");
     let image = info.image.expect("a pulled version says where from");

@@ -87,6 +87,7 @@ pub async fn deploy(
         ));
     }
     let started = std::time::Instant::now();
+    let plain = control.manager.plain_http(&pull.reference);
     let source = ImageSource::Registry {
         reference: pull.reference,
         platform: pull.platform,
@@ -106,10 +107,15 @@ pub async fn deploy(
                 ApiError::from(e)
             }),
     };
-    if deployed.is_ok() {
+    deployed.map(|mut info| {
         metrics::deployed(started.elapsed(), 0);
-    }
-    deployed
+        if let Some(host) = plain {
+            info.notes.push(format!(
+                "{host} was reached over plain HTTP (faasd --insecure-registry): nothing in transit was private"
+            ));
+        }
+        info
+    })
 }
 
 /// Whether a body of unknown length holds any bytes (read to the end).

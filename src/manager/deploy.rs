@@ -302,6 +302,9 @@ impl Manager {
             ms = started.elapsed().as_millis() as u64,
             "image pulled"
         );
+        if let Some(host) = self.puller.plain_http(reference) {
+            tracing::warn!(%reference, %host, "pulled over plain HTTP (--insecure-registry)");
+        }
         let from = ImageRef {
             reference: resolved.reference,
             digest: resolved.digest,

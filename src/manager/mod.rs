@@ -435,6 +435,11 @@ impl Manager {
         Ok(host)
     }
 
+    /// The host `reference` names, if it is pulled from over plain HTTP.
+    pub fn plain_http(&self, reference: &str) -> Option<String> {
+        self.puller.plain_http(reference)
+    }
+
     /// The pull under way for `name`, layer by layer.
     pub fn pull_progress(&self, name: &FunctionName) -> Option<PullProgress> {
         self.pulling.get(name)

@@ -138,6 +138,8 @@ pub struct Puller {
     credentials: Arc<Credentials>,
     timeout: Duration,
     max_bytes: u64,
+    /// `--insecure-registry` hosts, as references name them.
+    insecure: Vec<String>,
 }
 
 impl Puller {
@@ -150,7 +152,7 @@ impl Puller {
             });
         }
         let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(config.insecure),
+            protocol: ClientProtocol::HttpsExcept(config.insecure.clone()),
             extra_root_certificates: extra,
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -163,6 +165,7 @@ impl Puller {
             credentials,
             timeout: config.timeout,
             max_bytes: config.max_bytes,
+            insecure: config.insecure,
         })
     }
 
@@ -375,6 +378,14 @@ impl Puller {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// The host `reference` names, if faasd reaches it over plain HTTP
+    /// (`--insecure-registry`): said with every pull from it.
+    pub fn plain_http(&self, reference: &str) -> Option<String> {
+        let at = Self::parse(reference).ok()?;
+        let host = at.resolve_registry().to_ascii_lowercase();
+        self.insecure.contains(&host).then_some(host)
     }
 
     /// The stored credentials.

@@ -141,9 +141,9 @@ pub enum RegistryCommand {
     /// Store the login for a registry host (ghcr.io, docker.io, 127.0.0.1:5000).
     Login {
         host: String,
-        /// The user name.
+        /// The user name (else it is asked for).
         #[arg(short, long)]
-        username: String,
+        username: Option<String>,
         /// Read the password from standard input (else it is asked for).
         #[arg(long)]
         password_stdin: bool,

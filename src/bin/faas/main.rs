@@ -340,6 +340,10 @@ fn registry(client: &Client, cmd: RegistryCommand) -> anyhow::Result<()> {
             username,
             password_stdin,
         } => {
+            let username = match username {
+                Some(u) => u,
+                None => ask_username()?,
+            };
             let mut password = read_password(password_stdin)?;
             let stored = client.registry_login(&host, &username, &password);
             password.clear();
@@ -364,6 +368,24 @@ fn registry(client: &Client, cmd: RegistryCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The user name, asked for on the terminal.
+fn ask_username() -> anyhow::Result<String> {
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the user name on: give it with -u USER");
+    }
+    eprint!("Username: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the user name")?;
+    let name = line.trim().to_string();
+    if name.is_empty() {
+        bail!("the user name is empty");
+    }
+    Ok(name)
 }
 
 /// The password: standard input's first line with --password-stdin;
