@@ -499,8 +499,9 @@ fn a_failed_pull_is_a_clear_error_and_changes_nothing() {
     );
     serving();
 
-    // A registry that answers 503 at first is tried again, backing off.
-    let flaky = Proxy::start(&reg, &["--fail-first", "2"]);
+    // A registry that answers 503 at first is tried again, backing off
+    // (the layer's unpacker, already waiting for it, follows the retry).
+    let flaky = Proxy::start(&reg, &["--fail-first", "2", "--fail-digest", &own_layer]);
     let d2 = Daemon::start_with(&["--insecure-registry", &flaky.host]);
     deployed(&d2, "f", &format!("{}/app:2", flaky.host), &[]);
     assert_eq!(which_serves(&d2, "f"), "bad");

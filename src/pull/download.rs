@@ -203,3 +203,35 @@ impl AsyncWrite for Bounded<'_> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Memory that refuses bytes past `max` (an image config: a registry
+/// could send more than the manifest says before the digest is checked).
+pub(super) struct Capped {
+    pub bytes: Vec<u8>,
+    pub max: usize,
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.bytes.len() + buf.len() > self.max {
+            return Poll::Ready(Err(std::io::Error::other(format!(
+                "more than the {} bytes the manifest gives it",
+                self.max
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -247,11 +247,18 @@ impl Puller {
         let config = self
             .retrying(
                 || async {
-                    let mut bytes = Vec::new();
+                    let mut config = download::Capped {
+                        bytes: Vec::new(),
+                        // A descriptor without a size gets the most we read.
+                        max: match manifest.config.size {
+                            n if n > 0 => n as usize,
+                            _ => MAX_CONFIG as usize,
+                        },
+                    };
                     self.client
-                        .pull_blob(&at, &manifest.config, &mut bytes)
+                        .pull_blob(&at, &manifest.config, &mut config)
                         .await
-                        .map(|()| bytes)
+                        .map(|()| config.bytes)
                 },
                 &at,
                 "config",

@@ -5,7 +5,8 @@
 //! that did not match is an error at the end of the layer, and the layer
 //! applied so far is discarded (`Layers::unpack` keeps only what applied
 //! whole and matched its `diff_id`). A download restarted after a reset
-//! is an error for a layer already being read. The files live in a
+//! is followed anew if nothing of it was read yet, and is an error for a
+//! layer already partly applied. The files live in a
 //! directory of their own, gone with the `Pulled`.
 
 use std::fs::File;
@@ -102,6 +103,7 @@ impl LayerSource for Pulled {
         let _ = self.dir.path();
         let follow = Follow {
             file,
+            path: path.clone(),
             layer,
             attempt,
             read: 0,
@@ -133,6 +135,7 @@ fn wait_started(layer: &LayerProgress) -> Result<u32, String> {
 /// A layer's file read as it grows, to the download's end.
 struct Follow<'a> {
     file: File,
+    path: PathBuf,
     layer: &'a LayerProgress,
     attempt: u32,
     read: u64,
@@ -141,10 +144,19 @@ struct Follow<'a> {
 impl Read for Follow<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.layer.attempt.load(Ordering::Acquire) != self.attempt {
-                return Err(io::Error::other(
-                    "its download was restarted after the layer was partly applied: deploy again",
-                ));
+            let attempt = self.layer.attempt.load(Ordering::Acquire);
+            if attempt != self.attempt {
+                if self.read > 0 {
+                    return Err(io::Error::other(
+                        "its download was restarted after the layer was partly applied: deploy again",
+                    ));
+                }
+                // Nothing read yet: follow the new attempt's file (it
+                // exists before its attempt is counted).
+                self.file = File::open(&self.path)?;
+                let _ = std::fs::remove_file(&self.path);
+                self.attempt = attempt;
+                continue;
             }
             let n = self.file.read(buf)?;
             if n > 0 {
