@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use oci_client::manifest::OciDescriptor;
-use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use tokio::io::AsyncWrite;
 
@@ -106,7 +105,6 @@ impl Drop for EndAll {
 /// failure stops the rest.
 pub(super) async fn all(
     puller: &Puller,
-    _auth: &RegistryAuth,
     at: &Reference,
     jobs: Vec<Job>,
     concurrent: usize,

@@ -310,8 +310,9 @@ impl Puller {
         let puller = Arc::clone(self);
         let at = resolved.at.clone();
         let driving = async move {
-            let auth = puller.login(&at).await?;
-            download::all(&puller, &auth, &at, jobs, CONCURRENT).await
+            // The client keeps the token (or basic login) for the blobs.
+            puller.login(&at).await?;
+            download::all(&puller, &at, jobs, CONCURRENT).await
         };
         let timeout = self.timeout;
         let reference = resolved.reference.clone();

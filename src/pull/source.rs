@@ -28,7 +28,8 @@ const LOOK: Duration = Duration::from_millis(20);
 
 /// The layers of a pull, for `crate::image::archive::Image`.
 pub struct Pulled {
-    dir: tempfile::TempDir,
+    /// Held for its drop: the downloads' directory goes with the pull.
+    _dir: tempfile::TempDir,
     /// Each layer's file, if it is downloaded.
     slots: Vec<Option<PathBuf>>,
     progress: Arc<Progress>,
@@ -68,7 +69,7 @@ impl Pulled {
         }
         Ok((
             Self {
-                dir,
+                _dir: dir,
                 slots,
                 progress,
             },
@@ -100,7 +101,6 @@ impl LayerSource for Pulled {
         // Gone from the directory once open: a pull holds no layer on
         // the disk beyond the unpack.
         let _ = std::fs::remove_file(path);
-        let _ = self.dir.path();
         let follow = Follow {
             file,
             path: path.clone(),
