@@ -282,13 +282,23 @@ fn the_cluster_trusts_no_one_unauthenticated() {
         );
         assert!(log.contains("its signature does not match"), "{log}");
     }
-    let info = sim.nodes[1].faasd.client().inspect("web").expect("web");
-    assert!(
-        info.nodes
-            .iter()
-            .any(|s| s.error.as_deref().is_some_and(|e| e.contains("signature"))),
-        "the refusal is reported: {:?}",
-        info.nodes
+    // A node logs the refusal before its report reaches etcd and the
+    // other nodes' view of it.
+    wait_until(
+        "the refusal reported in web's node statuses",
+        Duration::from_secs(10),
+        || {
+            sim.nodes[1]
+                .faasd
+                .client()
+                .inspect("web")
+                .is_ok_and(|info| {
+                    info.nodes
+                        .iter()
+                        .any(|s| s.error.as_deref().is_some_and(|e| e.contains("signature")))
+                })
+        },
+        || sim.context(),
     );
     // No node writes over a record it cannot trust; an operator removes
     // such records through any node, and deploys again.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::PutOptions;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::{keys, Cluster};
 use crate::api::name::FunctionName;
@@ -57,10 +57,13 @@ impl Cluster {
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await;
-        if let Err(e) = put {
-            tracing::warn!(function = %name, error = %e, "reporting status");
-            return;
-        }
+        let written = match put {
+            Ok(put) => put.header().map(|h| h.revision()).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(function = %name, error = %e, "reporting status");
+                return;
+            }
+        };
         if status.ready || status.error.is_some() {
             return;
         }
@@ -78,8 +81,17 @@ impl Cluster {
                         ready: true,
                         ..status
                     };
+                    // Only over the status written above: a later report
+                    // (a refused record, a newer revision) stands.
                     let opts = Some(PutOptions::new().with_lease(lease));
-                    let _ = client.put(key, keys::encode(&ready), opts).await;
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            written,
+                        )])
+                        .and_then([TxnOp::put(key.as_str(), keys::encode(&ready), opts)]);
+                    let _ = client.txn(txn).await;
                     return;
                 }
             }
