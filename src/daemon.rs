@@ -4,6 +4,7 @@
 
 use crate::pull::{Credentials, Puller};
 use std::fs::{self, File};
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::cluster::{Cluster, Membership};
 use crate::config::{Config, TokenSource};
 use crate::control::socket::{self, ControlSocket, SocketError};
 use crate::control::{self, Control};
+use crate::dataplane::shared::Shared;
 use crate::dataplane::{Ctx, Dataplane, DataplaneError};
 use crate::manager::{Manager, ManagerError};
 use crate::net::{NetError, Netlink};
@@ -268,8 +270,10 @@ async fn start_node(
         rt: Arc::clone(&runtime),
         control: tokio::runtime::Handle::current(),
         queue_timeout: config.queue_timeout,
+        shared: Shared::new(config.shared.header_timeout),
     };
-    let dataplane = Dataplane::start(config.cores, config.port, ctx)?;
+    let shared_ips = share_addresses(&net, config).await?;
+    let dataplane = Dataplane::start(config.cores, config.port, ctx, &config.shared)?;
     let manager = Arc::new(Manager::new(
         state,
         registry,
@@ -285,7 +289,25 @@ async fn start_node(
         puller,
     )?);
     manager.restore().await?;
+    manager.announce_shared(shared_ips).await;
     Ok(manager)
+}
+
+/// Puts the shared listeners' addresses that lie in `--ip-pool` on `lo`
+/// (no function is given them then); says which and whether we added them.
+async fn share_addresses(
+    net: &Netlink,
+    config: &Config,
+) -> Result<Vec<(IpAddr, bool)>, DaemonError> {
+    let mut added = Vec::new();
+    for addr in &config.shared.listen {
+        let ip = addr.ip();
+        if config.pool.contains(ip) && !added.iter().any(|(a, _)| *a == ip) {
+            let how = net.add(ip).await.map_err(ManagerError::from)?;
+            added.push((ip, how != crate::net::Added::Foreign));
+        }
+    }
+    Ok(added)
 }
 
 /// The cluster membership with `--etcd` (and the task that follows etcd).

@@ -29,6 +29,7 @@ pub const CLOSER_LINGER_CLEARED: &str = "faas_closer_lingers_cleared_total";
 pub const CLOSER_INTERRUPTED: &str = "faas_closer_interrupted_total";
 pub const FORK_STARTS: &str = "faas_fork_starts_total";
 pub const FORK_SECONDS: &str = "faas_fork_seconds";
+pub const SHARED_UNROUTED: &str = "faas_shared_unrouted_total";
 
 /// Accept → hand-over spans a warm hit (tens of µs) to a slow cold start
 /// (seconds): roughly ×2.5 steps over that range.
@@ -118,6 +119,10 @@ fn describe() {
         "Peak memory of a container, read from its cgroup when it ended."
     );
     describe_counter!(ACCEPTS, "Connections accepted by each data-plane core.");
+    describe_counter!(
+        SHARED_UNROUTED,
+        "Connections on a shared listener (--shared-listen) no function took, by reason: unknown_host, no_host (and no --default-host), malformed, too_large (no decision in 16 KiB), timeout (--header-timeout), closed (by the client first)."
+    );
     describe_counter!(
         FORK_STARTS,
         "--fork children started (a fresh sandbox per connection, in a zygote's container)."
@@ -275,6 +280,11 @@ impl FunctionMetrics {
 }
 
 /// The accept counter of data-plane core `core`.
+/// A connection on a shared listener that went to no function.
+pub fn shared_unrouted(reason: &'static str) {
+    counter!(SHARED_UNROUTED, "reason" => reason).increment(1);
+}
+
 pub fn core_accepts(core: usize) -> Counter {
     counter!(ACCEPTS, "core" => core.to_string())
 }

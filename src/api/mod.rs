@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub mod caps;
+pub mod host;
 pub mod name;
 mod options;
 mod patch;

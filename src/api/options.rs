@@ -155,6 +155,9 @@ pub struct DeployOptions {
     /// pool container (`faas-init fork`), with its own namespaces and
     /// writable paths, instead of in a fresh container.
     pub fork: bool,
+    /// Names it answers to on the shared listeners (`--host`), besides
+    /// its own address.
+    pub hosts: Vec<super::host::HostName>,
 }
 
 /// A destination a function with egress may reach: an IPv4 prefix, and
@@ -273,6 +276,7 @@ impl Default for DeployOptions {
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
             fork: false,
+            hosts: Vec::new(),
         }
     }
 }
@@ -353,6 +357,9 @@ impl DeployOptions {
             _ if self.fork && self.reuse => {
                 return Err("--fork and --reuse exclude each other: --fork serves every connection in a fresh child, --reuse one program many".into())
             }
+            HandlerKind::SocketActivation if !self.hosts.is_empty() => {
+                return Err("--host cannot route to --socket-activation: an activated server accepts on its own listener, where faasd cannot put a connection it routed (a --container-port server can take them)".into())
+            }
             HandlerKind::SocketActivation if self.warm == 0 => {
                 return Err("--socket-activation needs --warm of at least 1: its containers are the servers".into())
             }
@@ -392,11 +399,14 @@ impl DeployOptions {
     /// activation, and a reused server on a container port with a warm
     /// pool, whose `bind` of that port gets the socket (faas-init's
     /// `bind` mode). With `--warm 0` nothing would be there to accept, so
-    /// such a server gets connections relayed, started as they come.
+    /// such a server gets connections relayed, started as they come; so
+    /// does one with `--host`.
     pub fn hands_listener(&self) -> bool {
         match self.kind {
             HandlerKind::SocketActivation => true,
-            HandlerKind::ContainerPort(_) => self.reuse && self.warm > 0,
+            // Routed connections (`--host`) come one by one, so such a
+            // server is relayed them like every other.
+            HandlerKind::ContainerPort(_) => self.reuse && self.warm > 0 && self.hosts.is_empty(),
             HandlerKind::ControlSocket | HandlerKind::Stdio => false,
         }
     }

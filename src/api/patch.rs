@@ -37,6 +37,8 @@ pub struct OptionsPatch {
     /// All the dropped ones (given means replaced).
     pub cap_drop: Option<Vec<String>>,
     pub fork: Option<bool>,
+    /// All the host names (given means replaced).
+    pub hosts: Option<Vec<super::host::HostName>>,
 }
 
 impl From<&DeployOptions> for OptionsPatch {
@@ -62,6 +64,7 @@ impl From<&DeployOptions> for OptionsPatch {
             cap_add: Some(o.cap_add.clone()),
             cap_drop: Some(o.cap_drop.clone()),
             fork: Some(o.fork),
+            hosts: Some(o.hosts.clone()),
         }
     }
 }
@@ -115,6 +118,7 @@ impl OptionsPatch {
                 .clone()
                 .unwrap_or_else(|| base.cap_drop.clone()),
             fork: self.fork.unwrap_or(base.fork),
+            hosts: self.hosts.clone().unwrap_or_else(|| base.hosts.clone()),
         };
         out.validate()?;
         Ok(out)
@@ -179,6 +183,15 @@ impl OptionsPatch {
         put("read_only", self.read_only.map(|v| v.to_string()));
         put("fork", self.fork.map(|v| v.to_string()));
         put("scratch", self.scratch.map(|v| v.to_string()));
+        match &self.hosts {
+            Some(h) if h.is_empty() => put("host", Some(String::new())),
+            Some(h) => {
+                for name in h {
+                    put("host", Some(name.to_string()));
+                }
+            }
+            None => {}
+        }
         for (key, list) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
             match list {
                 Some(l) if l.is_empty() => put(key, Some(String::new())),
@@ -242,6 +255,14 @@ impl OptionsPatch {
                 "read_only" => p.read_only = Some(parse_bool("read_only", &value)?),
                 "fork" => p.fork = Some(parse_bool("fork", &value)?),
                 "scratch" => p.scratch = Some(parse_size(&value)?),
+                "host" => {
+                    let hosts = p.hosts.get_or_insert_with(Vec::new);
+                    for host in super::host::parse_list(&value)? {
+                        if !hosts.contains(&host) {
+                            hosts.push(host);
+                        }
+                    }
+                }
                 "cap_add" | "cap_drop" => {
                     let list = if key == "cap_add" {
                         p.cap_add.get_or_insert_with(Vec::new)

@@ -26,6 +26,8 @@ pub const NODES: &str = "/faasd/nodes/";
 pub const STATUS: &str = "/faasd/status/";
 pub const ARCHIVES: &str = "/faasd/archives/";
 pub const REGISTRIES: &str = "/faasd/registries/";
+/// `--host` names: `/faasd/hosts/NAME` holds the function that has it.
+pub const HOSTS: &str = "/faasd/hosts/";
 
 /// A function as the cluster wants it served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +55,10 @@ pub struct Spec {
 
 pub fn function(name: &FunctionName) -> String {
     format!("{FUNCTIONS}{name}")
+}
+
+pub fn host(host: &crate::api::host::HostName) -> String {
+    format!("{HOSTS}{host}")
 }
 
 pub fn address(ip: IpAddr) -> String {

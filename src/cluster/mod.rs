@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
+use crate::api::host::HostName;
 use crate::api::name::FunctionName;
 use crate::api::{FunctionInfo, NodeInfo, NodeStatus, OptionsPatch};
 use crate::manager::{Manager, ManagerError};
@@ -223,6 +224,9 @@ impl Cluster {
         patch: OptionsPatch,
         source: ImageSource,
     ) -> Result<(), ClusterError> {
+        if let Some(hosts) = &patch.hosts {
+            self.hosts_free(name, hosts).await?;
+        }
         let (ip, reserved) = match current {
             Some(spec) => (spec.ip, false),
             None => (self.reserve_address(name).await?, true),
@@ -276,6 +280,9 @@ impl Cluster {
     ) -> Result<FunctionInfo, ClusterError> {
         let _one = self.applying.lock().await;
         let (current, revision) = self.spec(name).await?;
+        if let Some(hosts) = &patch.hosts {
+            self.hosts_free(name, hosts).await?;
+        }
         self.manager.update(name, patch).await?;
         self.publish(name, current.as_ref(), revision, None, "update")
             .await
@@ -298,8 +305,12 @@ impl Cluster {
     pub async fn remove(&self, name: &FunctionName) -> Result<(), ClusterError> {
         let _one = self.applying.lock().await;
         let key = keys::function(name);
-        let (revision, held) = match self.spec(name).await {
-            Ok((current, revision)) => (revision, current.map(|s| s.ip).into_iter().collect()),
+        let (revision, held, hosts) = match self.spec(name).await {
+            Ok((current, revision)) => (
+                revision,
+                current.as_ref().map(|s| s.ip).into_iter().collect(),
+                current.map(|s| s.options.hosts).unwrap_or_default(),
+            ),
             // A record no node signed goes all the same; the address it
             // names is not trusted, the addresses etcd holds for the name
             // go instead.
@@ -307,7 +318,7 @@ impl Cluster {
                 tracing::warn!(function = %name, why, "removing a refused cluster record");
                 let got = self.client.clone().get(key.as_str(), None).await?;
                 let revision = got.kvs().first().map_or(0, |kv| kv.mod_revision());
-                (revision, self.addresses_of(name).await?)
+                (revision, self.addresses_of(name).await?, Vec::new())
             }
             Err(e) => return Err(e),
         };
@@ -317,6 +328,7 @@ impl Cluster {
                 held.iter()
                     .map(|ip: &IpAddr| TxnOp::delete(keys::address(*ip), None)),
             );
+            ops.extend(hosts.iter().map(|h| TxnOp::delete(keys::host(h), None)));
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.as_str(),
@@ -433,13 +445,15 @@ impl Cluster {
             node: self.me.node.clone(),
         };
         let key = keys::function(name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::put(key.as_str(), self.seal.seal_spec(&spec), None)]);
+        let mut when = vec![Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            revision,
+        )];
+        let mut ops = vec![TxnOp::put(key.as_str(), self.seal.seal_spec(&spec), None)];
+        self.claim_hosts(name, &record.options.hosts, previous, &mut when, &mut ops)
+            .await?;
+        let txn = Txn::new().when(when).and_then(ops);
         let done = self.client.clone().txn(txn).await?;
         if !done.succeeded() {
             return Err(ClusterError::Conflict(name.clone()));
@@ -449,6 +463,61 @@ impl Cluster {
         let mut info = self.manager.inspect(name).await?;
         info.nodes = self.statuses(name).await.unwrap_or_default();
         Ok(info)
+    }
+
+    /// Refuses `hosts` if another function holds one in etcd.
+    async fn hosts_free(
+        &self,
+        name: &FunctionName,
+        hosts: &[HostName],
+    ) -> Result<Vec<Option<i64>>, ClusterError> {
+        let mut held = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let got = self.client.clone().get(keys::host(host), None).await?;
+            match got.kvs().first() {
+                Some(kv) if kv.value() != name.as_str().as_bytes() => {
+                    let holder = FunctionName::parse(&String::from_utf8_lossy(kv.value()))
+                        .map_err(|e| ClusterError::Corrupt(format!("{}: {e}", keys::host(host))))?;
+                    return Err(ManagerError::HostTaken {
+                        host: host.clone(),
+                        holder,
+                    }
+                    .into());
+                }
+                Some(kv) => held.push(Some(kv.mod_revision())),
+                None => held.push(None),
+            }
+        }
+        Ok(held)
+    }
+
+    /// Adds to a publishing transaction: each of `hosts` still free or
+    /// still `name`'s, taken; those `previous` had and `hosts` lacks, let go.
+    async fn claim_hosts(
+        &self,
+        name: &FunctionName,
+        hosts: &[HostName],
+        previous: Option<&Spec>,
+        when: &mut Vec<Compare>,
+        ops: &mut Vec<TxnOp>,
+    ) -> Result<(), ClusterError> {
+        let held = self.hosts_free(name, hosts).await?;
+        for (host, held) in hosts.iter().zip(held) {
+            let key = keys::host(host);
+            match held {
+                Some(at) => when.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, at)),
+                None => {
+                    when.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(key.as_str(), name.as_str(), None));
+                }
+            }
+        }
+        let dropped = previous
+            .into_iter()
+            .flat_map(|p| p.options.hosts.iter())
+            .filter(|h| !hosts.contains(h));
+        ops.extend(dropped.map(|h| TxnOp::delete(keys::host(h), None)));
+        Ok(())
     }
 
     /// A local function of that name on another address is an older one

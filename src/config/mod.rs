@@ -125,6 +125,21 @@ pub struct Args {
     /// Memory all warm pools together may hold (e.g. 2G; 0: no bound); the busiest functions keep theirs, the idle ones shrink first, below --warm if need be. Default: a quarter of the machine's memory.
     #[arg(long, value_parser = parse_size)]
     pub pool_memory: Option<u64>,
+    /// An address many functions share, routed by HTTP Host or TLS server
+    /// name to the function whose --host names it (repeatable): e.g.
+    /// 0.0.0.0:80, [::]:443. An address of --ip-pool is put on lo (and
+    /// announced with --route-table) by faasd.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub shared_listen: Vec<SocketAddr>,
+    /// The function that takes shared-listener connections naming no host
+    /// (HTTP/1.0 without Host, a TLS hello without server name); without
+    /// it they get 404 or an unrecognized_name alert.
+    #[arg(long, value_name = "FUNCTION")]
+    pub default_host: Option<String>,
+    /// Seconds a client on a shared listener has, from its connection, to
+    /// send enough of its request head or TLS hello to be routed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub header_timeout: f64,
     /// Seconds a connection may wait for a free slot before faasd answers 503.
     #[arg(long, default_value_t = 10.0)]
     pub queue_timeout: f64,
@@ -208,6 +223,8 @@ pub struct Config {
     /// `--pool-memory` in bytes (0: no bound).
     pub pool_memory: u64,
     pub queue_timeout: Duration,
+    /// `--shared-listen`, `--default-host`, `--header-timeout`.
+    pub shared: crate::dataplane::SharedConfig,
     pub log_format: LogFormat,
     pub metrics: bool,
     pub socket: PathBuf,
@@ -285,6 +302,16 @@ impl Args {
                 .pool_memory
                 .unwrap_or_else(|| crate::sys::physical_memory() / 4),
             queue_timeout: Duration::from_secs_f64(self.queue_timeout),
+            shared: crate::dataplane::SharedConfig {
+                listen: self.shared_listen,
+                default_host: self
+                    .default_host
+                    .as_deref()
+                    .map(crate::api::name::FunctionName::parse)
+                    .transpose()
+                    .map_err(|e| format!("--default-host: {e}"))?,
+                header_timeout: Duration::from_secs_f64(self.header_timeout),
+            },
             log_format,
             metrics: !self.no_metrics,
             socket: self.socket,
@@ -346,6 +373,17 @@ impl Args {
                 "--queue-timeout {} must be within (0, 3600] seconds",
                 self.queue_timeout
             ));
+        }
+        if !(self.header_timeout > 0.0 && self.header_timeout <= 3600.0) {
+            return Err(format!(
+                "--header-timeout {} must be within (0, 3600] seconds",
+                self.header_timeout
+            ));
+        }
+        for (i, addr) in self.shared_listen.iter().enumerate() {
+            if self.shared_listen[..i].contains(addr) {
+                return Err(format!("--shared-listen {addr} is given twice"));
+            }
         }
         if self.max_concurrent_starts == 0 {
             return Err("--max-concurrent-starts must be at least 1".into());

@@ -110,6 +110,7 @@ fn manager_status(e: &ManagerError) -> StatusCode {
     match e {
         ManagerError::NotFound(_) | ManagerError::NoVersion { .. } => StatusCode::NOT_FOUND,
         ManagerError::Options(_) => StatusCode::BAD_REQUEST,
+        ManagerError::HostTaken { .. } => StatusCode::CONFLICT,
         ManagerError::Secret(s) => secret_status(s),
         ManagerError::Image(ImageError::Store { source, .. }) => io_status(source),
         ManagerError::Image(ImageError::Limit { .. })

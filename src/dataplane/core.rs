@@ -99,6 +99,15 @@ pub(super) fn run(
                         }
                     }
                 }
+                Command::Shared { listener } => {
+                    let listener = TcpListener::from_std(listener);
+                    let accepts = crate::metrics::core_accepts(index);
+                    tokio_uring::spawn(super::shared::accept_loop(
+                        listener,
+                        Arc::clone(&ctx),
+                        accepts,
+                    ));
+                }
                 Command::Stop => break,
             }
         }
@@ -247,7 +256,7 @@ fn take_queued(listener: &TcpListener, served: &Served, limit: u32) -> Vec<std::
 /// (a linger, data its client never takes), so our copies are closed by
 /// the closer, never here: the ring's stream closes its descriptor in
 /// place when dropped, so it goes at once, a copy standing in for it.
-fn dispatch(
+pub(super) fn dispatch(
     stream: TcpStream,
     more: Vec<std::net::TcpStream>,
     accepted: Instant,
@@ -301,7 +310,7 @@ fn reject(stream: TcpStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
 }
 
 /// Handles an accept error; false when the listener is finished.
-async fn accept_failed(e: &std::io::Error) -> bool {
+pub(super) async fn accept_failed(e: &std::io::Error) -> bool {
     match e.raw_os_error() {
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
             tracing::warn!(error = %e, "accept: out of resources");

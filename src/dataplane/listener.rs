@@ -22,6 +22,25 @@ const DEFER_ACCEPT_SECS: u32 = 5;
 /// would make its accept fail with EAGAIN instead (a handed listener is
 /// the server's to set).
 pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<TcpListener> {
+    bind_with(addr, reuse_port, defer.then_some(DEFER_ACCEPT_SECS))
+}
+
+/// A shared listener (`--shared-listen`) on one core: SO_REUSEPORT, and
+/// deferred for `SHARED_DEFER_SECS`, so the first peek finds the request
+/// (or hello) already there.
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, true, Some(SHARED_DEFER_SECS))
+}
+
+/// How long a shared listener's kernel keeps a silent connection before
+/// it is accepted anyway; the header timeout counts it in.
+pub const SHARED_DEFER_SECS: u32 = 1;
+
+fn bind_with(
+    addr: SocketAddr,
+    reuse_port: bool,
+    defer_secs: Option<u32>,
+) -> std::io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.cloexec(),
@@ -31,8 +50,8 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
-    if defer {
-        crate::sys::rawfd::defer_accept(&socket, DEFER_ACCEPT_SECS)?;
+    if let Some(secs) = defer_secs {
+        crate::sys::rawfd::defer_accept(&socket, secs)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;

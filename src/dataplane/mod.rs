@@ -26,6 +26,11 @@ use crate::runtime::{Function, Runtime};
 
 pub mod core;
 pub mod listener;
+pub mod routes;
+pub mod shared;
+pub mod sniff;
+
+pub use shared::SharedConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -98,6 +103,8 @@ pub struct Ctx {
     pub rt: Arc<Runtime>,
     pub control: tokio::runtime::Handle,
     pub queue_timeout: Duration,
+    /// The shared listeners' routes.
+    pub shared: shared::Shared,
 }
 
 enum Command {
@@ -105,6 +112,10 @@ enum Command {
         name: FunctionName,
         listener: TcpListener,
         served: Arc<Served>,
+    },
+    /// Accept on a shared listener (`--shared-listen`), routing by host.
+    Shared {
+        listener: TcpListener,
     },
     /// Stop after the next accepted connection (a rebalancing move).
     Release {
@@ -148,11 +159,20 @@ pub struct Dataplane {
     cores: Vec<Core>,
     port: u16,
     entries: Mutex<HashMap<FunctionName, Entry>>,
+    ctx: Arc<Ctx>,
+    /// Our copies of the shared listeners (one per core and address).
+    shared: Vec<TcpListener>,
+    default_host: Option<FunctionName>,
 }
 
 impl Dataplane {
     /// Starts `cores` data-plane threads; fails if io_uring is unavailable.
-    pub fn start(cores: usize, port: u16, ctx: Ctx) -> Result<Self, DataplaneError> {
+    pub fn start(
+        cores: usize,
+        port: u16,
+        ctx: Ctx,
+        shared: &SharedConfig,
+    ) -> Result<Self, DataplaneError> {
         let ctx = Arc::new(ctx);
         let mut started = Vec::with_capacity(cores);
         for index in 0..cores {
@@ -178,11 +198,58 @@ impl Dataplane {
                 thread: Mutex::new(Some(thread)),
             });
         }
-        Ok(Self {
+        let mut plane = Self {
             cores: started,
             port,
             entries: Mutex::new(HashMap::new()),
-        })
+            ctx,
+            shared: Vec::new(),
+            default_host: shared.default_host.clone(),
+        };
+        for addr in &shared.listen {
+            plane.listen_shared(*addr)?;
+        }
+        Ok(plane)
+    }
+
+    /// A shared listener on `addr` on every core (SO_REUSEPORT), holding a
+    /// connection back until its first bytes are there.
+    fn listen_shared(&mut self, addr: SocketAddr) -> Result<(), DataplaneError> {
+        let bind_err = |source| DataplaneError::Listen { addr, source };
+        for core in 0..self.cores.len() {
+            let listener = listener::bind_shared(addr).map_err(bind_err)?;
+            let copy = listener.try_clone().map_err(bind_err)?;
+            self.send(core, Command::Shared { listener: copy });
+            self.shared.push(listener);
+        }
+        tracing::info!(%addr, "shared listener: routing by HTTP Host and TLS server name");
+        Ok(())
+    }
+
+    /// Rebuilds the shared listeners' routes from the functions served
+    /// now: their `--host` names, and `--default-host`.
+    pub fn reroute(&self) {
+        let entries = self.lock();
+        self.reroute_locked(&entries);
+    }
+
+    fn reroute_locked(&self, entries: &HashMap<FunctionName, Entry>) {
+        let funcs: Vec<_> = entries
+            .values()
+            .map(|e| (e.served.func.load_full(), Arc::clone(&e.served)))
+            .collect();
+        let names = funcs
+            .iter()
+            .flat_map(|(f, served)| f.options.hosts.iter().map(move |h| (h, Arc::clone(served))));
+        let default = self
+            .default_host
+            .as_ref()
+            .and_then(|name| entries.get(name))
+            .map(|e| Arc::clone(&e.served));
+        self.ctx
+            .shared
+            .routes
+            .store(Arc::new(routes::Routes::build(names, default)));
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<FunctionName, Entry>> {
@@ -216,6 +283,7 @@ impl Dataplane {
                     standing_in: None,
                 },
             );
+            self.reroute_locked(&entries);
             return Ok(Some(copy));
         }
         let cores: Vec<usize> = if how.all_cores {
@@ -248,6 +316,7 @@ impl Dataplane {
                 standing_in: None,
             },
         );
+        self.reroute_locked(&entries);
         Ok(None)
     }
 
@@ -300,7 +369,12 @@ impl Dataplane {
     /// Stops accepting for `name`. Connections already accepted finish;
     /// those still in the kernel's backlog are refused.
     pub fn stop(&self, name: &FunctionName) -> Option<IpAddr> {
-        let entry = self.lock().remove(name)?;
+        let entry = {
+            let mut entries = self.lock();
+            let entry = entries.remove(name)?;
+            self.reroute_locked(&entries);
+            entry
+        };
         for (_, listener) in &entry.listeners {
             close_listener(listener);
         }
@@ -313,6 +387,10 @@ impl Dataplane {
 
     /// Stops every listener and every core.
     pub fn shutdown(&self) {
+        for listener in &self.shared {
+            close_listener(listener);
+        }
+        self.ctx.shared.routes.store(Arc::default());
         for (_, entry) in self.lock().drain() {
             for (_, listener) in &entry.listeners {
                 close_listener(listener);

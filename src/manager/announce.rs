@@ -74,6 +74,33 @@ impl Manager {
         });
     }
 
+    /// Takes charge of the shared listeners' pool addresses (`(ip, we
+    /// added it)`): announced with the functions' routes, withdrawn with
+    /// them, removed from `lo` at shutdown if we added them.
+    pub async fn announce_shared(&self, ips: Vec<(IpAddr, bool)>) {
+        for (ip, _) in &ips {
+            let Some(routes) = &self.routes else {
+                break;
+            };
+            self.announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ips
+                .insert(*ip);
+            match routes.announce(*ip).await {
+                Ok(()) => {
+                    tracing::info!(%ip, table = routes.table(), "announced the shared address")
+                }
+                Err(e) => tracing::warn!(%ip, error = %e, "announcing the shared address"),
+            }
+        }
+        let owned = ips.into_iter().filter(|(_, ours)| *ours).map(|(ip, _)| ip);
+        self.shared_ips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(owned);
+    }
+
     /// Withdraws the route to `ip`, if announced.
     pub(super) async fn withdraw(&self, ip: IpAddr) -> Result<(), ManagerError> {
         let Some(routes) = &self.routes else {

@@ -546,6 +546,7 @@ impl Manager {
         added: Option<Added>,
     ) -> Result<FunctionInfo, ManagerError> {
         let name = record.name.clone();
+        check_hosts(registry, &record)?;
         let existing = self
             .live()
             .get(&name)
@@ -618,6 +619,7 @@ impl Manager {
                 self.watch_servers(Arc::clone(&func));
                 // Connections accepted before the swap finish on the old version.
                 let old = served.func.swap(func);
+                self.dataplane.reroute();
                 self.let_go(&old, needed);
                 Ok(())
             }
@@ -742,6 +744,22 @@ impl Manager {
         taken.extend(self.net.list().await?.into_iter().map(|a| a.ip));
         Ok(self.pool.allocate(&taken)?)
     }
+}
+
+/// Each `--host` name of `record` is held by no other function.
+fn check_hosts(registry: &Registry, record: &FunctionRecord) -> Result<(), ManagerError> {
+    for host in &record.options.hosts {
+        let holder = registry
+            .list()
+            .find(|r| r.name != record.name && r.options.hosts.contains(host));
+        if let Some(holder) = holder {
+            return Err(ManagerError::HostTaken {
+                host: host.clone(),
+                holder: holder.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A new function deployed without a kind: an image that exposes exactly

@@ -68,6 +68,11 @@ pub enum ManagerError {
     Egress(#[from] crate::runtime::sandbox::egress::EgressError),
     #[error("{0}")]
     Options(String),
+    #[error("host {host} is held by function {holder}: remove it there first (faas update {holder} --host ...)")]
+    HostTaken {
+        host: crate::api::host::HostName,
+        holder: FunctionName,
+    },
     #[error("{name} has no kept version {}: kept are {}", wanted.map(|v| v.to_string()).unwrap_or_else(|| "to roll back to".into()), if kept.is_empty() { "none".to_string() } else { kept.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ") })]
     NoVersion {
         name: FunctionName,
@@ -104,6 +109,8 @@ pub struct Manager {
     /// Addresses announced (or about to be), and whether announcing is
     /// over (draining).
     announced: Arc<Mutex<Announced>>,
+    /// Shared listeners' addresses we put on `lo` (`announce_shared`).
+    shared_ips: Mutex<Vec<IpAddr>>,
     /// Pulls images by reference; its downloads go to `pulls`.
     puller: Arc<Puller>,
     pulls: PathBuf,
@@ -172,6 +179,7 @@ impl Manager {
             keep_versions,
             routes,
             announced: Arc::default(),
+            shared_ips: Mutex::default(),
             puller,
             pulls,
             pulling: Pulling::default(),
@@ -507,12 +515,13 @@ impl Manager {
         if left > 0 {
             tracing::warn!(containers = left, "containers still running at shutdown");
         }
-        let owned: Vec<IpAddr> = self
+        let mut owned: Vec<IpAddr> = self
             .live()
             .drain()
             .filter(|(_, l)| l.owned_ip)
             .map(|(_, l)| l.ip)
             .collect();
+        owned.append(&mut self.shared_ips.lock().unwrap_or_else(|p| p.into_inner()));
         for ip in owned {
             if let Err(e) = self.net.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "removing address");

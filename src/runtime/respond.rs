@@ -16,6 +16,9 @@ const WRITE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    BadRequest,
+    NotFound,
+    HeaderFieldsTooLarge,
     BadGateway,
     ServiceUnavailable,
     GatewayTimeout,
@@ -24,6 +27,9 @@ pub enum Status {
 impl Status {
     fn line(self) -> &'static str {
         match self {
+            Status::BadRequest => "400 Bad Request",
+            Status::NotFound => "404 Not Found",
+            Status::HeaderFieldsTooLarge => "431 Request Header Fields Too Large",
             Status::BadGateway => "502 Bad Gateway",
             Status::ServiceUnavailable => "503 Service Unavailable",
             Status::GatewayTimeout => "504 Gateway Timeout",
@@ -58,9 +64,15 @@ pub async fn error_std<T: Into<OwnedFd> + AsFd>(client: Foreign<T>, status: Stat
     drop(client);
 }
 
-pub async fn error(mut client: TcpStream, status: Status, reason: &str) {
-    let response = render(status, reason);
-    if tokio::time::timeout(WRITE, client.write_all(response.as_bytes()))
+pub async fn error(client: TcpStream, status: Status, reason: &str) {
+    send_and_close(client, render(status, reason).as_bytes()).await;
+}
+
+/// Writes `bytes` (a response, a TLS alert) and ends the connection,
+/// reading what the client still sends for a moment first, so our answer
+/// is not lost to a reset.
+pub async fn send_and_close(mut client: TcpStream, bytes: &[u8]) {
+    if tokio::time::timeout(WRITE, client.write_all(bytes))
         .await
         .is_err()
     {

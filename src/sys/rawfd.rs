@@ -109,7 +109,24 @@ pub fn refuse_descriptors(sock: &impl AsFd) -> io::Result<()> {
 /// (a plain read of them moves the offset back): each peek then sees only
 /// what is new instead of copying everything still unread again.
 pub fn peek_from_offset(sock: &impl AsFd) -> io::Result<()> {
-    set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)
+    set_peek_offset(sock, 0)
+}
+
+/// Sets where the next `MSG_PEEK` read on `sock` starts (`SO_PEEK_OFF`);
+/// -1 turns the offset off again (every peek from the start).
+pub fn set_peek_offset(sock: &impl AsFd, offset: i32) -> io::Result<()> {
+    set_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
+}
+
+/// Copies what `sock` has received into `buf` without consuming it
+/// (`MSG_PEEK`), never waiting: `Ok(0)` is the peer's end, WouldBlock
+/// nothing there yet.
+pub fn peek(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    // SAFETY: `buf` is writable for its length; the descriptor is open
+    // for the borrow.
+    let rc = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }
 
 fn set_int(

@@ -41,6 +41,24 @@ impl Pki {
         pki
     }
 
+    /// A CA and, for each of `names`, a server certificate for that DNS
+    /// name (`NAME.pem`, `NAME.key`): what a function terminating TLS
+    /// itself is given.
+    pub fn web(names: &[&str]) -> Self {
+        let pki = Pki {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        pki.ca("ca");
+        for name in names {
+            pki.cert(
+                name,
+                "ca",
+                &format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth"),
+            );
+        }
+        pki
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

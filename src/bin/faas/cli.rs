@@ -275,6 +275,9 @@ pub struct OptionArgs {
     /// A capability of Docker's default set to leave out, or ALL (repeatable; given, it replaces the list).
     #[arg(long = "cap-drop", value_parser = faasd::api::caps::parse, value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Names it answers to on faasd's shared listeners (--shared-listen), routed by HTTP Host or TLS SNI: exact names and *.example.com (repeatable or comma-separated; given, it replaces the list; --host "" clears it).
+    #[arg(long = "host", value_name = "NAME[,NAME...]")]
+    pub hosts: Vec<String>,
 }
 
 impl OptionArgs {
@@ -301,7 +304,13 @@ impl OptionArgs {
         } else {
             self.container_port.map(HandlerKind::ContainerPort)
         };
+        let hosts = if self.hosts.is_empty() {
+            None
+        } else {
+            Some(faasd::api::host::parse_list(&self.hosts.join(","))?)
+        };
         Ok(OptionsPatch {
+            hosts,
             warm: self.warm,
             warm_max: self.warm_max,
             env,

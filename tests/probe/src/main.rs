@@ -21,6 +21,8 @@
 //! - `memhog`: take the connection, touch memory until killed
 //! - `memhog-early`: touch memory until killed, before connecting
 //! - `spin`: take the connection, spin on the CPU forever
+//! - `echo`: answer `who=` PROBE_NAME, the request line and the `Host`
+//!   header it read, and the head's length in bytes
 //! - `stdio`: no protocol at all: read the request from stdin, answer like
 //!   `hello` on stdout (for `--stdio` functions)
 //! - `banner`: speak first: write `220 probe ready` before reading, then
@@ -181,6 +183,25 @@ fn main() {
                 if mode == "linger" {
                     std::thread::sleep(Duration::from_millis(sleep_ms()));
                 }
+            }
+            "echo" => {
+                let head = read_head_text(&mut conn);
+                let line = head.lines().next().unwrap_or_default();
+                let host = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("host").then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let who = std::env::var("PROBE_NAME").unwrap_or_default();
+                answer(
+                    &mut conn,
+                    &format!(
+                        "who={who}\nrequest={line}\nhost={host}\nbytes={}\n",
+                        head.len()
+                    ),
+                );
             }
             "pass-fds" => {
                 let _ = read_request_head(&mut conn);
@@ -698,6 +719,19 @@ fn connect_out(target: &str) -> String {
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "failed(timeout)".into(),
         Err(e) => format!("failed({})", e.raw_os_error().unwrap_or(0)),
     }
+}
+
+/// The request head as text, up to and with its empty line.
+fn read_head_text(conn: &mut TcpStream) -> String {
+    let mut head = Vec::with_capacity(1024);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 fn read_request_head(conn: &mut TcpStream) -> std::io::Result<()> {
