@@ -288,8 +288,8 @@ async fn start_node(
         config.copy_layers,
         puller,
     )?);
-    manager.restore().await?;
     manager.announce_shared(shared_ips).await;
+    manager.restore().await?;
     Ok(manager)
 }
 

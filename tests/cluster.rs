@@ -778,3 +778,87 @@ fn a_deploy_by_reference_serves_one_digest_on_every_node() {
         assert_eq!(kv(&body).get("env.WHICH").map(String::as_str), Some("v2"));
     }
 }
+
+/// GET / with `Host: host` on `addr:80`, from the calling namespace.
+fn get_host(addr: IpAddr, host: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&(addr, 80).into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn a_host_deployed_through_one_node_routes_on_every_node() {
+    const SHARED: &str = "198.18.100.250";
+    let shared_listen = format!("{SHARED}:80");
+    let sim = Sim::start_with(3, &["--shared-listen", &shared_listen]);
+    sim.wait_members();
+    let shared: IpAddr = SHARED.parse().expect("ip");
+    let options = DeployOptions {
+        warm: 1,
+        hosts: vec![faasd::api::host::HostName::parse("web.test").expect("host")],
+        env: [("PROBE_NAME".to_string(), "web".to_string())].into(),
+        ..Default::default()
+    };
+    let web = sim.nodes[0]
+        .faasd
+        .deploy("web", &probe_image("echo", &[]), &options);
+    assert_ne!(web.ip, shared, "the shared address is no function's");
+    // Every node routes the name on its shared address, in its namespace.
+    for (i, n) in sim.nodes.iter().enumerate() {
+        wait_until(
+            &format!("n{} routing web.test", i + 1),
+            Duration::from_secs(30),
+            || {
+                n.ns.run(move || get_host(shared, "web.test"))
+                    .is_ok_and(|a| a.contains("who=web"))
+            },
+            || sim.context(),
+        );
+    }
+    assert_eq!(
+        sim.etcd.get("/faasd/hosts/web.test").as_deref(),
+        Some(&b"web"[..]),
+        "the name is held in etcd"
+    );
+    // The shared address is announced by every node: a client behind the
+    // router reaches it.
+    wait_until(
+        "three paths to the shared address",
+        Duration::from_secs(20),
+        || sim.paths(shared) == 3,
+        || sim.context(),
+    );
+    let through = sim.client.run(move || get_host(shared, "web.test"));
+    assert!(
+        through.as_ref().is_ok_and(|a| a.contains("who=web")),
+        "{through:?}"
+    );
+    // The name is the cluster's: taking it through another node is refused.
+    let out = sim.nodes[1].faasd.faas(
+        &["deploy", "other", "--host", "web.test", "--warm", "0"],
+        Some(&image_bytes(&hello_image())),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("held by function web"),
+        "{err}"
+    );
+    // Removed through a third node, it routes nowhere, and the name is free.
+    sim.nodes[2].faasd.client().remove("web").expect("rm");
+    for (i, n) in sim.nodes.iter().enumerate() {
+        wait_until(
+            &format!("n{} answering 404 for web.test", i + 1),
+            Duration::from_secs(30),
+            || {
+                n.ns.run(move || get_host(shared, "web.test"))
+                    .is_ok_and(|a| a.starts_with("HTTP/1.1 404"))
+            },
+            || sim.context(),
+        );
+    }
+    assert_eq!(sim.etcd.get("/faasd/hosts/web.test"), None);
+}

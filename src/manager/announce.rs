@@ -75,8 +75,9 @@ impl Manager {
     }
 
     /// Takes charge of the shared listeners' pool addresses (`(ip, we
-    /// added it)`): announced with the functions' routes, withdrawn with
-    /// them, removed from `lo` at shutdown if we added them.
+    /// added it)`), before `restore` (which keeps them): announced with
+    /// the functions' routes, withdrawn with them, removed from `lo` at
+    /// shutdown if we added them.
     pub async fn announce_shared(&self, ips: Vec<(IpAddr, bool)>) {
         for (ip, _) in &ips {
             let Some(routes) = &self.routes else {
@@ -94,11 +95,16 @@ impl Manager {
                 Err(e) => tracing::warn!(%ip, error = %e, "announcing the shared address"),
             }
         }
-        let owned = ips.into_iter().filter(|(_, ours)| *ours).map(|(ip, _)| ip);
         self.shared_ips
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(owned);
+            .extend(ips);
+    }
+
+    /// The shared listeners' pool addresses.
+    pub(super) fn shared_addresses(&self) -> Vec<IpAddr> {
+        let shared = self.shared_ips.lock().unwrap_or_else(|p| p.into_inner());
+        shared.iter().map(|(ip, _)| *ip).collect()
     }
 
     /// Withdraws the route to `ip`, if announced.

@@ -109,8 +109,9 @@ pub struct Manager {
     /// Addresses announced (or about to be), and whether announcing is
     /// over (draining).
     announced: Arc<Mutex<Announced>>,
-    /// Shared listeners' addresses we put on `lo` (`announce_shared`).
-    shared_ips: Mutex<Vec<IpAddr>>,
+    /// Shared listeners' pool addresses, and whether we put them on `lo`
+    /// (`announce_shared`).
+    shared_ips: Mutex<Vec<(IpAddr, bool)>>,
     /// Pulls images by reference; its downloads go to `pulls`.
     puller: Arc<Puller>,
     pulls: PathBuf,
@@ -521,7 +522,14 @@ impl Manager {
             .filter(|(_, l)| l.owned_ip)
             .map(|(_, l)| l.ip)
             .collect();
-        owned.append(&mut self.shared_ips.lock().unwrap_or_else(|p| p.into_inner()));
+        let shared =
+            std::mem::take(&mut *self.shared_ips.lock().unwrap_or_else(|p| p.into_inner()));
+        owned.extend(
+            shared
+                .into_iter()
+                .filter(|(_, ours)| *ours)
+                .map(|(ip, _)| ip),
+        );
         for ip in owned {
             if let Err(e) = self.net.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "removing address");

@@ -27,7 +27,8 @@ impl Manager {
         }
         let mut registry = self.registry.lock().await;
         self.assign_id_ranges(&mut registry).await?;
-        let wanted: HashSet<IpAddr> = registry.list().map(|r| r.ip).collect();
+        let mut wanted: HashSet<IpAddr> = registry.list().map(|r| r.ip).collect();
+        wanted.extend(self.shared_addresses());
         // Only our own pool: another faasd on this host (another state
         // directory, another pool) tags its addresses the same way.
         for addr in self.net.list().await? {
@@ -40,8 +41,9 @@ impl Manager {
         if let Some(routes) = &self.routes {
             // Routes a crashed run left: only the restart's own
             // announcements (below, once each function is ready) come back.
+            let shared = self.shared_addresses();
             for ip in routes.list().await? {
-                if self.pool.contains(ip) {
+                if self.pool.contains(ip) && !shared.contains(&ip) {
                     tracing::info!(%ip, table = routes.table(), "withdrawing a stale route");
                     routes.withdraw(ip).await?;
                 }
