@@ -12,6 +12,8 @@
  *   with BURST, only after every BURST requests (back-to-back bursts).
  * Prints one JSON object: n, mode, p50_us, p90_us, p99_us, max_us, mean_us,
  * errors (requests without a 200 answer).
+ * LAT_HOST (environment) is the request's Host (default x): a function
+ * behind a shared listener is named by it.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -52,8 +54,10 @@ static long content_length(const char *head, size_t len) {
 }
 
 /* One request; returns 0 on a 200 answer, -1 otherwise. */
+static char req[512];
+static size_t req_len;
+
 static int once(const struct sockaddr_in *addr, int to_eof) {
-    static const char req[] = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     char buf[65536];
     size_t have = 0;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -62,7 +66,7 @@ static int once(const struct sockaddr_in *addr, int to_eof) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) < 0 ||
-        write(fd, req, sizeof req - 1) != (ssize_t)(sizeof req - 1)) {
+        write(fd, req, req_len) != (ssize_t)req_len) {
         close(fd);
         return -1;
     }
@@ -105,6 +109,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "latency: N must be positive and MODE eof or cl\n");
         return 2;
     }
+    const char *host = getenv("LAT_HOST");
+    int w = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                     host && *host ? host : "x");
+    if (w <= 0 || (size_t)w >= sizeof req) {
+        fprintf(stderr, "latency: LAT_HOST is too long\n");
+        return 2;
+    }
+    req_len = (size_t)w;
     long gap_us = argc > 5 ? atol(argv[5]) : 0;
     int burst = argc > 6 ? atoi(argv[6]) : 1;
     if (burst <= 0)

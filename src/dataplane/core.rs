@@ -45,7 +45,7 @@ const RECHECK: Duration = Duration::from_millis(20);
 const RING_ENTRIES: u32 = 256;
 /// The most connections taken from the queue behind one accept: a
 /// handler's largest batch minus the one accepted.
-const MAX_TAKEN: usize = crate::runtime::fdpass::MAX_BATCH - 1;
+pub(super) const MAX_TAKEN: usize = crate::runtime::fdpass::MAX_BATCH - 1;
 
 /// Thread body: builds the ring, reports whether that worked, serves commands.
 pub(super) fn run(
@@ -263,10 +263,10 @@ pub(super) fn dispatch(
     served: &Arc<Served>,
     ctx: &Arc<Ctx>,
 ) {
-    let func = served.func.load_full();
     let first = match rawfd::uring_stream(&stream).try_clone_to_owned() {
-        Ok(fd) => Foreign::new(std::net::TcpStream::from(fd)),
+        Ok(fd) => std::net::TcpStream::from(fd),
         Err(e) => {
+            let func = served.func.load();
             tracing::debug!(function = %func.name, error = %e, "keeping a connection");
             func.ledger.accepted();
             func.ledger.failed(Outcome::HandlerError);
@@ -274,24 +274,37 @@ pub(super) fn dispatch(
         }
     };
     drop(stream);
-    if more.is_empty() {
+    let mut conns = Vec::with_capacity(1 + more.len());
+    conns.push(first);
+    conns.extend(more);
+    deliver(conns, accepted, served, ctx);
+}
+
+/// Hands `conns` (accepted together at `accepted`) to `served`'s
+/// function: one `deliver`, or several connections in one offer.
+pub(super) fn deliver(
+    conns: Vec<std::net::TcpStream>,
+    accepted: Instant,
+    served: &Arc<Served>,
+    ctx: &Ctx,
+) {
+    let func = served.func.load_full();
+    let conns: Vec<_> = conns.into_iter().map(Foreign::new).collect();
+    if let [one] = conns.as_slice() {
         func.ledger.accepted();
         let lease: Lease = Box::new(Inflight::new(served));
-        handoff::deliver(&ctx.rt, &func, first.as_fd(), accepted, lease);
+        handoff::deliver(&ctx.rt, &func, one.as_fd(), accepted, lease);
         return;
     }
-    let more: Vec<_> = more.into_iter().map(Foreign::new).collect();
-    let conns: Vec<_> = std::iter::once(first.as_fd())
-        .chain(more.iter().map(|c| c.as_fd()))
-        .collect();
-    let leases = conns
+    let fds: Vec<_> = conns.iter().map(|c| c.as_fd()).collect();
+    let leases = fds
         .iter()
         .map(|_| {
             func.ledger.accepted();
             Box::new(Inflight::new(served)) as Lease
         })
         .collect();
-    handoff::deliver_many(&ctx.rt, &func, &conns, accepted, leases);
+    handoff::deliver_many(&ctx.rt, &func, &fds, accepted, leases);
 }
 
 /// Answers 503: the connection waited past the queue deadline.

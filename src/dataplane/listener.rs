@@ -25,11 +25,11 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<
     bind_with(addr, reuse_port, defer.then_some(DEFER_ACCEPT_SECS))
 }
 
-/// A shared listener (`--shared-listen`) on one core: SO_REUSEPORT, and
-/// deferred for `SHARED_DEFER_SECS`, so the first peek finds the request
-/// (or hello) already there.
+/// A shared listener (`--shared-listen`), deferred for
+/// `SHARED_DEFER_SECS`, so the first peek finds the request (or hello)
+/// already there.
 pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_with(addr, true, Some(SHARED_DEFER_SECS))
+    bind_with(addr, false, Some(SHARED_DEFER_SECS))
 }
 
 /// How long a shared listener's kernel keeps a silent connection before

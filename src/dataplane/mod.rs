@@ -9,6 +9,10 @@
 //! listeners; when functions go, one listener moves from the fullest core
 //! to the emptiest if they differ by more than one. An `all_cores`
 //! function gets one SO_REUSEPORT listener on every core instead.
+//!
+//! Shared listeners (`--shared-listen`, `shared`) take each one core in
+//! turn; they route by host name through `routes`, rebuilt whenever the
+//! functions served change.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -212,17 +216,19 @@ impl Dataplane {
         Ok(plane)
     }
 
-    /// A shared listener on `addr` on every core (SO_REUSEPORT), holding a
-    /// connection back until its first bytes are there.
+    /// A shared listener on `addr`, on one core (the next in turn), holding
+    /// a connection back until its first bytes are there. One core, as a
+    /// function's own listener: measured on 2 cores, a listener on every
+    /// core took CPU the handlers and clients needed (0.86 of the own
+    /// address's throughput against 0.96; docs/performance.md).
     fn listen_shared(&mut self, addr: SocketAddr) -> Result<(), DataplaneError> {
         let bind_err = |source| DataplaneError::Listen { addr, source };
-        for core in 0..self.cores.len() {
-            let listener = listener::bind_shared(addr).map_err(bind_err)?;
-            let copy = listener.try_clone().map_err(bind_err)?;
-            self.send(core, Command::Shared { listener: copy });
-            self.shared.push(listener);
-        }
-        tracing::info!(%addr, "shared listener: routing by HTTP Host and TLS server name");
+        let core = self.shared.len() % self.cores.len();
+        let listener = listener::bind_shared(addr).map_err(bind_err)?;
+        let copy = listener.try_clone().map_err(bind_err)?;
+        self.send(core, Command::Shared { listener: copy });
+        self.shared.push(listener);
+        tracing::info!(%addr, core, "shared listener: routing by HTTP Host and TLS server name");
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! with `MSG_PEEK`, so the function receives the very socket, every byte
 //! of it still unread, as on its own address.
 //!
-//! On a core: accept (TCP_DEFER_ACCEPT: the kernel hands over a
+//! On the listener's core: accept (TCP_DEFER_ACCEPT: the kernel hands over a
 //! connection once its first bytes are there), one non-blocking peek, and
 //! when that decides and the function has room, the same hand-over as on
 //! the function's own address. Everything else (a head still arriving, a
@@ -18,17 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::net::TcpListener;
 
 use super::listener::SHARED_DEFER_SECS;
 use super::routes::Routes;
 use super::sniff::{self, Protocol, Sniffed, PEEK_MAX};
-use super::{Ctx, Inflight, Served};
+use super::{Ctx, Served};
 use crate::api::name::FunctionName;
 use crate::metrics::Outcome;
-use crate::runtime::handoff;
 use crate::runtime::respond::{self, Status};
-use crate::runtime::Lease;
 use crate::sys::closer::Foreign;
 use crate::sys::rawfd;
 
@@ -85,15 +83,26 @@ impl Unrouted {
     }
 }
 
-/// Accepts on one shared listener (one per core, SO_REUSEPORT) until it
-/// is shut down.
+/// Accepts on one shared listener until it is shut down; behind each accept it takes what else waits, so a burst
+/// reaches each function's handlers in few offers, as on its own address.
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, accepts: metrics::Counter) {
     let mut peeked = vec![0u8; PEEK_MAX];
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                accepts.increment(1);
-                route_now(stream, Instant::now(), &ctx, &mut peeked);
+                let accepted = Instant::now();
+                let first = rawfd::uring_stream(&stream).try_clone_to_owned();
+                drop(stream);
+                let Ok(first) = first else {
+                    continue;
+                };
+                let mut conns = vec![std::net::TcpStream::from(first)];
+                conns.extend(super::listener::accept_queued(
+                    rawfd::uring_listener(&listener),
+                    super::core::MAX_TAKEN,
+                ));
+                accepts.increment(conns.len() as u64);
+                route_now(conns, accepted, &ctx, &mut peeked);
             }
             Err(e) => {
                 if !super::core::accept_failed(&e).await {
@@ -104,41 +113,51 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, accepts: m
     }
 }
 
-/// The fast path: what is there already decides, and the function has
-/// room; anything else goes to `route_later`.
-fn route_now(stream: TcpStream, accepted: Instant, ctx: &Arc<Ctx>, buf: &mut [u8]) {
-    let fd = rawfd::uring_stream(&stream);
-    let seen = rawfd::peek(fd, buf).unwrap_or(0);
-    // Accepted without data, it was held back by the kernel for the
-    // listener's deferral: that time counts against the header timeout.
-    let connected = if seen == 0 {
-        accepted
-            .checked_sub(Duration::from_secs(u64::from(SHARED_DEFER_SECS)))
-            .unwrap_or(accepted)
-    } else {
-        accepted
-    };
-    if seen > 0 {
-        if let (_, Sniffed::Name(name)) = sniff::sniff(&buf[..seen]) {
-            let routes = ctx.shared.routes.load();
-            if let Some(served) = routes.lookup(&name) {
-                if served.inflight() < served.func.load().options.concurrency {
-                    super::core::dispatch(stream, Vec::new(), accepted, served, ctx);
-                    return;
+/// The fast path: each connection whose first bytes already decide, for
+/// a function with room, is handed over here (grouped by function); any
+/// other goes on in `route_later`.
+fn route_now(conns: Vec<std::net::TcpStream>, accepted: Instant, ctx: &Arc<Ctx>, buf: &mut [u8]) {
+    let routes = ctx.shared.routes.load();
+    let mut batches: Vec<(&Arc<Served>, Vec<std::net::TcpStream>)> = Vec::new();
+    for conn in conns {
+        let seen = rawfd::peek(conn.as_fd(), buf).unwrap_or(0);
+        let served = match sniff::sniff(&buf[..seen]) {
+            (_, Sniffed::Name(name)) if seen > 0 => routes.lookup(&name),
+            _ => None,
+        };
+        if let Some(served) = served {
+            let i = match batches.iter().position(|(s, _)| Arc::ptr_eq(s, served)) {
+                Some(i) => i,
+                None => {
+                    batches.push((served, Vec::new()));
+                    batches.len() - 1
                 }
+            };
+            let batch = &mut batches[i].1;
+            let limit = served.func.load().options.concurrency;
+            let taken = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            if served.inflight().saturating_add(taken) < limit {
+                batch.push(conn);
+                continue;
             }
         }
+        // Accepted without data, it was held back by the kernel for the
+        // listener's deferral: that time counts against the header timeout.
+        let connected = if seen == 0 {
+            accepted
+                .checked_sub(Duration::from_secs(u64::from(SHARED_DEFER_SECS)))
+                .unwrap_or(accepted)
+        } else {
+            accepted
+        };
+        ctx.control
+            .spawn(route_later(conn, connected, accepted, Arc::clone(ctx)));
     }
-    let Ok(copy) = fd.try_clone_to_owned() else {
-        return;
-    };
-    drop(stream);
-    ctx.control.spawn(route_later(
-        std::net::TcpStream::from(copy),
-        connected,
-        accepted,
-        Arc::clone(ctx),
-    ));
+    for (served, conns) in batches {
+        if !conns.is_empty() {
+            super::core::deliver(conns, accepted, served, ctx);
+        }
+    }
 }
 
 /// The slow path, on the control runtime: waits for the head until the
@@ -206,9 +225,9 @@ async fn route_later(
         return;
     };
     if wait_for_room(served, ctx.queue_timeout).await {
-        deliver(conn, accepted, served, &ctx);
+        super::core::deliver(vec![conn], accepted, served, &ctx);
     } else {
-        reject(conn, served).await;
+        reject(Foreign::new(conn), served).await;
     }
 }
 
@@ -221,11 +240,11 @@ fn watch_head(conn: std::net::TcpStream) -> std::io::Result<tokio::net::TcpStrea
 }
 
 /// The connection as a handler gets it: blocking, peeks from the start.
-fn handler_ready(conn: tokio::net::TcpStream) -> Option<Foreign<std::net::TcpStream>> {
+fn handler_ready(conn: tokio::net::TcpStream) -> Option<std::net::TcpStream> {
     let conn = conn.into_std().ok()?;
     rawfd::set_peek_offset(&conn, -1).ok()?;
     conn.set_nonblocking(false).ok()?;
-    Some(Foreign::new(conn))
+    Some(conn)
 }
 
 /// Waits while `served` is at its concurrency limit, up to the queue
@@ -247,14 +266,6 @@ async fn wait_for_room(served: &Arc<Served>, queue_timeout: Duration) -> bool {
             _ = tokio::time::sleep(RECHECK) => {}
         }
     }
-}
-
-/// Hands a routed connection over, as the function's own listener would.
-fn deliver(conn: Foreign<std::net::TcpStream>, accepted: Instant, served: &Arc<Served>, ctx: &Ctx) {
-    let func = served.func.load_full();
-    func.ledger.accepted();
-    let lease: Lease = Box::new(Inflight::new(served));
-    handoff::deliver(&ctx.rt, &func, conn.as_fd(), accepted, lease);
 }
 
 /// 503: the function stayed at its limit past the queue deadline.
