@@ -270,6 +270,58 @@ fn a_name_is_held_by_one_function_and_every_kind_is_routed_or_refused() {
     d.deploy("stdio", &probe_image("stdio", &[]), &stdio);
     let (status, body) = curl_host(addr, "stdio.test", "/");
     assert_eq!((status, body.as_str()), (200, "probe ok\n"));
+    // Debian's nginx, stock config, reused: relayed its routed
+    // connections instead of being handed the listener.
+    let nginx = DeployOptions {
+        warm: 1,
+        reuse: true,
+        kind: HandlerKind::ContainerPort(80),
+        hosts: hosts(&["nginx.test"]),
+        ..Default::default()
+    };
+    d.deploy("nginx", &common::stock::nginx(), &nginx);
+    for _ in 0..3 {
+        let (status, body) = curl_host(addr, "nginx.test", "/");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("Welcome to nginx"), "{body}");
+    }
+}
+
+#[test]
+fn concurrency_and_the_queue_deadline_hold_behind_a_shared_listener() {
+    let (d, addr) = shared_daemon(&["--queue-timeout", "1"]);
+    let options = DeployOptions {
+        warm: 2,
+        concurrency: 1,
+        hosts: hosts(&["slow.test"]),
+        env: [("PROBE_SLEEP_MS".to_string(), "2000".to_string())].into(),
+        ..Default::default()
+    };
+    d.deploy("slow", &probe_image("slow", &[]), &options);
+    // One takes the only slot for 2 s; the others wait for it, and are
+    // told 503 once they have waited the queue's second.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 100 }));
+            std::thread::spawn(move || (curl_host(addr, "slow.test", "/"), started.elapsed()))
+        })
+        .collect();
+    let mut answers: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    answers.sort_by_key(|((status, _), _)| *status);
+    let statuses: Vec<u16> = answers.iter().map(|((s, _), _)| *s).collect();
+    assert_eq!(statuses, [200, 503, 503], "{answers:?}");
+    for ((_, body), took) in &answers[1..] {
+        assert!(body.contains("concurrency limit"), "{body}");
+        assert!(
+            *took < Duration::from_millis(1900),
+            "refused after {took:?}, before the slot freed"
+        );
+    }
+    assert!(answers[0].1 >= Duration::from_secs(2), "{answers:?}");
 }
 
 /// Python's http.server on `port` terminating TLS with the certificate
