@@ -2,7 +2,7 @@
 //! (tokio-uring, current-thread; its types are `!Send`, hence one per
 //! core). It owns the accept loops of the listeners sharded to it, takes
 //! commands from the control side over a channel, and hands each accepted
-//! connection to the runtime (`dispatch`: the hot path is
+//! connection to the runtime (`handover::dispatch`: the hot path is
 //! `handoff::deliver`, one `sendmsg` to a waiting container, which also
 //! decides a cold start for a connection none can take).
 //!
@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,27 +25,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::{Command, Ctx, Inflight, Served};
+use super::handover::{accept_failed, dispatch, MAX_TAKEN};
+use super::{Command, Ctx, Served};
 use crate::metrics::Outcome;
-use crate::runtime::handoff;
 use crate::runtime::respond::{self, Status};
-use crate::runtime::Lease;
 use crate::sys::closer::Foreign;
 use crate::sys::rawfd;
 use crate::sys::timer::sleep_until_opt;
 
-/// Pause after EMFILE/ENFILE so a descriptor shortage does not spin.
-const FD_BACKOFF: Duration = Duration::from_millis(100);
-/// Pause after an accept found the listener non-blocking (see
-/// `accept_failed`).
-const NONBLOCK_BACKOFF: Duration = Duration::from_millis(1);
 /// Re-check the limit at least this often (a wake-up may slip past us).
 const RECHECK: Duration = Duration::from_millis(20);
 const RING_ENTRIES: u32 = 256;
-/// The most connections taken from the queue behind one accept: a
-/// handler's largest batch minus the one accepted.
-pub(super) const MAX_TAKEN: usize = crate::runtime::fdpass::MAX_BATCH - 1;
-
 /// Thread body: builds the ring, reports whether that worked, serves commands.
 pub(super) fn run(
     index: usize,
@@ -251,62 +240,6 @@ fn take_queued(listener: &TcpListener, served: &Served, limit: u32) -> Vec<std::
     super::listener::accept_queued(rawfd::uring_listener(listener), room)
 }
 
-/// Serves a connection accepted at `accepted`, and `more` taken from the
-/// queue behind it. Once handed over, a container may shape these sockets
-/// (a linger, data its client never takes), so our copies are closed by
-/// the closer, never here: the ring's stream closes its descriptor in
-/// place when dropped, so it goes at once, a copy standing in for it.
-pub(super) fn dispatch(
-    stream: TcpStream,
-    more: Vec<std::net::TcpStream>,
-    accepted: Instant,
-    served: &Arc<Served>,
-    ctx: &Arc<Ctx>,
-) {
-    let first = match rawfd::uring_stream(&stream).try_clone_to_owned() {
-        Ok(fd) => std::net::TcpStream::from(fd),
-        Err(e) => {
-            let func = served.func.load();
-            tracing::debug!(function = %func.name, error = %e, "keeping a connection");
-            func.ledger.accepted();
-            func.ledger.failed(Outcome::HandlerError);
-            return;
-        }
-    };
-    drop(stream);
-    let mut conns = Vec::with_capacity(1 + more.len());
-    conns.push(first);
-    conns.extend(more);
-    deliver(conns, accepted, served, ctx);
-}
-
-/// Hands `conns` (accepted together at `accepted`) to `served`'s
-/// function: one `deliver`, or several connections in one offer.
-pub(super) fn deliver(
-    conns: Vec<std::net::TcpStream>,
-    accepted: Instant,
-    served: &Arc<Served>,
-    ctx: &Ctx,
-) {
-    let func = served.func.load_full();
-    let conns: Vec<_> = conns.into_iter().map(Foreign::new).collect();
-    if let [one] = conns.as_slice() {
-        func.ledger.accepted();
-        let lease: Lease = Box::new(Inflight::new(served));
-        handoff::deliver(&ctx.rt, &func, one.as_fd(), accepted, lease);
-        return;
-    }
-    let fds: Vec<_> = conns.iter().map(|c| c.as_fd()).collect();
-    let leases = fds
-        .iter()
-        .map(|_| {
-            func.ledger.accepted();
-            Box::new(Inflight::new(served)) as Lease
-        })
-        .collect();
-    handoff::deliver_many(&ctx.rt, &func, &fds, accepted, leases);
-}
-
 /// Answers 503: the connection waited past the queue deadline.
 fn reject(stream: TcpStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
     let func = served.func.load();
@@ -320,29 +253,6 @@ fn reject(stream: TcpStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
         Status::ServiceUnavailable,
         "function is at its concurrency limit; try again",
     ));
-}
-
-/// Handles an accept error; false when the listener is finished.
-pub(super) async fn accept_failed(e: &std::io::Error) -> bool {
-    match e.raw_os_error() {
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-            tracing::warn!(error = %e, "accept: out of resources");
-            tokio::time::sleep(FD_BACKOFF).await;
-            true
-        }
-        Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => true,
-        // The listener was non-blocking at the moment: the other core
-        // taking its queue while it moves between cores, or (logged by
-        // `accept_queued`) left so. Again, shortly, without spinning.
-        Some(libc::EAGAIN) => {
-            tokio::time::sleep(NONBLOCK_BACKOFF).await;
-            true
-        }
-        _ => {
-            tracing::debug!(error = %e, "accept: listener closed");
-            false
-        }
-    }
 }
 
 async fn poll_opt(

@@ -29,6 +29,7 @@ use crate::api::name::FunctionName;
 use crate::runtime::{Function, Runtime};
 
 pub mod core;
+mod handover;
 pub mod listener;
 pub mod routes;
 pub mod shared;

@@ -99,13 +99,13 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, accepts: m
                 let mut conns = vec![std::net::TcpStream::from(first)];
                 conns.extend(super::listener::accept_queued(
                     rawfd::uring_listener(&listener),
-                    super::core::MAX_TAKEN,
+                    super::handover::MAX_TAKEN,
                 ));
                 accepts.increment(conns.len() as u64);
                 route_now(conns, accepted, &ctx, &mut peeked);
             }
             Err(e) => {
-                if !super::core::accept_failed(&e).await {
+                if !super::handover::accept_failed(&e).await {
                     return;
                 }
             }
@@ -155,7 +155,7 @@ fn route_now(conns: Vec<std::net::TcpStream>, accepted: Instant, ctx: &Arc<Ctx>,
     }
     for (served, conns) in batches {
         if !conns.is_empty() {
-            super::core::deliver(conns, accepted, served, ctx);
+            super::handover::deliver(conns, accepted, served, ctx);
         }
     }
 }
@@ -225,7 +225,7 @@ async fn route_later(
         return;
     };
     if wait_for_room(served, ctx.queue_timeout).await {
-        super::core::deliver(vec![conn], accepted, served, &ctx);
+        super::handover::deliver(vec![conn], accepted, served, &ctx);
     } else {
         reject(Foreign::new(conn), served).await;
     }
