@@ -632,3 +632,21 @@ fn a_thousand_names_on_one_listener() {
     }
     assert_eq!(curl_host(addr, &format!("h{per}.f0.test"), "/").0, 404);
 }
+
+#[test]
+fn a_wildcard_shared_address_shares_the_functions_port() {
+    // Functions on their own addresses at port P, the shared listener on
+    // 0.0.0.0:P: each address's connections still reach its function.
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let port_flag = port.to_string();
+    let d = Daemon::start_with(&["--shared-listen", &listen, "--port", &port_flag]);
+    let own = echo(&d, "own", &["own.test"], 1);
+    let (status, body) = http_get(&format!("{}:{port}", own.ip), "/").expect("own address");
+    assert_eq!((status, kv(&body)["who"].as_str()), (200, "own"));
+    let shared = SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = curl_host(shared, "own.test", "/");
+    assert_eq!((status, kv(&body)["who"].as_str()), (200, "own"), "{body}");
+    let (status, _) = curl_host(shared, "nobody.test", "/");
+    assert_eq!(status, 404);
+}

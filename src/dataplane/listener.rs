@@ -27,9 +27,10 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> std::io::Result<
 
 /// A shared listener (`--shared-listen`), deferred for
 /// `SHARED_DEFER_SECS`, so the first peek finds the request (or hello)
-/// already there.
+/// already there; SO_REUSEPORT, so that on a wildcard address it can
+/// share its port with the functions' own listeners.
 pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_with(addr, false, Some(SHARED_DEFER_SECS))
+    bind_with(addr, true, Some(SHARED_DEFER_SECS))
 }
 
 /// How long a shared listener's kernel keeps a silent connection before

@@ -165,9 +165,14 @@ pub struct Dataplane {
     port: u16,
     entries: Mutex<HashMap<FunctionName, Entry>>,
     ctx: Arc<Ctx>,
-    /// Our copies of the shared listeners (one per core and address).
+    /// Our copies of the shared listeners (one per address).
     shared: Vec<TcpListener>,
     default_host: Option<FunctionName>,
+    /// Function listeners take SO_REUSEPORT too: a shared listener on a
+    /// wildcard address has their port, and Linux lets a wildcard and a
+    /// specific listener share a port only if both ask (the specific one
+    /// still gets its address's connections).
+    beside_wildcard: bool,
 }
 
 impl Dataplane {
@@ -210,6 +215,10 @@ impl Dataplane {
             ctx,
             shared: Vec::new(),
             default_host: shared.default_host.clone(),
+            beside_wildcard: shared
+                .listen
+                .iter()
+                .any(|a| a.ip().is_unspecified() && a.port() == port),
         };
         for addr in &shared.listen {
             plane.listen_shared(*addr)?;
@@ -248,10 +257,13 @@ impl Dataplane {
         let names = funcs
             .iter()
             .flat_map(|(f, served)| f.options.hosts.iter().map(move |h| (h, Arc::clone(served))));
+        // A function whose servers accept on their own listener cannot be
+        // given a routed connection.
         let default = self
             .default_host
             .as_ref()
             .and_then(|name| entries.get(name))
+            .filter(|e| e.handed.is_none())
             .map(|e| Arc::clone(&e.served));
         self.ctx
             .shared
@@ -278,7 +290,8 @@ impl Dataplane {
         let bind_err = |source| DataplaneError::Listen { addr, source };
         let mut entries = self.lock();
         if how.handed {
-            let listener = listener::bind(addr, false, how.defer_accept).map_err(bind_err)?;
+            let listener =
+                listener::bind(addr, self.beside_wildcard, how.defer_accept).map_err(bind_err)?;
             let copy = OwnedFd::from(listener.try_clone().map_err(bind_err)?);
             entries.insert(
                 name.clone(),
@@ -300,8 +313,8 @@ impl Dataplane {
         };
         let mut listeners = Vec::with_capacity(cores.len());
         for core in cores {
-            let listener =
-                listener::bind(addr, how.all_cores, how.defer_accept).map_err(bind_err)?;
+            let reuse_port = how.all_cores || self.beside_wildcard;
+            let listener = listener::bind(addr, reuse_port, how.defer_accept).map_err(bind_err)?;
             let copy = listener.try_clone().map_err(bind_err)?;
             self.send(
                 core,
