@@ -106,6 +106,9 @@ pub fn check_secret_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The most `--host` names one function may have.
+pub const MAX_HOSTS: usize = 10_000;
+
 /// Settings of a function's version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -333,6 +336,12 @@ impl DeployOptions {
             return Err(format!(
                 "scratch size {} must be within 1M..=16G",
                 self.scratch
+            ));
+        }
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(format!(
+                "{} host names: at most {MAX_HOSTS} per function (a wildcard covers many)",
+                self.hosts.len()
             ));
         }
         for cap in self.cap_add.iter().chain(&self.cap_drop) {
