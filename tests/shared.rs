@@ -417,6 +417,38 @@ for h in (name, other):
     print(r.status, r.read().decode().replace("\n", " "))
 "#;
 
+/// A real ClientHello for an outer name no function holds, sent as it is
+/// or with an `encrypted_client_hello` extension added (the lengths
+/// fixed up); prints the first byte of what comes back: 22 a handshake
+/// record (a function answered), 21 an alert (faasd refused).
+const ECH_HELLO: &str = r#"
+import socket, ssl, struct, sys
+host, port, name, ech = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "ech"
+ctx = ssl.create_default_context()
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname=name)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+rec = bytearray(out.read())
+if ech:
+    extra = bytes([0xfe, 0x0d, 0, 4, 0, 1, 2, 3])
+    body = rec[9:]
+    at = 2 + 32
+    at += 1 + body[at]
+    at += 2 + struct.unpack(">H", body[at:at + 2])[0]
+    at += 1 + body[at]
+    ext_len = struct.unpack(">H", body[at:at + 2])[0]
+    body[at:at + 2] = struct.pack(">H", ext_len + len(extra))
+    body += extra
+    hs = bytes([1]) + struct.pack(">I", len(body))[1:] + bytes(body)
+    rec = bytes(rec[:3]) + struct.pack(">H", len(hs)) + hs
+s = socket.create_connection((host, port), timeout=20)
+s.sendall(rec)
+print(s.recv(1)[0])
+"#;
+
 #[test]
 fn tls_reaches_the_function_untouched_by_its_server_name() {
     if which("openssl").is_none() || which("curl").is_none() {
@@ -552,6 +584,13 @@ fn tls_reaches_the_function_untouched_by_its_server_name() {
         "{err}"
     );
     assert_eq!(metric(&d, "unknown_host"), before + 1.0);
+    // A hello offering ECH, whose outer name nobody holds, goes to the
+    // default host (a handshake record comes back); without ECH the same
+    // hello is refused with an alert.
+    let plain = python(ECH_HELLO, &[&ip, &port, "public.tls.test", "plain"]);
+    assert_eq!(plain.trim(), "21", "an alert");
+    let ech = python(ECH_HELLO, &[&ip, &port, "public.tls.test", "ech"]);
+    assert_eq!(ech.trim(), "22", "the default function's ServerHello");
 }
 
 #[test]

@@ -122,7 +122,7 @@ fn route_now(conns: Vec<std::net::TcpStream>, accepted: Instant, ctx: &Arc<Ctx>,
     for conn in conns {
         let seen = rawfd::peek(conn.as_fd(), buf).unwrap_or(0);
         let served = match sniff::sniff(&buf[..seen]) {
-            (_, Sniffed::Name(name)) if seen > 0 => routes.lookup(&name),
+            (_, Sniffed::Name(name) | Sniffed::Encrypted(Some(name))) => routes.lookup(&name),
             _ => None,
         };
         if let Some(served) = served {
@@ -208,6 +208,13 @@ async fn route_later(
         Sniffed::Nameless => (
             routes.default_route(),
             "the request names no host, and faasd has no --default-host".to_string(),
+        ),
+        Sniffed::Encrypted(outer) => (
+            outer
+                .as_deref()
+                .and_then(|name| routes.lookup(name))
+                .or_else(|| routes.default_route()),
+            "the hello's name is encrypted (ECH), and faasd has no --default-host".to_string(),
         ),
         Sniffed::Malformed(why) => {
             return refuse(conn, protocol, Unrouted::Malformed, why).await;

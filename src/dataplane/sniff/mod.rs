@@ -26,6 +26,11 @@ pub enum Sniffed {
     /// Complete, but naming no host: HTTP/1.0 without `Host`, an address
     /// literal, a ClientHello without `server_name`.
     Nameless,
+    /// A ClientHello with Encrypted Client Hello: the name it is for is
+    /// encrypted; this is the outer, public name (the client-facing
+    /// server's), if any. Routed by it if a function holds it, else to
+    /// the default host.
+    Encrypted(Option<String>),
     /// Not decided yet: more bytes are needed.
     More,
     /// Neither a request nor a ClientHello we can route: why.

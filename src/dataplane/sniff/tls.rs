@@ -7,6 +7,8 @@ use super::{named, Sniffed};
 pub(super) const HANDSHAKE: u8 = 22;
 const CLIENT_HELLO: u8 = 1;
 const SERVER_NAME: u16 = 0;
+/// `encrypted_client_hello` (RFC 9849).
+const ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
 const HOST_NAME: u8 = 0;
 /// A record's plaintext is 2^14 bytes at most.
 const MAX_RECORD: usize = 1 << 14;
@@ -75,17 +77,28 @@ fn parse(hello: &[u8]) -> Sniffed {
         }
         let extensions = usize::from(body.u16()?);
         let mut ext = Reader(&body.0[..body.0.len().min(extensions)]);
-        loop {
-            if ext.0.is_empty() && complete {
-                return Some(Sniffed::Nameless);
-            }
+        // Every extension is read: one offering ECH may follow the name.
+        let mut name = None;
+        let mut encrypted = false;
+        while !ext.0.is_empty() {
             let kind = ext.u16()?;
             let len = usize::from(ext.u16()?);
             let data = ext.take(len)?;
-            if kind == SERVER_NAME {
-                return Some(host_name(data));
+            match kind {
+                SERVER_NAME => name = Some(host_name(data)),
+                ENCRYPTED_CLIENT_HELLO => encrypted = true,
+                _ => {}
             }
         }
+        if !complete {
+            return None;
+        }
+        Some(match (name, encrypted) {
+            (Some(Sniffed::Name(outer)), true) => Sniffed::Encrypted(Some(outer)),
+            (Some(Sniffed::Nameless) | None, true) => Sniffed::Encrypted(None),
+            (Some(decided), _) => decided,
+            (None, false) => Sniffed::Nameless,
+        })
     })();
     match walked {
         Some(decided) => decided,
@@ -202,6 +215,34 @@ pub(super) mod tests {
                 "records of {size}"
             );
         }
+    }
+
+    #[test]
+    fn encrypted_hellos_say_so() {
+        let mut hello = client_hello(Some("public.example"), 0);
+        // Append an ECH extension after the name, fixing up the lengths.
+        let ech = [0xfe, 0x0d, 0, 4, 0, 1, 2, 3];
+        hello.extend_from_slice(&ech);
+        let grow = |at: usize, width: usize, by: usize, h: &mut Vec<u8>| {
+            let mut v = 0usize;
+            for i in 0..width {
+                v = v << 8 | usize::from(h[at + i]);
+            }
+            v += by;
+            for i in 0..width {
+                h[at + i] = (v >> (8 * (width - 1 - i))) as u8;
+            }
+        };
+        grow(3, 2, ech.len(), &mut hello);
+        grow(6, 3, ech.len(), &mut hello);
+        let ext_len_at = 5 + 4 + 2 + 32 + 1 + 4 + 2;
+        grow(ext_len_at, 2, ech.len(), &mut hello);
+        assert_eq!(
+            server_name(&hello),
+            Sniffed::Encrypted(Some("public.example".into()))
+        );
+        let cut = &hello[..hello.len() - 3];
+        assert_eq!(server_name(cut), Sniffed::More, "decided only once whole");
     }
 
     #[test]
