@@ -27,9 +27,6 @@ use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::handover::{accept_failed, dispatch, MAX_TAKEN};
 use super::{Command, Ctx, Served};
-use crate::metrics::Outcome;
-use crate::runtime::respond::{self, Status};
-use crate::sys::closer::Foreign;
 use crate::sys::rawfd;
 use crate::sys::timer::sleep_until_opt;
 
@@ -242,17 +239,10 @@ fn take_queued(listener: &TcpListener, served: &Served, limit: u32) -> Vec<std::
 
 /// Answers 503: the connection waited past the queue deadline.
 fn reject(stream: TcpStream, served: &Arc<Served>, ctx: &Arc<Ctx>) {
-    let func = served.func.load();
-    func.ledger.accepted();
-    func.ledger.failed(Outcome::Rejected);
     let Ok(client) = rawfd::uring_stream(&stream).try_clone_to_owned() else {
         return;
     };
-    ctx.control.spawn(respond::error_std(
-        Foreign::new(client),
-        Status::ServiceUnavailable,
-        "function is at its concurrency limit; try again",
-    ));
+    super::handover::reject(client.into(), served, ctx);
 }
 
 async fn poll_opt(

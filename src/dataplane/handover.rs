@@ -12,6 +12,7 @@ use tokio_uring::net::TcpStream;
 use super::{Ctx, Inflight, Served};
 use crate::metrics::Outcome;
 use crate::runtime::handoff;
+use crate::runtime::respond::{self, Status};
 use crate::runtime::Lease;
 use crate::sys::closer::Foreign;
 use crate::sys::rawfd;
@@ -48,29 +49,31 @@ pub(super) fn dispatch(
         }
     };
     drop(stream);
-    let mut conns = Vec::with_capacity(1 + more.len());
-    conns.push(first);
-    conns.extend(more);
-    deliver(conns, accepted, served, ctx);
+    deliver(first, more, accepted, served, ctx);
 }
 
-/// Hands `conns` (accepted together at `accepted`) to `served`'s
-/// function: one `deliver`, or several connections in one offer.
+/// Hands `first` and `more` (accepted together at `accepted`) to
+/// `served`'s function: one `deliver`, or several connections in one
+/// offer. The single connection, the common case, allocates nothing.
 pub(super) fn deliver(
-    conns: Vec<std::net::TcpStream>,
+    first: std::net::TcpStream,
+    more: Vec<std::net::TcpStream>,
     accepted: Instant,
     served: &Arc<Served>,
     ctx: &Ctx,
 ) {
     let func = served.func.load_full();
-    let conns: Vec<_> = conns.into_iter().map(Foreign::new).collect();
-    if let [one] = conns.as_slice() {
+    let first = Foreign::new(first);
+    if more.is_empty() {
         func.ledger.accepted();
         let lease: Lease = Box::new(Inflight::new(served));
-        handoff::deliver(&ctx.rt, &func, one.as_fd(), accepted, lease);
+        handoff::deliver(&ctx.rt, &func, first.as_fd(), accepted, lease);
         return;
     }
-    let fds: Vec<_> = conns.iter().map(|c| c.as_fd()).collect();
+    let more: Vec<_> = more.into_iter().map(Foreign::new).collect();
+    let fds: Vec<_> = std::iter::once(first.as_fd())
+        .chain(more.iter().map(|c| c.as_fd()))
+        .collect();
     let leases = fds
         .iter()
         .map(|_| {
@@ -79,6 +82,19 @@ pub(super) fn deliver(
         })
         .collect();
     handoff::deliver_many(&ctx.rt, &func, &fds, accepted, leases);
+}
+
+/// Answers 503 (on the control runtime): the connection waited past the
+/// queue deadline for a function at its concurrency limit.
+pub(super) fn reject(conn: std::net::TcpStream, served: &Arc<Served>, ctx: &Ctx) {
+    let func = served.func.load();
+    func.ledger.accepted();
+    func.ledger.failed(Outcome::Rejected);
+    ctx.control.spawn(respond::error_std(
+        Foreign::new(conn),
+        Status::ServiceUnavailable,
+        "function is at its concurrency limit; try again",
+    ));
 }
 
 /// Handles an accept error; false when the listener is finished.

@@ -25,9 +25,7 @@ use super::routes::Routes;
 use super::sniff::{self, Protocol, Sniffed, PEEK_MAX};
 use super::{Ctx, Served};
 use crate::api::name::FunctionName;
-use crate::metrics::Outcome;
 use crate::runtime::respond::{self, Status};
-use crate::sys::closer::Foreign;
 use crate::sys::rawfd;
 
 /// Re-check a function's limit at least this often while a routed
@@ -154,8 +152,9 @@ fn route_now(conns: Vec<std::net::TcpStream>, accepted: Instant, ctx: &Arc<Ctx>,
             .spawn(route_later(conn, connected, accepted, Arc::clone(ctx)));
     }
     for (served, conns) in batches {
-        if !conns.is_empty() {
-            super::handover::deliver(conns, accepted, served, ctx);
+        let mut conns = conns.into_iter();
+        if let Some(first) = conns.next() {
+            super::handover::deliver(first, conns.collect(), accepted, served, ctx);
         }
     }
 }
@@ -232,9 +231,9 @@ async fn route_later(
         return;
     };
     if wait_for_room(served, ctx.queue_timeout).await {
-        super::handover::deliver(vec![conn], accepted, served, &ctx);
+        super::handover::deliver(conn, Vec::new(), accepted, served, &ctx);
     } else {
-        reject(Foreign::new(conn), served).await;
+        super::handover::reject(conn, served, &ctx);
     }
 }
 
@@ -275,24 +274,10 @@ async fn wait_for_room(served: &Arc<Served>, queue_timeout: Duration) -> bool {
     }
 }
 
-/// 503: the function stayed at its limit past the queue deadline.
-async fn reject(conn: Foreign<std::net::TcpStream>, served: &Arc<Served>) {
-    let func = served.func.load();
-    func.ledger.accepted();
-    func.ledger.failed(Outcome::Rejected);
-    respond::error_std(
-        conn,
-        Status::ServiceUnavailable,
-        "function is at its concurrency limit; try again",
-    )
-    .await;
-}
-
 /// Answers a connection no function takes: an HTTP error, or a TLS alert.
 async fn refuse(conn: tokio::net::TcpStream, protocol: Protocol, reason: Unrouted, why: &str) {
     count(reason);
     tracing::debug!(reason = reason.label(), why, "shared listener: not routed");
-    let _ = rawfd::set_peek_offset(&conn, -1);
     match protocol {
         Protocol::Http => {
             let status = match reason {
