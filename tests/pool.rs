@@ -511,17 +511,22 @@ fn a_pool_follows_bursts_up_to_warm_max_and_shrinks_back_after_pool_idle() {
 
 #[test]
 fn pool_memory_bounds_all_pools_and_the_idle_one_shrinks_first() {
-    // What one waiting probe container takes here.
+    // What a waiting probe container takes here, as a pool of four
+    // measures it (an average).
     let each = {
         let d = Daemon::start();
-        d.deploy("m", &hello_image(), &warm(1));
+        d.deploy("m", &hello_image(), &warm(4));
         let info = d.wait_for("m", Duration::from_secs(20), "measured", |i| {
-            i.pool.as_ref().is_some_and(|p| p.memory_each > 0)
+            i.stats.warm_ready == 4 && i.pool.as_ref().is_some_and(|p| p.memory_each > 0)
         });
         info.pool.expect("pool").memory_each
     };
-    // Room for five: the busy function's four, and one.
-    let budget = each * 5 + each / 2;
+    // Room for four and a half: not for both pools of four, so one must
+    // shrink. The measure moves from daemon to daemon (by a third here
+    // with other tests starting containers alongside): with up to 1.8
+    // times less per container below, the idle pool still must shrink;
+    // with more, the busy one gets what fits and the idle one less.
+    let budget = each * 9 / 2;
     let d = Daemon::start_with(&["--pool-memory", &budget.to_string()]);
     d.deploy("idle", &hello_image(), &warm(4));
     d.wait_for("idle", Duration::from_secs(20), "pool of 4", |i| {
@@ -538,29 +543,49 @@ fn pool_memory_bounds_all_pools_and_the_idle_one_shrinks_first() {
             }
         })
     };
-    let idle = d.wait_for(
-        "idle",
-        Duration::from_secs(30),
-        "the idle pool shrunk",
-        |i| i.pool.as_ref().is_some_and(|p| p.target < 4) && i.stats.warm_ready < 4,
-    );
-    let busy = d.wait_for("busy", Duration::from_secs(30), "the busy pool full", |i| {
-        i.pool.as_ref().is_some_and(|p| p.target == 4)
-    });
+    // One `list` at a time, until a share has been computed on the pools'
+    // current measures. A pool measures every container it parks and its
+    // average moves with each (here by half between two shares under the
+    // busy one's churn), so a snapshot taken just after new measures may
+    // not add up yet; a broken bound never does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let (idle, busy) = loop {
+        let list = d.client().list().expect("list");
+        let pool = |name: &str| {
+            list.iter()
+                .find(|f| f.name == name)
+                .and_then(|f| f.pool.clone())
+                .expect("pool")
+        };
+        let (idle, busy) = (pool("idle"), pool("busy"));
+        let fits = |p: &faasd::api::PoolInfo| (budget / p.memory_each.max(1)).min(4);
+        let held =
+            u64::from(idle.target) * idle.memory_each + u64::from(busy.target) * busy.memory_each;
+        // The busy one first: all it wants while it fits, the idle one
+        // shrunk to what is left (one container of slack: the last share
+        // may predate the newest measure).
+        if u64::from(busy.target) == fits(&busy)
+            && idle.target < 4
+            && idle.why.contains("--pool-memory allows")
+            && held <= budget + idle.memory_each.max(busy.memory_each)
+        {
+            break (idle, busy);
+        }
+        if seen.len() == 8 {
+            seen.remove(0);
+        }
+        seen.push(format!("{idle:?} {busy:?}"));
+        assert!(
+            Instant::now() < deadline,
+            "budget {budget}, never within it with the busy pool first (the last 8):\n{}",
+            seen.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     traffic.join().expect("traffic");
-    let (idle, busy) = (idle.pool.expect("pool"), busy.pool.expect("pool"));
     eprintln!("budget {budget}: idle {idle:?}, busy {busy:?}");
-    assert!(idle.why.contains("--pool-memory allows"), "{idle:?}");
-    // Within the bound, as the pools measure their containers (an
-    // average that moves with each new one: one container of slack).
-    let held =
-        u64::from(idle.target) * idle.memory_each + u64::from(busy.target) * busy.memory_each;
-    let slack = idle.memory_each.max(busy.memory_each);
-    assert!(
-        held <= budget + slack,
-        "{held} > {budget}: {idle:?} {busy:?}"
-    );
     // The idle one still answers (from what is left, or cold).
     let (status, _) = call(d.client().inspect("idle").expect("inspect").ip).expect("call");
     assert_eq!(status, 200);
