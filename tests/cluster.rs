@@ -1,7 +1,5 @@
-//! Many nodes, one registry in etcd, as `docs/network.md` sets it up: a
-//! router namespace running BIRD with ECMP (and the test's one etcd on an
-//! address of its own), three node namespaces each with faasd and BIRD
-//! peering with it. A deploy through one node serves from all three;
+//! Many nodes, one registry in etcd (`common::cluster`: a router running
+//! BIRD with ECMP, node namespaces each with faasd and BIRD). A deploy through one node serves from all three;
 //! changes through any node reach all; etcd's outage and a node's loss or
 //! planned stop cost no served request beyond what the issue allows.
 
@@ -9,243 +7,16 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::bird::{node_config, paths, router_config, router_route, wait_until, Bird};
-use common::etcd::{Etcd, Pki};
-use common::netns::{link, Netns};
+use common::bird::{paths, router_route, wait_until};
+use common::cluster::*;
 use common::registry::{require_tools, Registry};
 use common::*;
-use faasd::api::{DeployOptions, FunctionInfo};
-use faasd::image::build::{Entry, ImageSpec, Layer};
+use faasd::api::DeployOptions;
 use nix::sys::signal::Signal;
-
-const ETCD: &str = "198.18.0.1";
-const POOL: &str = "198.18.100.0/24";
-
-/// One node: its namespace, BIRD and faasd.
-/// Fields drop in order: faasd and BIRD before their namespace.
-struct Node {
-    faasd: Daemon,
-    bird: Option<Bird>,
-    addr: String,
-    router_side: String,
-    ns: Netns,
-}
-
-impl Node {
-    fn bird(&mut self) {
-        self.bird = Some(Bird::start(
-            &self.ns,
-            &node_config(&self.addr, &self.router_side),
-        ));
-    }
-
-    fn call(&self, ip: IpAddr) -> std::io::Result<(u16, String)> {
-        self.ns.run(move || call(ip))
-    }
-
-    fn inspect(&self, name: &str) -> FunctionInfo {
-        self.faasd.client().inspect(name).expect("inspect")
-    }
-}
-
-struct Sim {
-    nodes: Vec<Node>,
-    router_bird: Bird,
-    etcd: Etcd,
-    /// A client's namespace behind the router (its traffic is forwarded).
-    client: Netns,
-    router: Netns,
-    _token: tempfile::TempDir,
-    _pki: Pki,
-}
-
-impl Sim {
-    fn start(count: usize) -> Self {
-        Self::start_with(count, &[])
-    }
-
-    /// `count` nodes, each faasd with `extra` flags too.
-    fn start_with(count: usize, extra: &[&str]) -> Self {
-        for tool in ["bird", "etcd"] {
-            assert!(
-                which(tool).is_some(),
-                "{tool} not found: scripts/install-deps.sh installs bird2 and etcd-server"
-            );
-        }
-        let router = Netns::new("crouter");
-        for sysctl in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.fib_multipath_hash_policy=1",
-        ] {
-            router_sysctl(&router, sysctl);
-        }
-        router.ip(&["addr", "add", &format!("{ETCD}/32"), "dev", "lo"]);
-        let client = Netns::new("cclient");
-        link(&router, "198.18.0.5/30", &client, "198.18.0.6/30");
-        client.ip(&["route", "add", "default", "via", "198.18.0.5"]);
-        let pki = Pki::new(ETCD);
-        let etcd = Etcd::start(&router, ETCD, &pki);
-        let token = tempfile::tempdir().expect("tempdir");
-        let token_file = token.path().join("token");
-        std::fs::write(&token_file, "cluster-test-token\n").expect("token");
-        let mut sides = Vec::new();
-        let mut links = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 0..count {
-            let ns = Netns::new("cnode");
-            let router_side = format!("198.18.1.{}", 4 * i + 2);
-            let addr = format!("198.18.1.{}", 4 * i + 1);
-            let (rv, _) = link(
-                &router,
-                &format!("{router_side}/30"),
-                &ns,
-                &format!("{addr}/30"),
-            );
-            ns.ip(&["route", "add", "198.18.0.0/23", "via", &router_side]);
-            sides.push(addr.clone());
-            links.push(format!("{rv}={addr}"));
-            let listen = format!("{addr}:8080");
-            let etcd_args = pki.faasd_args(&etcd.url());
-            let mut args: Vec<&str> = etcd_args.iter().map(String::as_str).collect();
-            let node_name = format!("n{}", i + 1);
-            let advertise = format!("http://{listen}");
-            let token_path = token_file.to_string_lossy().into_owned();
-            args.extend([
-                "--ip-pool",
-                POOL,
-                "--route-table",
-                "100",
-                "--drain",
-                "2",
-                "--node-name",
-                &node_name,
-                "--listen",
-                &listen,
-                "--advertise-url",
-                &advertise,
-                "--token-file",
-                &token_path,
-            ]);
-            args.extend_from_slice(extra);
-            let faasd = Daemon::start_in(&ns.0, &args);
-            let mut node = Node {
-                ns,
-                addr,
-                router_side,
-                bird: None,
-                faasd,
-            };
-            node.bird();
-            nodes.push(node);
-        }
-        pin_flows(&router, &links);
-        let peers: Vec<&str> = sides.iter().map(String::as_str).collect();
-        let router_bird = Bird::start(&router, &router_config("198.18.0.1", &peers));
-        Sim {
-            client,
-            router,
-            router_bird,
-            etcd,
-            nodes,
-            _token: token,
-            _pki: pki,
-        }
-    }
-
-    fn context(&self) -> String {
-        let mut out = format!(
-            "router: {}\netcd:\n{}\n",
-            self.router_bird.protocols(),
-            tail(&self.etcd.log(), 20)
-        );
-        for (i, n) in self.nodes.iter().enumerate() {
-            out += &format!("--- n{} faasd:\n{}\n", i + 1, tail(&n.faasd.log_text(), 40));
-        }
-        out
-    }
-
-    /// Until every node is a member, as node 1 sees it.
-    fn wait_members(&self) {
-        wait_until(
-            "every node a member",
-            Duration::from_secs(15),
-            || {
-                self.nodes[0]
-                    .faasd
-                    .client()
-                    .nodes()
-                    .is_ok_and(|n| n.len() == self.nodes.len())
-            },
-            || self.context(),
-        );
-    }
-
-    fn paths(&self, addr: IpAddr) -> usize {
-        paths(&self.router, addr)
-    }
-
-    /// GET `addr` from the router (a client behind it).
-    fn get(&self, addr: IpAddr) -> std::io::Result<(u16, String)> {
-        self.router.run(move || call(addr))
-    }
-}
-
-/// The documented router recipe that keeps a connection on the node it
-/// started on when that node's path goes (`dist/router/pin-flows.sh`).
-fn pin_flows(router: &Netns, links: &[String]) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/router/pin-flows.sh");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &router.0])
-        .arg(script)
-        .args(links)
-        .output()
-        .expect("pin-flows.sh");
-    assert!(out.status.success(), "pin-flows.sh {links:?}: {out:?}");
-}
-
-fn router_sysctl(ns: &Netns, setting: &str) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "sysctl", "-qw", setting])
-        .output()
-        .expect("sysctl");
-    assert!(out.status.success(), "sysctl {setting}: {out:?}");
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// hello, padded with `mb` MB that do not compress.
-fn padded_hello(mb: usize) -> ImageSpec {
-    let mut spec = hello_image();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let pad: Vec<u8> = (0..mb << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    spec.layers.push(Layer {
-        entries: vec![Entry::file("pad", pad)],
-        gzip: false,
-    });
-    spec
-}
-
-fn warm1() -> DeployOptions {
-    DeployOptions {
-        warm: 1,
-        ..Default::default()
-    }
-}
 
 const HELLO: &str = "Hello from FaaS handler!\n";
 
@@ -399,7 +170,7 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
     }
 
     // etcd down: serving goes on, a deploy gets 503; back: converges.
-    sim.etcd.stop();
+    sim.etcd[0].stop();
     for _ in 0..20 {
         assert_eq!(sim.get(f).expect("GET f while etcd is down").0, 200);
     }
@@ -414,7 +185,7 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
         }
         other => panic!("a deploy during the outage: {other:?}"),
     }
-    sim.etcd.spawn();
+    sim.etcd[0].spawn();
     let h = sim.nodes[0]
         .faasd
         .deploy("h", &small, &DeployOptions::default())
@@ -618,9 +389,9 @@ fn three_nodes_one_registry_behind_an_ecmp_router() {
     // converging on it would remove every function, so the nodes refuse,
     // say why, and keep serving everything they have.
     let had = sim.nodes[0].faasd.client().list().expect("list").len();
-    sim.etcd.stop();
-    std::fs::remove_dir_all(sim.etcd.dir.path().join("data")).expect("wipe etcd");
-    sim.etcd.spawn();
+    sim.etcd[0].stop();
+    std::fs::remove_dir_all(sim.etcd[0].dir.path().join("data")).expect("wipe etcd");
+    sim.etcd[0].spawn();
     for i in [0, 2] {
         wait_until(
             "the nodes to refuse an empty etcd",
@@ -666,13 +437,6 @@ fn signal(pid: i32, sig: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
 }
 
-/// The probe answering with `WHICH=which`.
-fn which_image(which: &str) -> ImageSpec {
-    let mut spec = probe_image("inspect", &["PROBE_ENV=WHICH", &format!("WHICH={which}")]);
-    spec.tag = format!("which-{which}:latest");
-    spec
-}
-
 /// A registry in the router's namespace, with a login: a deploy by
 /// reference through one node serves one digest on every node (each
 /// pulled it itself, with the login given through another node, which
@@ -708,8 +472,7 @@ fn a_deploy_by_reference_serves_one_digest_on_every_node() {
         Some(format!("{password}\n").as_bytes()),
     );
     assert!(out.status.success(), "login: {out:?}");
-    let stored = sim
-        .etcd
+    let stored = sim.etcd[0]
         .get(&format!("/faasd/registries/{REGISTRY}"))
         .expect("the login is in etcd");
     assert!(
@@ -820,7 +583,7 @@ fn a_host_deployed_through_one_node_routes_on_every_node() {
         );
     }
     assert_eq!(
-        sim.etcd.get("/faasd/hosts/web.test").as_deref(),
+        sim.etcd[0].get("/faasd/hosts/web.test").as_deref(),
         Some(&b"web"[..]),
         "the name is held in etcd"
     );
@@ -860,5 +623,5 @@ fn a_host_deployed_through_one_node_routes_on_every_node() {
             || sim.context(),
         );
     }
-    assert_eq!(sim.etcd.get("/faasd/hosts/web.test"), None);
+    assert_eq!(sim.etcd[0].get("/faasd/hosts/web.test"), None);
 }

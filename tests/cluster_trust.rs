@@ -14,6 +14,7 @@ use std::net::{IpAddr, TcpListener};
 use std::time::Duration;
 
 use common::bird::wait_until;
+use common::cluster::router_sysctl;
 use common::etcd::{curl_in, file, Etcd, Pki};
 use common::netns::{link, Netns};
 use common::*;
@@ -44,6 +45,9 @@ struct Sim {
 impl Sim {
     fn start() -> Self {
         let router = Netns::new("trouter");
+        // Nodes reach each other through it; a new namespace forwards
+        // only if the host does.
+        router_sysctl(&router, "net.ipv4.ip_forward=1");
         router.ip(&["addr", "add", &format!("{ETCD}/32"), "dev", "lo"]);
         let pki = Pki::new(ETCD);
         let etcd = Etcd::start(&router, ETCD, &pki);

@@ -20,6 +20,12 @@ impl Pki {
     /// the nodes (CN faasd); a stranger's client certificate signed by a
     /// CA of its own.
     pub fn new(etcd_ip: &str) -> Self {
+        Self::for_etcd(&[etcd_ip])
+    }
+
+    /// As `new`, etcd's certificate good for each of `etcd_ips` (the
+    /// members of a cluster).
+    pub fn for_etcd(etcd_ips: &[&str]) -> Self {
         assert!(
             which("openssl").is_some(),
             "openssl not found: apt-get install -y openssl"
@@ -33,7 +39,12 @@ impl Pki {
             "etcd",
             "ca",
             &format!(
-                "subjectAltName=IP:{etcd_ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"
+                "subjectAltName={},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth",
+                etcd_ips
+                    .iter()
+                    .map(|ip| format!("IP:{ip}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         );
         pki.cert("faasd", "ca", "extendedKeyUsage=clientAuth");
@@ -150,6 +161,10 @@ pub struct Etcd {
     pub dir: tempfile::TempDir,
     ns: String,
     ip: String,
+    /// Its member name, its peer URL, and every member's (`--initial-cluster`).
+    name: String,
+    peer: String,
+    members: String,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -159,26 +174,65 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(ns: &Netns, ip: &str, pki: &Pki) -> Self {
-        let mut e = Etcd {
+        let peer = "http://127.0.0.1:2380".to_string();
+        let mut e = Self::member(ns, ip, pki, "e1", &peer, &format!("e1={peer}"));
+        e.spawn();
+        e
+    }
+
+    /// A cluster of one member per address of `ips` (all in `ns`, peers
+    /// on port 2380 of each), up and healthy.
+    pub fn cluster(ns: &Netns, ips: &[&str], pki: &Pki) -> Vec<Etcd> {
+        let peer = |ip: &str| format!("http://{ip}:2380");
+        let members = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("e{}={}", i + 1, peer(ip)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut all: Vec<Etcd> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Self::member(ns, ip, pki, &format!("e{}", i + 1), &peer(ip), &members))
+            .collect();
+        // A member is healthy only once a quorum is up: start all first.
+        for e in &mut all {
+            e.launch();
+        }
+        for e in &all {
+            e.wait_healthy();
+        }
+        all
+    }
+
+    fn member(ns: &Netns, ip: &str, pki: &Pki, name: &str, peer: &str, members: &str) -> Self {
+        Etcd {
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             ns: ns.0.clone(),
             ip: ip.to_string(),
+            name: name.to_string(),
+            peer: peer.to_string(),
+            members: members.to_string(),
             ca: pki.path("ca.pem"),
             cert: pki.path("etcd.pem"),
             key: pki.path("etcd.key"),
             client_cert: pki.path("faasd.pem"),
             client_key: pki.path("faasd.key"),
-        };
-        e.spawn();
-        e
+        }
     }
 
     pub fn url(&self) -> String {
         format!("https://{}:2379", self.ip)
     }
 
+    /// (Re)starts this member and waits until it is healthy.
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_healthy();
+    }
+
+    fn launch(&mut self) {
         let etcd =
             which("etcd").expect("etcd not found: scripts/install-deps.sh installs etcd-server");
         let log = std::fs::OpenOptions::new()
@@ -190,7 +244,7 @@ impl Etcd {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(etcd)
-            .args(["--name", "e1", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
                 "--listen-client-urls",
@@ -198,9 +252,9 @@ impl Etcd {
                 "--advertise-client-urls",
                 &client,
             ])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "e1=http://127.0.0.1:2380"])
+            .args(["--listen-peer-urls", &self.peer])
+            .args(["--initial-advertise-peer-urls", &self.peer])
+            .args(["--initial-cluster", &self.members])
             .arg("--cert-file")
             .arg(&self.cert)
             .arg("--key-file")
@@ -214,6 +268,9 @@ impl Etcd {
             .spawn()
             .expect("etcd");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.curl(&["/health"]).is_ok_and(|b| b.contains("true")) {
@@ -263,6 +320,47 @@ impl Etcd {
             .expect("range");
         let value = out.split("\"value\":\"").nth(1)?.split('"').next()?;
         Some(unbase64(value))
+    }
+
+    /// Whether this member leads its cluster now.
+    pub fn leads(&self) -> bool {
+        let Ok(status) = self.curl(&["/v3/maintenance/status", "-X", "POST", "-d", "{}"]) else {
+            return false;
+        };
+        let field = |name: &str| {
+            status
+                .split(&format!("\"{name}\":\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_string)
+        };
+        field("member_id").is_some_and(|me| field("leader") == Some(me))
+    }
+
+    /// Compacts etcd's history up to its current revision; answers it.
+    pub fn compact(&self) -> i64 {
+        let out = self
+            .curl(&["/v3/kv/range", "-X", "POST", "-d", "{\"key\":\"AA==\"}"])
+            .expect("range");
+        let revision: i64 = out
+            .split("\"revision\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {out}"));
+        let body = format!("{{\"revision\":\"{revision}\",\"physical\":true}}");
+        let done = self.curl(&["/v3/kv/compaction", "-X", "POST", "-d", &body]);
+        assert!(done.is_ok(), "compaction: {done:?}");
+        revision
+    }
+
+    /// The process id (to kill -9 it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn log(&self) -> String {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bird;
+pub mod cluster;
 pub mod etcd;
 pub mod frr;
 pub mod netns;
@@ -451,9 +452,22 @@ impl Daemon {
     }
 
     pub fn faas(&self, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+        let state = self.state.with_extension("faas");
+        self.faas_keeping(&state, args, stdin)
+    }
+
+    /// `faas` keeping the revisions it sees in `state` (calls to several
+    /// nodes that pass one directory act as one user).
+    pub fn faas_keeping(
+        &self,
+        state: &Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> std::process::Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_faas"));
         cmd.args(args)
             .env("FAAS_URL", self.unix_url())
+            .env("FAAS_STATE_DIR", state)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {
