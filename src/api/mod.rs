@@ -85,6 +85,10 @@ pub struct FunctionInfo {
     /// Its warm pool now, where it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolInfo>,
+    /// In a cluster, answering a change: the etcd revision that recorded
+    /// it (also the `X-Faas-Revision` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// A function's warm pool as it is now, and why (`faas inspect`).

@@ -9,8 +9,10 @@ use crate::api::{DeployOptions, ErrorBody, FunctionInfo, OptionsPatch, SecretInf
 
 mod endpoint;
 pub mod http;
+pub mod revisions;
 
 use http::{Body, Endpoint, Response, WireError};
+use revisions::Revisions;
 
 /// Where faasd listens when nothing else is said.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
@@ -68,6 +70,8 @@ pub struct Client {
     endpoint: Result<Endpoint, String>,
     /// `Authorization: Bearer …`
     auth: Option<String>,
+    /// Where the last revision seen of each cluster is kept, if anywhere.
+    revisions: Option<Revisions>,
 }
 
 impl Client {
@@ -78,7 +82,15 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             endpoint: Endpoint::parse(url),
             auth: None,
+            revisions: None,
         }
+    }
+
+    /// Carries the last revision seen of this node's cluster in every
+    /// request, and keeps what every answer says (see `revisions`).
+    pub fn with_revisions(mut self, revisions: Revisions) -> Self {
+        self.revisions = Some(revisions);
+        self
     }
 
     /// Sends `token` with every request.
@@ -113,6 +125,12 @@ impl Client {
         if let Some(auth) = &self.auth {
             all.push(("authorization", auth));
         }
+        let carried = self.revisions.as_ref().and_then(|r| r.for_url(&self.url));
+        let min = carried.as_ref().map(|(_, at)| at.to_string());
+        if let (Some((cluster, _)), Some(min)) = (&carried, &min) {
+            all.push(("x-faas-cluster", cluster));
+            all.push(("x-faas-min-revision", min));
+        }
         let response = http::request(endpoint, method, path, &all, body).map_err(|e| match e {
             WireError::Connect(io) | WireError::Io(io) => ClientError::Transport {
                 url: self.url.clone(),
@@ -121,6 +139,15 @@ impl Client {
             WireError::Source(io) => ClientError::Source(io.to_string()),
             WireError::Malformed(m) => ClientError::Decode(m),
         })?;
+        if let (Some(revisions), Some(cluster), Some(at)) = (
+            &self.revisions,
+            response.header("x-faas-cluster"),
+            response
+                .header("x-faas-revision")
+                .and_then(|v| v.parse::<i64>().ok()),
+        ) {
+            revisions.saw(&self.url, cluster, at);
+        }
         if response.status >= 400 {
             let status = response.status;
             let body = response.text().unwrap_or_default();

@@ -17,10 +17,9 @@ impl Cluster {
         &self,
         name: &FunctionName,
     ) -> Result<IpAddr, ClusterError> {
-        let mut client = self.client.clone();
         for _ in 0..32 {
-            let got = client
-                .get(
+            let got = self
+                .get_again(
                     keys::ADDRESSES,
                     Some(GetOptions::new().with_prefix().with_keys_only()),
                 )
@@ -42,7 +41,7 @@ impl Cluster {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.as_str(), name.as_str(), None)]);
-            if client.txn(txn).await?.succeeded() {
+            if self.txn_again(txn).await?.succeeded() {
                 return Ok(ip);
             }
         }

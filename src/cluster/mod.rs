@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-use crate::api::host::HostName;
 use crate::api::name::FunctionName;
 use crate::api::{FunctionInfo, NodeInfo, NodeStatus, OptionsPatch};
 use crate::manager::{Manager, ManagerError};
@@ -23,15 +22,20 @@ use crate::net::AddressPool;
 mod addresses;
 mod admit;
 pub mod archives;
+mod commit;
 pub mod keys;
 mod logins;
 mod reports;
+mod retry;
 pub mod seal;
 mod sync;
+pub mod view;
 
 use archives::Archives;
+use commit::Change;
 use keys::Spec;
 use seal::{Seal, SealError};
+use view::View;
 
 /// Seconds a node's membership (and what it says it serves) outlives its
 /// last keep-alive.
@@ -39,6 +43,10 @@ const LEASE_TTL: i64 = 5;
 /// Each etcd request's limit: an API call during an outage is answered
 /// (503) in about this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request waits for this node's view to reach the revision it
+/// builds on (a peer's archive being fetched, a converge queued behind
+/// another): then 503, with the reason.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -46,6 +54,12 @@ pub enum ClusterError {
     Unavailable(String),
     #[error("{0} was changed through another node at the same time; this change was not recorded, try again")]
     Conflict(FunctionName),
+    #[error("this node's view of the cluster is at revision {at}, behind revision {wanted} ({why}); try again, or through another node")]
+    Behind { at: i64, wanted: i64, why: String },
+    #[error("this node does not serve {0}'s cluster version yet (its last attempt failed: `faas inspect` lists why under nodes); try again, or through another node")]
+    OutOfStep(FunctionName),
+    #[error("etcd did not confirm the change ({0}); this node went back to the version the cluster recorded before, but etcd may hold the change: `faas inspect` shows which, and every node follows what etcd holds")]
+    Indeterminate(String),
     #[error("the cluster's address pool has no free address")]
     Exhausted,
     #[error("fetching image archive {digest}: {why}")]
@@ -101,6 +115,7 @@ pub struct Cluster {
     /// One change at a time on this node: an API change and the
     /// convergence of a watched one never interleave.
     applying: tokio::sync::Mutex<()>,
+    view: View,
 }
 
 impl Cluster {
@@ -115,7 +130,10 @@ impl Cluster {
         let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
+            .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT)
+            // A member cut off from the others' quorum refuses rather
+            // than serve (and watch) a view that no longer moves.
+            .with_require_leader(true);
         match &me.tls {
             Some(tls) => options = options.with_tls(tls_options(tls)?),
             None => tracing::warn!("etcd over plain http (--etcd-insecure): anyone who reaches etcd reads the cluster's records and can keep nodes from converging; use https:// with --etcd-cafile, --etcd-certfile and --etcd-keyfile"),
@@ -136,12 +154,17 @@ impl Cluster {
             state: state.to_path_buf(),
             lease: Mutex::new(None),
             applying: tokio::sync::Mutex::new(()),
+            view: View::new(),
         }))
     }
 
     /// Follows etcd until `stop`: see `sync`.
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(sync::run(Arc::clone(self)))
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     pub fn archives(&self) -> &Archives {
@@ -173,8 +196,7 @@ impl Cluster {
         patch: OptionsPatch,
         upload: PathBuf,
     ) -> Result<FunctionInfo, ClusterError> {
-        let _one = self.applying.lock().await;
-        let (current, revision) = self.spec(&name).await?;
+        let (_one, current, revision) = self.begin(&name).await?;
         let kept = self.archives.clone();
         let digest = tokio::task::spawn_blocking(move || kept.keep(&upload))
             .await
@@ -188,13 +210,22 @@ impl Cluster {
         let deployed = self
             .deploy_here(&name, current.as_ref(), patch, source)
             .await;
-        if let Err(e) = deployed {
-            self.archives.retain(&self.needed(None).await);
-            return Err(e);
-        }
+        let reserved = match deployed {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                self.archives.retain(&self.needed(None).await);
+                return Err(e);
+            }
+        };
         self.offer(&digest).await;
-        self.publish(&name, current.as_ref(), revision, Some(&digest), "deploy")
-            .await
+        let change = Change {
+            current: current.as_ref(),
+            revision,
+            new_archive: Some(&digest),
+            origin: "deploy",
+            reserved,
+        };
+        self.commit(&name, change).await
     }
 
     /// Deploys through this node from a registry: pulled here first (the
@@ -206,24 +237,31 @@ impl Cluster {
         patch: OptionsPatch,
         source: ImageSource,
     ) -> Result<FunctionInfo, ClusterError> {
-        let _one = self.applying.lock().await;
-        let (current, revision) = self.spec(&name).await?;
-        self.deploy_here(&name, current.as_ref(), patch, source)
+        let (_one, current, revision) = self.begin(&name).await?;
+        let reserved = self
+            .deploy_here(&name, current.as_ref(), patch, source)
             .await?;
-        self.publish(&name, current.as_ref(), revision, None, "deploy")
-            .await
+        let change = Change {
+            current: current.as_ref(),
+            revision,
+            new_archive: None,
+            origin: "deploy",
+            reserved,
+        };
+        self.commit(&name, change).await
     }
 
     /// Deploys `source` here as `name`'s new version, at its address or,
     /// for a new function, one reserved in etcd (released again if the
-    /// deploy fails); a pull takes the cluster's login for its registry.
+    /// deploy fails, answered if it does not); a pull takes the cluster's
+    /// login for its registry.
     async fn deploy_here(
         &self,
         name: &FunctionName,
         current: Option<&Spec>,
         patch: OptionsPatch,
         source: ImageSource,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Option<IpAddr>, ClusterError> {
         if let Some(hosts) = &patch.hosts {
             self.hosts_free(name, hosts).await?;
         }
@@ -245,7 +283,7 @@ impl Cluster {
         if deployed.is_err() && reserved {
             self.release_address(ip).await;
         }
-        deployed.map(|_| ())
+        deployed.map(|_| reserved.then_some(ip))
     }
 
     /// `faas update NAME --pull` through this node: the reference resolved
@@ -278,14 +316,20 @@ impl Cluster {
         name: &FunctionName,
         patch: OptionsPatch,
     ) -> Result<FunctionInfo, ClusterError> {
-        let _one = self.applying.lock().await;
-        let (current, revision) = self.spec(name).await?;
+        let (_one, current, revision) = self.begin(name).await?;
+        self.in_step(name, current.as_ref()).await?;
         if let Some(hosts) = &patch.hosts {
             self.hosts_free(name, hosts).await?;
         }
         self.manager.update(name, patch).await?;
-        self.publish(name, current.as_ref(), revision, None, "update")
-            .await
+        let change = Change {
+            current: current.as_ref(),
+            revision,
+            new_archive: None,
+            origin: "update",
+            reserved: None,
+        };
+        self.commit(name, change).await
     }
 
     /// A kept version of `name` again, through this node.
@@ -294,15 +338,22 @@ impl Cluster {
         name: &FunctionName,
         to: Option<u64>,
     ) -> Result<FunctionInfo, ClusterError> {
-        let _one = self.applying.lock().await;
-        let (current, revision) = self.spec(name).await?;
+        let (_one, current, revision) = self.begin(name).await?;
+        self.in_step(name, current.as_ref()).await?;
         self.manager.rollback(name, to).await?;
-        self.publish(name, current.as_ref(), revision, None, "rollback")
-            .await
+        let change = Change {
+            current: current.as_ref(),
+            revision,
+            new_archive: None,
+            origin: "rollback",
+            reserved: None,
+        };
+        self.commit(name, change).await
     }
 
-    /// Removes `name` from the cluster (and here).
-    pub async fn remove(&self, name: &FunctionName) -> Result<(), ClusterError> {
+    /// Removes `name` from the cluster (and here); answers the revision
+    /// that removed it (etcd's now if the cluster had no record of it).
+    pub async fn remove(&self, name: &FunctionName) -> Result<i64, ClusterError> {
         let _one = self.applying.lock().await;
         let key = keys::function(name);
         let (revision, held, hosts) = match self.spec(name).await {
@@ -316,12 +367,13 @@ impl Cluster {
             // go instead.
             Err(ClusterError::Refused(why)) => {
                 tracing::warn!(function = %name, why, "removing a refused cluster record");
-                let got = self.client.clone().get(key.as_str(), None).await?;
+                let got = self.get_again(&key, None).await?;
                 let revision = got.kvs().first().map_or(0, |kv| kv.mod_revision());
                 (revision, self.addresses_of(name).await?, Vec::new())
             }
             Err(e) => return Err(e),
         };
+        let mut removed_at = self.view.applied();
         if revision > 0 {
             let mut ops = vec![TxnOp::delete(key.as_str(), None)];
             ops.extend(
@@ -336,9 +388,11 @@ impl Cluster {
                     revision,
                 )])
                 .and_then(ops);
-            if !self.client.clone().txn(txn).await?.succeeded() {
+            let done = self.txn_again(txn).await?;
+            if !done.succeeded() {
                 return Err(ClusterError::Conflict(name.clone()));
             }
+            removed_at = done.header().map_or(0, |h| h.revision());
         }
         let removed = self.manager.remove(name).await;
         match removed {
@@ -347,7 +401,7 @@ impl Cluster {
             Err(e) => return Err(e.into()),
         }
         self.forget_status(name).await;
-        Ok(())
+        Ok(removed_at)
     }
 
     /// The members now.
@@ -382,7 +436,7 @@ impl Cluster {
     /// `name`'s spec in etcd and its revision (0: none).
     async fn spec(&self, name: &FunctionName) -> Result<(Option<Spec>, i64), ClusterError> {
         let key = keys::function(name);
-        let got = self.client.clone().get(key.as_str(), None).await?;
+        let got = self.get_again(&key, None).await?;
         match got.kvs().first() {
             Some(kv) => Ok((
                 Some(self.seal.open_spec(&key, kv.value()).map_err(refused)?),
@@ -392,132 +446,37 @@ impl Cluster {
         }
     }
 
-    /// Records what serves here now as `name`'s spec, if etcd's is still
-    /// at `revision`; answers the function as this node serves it.
-    async fn publish(
+    /// Takes the change lock with etcd's record of `name` and its
+    /// revision, once this node has applied that record: a change made
+    /// here builds on the version the cluster serves, not on an older one
+    /// this node still had (which it would otherwise publish over the
+    /// newer). The wait is outside the lock, which applying needs.
+    async fn begin(
         &self,
         name: &FunctionName,
-        previous: Option<&Spec>,
-        revision: i64,
-        new_archive: Option<&str>,
-        origin: &str,
-    ) -> Result<FunctionInfo, ClusterError> {
-        let record = self
-            .manager
-            .record(name)
-            .await
-            .ok_or_else(|| ManagerError::NotFound(name.clone()))?;
-        let mut archives = previous.map(|p| p.archives.clone()).unwrap_or_default();
-        let mut pulled = previous.map(|p| p.pulled.clone()).unwrap_or_default();
-        if let Some(digest) = new_archive {
-            archives.insert(record.image_id.clone(), digest.to_string());
-        }
-        for version in std::iter::once(record.as_version()).chain(record.history.iter().cloned()) {
-            if let Some(from) = version.pulled {
-                pulled.insert(version.image_id, from);
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Option<Spec>, i64), ClusterError> {
+        loop {
+            let one = self.applying.lock().await;
+            let (current, revision) = self.spec(name).await?;
+            if self.view.applied() >= revision {
+                return Ok((one, current, revision));
             }
+            drop(one);
+            self.view.reach(revision, REACH_TIMEOUT).await?;
         }
-        let images: HashSet<&str> = std::iter::once(record.image_id.as_str())
-            .chain(record.history.iter().map(|v| v.image_id.as_str()))
-            .collect();
-        archives.retain(|image, _| images.contains(image.as_str()));
-        pulled.retain(|image, _| images.contains(image.as_str()));
-        let archive = match (record.pulled.as_ref(), archives.get(&record.image_id)) {
-            (Some(_), _) => String::new(),
-            (None, Some(archive)) => archive.clone(),
-            (None, None) => {
-                return Err(ClusterError::Corrupt(format!(
-                    "{}: no archive recorded for image {}",
-                    keys::function(name),
-                    record.image_id
-                )))
-            }
-        };
-        let spec = Spec {
-            name: name.clone(),
-            ip: record.ip,
-            image_id: record.image_id.clone(),
-            archive,
-            archives,
-            pulled,
-            options: record.options.clone(),
-            origin: origin.to_string(),
-            node: self.me.node.clone(),
-        };
-        let key = keys::function(name);
-        let mut when = vec![Compare::mod_revision(
-            key.as_str(),
-            CompareOp::Equal,
-            revision,
-        )];
-        let mut ops = vec![TxnOp::put(key.as_str(), self.seal.seal_spec(&spec), None)];
-        self.claim_hosts(name, &record.options.hosts, previous, &mut when, &mut ops)
-            .await?;
-        let txn = Txn::new().when(when).and_then(ops);
-        let done = self.client.clone().txn(txn).await?;
-        if !done.succeeded() {
-            return Err(ClusterError::Conflict(name.clone()));
-        }
-        let at = done.header().map(|h| h.revision()).unwrap_or_default();
-        self.report(name, at, None).await;
-        let mut info = self.manager.inspect(name).await?;
-        info.nodes = self.statuses(name).await.unwrap_or_default();
-        Ok(info)
     }
 
-    /// Refuses `hosts` if another function holds one in etcd.
-    async fn hosts_free(
-        &self,
-        name: &FunctionName,
-        hosts: &[HostName],
-    ) -> Result<Vec<Option<i64>>, ClusterError> {
-        let mut held = Vec::with_capacity(hosts.len());
-        for host in hosts {
-            let got = self.client.clone().get(keys::host(host), None).await?;
-            match got.kvs().first() {
-                Some(kv) if kv.value() != name.as_str().as_bytes() => {
-                    let holder = FunctionName::parse(&String::from_utf8_lossy(kv.value()))
-                        .map_err(|e| ClusterError::Corrupt(format!("{}: {e}", keys::host(host))))?;
-                    return Err(ManagerError::HostTaken {
-                        host: host.clone(),
-                        holder,
-                    }
-                    .into());
-                }
-                Some(kv) => held.push(Some(kv.mod_revision())),
-                None => held.push(None),
-            }
+    /// Refuses a change to `name` while what serves here is not the
+    /// cluster's version (its convergence failed): the change would
+    /// publish this node's older one.
+    async fn in_step(&self, name: &FunctionName, spec: Option<&Spec>) -> Result<(), ClusterError> {
+        let Some(spec) = spec else {
+            return Ok(());
+        };
+        match self.manager.record(name).await {
+            Some(r) if r.image_id == spec.image_id && r.options == spec.options => Ok(()),
+            _ => Err(ClusterError::OutOfStep(name.clone())),
         }
-        Ok(held)
-    }
-
-    /// Adds to a publishing transaction: each of `hosts` still free or
-    /// still `name`'s, taken; those `previous` had and `hosts` lacks, let go.
-    async fn claim_hosts(
-        &self,
-        name: &FunctionName,
-        hosts: &[HostName],
-        previous: Option<&Spec>,
-        when: &mut Vec<Compare>,
-        ops: &mut Vec<TxnOp>,
-    ) -> Result<(), ClusterError> {
-        let held = self.hosts_free(name, hosts).await?;
-        for (host, held) in hosts.iter().zip(held) {
-            let key = keys::host(host);
-            match held {
-                Some(at) => when.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, at)),
-                None => {
-                    when.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
-                    ops.push(TxnOp::put(key.as_str(), name.as_str(), None));
-                }
-            }
-        }
-        let dropped = previous
-            .into_iter()
-            .flat_map(|p| p.options.hosts.iter())
-            .filter(|h| !hosts.contains(h));
-        ops.extend(dropped.map(|h| TxnOp::delete(keys::host(h), None)));
-        Ok(())
     }
 
     /// A local function of that name on another address is an older one

@@ -15,11 +15,15 @@ use etcd_client::{
 };
 
 use super::keys::{self, Spec};
-use super::{seal, Cluster, ClusterError, LEASE_TTL, REQUEST_TIMEOUT};
+use super::{retry, seal, Cluster, ClusterError, LEASE_TTL, REQUEST_TIMEOUT};
 use crate::api::name::FunctionName;
 use crate::api::{NodeInfo, OptionsPatch};
 use crate::manager::ManagerError;
 
+/// The first wait after a session ended (etcd's election takes about a
+/// second; writes through this node wait for its view meanwhile), doubled
+/// on each failed attempt up to the longest.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// How often a change that failed here (a peer down, a full disk) is tried again.
@@ -32,13 +36,14 @@ const CLUSTER_ID_KEY: &str = "/faasd/cluster-id";
 const CLUSTER_ID_FILE: &str = "cluster-id";
 
 pub(super) async fn run(cluster: Arc<Cluster>) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         let mut joined = false;
         let ended = session(&cluster, &mut joined).await;
         *cluster.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        cluster.view.lost(ended.to_string());
         if joined {
-            backoff = Duration::from_millis(250);
+            backoff = FIRST_BACKOFF;
         }
         tracing::warn!(error = %ended, retry_in = ?backoff, "cluster session ended; serving what is here");
         tokio::time::sleep(backoff).await;
@@ -81,9 +86,18 @@ type Failed = HashMap<FunctionName, (Spec, i64)>;
 /// returned task (which ends with why it could not), and offers the
 /// archives it holds.
 async fn register(cluster: &Cluster) -> Result<Abort<String>, ClusterError> {
-    let mut client = cluster.client.clone();
-    let lease = client.lease_grant(LEASE_TTL, None).await?.id();
-    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
+    let client = cluster.client.clone();
+    let lease = retry::write(|| {
+        let mut client = client.clone();
+        async move { client.lease_grant(LEASE_TTL, None).await }
+    })
+    .await?
+    .id();
+    let (mut keeper, mut acks) = retry::read(|| {
+        let mut client = client.clone();
+        async move { client.lease_keep_alive(lease).await }
+    })
+    .await?;
     let keepalive = Abort(tokio::spawn(async move {
         loop {
             if let Err(e) = keeper.keep_alive().await {
@@ -106,13 +120,16 @@ async fn register(cluster: &Cluster) -> Result<Abort<String>, ClusterError> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    client
-        .put(
-            keys::node(&me.name),
-            keys::encode(&me),
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
+    retry::write(|| {
+        let (mut client, me) = (client.clone(), &me);
+        async move {
+            let options = Some(PutOptions::new().with_lease(lease));
+            client
+                .put(keys::node(&me.name), keys::encode(me), options)
+                .await
+        }
+    })
+    .await?;
     *cluster.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
     for digest in cluster.archives.held() {
         cluster.offer(&digest).await;
@@ -125,9 +142,7 @@ async fn register(cluster: &Cluster) -> Result<Abort<String>, ClusterError> {
 /// revision and what failed.
 async fn converge_all(cluster: &Cluster) -> Result<(i64, Failed), ClusterError> {
     let all = cluster
-        .client
-        .clone()
-        .get(keys::FUNCTIONS, Some(GetOptions::new().with_prefix()))
+        .get_again(keys::FUNCTIONS, Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = all.header().map(|h| h.revision()).unwrap_or_default();
     let mut specs: Failed = HashMap::new();
@@ -151,6 +166,8 @@ async fn converge_all(cluster: &Cluster) -> Result<(i64, Failed), ClusterError> 
         cluster.converge(spec, *at, &mut failed).await;
     }
     cluster.collect_archives().await;
+    cluster.view.advance(revision);
+    cluster.view.follows();
     tracing::info!(node = %cluster.me.node, functions = specs.len(), revision, "in the cluster");
     Ok((revision, failed))
 }
@@ -166,11 +183,11 @@ async fn follow(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let mut watch = cluster
-        .client
-        .clone()
-        .watch(keys::FUNCTIONS, Some(options))
-        .await?;
+    let mut watch = retry::read(|| {
+        let (mut client, options) = (cluster.client.clone(), options.clone());
+        async move { client.watch(keys::FUNCTIONS, Some(options)).await }
+    })
+    .await?;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     loop {
         tokio::select! {
@@ -179,11 +196,19 @@ async fn follow(
             }
             message = watch.message() => {
                 let response = message?.ok_or_else(|| ClusterError::Unavailable("the watch ended".into()))?;
+                if response.compact_revision() > 0 {
+                    // Changes since were compacted away: read everything again.
+                    return Err(ClusterError::Unavailable(format!("the watch fell behind etcd's compaction at revision {}", response.compact_revision())));
+                }
                 if response.canceled() {
                     return Err(ClusterError::Unavailable(format!("the watch was cancelled: {}", response.cancel_reason())));
                 }
                 for event in response.events() {
                     apply_event(cluster, event, failed).await;
+                }
+                let last = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
+                if let Some(revision) = last {
+                    cluster.view.advance(revision);
                 }
                 cluster.collect_archives().await;
             }
@@ -240,7 +265,7 @@ impl Cluster {
             )])
             .and_then([TxnOp::put(CLUSTER_ID_KEY, fresh.as_str(), None)])
             .or_else([TxnOp::get(CLUSTER_ID_KEY, None)]);
-        let done = client.txn(txn).await?;
+        let done = self.txn_again(txn).await?;
         let id = if done.succeeded() {
             match &remembered {
                 // This node knew a cluster, and etcd knows none: an empty
@@ -255,12 +280,15 @@ impl Cluster {
                 None => fresh,
             }
         } else {
-            let got = client.get(CLUSTER_ID_KEY, None).await?;
+            let got = self.get_again(CLUSTER_ID_KEY, None).await?;
             got.kvs()
                 .first()
                 .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
                 .unwrap_or_default()
         };
+        if remembered.as_ref().is_none_or(|old| *old == id) {
+            self.view.named(&id);
+        }
         match remembered {
             Some(old) if old != id => Err(ClusterError::Identity {
                 joined: old,
@@ -292,6 +320,11 @@ impl Cluster {
     /// this node lacks it.
     async fn apply(&self, spec: &Spec) -> Result<(), ClusterError> {
         let _one = self.applying.lock().await;
+        self.apply_held(spec).await
+    }
+
+    /// `apply`, the change lock held by the caller.
+    pub(super) async fn apply_held(&self, spec: &Spec) -> Result<(), ClusterError> {
         let name = &spec.name;
         self.forget_if_elsewhere(name, spec.ip).await?;
         let local = self.manager.record(name).await;

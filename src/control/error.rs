@@ -73,9 +73,11 @@ impl ApiError {
 
 fn cluster_status(e: &ClusterError) -> StatusCode {
     match e {
-        ClusterError::Unavailable(_) | ClusterError::Identity { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ClusterError::Unavailable(_)
+        | ClusterError::Identity { .. }
+        | ClusterError::Behind { .. }
+        | ClusterError::Indeterminate(_)
+        | ClusterError::OutOfStep(_) => StatusCode::SERVICE_UNAVAILABLE,
         ClusterError::Conflict(_) => StatusCode::CONFLICT,
         ClusterError::Exhausted => StatusCode::INSUFFICIENT_STORAGE,
         ClusterError::Fetch { .. } => StatusCode::BAD_GATEWAY,

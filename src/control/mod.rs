@@ -40,7 +40,11 @@
 //!
 //! With `--etcd`, deploy, update, rollback and rm are recorded in etcd for
 //! every node (503 while etcd is unreachable), and a function's answer
-//! lists what each node serves of it.
+//! lists what each node serves of it. Every answer then names the cluster
+//! (`X-Faas-Cluster`) and the revision it reflects (`X-Faas-Revision`: a
+//! change's own, else this node's view); a request carrying
+//! `X-Faas-Min-Revision` waits until this node's view has reached it
+//! (`routes::reach_asked`).
 //! - `GET /v1/secrets`, `PUT /v1/secrets/NAME[?replace=true]` (the body is
 //!   the value), `DELETE /v1/secrets/NAME`: names and sizes only ever go
 //!   out

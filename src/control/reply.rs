@@ -28,3 +28,19 @@ pub fn json<T: Serialize>(value: &T) -> Reply {
     );
     Ok(r)
 }
+
+/// A function as a change left it, with the revision that recorded it.
+pub fn changed(info: &crate::api::FunctionInfo) -> Reply {
+    Ok(with_revision(json(info)?, info.revision))
+}
+
+/// `X-Faas-Revision`, where the cluster recorded the change.
+pub fn with_revision(mut r: Response<Body>, revision: Option<i64>) -> Response<Body> {
+    if let Some(revision) = revision {
+        r.headers_mut().insert(
+            super::routes::REVISION,
+            hyper::header::HeaderValue::from(revision),
+        );
+    }
+    r
+}

@@ -8,13 +8,19 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::reply::{json, text, Reply};
+use super::reply::{changed, json, text, with_revision, Reply};
 use super::{logs, pull, secrets, upload, ApiError, Body, Control, Peer};
 use crate::api::name::FunctionName;
 use crate::api::OptionsPatch;
 use crate::cluster::ClusterError;
 use crate::manager::ManagerError;
 use crate::metrics;
+
+/// The revision an answer reflects (a change's own), the lowest one a
+/// request accepts, and the cluster both belong to.
+pub const REVISION: &str = "x-faas-revision";
+pub const MIN_REVISION: &str = "x-faas-min-revision";
+pub const CLUSTER: &str = "x-faas-cluster";
 
 pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
@@ -30,6 +36,12 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
         && !a_peer(control, &req, &segments)
     {
         return ApiError::Unauthorized.response();
+    }
+    if !matches!(segments.as_slice(), ["healthz"] | ["v1", "archives", ..]) {
+        if let Err(e) = reach_asked(control, &req).await {
+            tracing::info!(%method, %path, status = %e.status(), error = %e, "control request failed");
+            return stamp(control, e.response());
+        }
     }
     let reply = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
@@ -76,13 +88,58 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
         ) => Err(ApiError::Method(method.to_string())),
         _ => Err(ApiError::NoRoute(path.clone())),
     };
-    match reply {
+    let response = match reply {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%method, %path, status = %e.status(), error = %e, "control request failed");
             e.response()
         }
+    };
+    stamp(control, response)
+}
+
+/// `X-Faas-Min-Revision` (the last revision the client saw, of the cluster
+/// named in `X-Faas-Cluster` if it says): waits until this node's view
+/// has reached it. Another cluster's revision is not this one's.
+async fn reach_asked(control: &Control, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let (Some(cluster), Some(min)) = (&control.cluster, req.headers().get(MIN_REVISION)) else {
+        return Ok(());
+    };
+    let min: i64 = min
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("{MIN_REVISION} is not a revision")))?;
+    let theirs = req.headers().get(CLUSTER).and_then(|v| v.to_str().ok());
+    if theirs.is_some_and(|c| cluster.view().id().is_some_and(|ours| ours != c)) {
+        return Ok(());
     }
+    cluster
+        .view()
+        .reach(min, crate::cluster::REACH_TIMEOUT)
+        .await
+        .map_err(ApiError::from)
+}
+
+/// Names this node's cluster in every answer, and the revision the answer
+/// reflects: a change's own (set by its route), else how far this node's
+/// view has come.
+fn stamp(control: &Control, mut response: Response<Body>) -> Response<Body> {
+    let Some(cluster) = &control.cluster else {
+        return response;
+    };
+    let view = cluster.view();
+    let headers = response.headers_mut();
+    if let Some(id) = view
+        .id()
+        .and_then(|id| hyper::header::HeaderValue::from_str(id).ok())
+    {
+        headers.insert(CLUSTER, id);
+    }
+    if !headers.contains_key(REVISION) {
+        headers.insert(REVISION, hyper::header::HeaderValue::from(view.applied()));
+    }
+    response
 }
 
 /// `%XX` escapes in a path segment (a client escapes what is not a plain
@@ -126,11 +183,17 @@ async fn inspect(control: &Control, name: &str) -> Reply {
 
 async fn remove(control: &Control, name: &str) -> Reply {
     let name = FunctionName::parse(name)?;
-    match &control.cluster {
-        Some(cluster) => cluster.remove(&name).await?,
-        None => control.manager.remove(&name).await?,
-    }
-    Ok(text(StatusCode::OK, format!("removed {name}\n")))
+    let revision = match &control.cluster {
+        Some(cluster) => Some(cluster.remove(&name).await?),
+        None => {
+            control.manager.remove(&name).await?;
+            None
+        }
+    };
+    Ok(with_revision(
+        text(StatusCode::OK, format!("removed {name}\n")),
+        revision,
+    ))
 }
 
 async fn nodes(control: &Control) -> Reply {
@@ -192,7 +255,7 @@ async fn deploy(control: &Control, name: FunctionName, req: Request<Incoming>) -
         Some(pull) => pull::deploy(control, name, patch, pull, req).await?,
         None => receive_and_deploy(control, name, patch, req).await?,
     };
-    json(&info)
+    changed(&info)
 }
 
 async fn update(control: &Control, name: &str, req: &Request<Incoming>) -> Reply {
@@ -200,7 +263,7 @@ async fn update(control: &Control, name: &str, req: &Request<Incoming>) -> Reply
     let (again, rest) = pull::split_update(req.uri().query().unwrap_or(""))?;
     let patch = OptionsPatch::from_query(&rest).map_err(ApiError::BadRequest)?;
     if again {
-        return json(&pull::update(control, &name, patch).await?);
+        return changed(&pull::update(control, &name, patch).await?);
     }
     if patch.is_empty() {
         return Err(ApiError::BadRequest(
@@ -208,7 +271,7 @@ async fn update(control: &Control, name: &str, req: &Request<Incoming>) -> Reply
         ));
     }
     match &control.cluster {
-        Some(cluster) => json(&cluster.update(&name, patch).await?),
+        Some(cluster) => changed(&cluster.update(&name, patch).await?),
         None => json(&control.manager.update(&name, patch).await?),
     }
 }
@@ -228,7 +291,7 @@ async fn rollback(control: &Control, name: &str, req: &Request<Incoming>) -> Rep
         }
     }
     match &control.cluster {
-        Some(cluster) => json(&cluster.rollback(&name, to).await?),
+        Some(cluster) => changed(&cluster.rollback(&name, to).await?),
         None => json(&control.manager.rollback(&name, to).await?),
     }
 }
@@ -304,7 +367,10 @@ async fn api_new(control: &Control, req: Request<Incoming>) -> Reply {
         Err(e) => return refuse_upload(req, e).await,
     };
     let info = receive_and_deploy(control, name, patch, req).await?;
-    json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))
+    Ok(with_revision(
+        json(&serde_json::json!({ "name": info.name, "ip": info.ip, "cmd": info.command }))?,
+        info.revision,
+    ))
 }
 
 /// `/api/new`'s name (`X-Image-Name`) and options: the query string, or

@@ -397,6 +397,7 @@ impl Manager {
             nodes: Vec::new(),
             notes: Vec::new(),
             pool: live.as_ref().map(|(func, _)| pool_info(&func.pool)),
+            revision: None,
         }
     }
 

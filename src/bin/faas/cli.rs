@@ -16,7 +16,10 @@ use faasd::api::{parse_env, parse_env_file, EgressRule, HandlerKind, OptionsPatc
         faas talks to faasd at --url (or FAAS_URL); without one, to the Unix socket \
         /run/faasd/faasd.sock if it exists (root and the faasd group), else to \
         http://127.0.0.1:8080 with the token from --token, FAAS_TOKEN, --token-file or \
-        /var/lib/faasd/token (readable by root)."
+        /var/lib/faasd/token (readable by root).\n\n\
+        In a cluster (faasd --etcd), faas keeps the last revision it saw of each cluster in \
+        $FAAS_STATE_DIR (else $XDG_STATE_HOME/faas, else ~/.local/state/faas) and sends it, so \
+        a read through any node sees what was written through another."
 )]
 pub struct Cli {
     /// faasd's control API: http://HOST:PORT or unix:///PATH.
@@ -179,6 +182,14 @@ pub struct DeployArgs {
     /// Platform to pick from a multi-platform image (os/arch[/variant]).
     #[arg(long, value_name = "OS/ARCH", requires = "image")]
     pub platform: Option<String>,
+    /// In a cluster: return once every live node serves this version with
+    /// its pool filled, a line per node as it gets there (non-zero exit if
+    /// one failed or --wait-timeout passed).
+    #[arg(long)]
+    pub wait_all: bool,
+    /// How long --wait-all waits, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub wait_timeout: u64,
     #[command(flatten)]
     pub options: OptionArgs,
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
 use faasd::client::http::{self, Body, Endpoint};
+use faasd::client::revisions::Revisions;
 use faasd::client::{default_token, default_url, read_token, Client};
 use faasd::image::build::{single_binary, write_image};
 
@@ -139,6 +140,10 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
         _ if client.is_local_socket() => None,
         _ => default_token(),
     };
+    let client = match Revisions::default_dir() {
+        Some(dir) => client.with_revisions(Revisions::at(&dir)),
+        None => client,
+    };
     Ok(client.with_token(token))
 }
 
@@ -187,6 +192,58 @@ fn deploy(client: &Client, mut args: DeployArgs) -> anyhow::Result<()> {
     for note in &info.notes {
         println!("{note}");
     }
+    if args.wait_all {
+        wait_all(client, &info, args.wait_timeout)?;
+    }
+    Ok(())
+}
+
+/// `--wait-all`: each live node's report on this change, as it comes in,
+/// until every one serves it (or one failed, or time is up).
+fn wait_all(client: &Client, info: &faasd::api::FunctionInfo, secs: u64) -> anyhow::Result<()> {
+    let Some(revision) = info.revision else {
+        bail!("--wait-all: this faasd is not in a cluster (--etcd); it serves the version already");
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut heard: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    loop {
+        let nodes = client.nodes()?;
+        let statuses = client.inspect(&info.name)?.nodes;
+        for s in statuses.iter().filter(|s| s.revision >= revision) {
+            if heard.contains_key(&s.node) || !nodes.iter().any(|n| n.name == s.node) {
+                continue;
+            }
+            match &s.error {
+                Some(e) => println!("{}: failed: {e}", s.node),
+                None if s.ready => println!("{}: serves version {}", s.node, s.version),
+                None => continue,
+            }
+            heard.insert(s.node.clone(), s.error.clone());
+        }
+        let waiting: Vec<&str> = nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .filter(|n| !heard.contains_key(*n))
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "--wait-all: after {secs} s, {} do not serve it yet",
+                waiting.join(", ")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let failed: Vec<&str> = heard
+        .iter()
+        .filter(|(_, e)| e.is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("--wait-all: {} failed to serve it", failed.join(", "));
+    }
     Ok(())
 }
 
@@ -233,6 +290,9 @@ fn deploy_image(
     );
     for note in &info.notes {
         println!("{note}");
+    }
+    if args.wait_all {
+        wait_all(client, &info, args.wait_timeout)?;
     }
     Ok(())
 }
