@@ -9,6 +9,12 @@ use super::{full, ApiError, Body};
 
 pub type Reply = Result<Response<Body>, ApiError>;
 
+/// The revision an answer reflects (a change's own), the lowest one a
+/// request accepts, and the cluster both belong to.
+pub const REVISION: &str = "x-faas-revision";
+pub const MIN_REVISION: &str = "x-faas-min-revision";
+pub const CLUSTER: &str = "x-faas-cluster";
+
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -37,10 +43,8 @@ pub fn changed(info: &crate::api::FunctionInfo) -> Reply {
 /// `X-Faas-Revision`, where the cluster recorded the change.
 pub fn with_revision(mut r: Response<Body>, revision: Option<i64>) -> Response<Body> {
     if let Some(revision) = revision {
-        r.headers_mut().insert(
-            super::routes::REVISION,
-            hyper::header::HeaderValue::from(revision),
-        );
+        r.headers_mut()
+            .insert(REVISION, hyper::header::HeaderValue::from(revision));
     }
     r
 }

@@ -8,19 +8,13 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::reply::{changed, json, text, with_revision, Reply};
+use super::reply::{changed, json, text, with_revision, Reply, CLUSTER, MIN_REVISION, REVISION};
 use super::{logs, pull, secrets, upload, ApiError, Body, Control, Peer};
 use crate::api::name::FunctionName;
 use crate::api::OptionsPatch;
 use crate::cluster::ClusterError;
 use crate::manager::ManagerError;
 use crate::metrics;
-
-/// The revision an answer reflects (a change's own), the lowest one a
-/// request accepts, and the cluster both belong to.
-pub const REVISION: &str = "x-faas-revision";
-pub const MIN_REVISION: &str = "x-faas-min-revision";
-pub const CLUSTER: &str = "x-faas-cluster";
 
 pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
