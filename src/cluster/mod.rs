@@ -352,7 +352,8 @@ impl Cluster {
     }
 
     /// Removes `name` from the cluster (and here); answers the revision
-    /// that removed it (etcd's now if the cluster had no record of it).
+    /// that removed it (this node's view if the cluster had no record of
+    /// it).
     pub async fn remove(&self, name: &FunctionName) -> Result<i64, ClusterError> {
         let _one = self.applying.lock().await;
         let key = keys::function(name);
