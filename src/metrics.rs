@@ -30,6 +30,10 @@ pub const CLOSER_INTERRUPTED: &str = "faas_closer_interrupted_total";
 pub const FORK_STARTS: &str = "faas_fork_starts_total";
 pub const FORK_SECONDS: &str = "faas_fork_seconds";
 pub const SHARED_UNROUTED: &str = "faas_shared_unrouted_total";
+pub const CONTAINER_FAILURES: &str = "faas_container_failures_total";
+pub const CLUSTER_FOLLOWING: &str = "faas_cluster_following";
+pub const CLUSTER_REVISION: &str = "faas_cluster_revision";
+pub const CLUSTER_MEMBERS: &str = "faas_cluster_members";
 
 /// Accept → hand-over spans a warm hit (tens of µs) to a slow cold start
 /// (seconds): roughly ×2.5 steps over that range.
@@ -144,6 +148,22 @@ fn describe() {
     );
     describe_counter!(IMAGE_ERRORS, "Image uploads refused, by reason.");
     describe_counter!(
+        CONTAINER_FAILURES,
+        "Containers of a function that failed: did not start, ended before serving, or a long-lived server ended (a crash loop counts up fast)."
+    );
+    describe_gauge!(
+        CLUSTER_FOLLOWING,
+        "1 while this node follows the cluster's etcd, 0 while it is cut off (it serves what it has; changes through it are refused)."
+    );
+    describe_gauge!(
+        CLUSTER_REVISION,
+        "The etcd revision of the last function record this node applied."
+    );
+    describe_gauge!(
+        CLUSTER_MEMBERS,
+        "The cluster's members as this node last saw them in etcd."
+    );
+    describe_counter!(
         CLOSER_CLOSED,
         "Descriptors a container had its hands on, closed by the closer thread."
     );
@@ -207,6 +227,7 @@ pub struct FunctionMetrics {
     memory: Histogram,
     fork_starts: Counter,
     fork_seconds: Histogram,
+    failures: Counter,
 }
 
 impl FunctionMetrics {
@@ -232,8 +253,14 @@ impl FunctionMetrics {
             cpu: histogram!(CONTAINER_CPU, "function" => f.clone()),
             memory: histogram!(CONTAINER_MEMORY, "function" => f.clone()),
             fork_starts: counter!(FORK_STARTS, "function" => f.clone()),
-            fork_seconds: histogram!(FORK_SECONDS, "function" => f),
+            fork_seconds: histogram!(FORK_SECONDS, "function" => f.clone()),
+            failures: counter!(CONTAINER_FAILURES, "function" => f),
         }
+    }
+
+    /// One of its containers failed.
+    pub fn container_failed(&self) {
+        self.failures.increment(1);
     }
 
     pub fn outcome(&self, outcome: Outcome) {
@@ -302,4 +329,19 @@ pub fn deployed(took: Duration, bytes: u64) {
 
 pub fn image_error(reason: &'static str) {
     counter!(IMAGE_ERRORS, "reason" => reason).increment(1);
+}
+
+/// Whether this node follows the cluster's etcd now.
+pub fn cluster_following(following: bool) {
+    gauge!(CLUSTER_FOLLOWING).set(if following { 1.0 } else { 0.0 });
+}
+
+/// The revision of the last function record applied here.
+pub fn cluster_revision(revision: i64) {
+    gauge!(CLUSTER_REVISION).set(revision as f64);
+}
+
+/// How many members the cluster has, as last seen.
+pub fn cluster_members(count: usize) {
+    gauge!(CLUSTER_MEMBERS).set(count as f64);
 }

@@ -191,6 +191,14 @@ fn a_write_through_one_node_is_read_through_another_at_once() {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
 
+/// A gauge without labels from `node`'s /metrics.
+fn gauge(node: &Node, name: &str) -> Option<f64> {
+    let (_, text) = node.faasd.client().raw("GET", "/metrics", b"").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Drops (or stops dropping) everything between `node` and etcd's
 /// members, both ways, as a partition would.
 fn cut_off(node: &Node, cut: bool) {
@@ -271,6 +279,12 @@ fn a_node_cut_off_from_etcd_serves_refuses_changes_and_converges_when_healed() {
     assert!(err.to_string().contains("etcd"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     assert!(says(cut, "one"), "still serving what it has");
+    wait_until(
+        "the cut-off node's metrics to say it lost etcd",
+        Duration::from_secs(15),
+        || gauge(cut, "faas_cluster_following") == Some(0.0),
+        || sim.context(),
+    );
 
     // The others go on: a new version through node 1.
     let two = sim.nodes[0]
@@ -320,6 +334,17 @@ fn a_node_cut_off_from_etcd_serves_refuses_changes_and_converges_when_healed() {
     );
     let info = cut.faasd.client().inspect("f").expect("inspect");
     assert!(holds(&info.options.env, "WHICH=three"));
+    wait_until(
+        "the healed node's metrics: following, 3 members, the newest revision",
+        Duration::from_secs(15),
+        || {
+            gauge(cut, "faas_cluster_following") == Some(1.0)
+                && gauge(cut, "faas_cluster_members") == Some(3.0)
+                && gauge(cut, "faas_cluster_revision")
+                    .is_some_and(|r| r >= two.revision.unwrap_or(i64::MAX) as f64)
+        },
+        || format!("{:?}", cut.faasd.client().raw("GET", "/metrics", b"")),
+    );
     // Changes through it work again.
     cut.faasd
         .client()

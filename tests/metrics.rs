@@ -1,7 +1,9 @@
 //! /metrics and logs as operators use them: exact counter deltas as
 //! requests, cold and warm starts, timeouts and rejections happen; the
 //! output passes `promtool check metrics`; a real Prometheus server scrapes
-//! it and answers a query; `faas logs` shows and follows handler output.
+//! it and answers a query, and every query of the shipped Grafana
+//! dashboard; the shipped alert rules pass their promtool unit tests;
+//! `faas logs` shows and follows handler output.
 
 mod common;
 
@@ -270,6 +272,29 @@ impl Prometheus {
         }
     }
 
+    /// How many series `q` answers with, or Prometheus's error.
+    fn query_all(&self, q: &str) -> Result<usize, String> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", q)
+            .finish();
+        let endpoint = faasd::client::http::Endpoint::Tcp(self.addr.clone());
+        let answer = faasd::client::http::request(
+            &endpoint,
+            "GET",
+            &format!("/api/v1/query?{query}"),
+            &[],
+            faasd::client::http::Body::Empty,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        let body = answer.text().map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        match v["status"].as_str() {
+            Some("success") => Ok(v["data"]["result"].as_array().map_or(0, Vec::len)),
+            _ => Err(body),
+        }
+    }
+
     fn query(&self, q: &str) -> Option<f64> {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", q)
@@ -393,4 +418,86 @@ fn faas_logs_shows_and_follows_handler_output() {
     }
     let _ = follower.kill();
     let _ = follower.wait();
+}
+
+/// `dist/prometheus/alerts.yml`: well-formed, and its unit tests (each
+/// alert firing on the series that should fire it, and not before) pass.
+#[test]
+fn the_shipped_alert_rules_pass_promtool() {
+    let promtool = which("promtool").expect("promtool not found: apt-get install -y prometheus");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts.test.yml"][..],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every query of `dist/grafana/faasd.json`, its variables set to all,
+/// is accepted by a real Prometheus scraping a real faasd, and those over
+/// a single node's metrics answer with data (the cluster's are checked
+/// in tests/cluster_faults.rs).
+#[test]
+fn every_dashboard_query_is_answered_by_a_real_prometheus() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/grafana/faasd.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("dashboard")).expect("dashboard JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let d = Daemon::start();
+    let warm = d
+        .deploy(
+            "warm",
+            &hello_image(),
+            &DeployOptions {
+                warm: 1,
+                ..Default::default()
+            },
+        )
+        .ip;
+    let cold = d
+        .deploy("cold", &hello_image(), &DeployOptions::default())
+        .ip;
+    let prom = Prometheus::start(
+        d.url.trim_start_matches("http://"),
+        &faasd::client::token_path(&d.state),
+    );
+    // Requests across a few scrapes, so that rates have two samples.
+    for _ in 0..6 {
+        for ip in [warm, cold] {
+            assert_eq!(call(ip).expect("request").0, 200);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    for expr in &exprs {
+        let q = expr.replace("$function", ".*").replace("$instance", ".*");
+        let wants_data = !q.contains("faas_cluster_");
+        eventually_every(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            &format!("prometheus to answer {q}"),
+            || match prom.query_all(&q) {
+                Ok(n) if n > 0 || !wants_data => Ok(()),
+                other => Err(other),
+            },
+        );
+    }
 }

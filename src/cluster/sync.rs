@@ -24,6 +24,8 @@ use crate::manager::ManagerError;
 /// second; writes through this node wait for its view meanwhile), doubled
 /// on each failed attempt up to the longest.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the members are counted (`faas_cluster_members`).
+const MEMBERS_EVERY: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// How often a change that failed here (a peer down, a full disk) is tried again.
@@ -189,8 +191,10 @@ async fn follow(
     })
     .await?;
     let mut retry = tokio::time::interval(RETRY_EVERY);
+    let mut members = tokio::time::interval(MEMBERS_EVERY);
     loop {
         tokio::select! {
+            _ = members.tick() => cluster.count_members().await,
             why = &mut keepalive.0 => {
                 return Err(ClusterError::Unavailable(why.unwrap_or_else(|e| e.to_string())));
             }
@@ -379,6 +383,15 @@ impl Cluster {
             },
         }
         Ok(())
+    }
+
+    /// Counts the members for `faas_cluster_members` (a failure leaves the
+    /// last count: the lease's loss says more).
+    async fn count_members(&self) {
+        let count = GetOptions::new().with_prefix().with_count_only();
+        if let Ok(got) = self.get_again(keys::NODES, Some(count)).await {
+            crate::metrics::cluster_members(usize::try_from(got.count()).unwrap_or(0));
+        }
     }
 
     /// Removes `name` here (the cluster removed it).

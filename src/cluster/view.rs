@@ -26,6 +26,7 @@ pub struct View {
 
 impl View {
     pub(super) fn new() -> Self {
+        crate::metrics::cluster_following(false);
         Self {
             applied: watch::Sender::new(0),
             cut_off: Mutex::new(Some("not yet in the cluster".into())),
@@ -61,6 +62,7 @@ impl View {
             let newer = revision > *at;
             if newer {
                 *at = revision;
+                crate::metrics::cluster_revision(revision);
             }
             newer
         });
@@ -68,10 +70,12 @@ impl View {
 
     pub(super) fn follows(&self) {
         *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        crate::metrics::cluster_following(true);
     }
 
     pub(super) fn lost(&self, why: String) {
         *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        crate::metrics::cluster_following(false);
     }
 
     /// Waits until `revision` is applied here, at most `within`.

@@ -64,6 +64,7 @@ async fn serve(rt: Arc<Runtime>, func: Arc<Function>, waiting: Waiting) {
                 let why = e.for_operator(&func);
                 func.say(&format!("starting a container for a connection: {why}"));
                 func.pool.failed(why);
+                func.ledger.container_failed();
             }
             func.ledger.failed(outcome);
             let reason = format!("{}; faas logs {}", e.public_reason(), func.name);

@@ -64,6 +64,11 @@ impl Ledger {
         self.metrics.forked(delta.started, &delta.latencies);
     }
 
+    /// One of its containers failed (the pool counts it too).
+    pub fn container_failed(&self) {
+        self.metrics.container_failed();
+    }
+
     /// A connection was accepted for the function.
     pub fn accepted(&self) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);

@@ -168,6 +168,7 @@ fn parked(func: &Function, started: Result<Ready, RuntimeError>) {
             let why = e.for_operator(func);
             func.say(&format!("starting a container: {why}"));
             func.pool.failed(why);
+            func.ledger.container_failed();
             tracing::warn!(function = %func.name, error = %e, "starting a warm container");
         }
     }

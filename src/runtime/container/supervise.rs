@@ -129,6 +129,7 @@ impl Guard {
         let why = format!("{what}{exit}");
         self.say(&why);
         self.func.pool.failed(why);
+        self.func.ledger.container_failed();
     }
 
     /// Waits for the container's process to end and records how (at once
