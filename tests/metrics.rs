@@ -272,8 +272,8 @@ impl Prometheus {
         }
     }
 
-    /// How many series `q` answers with, or Prometheus's error.
-    fn query_all(&self, q: &str) -> Result<usize, String> {
+    /// Prometheus's whole answer to `q` (its JSON), or why there is none.
+    fn answer(&self, q: &str) -> Result<serde_json::Value, String> {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", q)
             .finish();
@@ -287,29 +287,21 @@ impl Prometheus {
         )
         .map_err(|e| format!("{e:?}"))?;
         let body = answer.text().map_err(|e| e.to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+    }
+
+    /// How many series `q` answers with, or Prometheus's error.
+    fn query_all(&self, q: &str) -> Result<usize, String> {
+        let v = self.answer(q)?;
         match v["status"].as_str() {
             Some("success") => Ok(v["data"]["result"].as_array().map_or(0, Vec::len)),
-            _ => Err(body),
+            _ => Err(v.to_string()),
         }
     }
 
+    /// The first series' value.
     fn query(&self, q: &str) -> Option<f64> {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", q)
-            .finish();
-        let endpoint = faasd::client::http::Endpoint::Tcp(self.addr.clone());
-        let answer = faasd::client::http::request(
-            &endpoint,
-            "GET",
-            &format!("/api/v1/query?{query}"),
-            &[],
-            faasd::client::http::Body::Empty,
-        )
-        .ok()?;
-        let body = answer.text().ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let v = self.answer(q).ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 }
