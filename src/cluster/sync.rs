@@ -192,6 +192,8 @@ async fn follow(
     .await?;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     let mut members = tokio::time::interval(MEMBERS_EVERY);
+    // A slow count is not made up for with a burst of them.
+    members.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = members.tick() => cluster.count_members().await,
@@ -386,10 +388,15 @@ impl Cluster {
     }
 
     /// Counts the members for `faas_cluster_members` (a failure leaves the
-    /// last count: the lease's loss says more).
+    /// last count: the lease's loss says more). Bounded: with every
+    /// member unreachable a request can wait for a connection longer than
+    /// its own timeout, and the loop that awaits this must go on to notice
+    /// the lease's loss (a partition test caught it stuck here).
     async fn count_members(&self) {
         let count = GetOptions::new().with_prefix().with_count_only();
-        if let Ok(got) = self.get_again(keys::NODES, Some(count)).await {
+        let mut client = self.client.clone();
+        let got = tokio::time::timeout(REQUEST_TIMEOUT, client.get(keys::NODES, Some(count))).await;
+        if let Ok(Ok(got)) = got {
             crate::metrics::cluster_members(usize::try_from(got.count()).unwrap_or(0));
         }
     }
