@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use etcd_client::{Error, GetOptions, GetResponse, Txn, TxnResponse};
 
-/// Tries in all, and the pause between two.
+/// Tries in all, the pause between two, and how long after the first try
+/// another may start.
 const ATTEMPTS: u32 = 5;
 const PAUSE: Duration = Duration::from_millis(50);
+const BUDGET: Duration = super::REQUEST_TIMEOUT;
 
 /// A read, tried again while etcd is unavailable.
 pub(super) async fn read<T, F, Fut>(op: F) -> Result<T, Error>
@@ -36,10 +38,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
+    let started = std::time::Instant::now();
     let mut tries = 1;
     loop {
         match op().await {
-            Err(e) if tries < ATTEMPTS && retry(&e) => {
+            // Within one request's time: a connection that times out
+            // rather than being refused is not tried five times over.
+            Err(e) if tries < ATTEMPTS && started.elapsed() < BUDGET && retry(&e) => {
                 tries += 1;
                 tokio::time::sleep(PAUSE).await;
             }
