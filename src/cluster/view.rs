@@ -44,14 +44,6 @@ impl View {
         self.id.get().map(String::as_str)
     }
 
-    /// Whether this node follows etcd now.
-    pub fn following(&self) -> bool {
-        self.cut_off
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-    }
-
     pub(super) fn named(&self, id: &str) {
         let _ = self.id.set(id.to_string());
     }

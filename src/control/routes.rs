@@ -31,56 +31,58 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
     {
         return ApiError::Unauthorized.response();
     }
-    if !matches!(segments.as_slice(), ["healthz"] | ["v1", "archives", ..]) {
-        if let Err(e) = reach_asked(control, &req).await {
-            tracing::info!(%method, %path, status = %e.status(), error = %e, "control request failed");
-            return stamp(control, e.response());
-        }
-    }
-    let reply = match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["v1", "functions"]) => json(&control.manager.list().await),
-        (&Method::GET, ["v1", "functions", name]) => inspect(control, name).await,
-        (&Method::PUT | &Method::POST, ["v1", "functions", name]) => {
-            let name = FunctionName::parse(name).map_err(ApiError::from);
-            match name {
-                Ok(name) => deploy(control, name, req).await,
-                Err(e) => refuse_upload(req, e).await,
+    let reached = match segments.as_slice() {
+        ["healthz"] | ["v1", "archives", ..] => Ok(()),
+        _ => reach_asked(control, &req).await,
+    };
+    let reply = if let Err(e) = reached {
+        Err(e)
+    } else {
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+            (&Method::GET, ["v1", "functions"]) => json(&control.manager.list().await),
+            (&Method::GET, ["v1", "functions", name]) => inspect(control, name).await,
+            (&Method::PUT | &Method::POST, ["v1", "functions", name]) => {
+                let name = FunctionName::parse(name).map_err(ApiError::from);
+                match name {
+                    Ok(name) => deploy(control, name, req).await,
+                    Err(e) => refuse_upload(req, e).await,
+                }
             }
+            (&Method::PATCH, ["v1", "functions", name]) => update(control, name, &req).await,
+            (&Method::POST, ["v1", "functions", name, "rollback"]) => {
+                rollback(control, name, &req).await
+            }
+            (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
+            (&Method::GET, ["v1", "functions", name, "pull"]) => pull::progress(control, name),
+            (&Method::GET, ["v1", "functions", name, "logs"]) => {
+                logs::logs(control, name, req.uri().query()).await
+            }
+            (&Method::GET, ["v1", "nodes"]) => nodes(control).await,
+            (&Method::GET, ["v1", "archives", digest]) => archive(control, digest).await,
+            (&Method::GET, ["v1", "secrets"]) => secrets::list(control).await,
+            (&Method::PUT | &Method::POST, ["v1", "secrets", name]) => {
+                secrets::create(control, name, req).await
+            }
+            (&Method::DELETE, ["v1", "secrets", name]) => secrets::remove(control, name).await,
+            (&Method::GET, ["v1", "registries"]) => pull::logins(control).await,
+            (&Method::PUT | &Method::POST, ["v1", "registries", host]) => {
+                pull::login(control, host, req).await
+            }
+            (&Method::DELETE, ["v1", "registries", host]) => pull::logout(control, host).await,
+            (&Method::GET, ["metrics"]) => metrics(control).await,
+            (&Method::POST, ["api", "new"]) => api_new(control, req).await,
+            (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
+            (&Method::GET, ["api", "list"]) => api_list(control).await,
+            (
+                _,
+                ["healthz"]
+                | ["metrics"]
+                | ["v1", "functions" | "secrets" | "nodes" | "archives" | "registries", ..]
+                | ["api", ..],
+            ) => Err(ApiError::Method(method.to_string())),
+            _ => Err(ApiError::NoRoute(path.clone())),
         }
-        (&Method::PATCH, ["v1", "functions", name]) => update(control, name, &req).await,
-        (&Method::POST, ["v1", "functions", name, "rollback"]) => {
-            rollback(control, name, &req).await
-        }
-        (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
-        (&Method::GET, ["v1", "functions", name, "pull"]) => pull::progress(control, name),
-        (&Method::GET, ["v1", "functions", name, "logs"]) => {
-            logs::logs(control, name, req.uri().query()).await
-        }
-        (&Method::GET, ["v1", "nodes"]) => nodes(control).await,
-        (&Method::GET, ["v1", "archives", digest]) => archive(control, digest).await,
-        (&Method::GET, ["v1", "secrets"]) => secrets::list(control).await,
-        (&Method::PUT | &Method::POST, ["v1", "secrets", name]) => {
-            secrets::create(control, name, req).await
-        }
-        (&Method::DELETE, ["v1", "secrets", name]) => secrets::remove(control, name).await,
-        (&Method::GET, ["v1", "registries"]) => pull::logins(control).await,
-        (&Method::PUT | &Method::POST, ["v1", "registries", host]) => {
-            pull::login(control, host, req).await
-        }
-        (&Method::DELETE, ["v1", "registries", host]) => pull::logout(control, host).await,
-        (&Method::GET, ["metrics"]) => metrics(control).await,
-        (&Method::POST, ["api", "new"]) => api_new(control, req).await,
-        (&Method::GET, ["api", "ip", name]) => api_ip(control, name).await,
-        (&Method::GET, ["api", "list"]) => api_list(control).await,
-        (
-            _,
-            ["healthz"]
-            | ["metrics"]
-            | ["v1", "functions" | "secrets" | "nodes" | "archives" | "registries", ..]
-            | ["api", ..],
-        ) => Err(ApiError::Method(method.to_string())),
-        _ => Err(ApiError::NoRoute(path.clone())),
     };
     let response = match reply {
         Ok(r) => r,
