@@ -199,40 +199,6 @@ fn gauge(node: &Node, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Drops (or stops dropping) everything between `node` and etcd's
-/// members, both ways, as a partition would.
-fn cut_off(node: &Node, cut: bool) {
-    for rule in [
-        [
-            "OUTPUT",
-            "-d",
-            "198.18.0.0/30",
-            "-p",
-            "tcp",
-            "--dport",
-            "2379",
-        ],
-        [
-            "INPUT",
-            "-s",
-            "198.18.0.0/30",
-            "-p",
-            "tcp",
-            "--sport",
-            "2379",
-        ],
-    ] {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &node.ns.0, "iptables"])
-            .arg(if cut { "-I" } else { "-D" })
-            .args(rule)
-            .args(["-j", "DROP"])
-            .output()
-            .expect("iptables");
-        assert!(out.status.success(), "iptables: {out:?}");
-    }
-}
-
 /// Node 3 loses etcd (not its clients): it serves what it has, refuses
 /// changes with the cause, the others go on changing things (and etcd
 /// compacts the history meanwhile); healed, node 3 converges on its own.
@@ -259,11 +225,11 @@ fn a_node_cut_off_from_etcd_serves_refuses_changes_and_converges_when_healed() {
         || sim.context(),
     );
     let cut = &sim.nodes[2];
-    cut_off(cut, true);
+    cut.cut(Cut::Etcd, true);
     struct Heal<'a>(&'a Node);
     impl Drop for Heal<'_> {
         fn drop(&mut self) {
-            cut_off(self.0, false);
+            self.0.cut(Cut::Etcd, false);
         }
     }
     let heal = Heal(cut);

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::keys::{self, Spec};
 use super::{Cluster, ClusterError};
@@ -163,6 +163,14 @@ impl Cluster {
             revision,
         )];
         let mut ops = vec![TxnOp::put(key.as_str(), self.seal.seal_spec(&spec), None)];
+        // The record and the offer of its archive are one: a record no
+        // peer could fetch is never published (an offer of its own could
+        // fail while the record's write succeeds).
+        if let (Some(digest), Some(lease)) = (change.new_archive, self.lease()) {
+            let options = PutOptions::new().with_lease(lease);
+            let holder = keys::holder(digest, &self.me.node);
+            ops.push(TxnOp::put(holder, self.me.url.as_str(), Some(options)));
+        }
         self.claim_hosts(name, &record.options.hosts, previous, &mut when, &mut ops)
             .await?;
         let txn = Txn::new().when(when).and_then(ops);

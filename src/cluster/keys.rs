@@ -22,6 +22,8 @@ use crate::api::{DeployOptions, ImageRef};
 
 pub const FUNCTIONS: &str = "/faasd/functions/";
 pub const ADDRESSES: &str = "/faasd/addresses/";
+/// The address handed out last (the next one is taken after it).
+pub const ADDRESS_CURSOR: &str = "/faasd/address-cursor";
 pub const NODES: &str = "/faasd/nodes/";
 pub const STATUS: &str = "/faasd/status/";
 pub const ARCHIVES: &str = "/faasd/archives/";

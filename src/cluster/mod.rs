@@ -6,7 +6,7 @@
 //! image archives move between nodes by digest (`archives`).
 
 use crate::manager::{ImageSource, Repull};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -58,8 +58,12 @@ pub enum ClusterError {
     Behind { at: i64, wanted: i64, why: String },
     #[error("this node does not serve {0}'s cluster version yet (its last attempt failed: `faas inspect` lists why under nodes); try again, or through another node")]
     OutOfStep(FunctionName),
-    #[error("etcd did not confirm the change ({0}); this node went back to the version the cluster recorded before, but etcd may hold the change: `faas inspect` shows which, and every node follows what etcd holds")]
+    #[error("etcd did not confirm the change ({0}), but etcd may hold the change: this node serves what the cluster recorded before until it learns which; `faas inspect` shows which, and every node follows what etcd holds")]
     Indeterminate(String),
+    #[error("{name}'s version {version} is kept on this node only: the cluster no longer records its image, so its peers could not serve it; deploy that image again instead")]
+    NotRecorded { name: FunctionName, version: u64 },
+    #[error("{0} is being changed through this node and etcd has not confirmed it yet; try again")]
+    InFlight(String),
     #[error("the cluster's address pool has no free address")]
     Exhausted,
     #[error("fetching image archive {digest}: {why}")]
@@ -115,7 +119,28 @@ pub struct Cluster {
     /// One change at a time on this node: an API change and the
     /// convergence of a watched one never interleave.
     applying: tokio::sync::Mutex<()>,
+    /// Functions a change through this node has changed here and etcd has
+    /// not yet confirmed (`InFlight`).
+    changing: tokio::sync::watch::Sender<BTreeSet<FunctionName>>,
     view: View,
+}
+
+/// A change of one function through this node, under way: the change
+/// lock held, and the function marked, so that reads of it here wait for
+/// the outcome (`settled`) instead of seeing a version etcd may yet
+/// refuse (and this node then undo).
+pub(super) struct InFlight<'a> {
+    _one: tokio::sync::MutexGuard<'a, ()>,
+    name: FunctionName,
+    changing: &'a tokio::sync::watch::Sender<BTreeSet<FunctionName>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.changing.send_modify(|all| {
+            all.remove(&self.name);
+        });
+    }
 }
 
 impl Cluster {
@@ -154,6 +179,7 @@ impl Cluster {
             state: state.to_path_buf(),
             lease: Mutex::new(None),
             applying: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::watch::Sender::new(BTreeSet::new()),
             view: View::new(),
         }))
     }
@@ -340,6 +366,9 @@ impl Cluster {
     ) -> Result<FunctionInfo, ClusterError> {
         let (_one, current, revision) = self.begin(name).await?;
         self.in_step(name, current.as_ref()).await?;
+        if let Some(spec) = &current {
+            self.recorded_image(name, spec, to).await?;
+        }
         self.manager.rollback(name, to).await?;
         let change = Change {
             current: current.as_ref(),
@@ -352,8 +381,9 @@ impl Cluster {
     }
 
     /// Removes `name` from the cluster (and here); answers the revision
-    /// that removed it (this node's view if the cluster had no record of
-    /// it).
+    /// that removed it. A name the cluster has no record of is not found,
+    /// even if this node still serves it (its removal is on the way here,
+    /// and no revision says when it happened).
     pub async fn remove(&self, name: &FunctionName) -> Result<i64, ClusterError> {
         let _one = self.applying.lock().await;
         let key = keys::function(name);
@@ -374,13 +404,12 @@ impl Cluster {
             }
             Err(e) => return Err(e),
         };
-        let mut removed_at = self.view.applied();
-        if revision > 0 {
+        if revision == 0 {
+            return Err(ManagerError::NotFound(name.clone()).into());
+        }
+        let removed_at = {
             let mut ops = vec![TxnOp::delete(key.as_str(), None)];
-            ops.extend(
-                held.iter()
-                    .map(|ip: &IpAddr| TxnOp::delete(keys::address(*ip), None)),
-            );
+            ops.extend(self.quarantine(&held).await?);
             ops.extend(hosts.iter().map(|h| TxnOp::delete(keys::host(h), None)));
             let txn = Txn::new()
                 .when([Compare::mod_revision(
@@ -389,16 +418,28 @@ impl Cluster {
                     revision,
                 )])
                 .and_then(ops);
-            let done = self.txn_again(txn).await?;
+            let done = match self.txn_again(txn).await {
+                Ok(done) => done,
+                // The answer was lost, not necessarily the removal: only a
+                // record still at `revision` says it did not happen.
+                Err(e) => {
+                    let got = self.get_again(&key, None).await.ok();
+                    let untouched = got.is_some_and(|g| {
+                        g.kvs().first().map(|kv| kv.mod_revision()) == Some(revision)
+                    });
+                    return Err(match untouched {
+                        true => e.into(),
+                        false => ClusterError::Indeterminate(e.to_string()),
+                    });
+                }
+            };
             if !done.succeeded() {
                 return Err(ClusterError::Conflict(name.clone()));
             }
-            removed_at = done.header().map_or(0, |h| h.revision());
-        }
-        let removed = self.manager.remove(name).await;
-        match removed {
-            Err(ManagerError::NotFound(_)) if revision > 0 => {}
-            Ok(()) => {}
+            done.header().map_or(0, |h| h.revision())
+        };
+        match self.manager.remove(name).await {
+            Ok(()) | Err(ManagerError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
         self.forget_status(name).await;
@@ -455,28 +496,87 @@ impl Cluster {
     async fn begin(
         &self,
         name: &FunctionName,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Option<Spec>, i64), ClusterError> {
+    ) -> Result<(InFlight<'_>, Option<Spec>, i64), ClusterError> {
         loop {
             let one = self.applying.lock().await;
             let (current, revision) = self.spec(name).await?;
-            if self.view.applied() >= revision {
-                return Ok((one, current, revision));
+            // Tried is enough: a record this node could not serve is
+            // refused by `in_step`, not waited for.
+            if self.view.watched() >= revision {
+                self.changing.send_modify(|all| {
+                    all.insert(name.clone());
+                });
+                let in_flight = InFlight {
+                    _one: one,
+                    name: name.clone(),
+                    changing: &self.changing,
+                };
+                return Ok((in_flight, current, revision));
             }
             drop(one);
-            self.view.reach(revision, REACH_TIMEOUT).await?;
+            self.view.reach_watched(revision, REACH_TIMEOUT).await?;
+        }
+    }
+
+    /// Waits (bounded) until no change of `name` (of any function, for
+    /// `None`) through this node awaits etcd's answer.
+    pub async fn settled(&self, name: Option<&FunctionName>) -> Result<(), ClusterError> {
+        let mut changing = self.changing.subscribe();
+        let done = changing.wait_for(|all| match name {
+            Some(name) => !all.contains(name),
+            None => all.is_empty(),
+        });
+        let waited = tokio::time::timeout(REACH_TIMEOUT, done).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ClusterError::InFlight(
+                name.map_or("a function".to_string(), ToString::to_string),
+            )),
         }
     }
 
     /// Refuses a change to `name` while what serves here is not the
     /// cluster's version (its convergence failed): the change would
-    /// publish this node's older one.
+    /// publish this node's older one. The cluster's record is what counts:
+    /// a function it does not have is not found, even if this node still
+    /// serves it (its removal is on the way here).
     async fn in_step(&self, name: &FunctionName, spec: Option<&Spec>) -> Result<(), ClusterError> {
         let Some(spec) = spec else {
-            return Ok(());
+            return Err(ManagerError::NotFound(name.clone()).into());
         };
         match self.manager.record(name).await {
             Some(r) if r.image_id == spec.image_id && r.options == spec.options => Ok(()),
             _ => Err(ClusterError::OutOfStep(name.clone())),
+        }
+    }
+
+    /// Refuses a rollback to a version kept here whose image the cluster's
+    /// record cannot name (a node that missed versions kept others; its
+    /// peers could not fetch this one), before anything changes.
+    async fn recorded_image(
+        &self,
+        name: &FunctionName,
+        spec: &Spec,
+        to: Option<u64>,
+    ) -> Result<(), ClusterError> {
+        let Some(record) = self.manager.record(name).await else {
+            return Ok(());
+        };
+        let target = match to {
+            None => record.history.first(),
+            Some(v) => record.history.iter().find(|h| h.version == v),
+        };
+        match target {
+            Some(t)
+                if !spec.archives.contains_key(&t.image_id)
+                    && !spec.pulled.contains_key(&t.image_id) =>
+            {
+                Err(ClusterError::NotRecorded {
+                    name: name.clone(),
+                    version: t.version,
+                })
+            }
+            _ => Ok(()),
         }
     }
 

@@ -161,6 +161,7 @@ async fn converge_all(cluster: &Cluster) -> Result<(i64, Failed), ClusterError> 
         if !specs.contains_key(&record.name) {
             tracing::info!(function = %record.name, ip = %record.ip, "not in the cluster any more: removing");
             cluster.retire(&record.name).await;
+            cluster.view.release(record.name.as_str());
         }
     }
     let mut failed = HashMap::new();
@@ -249,6 +250,7 @@ async fn apply_event(cluster: &Cluster, event: &etcd_client::Event, failed: &mut
         EventType::Delete => {
             failed.remove(&name);
             cluster.retire(&name).await;
+            cluster.view.release(name.as_str());
         }
     }
 }
@@ -312,8 +314,12 @@ impl Cluster {
     /// again later.
     async fn converge(&self, spec: &Spec, revision: i64, failed: &mut Failed) {
         match self.apply(spec).await {
-            Ok(()) => self.report(&spec.name, revision, None).await,
+            Ok(()) => {
+                self.view.release(spec.name.as_str());
+                self.report(&spec.name, revision, None).await
+            }
             Err(e) => {
+                self.view.hold(spec.name.as_str(), revision, &e.to_string());
                 tracing::warn!(function = %spec.name, revision, error = %e, "could not serve the cluster's version");
                 self.report(&spec.name, revision, Some(e.to_string())).await;
                 failed.insert(spec.name.clone(), (spec.clone(), revision));
@@ -421,12 +427,23 @@ impl Cluster {
             .clone()
             .get(keys::holders(digest), Some(GetOptions::new().with_prefix()))
             .await?;
-        let peers: Vec<String> = got
+        let mut peers: Vec<String> = got
             .kvs()
             .iter()
             .filter(|kv| !kv.key().ends_with(format!("/{}", self.me.node).as_bytes()))
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
             .collect();
+        if peers.is_empty() {
+            // No offer (its holder's lease lapsed, say): any peer may
+            // still have it, and says so by sending it.
+            peers = self
+                .nodes()
+                .await?
+                .into_iter()
+                .filter(|n| n.name != self.me.node)
+                .map(|n| n.url)
+                .collect();
+        }
         let archives = self.archives.clone();
         let credential = self.seal.credential(&self.me.node, digest, seal::now());
         let wanted = digest.to_string();

@@ -77,8 +77,9 @@ fn cluster_status(e: &ClusterError) -> StatusCode {
         | ClusterError::Identity { .. }
         | ClusterError::Behind { .. }
         | ClusterError::Indeterminate(_)
-        | ClusterError::OutOfStep(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ClusterError::Conflict(_) => StatusCode::CONFLICT,
+        | ClusterError::OutOfStep(_)
+        | ClusterError::InFlight(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ClusterError::Conflict(_) | ClusterError::NotRecorded { .. } => StatusCode::CONFLICT,
         ClusterError::Exhausted => StatusCode::INSUFFICIENT_STORAGE,
         ClusterError::Fetch { .. } => StatusCode::BAD_GATEWAY,
         ClusterError::Io { source, .. } => io_status(source),

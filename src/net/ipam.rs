@@ -1,7 +1,8 @@
 //! The function address pool: the prefixes of `--ip-pool` (IPv4 or IPv6,
-//! any number), handed out lowest free first, in the order given. Never
-//! an IPv4 prefix's network or broadcast address, nor an IPv6 prefix's
-//! subnet-router anycast address (its first).
+//! any number), in the order given: handed out lowest free first, or (a
+//! cluster) in turn after the last one. Never an IPv4 prefix's network or
+//! broadcast address, nor an IPv6 prefix's subnet-router anycast address
+//! (its first).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -70,6 +71,55 @@ impl AddressPool {
             .find_map(|n| n.hosts().find(|ip| usable(n, *ip) && !taken.contains(ip)))
             .ok_or_else(|| NetError::Exhausted(self.to_string()))
     }
+
+    /// The first usable address not in `taken` after `after` in the
+    /// pool's order, going round to the start: handed out in turn, an
+    /// address let go comes back only after all the others had theirs
+    /// (a node that missed its release may still serve the old function
+    /// there).
+    pub fn allocate_after(
+        &self,
+        taken: &HashSet<IpAddr>,
+        after: Option<IpAddr>,
+    ) -> Result<IpAddr, NetError> {
+        let at = after.and_then(|ip| {
+            let at = self.nets.iter().position(|n| n.contains(&ip))?;
+            Some((at, ip))
+        });
+        let Some((at, after)) = at else {
+            return self.allocate(taken);
+        };
+        let free = |n: &IpNet, ip: IpAddr| usable(n, ip) && !taken.contains(&ip);
+        let net = &self.nets[at];
+        hosts_after(net, after)
+            .find(|ip| free(net, *ip))
+            .or_else(|| {
+                self.nets[at + 1..]
+                    .iter()
+                    .find_map(|n| n.hosts().find(|ip| free(n, *ip)))
+            })
+            .map_or_else(|| self.allocate(taken), Ok)
+    }
+}
+
+/// The addresses of `net` after `ip`, in order (`usable` still to be
+/// asked).
+fn hosts_after(net: &IpNet, ip: IpAddr) -> Box<dyn Iterator<Item = IpAddr>> {
+    match (net, ip) {
+        (IpNet::V4(n), IpAddr::V4(a)) => match u32::from(a).checked_add(1) {
+            Some(next) if next <= u32::from(n.broadcast()) => {
+                Box::new(ipnet::Ipv4AddrRange::new(next.into(), n.broadcast()).map(IpAddr::V4))
+            }
+            _ => Box::new(std::iter::empty()),
+        },
+        (IpNet::V6(n), IpAddr::V6(a)) => match u128::from(a).checked_add(1) {
+            Some(next) if next <= u128::from(n.broadcast()) => {
+                Box::new(ipnet::Ipv6AddrRange::new(next.into(), n.broadcast()).map(IpAddr::V6))
+            }
+            _ => Box::new(std::iter::empty()),
+        },
+        _ => Box::new(std::iter::empty()),
+    }
 }
 
 /// IPv4: `hosts()` already leaves out network and broadcast. IPv6: the
@@ -136,6 +186,47 @@ mod tests {
         assert_eq!(pool.to_string(), "198.51.100.0/31,fd00:faa5:1::/64");
         let single = AddressPool::parse("192.0.2.7/32").expect("one address");
         assert_eq!(single.allocate(&HashSet::new()).ok(), Some(ip("192.0.2.7")));
+    }
+
+    #[test]
+    fn hands_out_in_turn_and_goes_round() {
+        let pool =
+            AddressPool::parse_all(&["198.51.100.0/30", "fd00:faa5:1::/126"]).expect("pools");
+        let mut taken = HashSet::new();
+        let mut last = None;
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let ip = pool.allocate_after(&taken, last).expect("address");
+            taken.insert(ip);
+            got.push(ip.to_string());
+            last = Some(ip);
+        }
+        assert_eq!(
+            got,
+            [
+                "198.51.100.1",
+                "198.51.100.2",
+                "fd00:faa5:1::1",
+                "fd00:faa5:1::2",
+                "fd00:faa5:1::3"
+            ]
+        );
+        // The first let go comes back only when the round does.
+        taken.remove(&ip("198.51.100.1"));
+        taken.remove(&ip("fd00:faa5:1::2"));
+        assert_eq!(
+            pool.allocate_after(&taken, last).ok(),
+            Some(ip("198.51.100.1"))
+        );
+        let after_first = pool.allocate_after(&taken, Some(ip("198.51.100.1")));
+        assert_eq!(after_first.ok(), Some(ip("fd00:faa5:1::2")));
+        taken.insert(ip("198.51.100.1"));
+        taken.insert(ip("fd00:faa5:1::2"));
+        assert!(pool.allocate_after(&taken, last).is_err());
+        // An address outside the pool (the pool changed): lowest free.
+        taken.clear();
+        let outside = pool.allocate_after(&taken, Some(ip("192.0.2.1")));
+        assert_eq!(outside.ok(), Some(ip("198.51.100.1")));
     }
 
     #[test]

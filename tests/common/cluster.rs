@@ -42,6 +42,44 @@ impl Node {
     pub fn inspect(&self, name: &str) -> FunctionInfo {
         self.faasd.client().inspect(name).expect("inspect")
     }
+
+    /// Drops (or stops dropping) everything between this node and etcd's
+    /// members, or its peers' control APIs (where archives are fetched),
+    /// both ways, as a partition would.
+    pub fn cut(&self, from: Cut, on: bool) {
+        let (net, port) = match from {
+            Cut::Etcd => ("198.18.0.0/30", "2379"),
+            Cut::Peers => ("198.18.1.0/24", "8080"),
+        };
+        let rules: [[&str; 7]; 2] = match from {
+            Cut::Etcd => [
+                ["OUTPUT", "-d", net, "-p", "tcp", "--dport", port],
+                ["INPUT", "-s", net, "-p", "tcp", "--sport", port],
+            ],
+            // Both its fetches from peers and theirs from it.
+            Cut::Peers => [
+                ["OUTPUT", "-d", net, "-p", "tcp", "--dport", port],
+                ["INPUT", "-s", net, "-p", "tcp", "--dport", port],
+            ],
+        };
+        for rule in rules {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.ns.0, "iptables"])
+                .arg(if on { "-I" } else { "-D" })
+                .args(rule)
+                .args(["-j", "DROP"])
+                .output()
+                .expect("iptables");
+            assert!(out.status.success(), "iptables: {out:?}");
+        }
+    }
+}
+
+/// What `Node::cut` separates a node from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    Etcd,
+    Peers,
 }
 
 pub struct Sim {
