@@ -140,6 +140,13 @@ pub struct NodeStatus {
     /// Why it does not serve the spec, if it failed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Live, as that node answered `faas inspect` through any node:
+    /// connections it served, and containers waiting in its pool (absent
+    /// if it could not be asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_ready: Option<u64>,
 }
 
 fn ready() -> String {

@@ -281,23 +281,32 @@ impl Client {
         Self::json(self.send("GET", &path, &[], Body::Empty)?)
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), ClientError> {
+    /// Removes `name`; in a cluster, answers the revision that recorded it.
+    pub fn remove(&self, name: &str) -> Result<Option<i64>, ClientError> {
         let path = format!("/v1/functions/{}", escape(name));
-        self.send("DELETE", &path, &[], Body::Empty).map(|_| ())
+        let response = self.send("DELETE", &path, &[], Body::Empty)?;
+        Ok(response
+            .header("x-faas-revision")
+            .and_then(|v| v.parse().ok()))
     }
 
     /// The end of a function's log; with `follow`, a stream that goes on
-    /// with new lines until the caller stops reading.
+    /// with new lines until the caller stops reading. In a cluster every
+    /// node's lines, prefixed with the node, or only `node`'s.
     pub fn logs(
         &self,
         name: &str,
         tail: usize,
         follow: bool,
+        node: Option<&str>,
     ) -> Result<Box<dyn Read + Send>, ClientError> {
-        let path = format!(
+        let mut path = format!(
             "/v1/functions/{}/logs?tail={tail}&follow={follow}",
             escape(name)
         );
+        if let Some(node) = node {
+            path += &format!("&node={}", escape(node));
+        }
         Ok(self.send("GET", &path, &[], Body::Empty)?.body)
     }
 

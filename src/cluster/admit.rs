@@ -60,9 +60,20 @@ impl Cluster {
         }
     }
 
-    /// The node a peer's archive request comes from, if its credential is
-    /// good for `digest` now.
-    pub fn check_peer(&self, credential: &str, digest: &str) -> Result<String, SealError> {
-        self.seal.check_credential(credential, digest, seal::now())
+    /// The node a peer's request comes from, if its credential is good
+    /// for `subject` now (an archive's digest, `logs/NAME`,
+    /// `inspect/NAME`).
+    pub fn check_peer(&self, credential: &str, subject: &str) -> Result<String, SealError> {
+        self.seal.check_credential(credential, subject, seal::now())
+    }
+
+    /// What this node presents to a peer asking about `subject`.
+    pub fn peer_credential(&self, subject: &str) -> String {
+        self.seal.credential(&self.me.node, subject, seal::now())
+    }
+
+    /// This node's name in the cluster.
+    pub fn node_name(&self) -> &str {
+        &self.me.node
     }
 }

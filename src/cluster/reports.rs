@@ -47,6 +47,8 @@ impl Cluster {
             image_id: record.map(|r| r.image_id).unwrap_or_default(),
             ready: error.is_none() && self.manager.ready(name),
             error,
+            requests: None,
+            warm_ready: None,
         };
         let key = keys::status(name, &self.me.node);
         let mut client = self.client.clone();

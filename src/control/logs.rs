@@ -1,6 +1,8 @@
 //! `GET /v1/functions/NAME/logs?tail=N&follow=true`: the last lines of a
-//! function's log ring (also of one whose first deploy was refused), then, when following, what is appended (polled;
-//! rotation is noticed by the file getting shorter).
+//! function's log ring on this node (also of one whose first deploy was
+//! refused), then, when following, what is appended (polled; rotation is
+//! noticed by the file getting shorter). In a cluster `peers` asks every
+//! node for these.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -21,44 +23,87 @@ const POLL: Duration = Duration::from_millis(200);
 /// Most bytes sent per poll while following.
 const CHUNK: usize = 64 << 10;
 
+/// What `faas logs` asks: how many lines back, whether to follow, and
+/// (in a cluster) which node's.
+pub struct Asked {
+    pub tail: usize,
+    pub follow: bool,
+    pub node: Option<String>,
+}
+
+impl Asked {
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut asked = Asked {
+            tail: 100,
+            follow: false,
+            node: None,
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "tail" => {
+                    asked.tail = v
+                        .parse()
+                        .map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?
+                }
+                "follow" => asked.follow = matches!(v.as_ref(), "true" | "1"),
+                "node" => asked.node = Some(v.into_owned()),
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown log option {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(asked)
+    }
+}
+
+/// This node's log of `name`.
 pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
     let name = FunctionName::parse(name)?;
-    // A function whose first deploy was refused has a log too: why.
-    if let Err(e) = control.manager.inspect(&name).await {
-        if !control.manager.log_path(&name).exists() {
-            return Err(e.into());
-        }
-    }
-    let mut tail = 100usize;
-    let mut follow = false;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "tail" => {
-                tail = v
-                    .parse()
-                    .map_err(|_| ApiError::BadRequest(format!("invalid tail {v:?}")))?
-            }
-            "follow" => follow = matches!(v.as_ref(), "true" | "1"),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown log option {other:?}"
-                )))
-            }
-        }
-    }
-    let path = control.manager.log_path(&name);
-    let p = path.clone();
-    let (head, offset) = tokio::task::spawn_blocking(move || last_lines(&p, tail))
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading the log: {e}")))?;
-    if !follow {
+    let asked = Asked::parse(query)?;
+    let path = log_of(control, &name).await?;
+    let (head, offset) = head(&path, asked.tail).await?;
+    if !asked.follow {
         return Ok(text(StatusCode::OK, head));
     }
     let first =
         futures::stream::once(
             async move { Ok::<_, std::io::Error>(Frame::data(Bytes::from(head))) },
         );
-    let rest = futures::stream::unfold((path, offset), |(path, mut offset)| async move {
+    let rest = futures::StreamExt::map(following(path, offset), |chunk| Ok(Frame::data(chunk)));
+    let body = StreamBody::new(futures::StreamExt::chain(first, rest)).boxed();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    Ok(r)
+}
+
+/// Where `name`'s log is, if this node has one (a function whose first
+/// deploy was refused has one too: why).
+pub async fn log_of(control: &Control, name: &FunctionName) -> Result<PathBuf, ApiError> {
+    let path = control.manager.log_path(name);
+    if let Err(e) = control.manager.inspect(name).await {
+        if !path.exists() {
+            return Err(e.into());
+        }
+    }
+    Ok(path)
+}
+
+/// The last `tail` lines, and the offset following goes on from.
+pub async fn head(path: &Path, tail: usize) -> Result<(String, u64), ApiError> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || last_lines(&p, tail))
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the log: {e}")))
+}
+
+/// What is appended to the log from `offset` on, as it comes (polled).
+pub fn following(path: PathBuf, offset: u64) -> impl futures::Stream<Item = Bytes> {
+    futures::stream::unfold((path, offset), |(path, mut offset)| async move {
         loop {
             tokio::time::sleep(POLL).await;
             let p = path.clone();
@@ -67,17 +112,10 @@ pub async fn logs(control: &Control, name: &str, query: Option<&str>) -> Reply {
                 .ok()?;
             offset = next;
             if !chunk.is_empty() {
-                return Some((Ok(Frame::data(Bytes::from(chunk))), (path, offset)));
+                return Some((Bytes::from(chunk), (path, offset)));
             }
         }
-    });
-    let body = StreamBody::new(futures::StreamExt::chain(first, rest)).boxed();
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("text/plain"),
-    );
-    Ok(r)
+    })
 }
 
 /// The last `n` lines of the ring (older file first), and the current

@@ -29,8 +29,10 @@
 //!   again (by default the one that served before)
 //! - `GET /v1/functions/NAME`: one function, with its versions
 //! - `DELETE /v1/functions/NAME`: remove it
-//! - `GET /v1/functions/NAME/logs?tail=N&follow=true`: the end of its
-//!   handler log, then (with `follow`) new lines as they come
+//! - `GET /v1/functions/NAME/logs?tail=N&follow=true[&node=NODE]`: the end
+//!   of its handler log, then (with `follow`) new lines as they come; in
+//!   a cluster every live node's (or `node`'s), each line prefixed
+//!   `NODE | ` (`peers`)
 //! - `GET /v1/registries`, `PUT /v1/registries/HOST` (body `{"username",
 //!   "password"}`), `DELETE /v1/registries/HOST`: the logins faasd pulls
 //!   with; hosts and user names only ever go out
@@ -40,7 +42,9 @@
 //!
 //! With `--etcd`, deploy, update, rollback and rm are recorded in etcd for
 //! every node (503 while etcd is unreachable), and a function's answer
-//! lists what each node serves of it. Every answer then names the cluster
+//! lists what each node serves of it, with each node's live counts
+//! (`peers`). A peer's own requests (an archive, a function's local view
+//! or log) carry a credential for that subject instead of the token. Every answer then names the cluster
 //! (`X-Faas-Cluster`) and the revision it reflects (`X-Faas-Revision`: a
 //! change's own, else this node's view); a request carrying
 //! `X-Faas-Min-Revision` waits until this node's view has reached it
@@ -75,6 +79,7 @@ use crate::manager::Manager;
 
 pub mod error;
 pub mod logs;
+pub mod peers;
 pub mod pull;
 pub mod reply;
 pub mod routes;

@@ -9,7 +9,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::reply::{changed, json, text, with_revision, Reply, CLUSTER, MIN_REVISION, REVISION};
-use super::{logs, pull, secrets, upload, ApiError, Body, Control, Peer};
+use super::{logs, peers, pull, secrets, upload, ApiError, Body, Control, Peer};
 use crate::api::name::FunctionName;
 use crate::api::OptionsPatch;
 use crate::cluster::ClusterError;
@@ -25,10 +25,9 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
         .map(percent_decode)
         .collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    if segments != ["healthz"]
-        && !authorized(control, peer, &req)
-        && !a_peer(control, &req, &segments)
-    {
+    let from_peer =
+        req.headers().contains_key(crate::api::PEER_HEADER) && a_peer(control, &req, &segments);
+    if segments != ["healthz"] && !from_peer && !authorized(control, peer, &req) {
         return ApiError::Unauthorized.response();
     }
     let reached = match segments.as_slice() {
@@ -40,8 +39,8 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
     } else {
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-            (&Method::GET, ["v1", "functions"]) => json(&control.manager.list().await),
-            (&Method::GET, ["v1", "functions", name]) => inspect(control, name).await,
+            (&Method::GET, ["v1", "functions"]) => list(control).await,
+            (&Method::GET, ["v1", "functions", name]) => inspect(control, name, from_peer).await,
             (&Method::PUT | &Method::POST, ["v1", "functions", name]) => {
                 let name = FunctionName::parse(name).map_err(ApiError::from);
                 match name {
@@ -56,7 +55,11 @@ pub async fn dispatch(control: &Control, peer: Peer, req: Request<Incoming>) -> 
             (&Method::DELETE, ["v1", "functions", name]) => remove(control, name).await,
             (&Method::GET, ["v1", "functions", name, "pull"]) => pull::progress(control, name),
             (&Method::GET, ["v1", "functions", name, "logs"]) => {
-                logs::logs(control, name, req.uri().query()).await
+                let query = req.uri().query();
+                match (&control.cluster, from_peer) {
+                    (Some(cluster), false) => peers::logs(control, cluster, name, query).await,
+                    _ => logs::logs(control, name, query).await,
+                }
             }
             (&Method::GET, ["v1", "nodes"]) => nodes(control).await,
             (&Method::GET, ["v1", "archives", digest]) => archive(control, digest).await,
@@ -164,15 +167,30 @@ fn percent_decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn inspect(control: &Control, name: &str) -> Reply {
-    let name = FunctionName::parse(name)?;
-    let mut info = control.manager.inspect(&name).await?;
+/// Every function as this node serves it (in a cluster, none with a
+/// change through this node that etcd may yet refuse).
+async fn list(control: &Control) -> Reply {
     if let Some(cluster) = &control.cluster {
+        cluster.settled(None).await?;
+    }
+    json(&control.manager.list().await)
+}
+
+/// One function as this node serves it; in a cluster (asked by a user,
+/// not a peer), with what every node serves of it and counts.
+async fn inspect(control: &Control, name: &str, from_peer: bool) -> Reply {
+    let name = FunctionName::parse(name)?;
+    if let (Some(cluster), false) = (&control.cluster, from_peer) {
+        cluster.settled(Some(&name)).await?;
+    }
+    let mut info = control.manager.inspect(&name).await?;
+    if let (Some(cluster), false) = (&control.cluster, from_peer) {
         // What this node serves stays answerable during an etcd outage.
         match cluster.statuses(&name).await {
             Ok(nodes) => info.nodes = nodes,
             Err(e) => tracing::warn!(function = %name, error = %e, "reading node statuses"),
         }
+        peers::counts(cluster, &name, &info.stats, &mut info.nodes).await;
     }
     json(&info)
 }
@@ -456,12 +474,20 @@ fn authorized(control: &Control, peer: Peer, req: &Request<Incoming>) -> bool {
     constant_time_eq(presented.as_bytes(), token.as_bytes())
 }
 
-/// Whether the request is a cluster peer's for an archive, with a
-/// credential good for that archive (`cluster::seal`): peers never send
-/// the token, since their addresses come from etcd.
+/// Whether the request is a cluster peer's (an archive, or what this node
+/// alone serves of a function and logged of it), with a credential good
+/// for that subject (`cluster::seal`): peers never send the token, since
+/// their addresses come from etcd.
 fn a_peer(control: &Control, req: &Request<Incoming>, segments: &[&str]) -> bool {
-    let (Some(cluster), ["v1", "archives", digest]) = (&control.cluster, segments) else {
+    let Some(cluster) = &control.cluster else {
         return false;
+    };
+    // What a peer may ask, and the subject its credential must be for.
+    let subject = match (req.method(), segments) {
+        (&Method::GET, ["v1", "archives", digest]) => digest.to_string(),
+        (&Method::GET, ["v1", "functions", name]) => format!("inspect/{name}"),
+        (&Method::GET, ["v1", "functions", name, "logs"]) => format!("logs/{name}"),
+        _ => return false,
     };
     let Some(credential) = req
         .headers()
@@ -470,13 +496,13 @@ fn a_peer(control: &Control, req: &Request<Incoming>, segments: &[&str]) -> bool
     else {
         return false;
     };
-    match cluster.check_peer(credential, digest) {
+    match cluster.check_peer(credential, &subject) {
         Ok(node) => {
-            tracing::debug!(node, digest, "archive for a peer");
+            tracing::debug!(node, subject, "answering a peer");
             true
         }
         Err(e) => {
-            tracing::warn!(digest, error = %e, "refused an archive request");
+            tracing::warn!(subject, error = %e, "refused a peer's request");
             false
         }
     }

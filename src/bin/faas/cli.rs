@@ -82,7 +82,7 @@ pub enum Command {
     },
     /// Remove a function.
     Rm { name: String },
-    /// Print the end of a function's handler log.
+    /// Print the end of a function's handler log (in a cluster, every node's).
     Logs {
         name: String,
         /// Lines from the end to show first.
@@ -91,6 +91,10 @@ pub enum Command {
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
+        /// In a cluster: only this node's lines (by default every node's,
+        /// each prefixed with its name).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// List the cluster's nodes (faasd --etcd).
     Nodes {

@@ -112,7 +112,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("removed {name}");
             Ok(())
         }
-        Command::Logs { name, tail, follow } => print_stream(client.logs(&name, tail, follow)?),
+        Command::Logs {
+            name,
+            tail,
+            follow,
+            node,
+        } => print_stream(client.logs(&name, tail, follow, node.as_deref())?),
         Command::Nodes { output } => {
             let all = client.nodes()?;
             match output {
