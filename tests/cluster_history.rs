@@ -7,9 +7,10 @@
 //! two functions at once, every node on one state within 5 s of the
 //! nemesis' end.
 //!
-//! Seeded: `FAAS_HISTORY_SEED` replays a run (each run prints its seed),
-//! `FAAS_HISTORY_SECS` sets its length (45 s in the suite; the 10-minute
-//! run is in `docs/reliability.md`). The history is written out, one line
+//! Seeded: `FAAS_HISTORY_SEED=N` replays a run's choices (each run prints
+//! its seed; the suite's is 27, `random` takes a new one),
+//! `FAAS_HISTORY_SECS` sets its length (45 s in the suite; longer runs are
+//! in `docs/network.md`). The history is written out, one line
 //! per operation, whether the checks pass or not.
 
 mod common;
@@ -37,15 +38,15 @@ const CONVERGE: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_history_under_faults_loses_nothing_acknowledged() {
-    let seed = std::env::var("FAAS_HISTORY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    // The suite replays one history (27); `random` explores.
+    let seed = match std::env::var("FAAS_HISTORY_SEED").ok().as_deref() {
+        None | Some("") => 27,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+        Some(n) => n.parse().expect("FAAS_HISTORY_SEED: a number, or random"),
+    };
     let secs: u64 = std::env::var("FAAS_HISTORY_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -153,7 +154,7 @@ fn a_history_under_faults_loses_nothing_acknowledged() {
         .filter(|o| o.kind != Kind::Read && acked(&o.outcome))
         .count();
     assert!(
-        writes > secs as usize,
+        writes > secs as usize / 2,
         "too few acknowledged writes to say anything: {writes}\n{}",
         sim.context()
     );

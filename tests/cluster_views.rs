@@ -82,6 +82,20 @@ fn logs_and_counts_through_any_node_cover_every_node() {
         "{out:?}"
     );
 
+    for follow in [false, true] {
+        let mut args = vec!["logs", "nosuch"];
+        if follow {
+            args.push("-f");
+        }
+        let out = sim.nodes[0].faasd.faas(&args, None);
+        assert!(!out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            said.contains("no node has a function named nosuch"),
+            "{said}"
+        );
+    }
+
     // Counts and readiness per node, through n1.
     let info = sim.nodes[0].inspect("talk");
     for (i, status) in info.nodes.iter().enumerate() {

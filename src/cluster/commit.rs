@@ -95,8 +95,21 @@ impl Cluster {
     /// Puts this node back on `current`, the record the change started
     /// from (a new function goes); the caller holds the change lock.
     async fn undo(&self, name: &FunctionName, current: Option<&Spec>) {
+        let refused = self.manager.record(name).await.map(|r| r.version);
         let undone = match current {
-            Some(spec) => self.apply_held(spec).await,
+            // The refused version is not kept: a rollback here would
+            // otherwise bring back what etcd never took.
+            Some(spec) => match self.apply_held(spec).await {
+                Ok(()) => match refused {
+                    Some(v) => self
+                        .manager
+                        .forget_version(name, v)
+                        .await
+                        .map_err(Into::into),
+                    None => Ok(()),
+                },
+                Err(e) => Err(e),
+            },
             None => match self.manager.remove(name).await {
                 Ok(()) | Err(ManagerError::NotFound(_)) => Ok(()),
                 Err(e) => Err(e.into()),

@@ -41,6 +41,14 @@ pub async fn logs(control: &Control, cluster: &Cluster, name: &str, query: Optio
         }
     }
     if asked.follow {
+        // Nothing to follow anywhere: as without following, 404.
+        let here = logs::log_of(control, &name).await.is_ok();
+        let elsewhere = cluster.statuses(&name).await.is_ok_and(|s| !s.is_empty());
+        if !here && !elsewhere {
+            return Err(ApiError::NoRoute(format!(
+                "no node has a function named {name}"
+            )));
+        }
         return follow(control, cluster, &name, &asked, members).await;
     }
     let heads = futures::future::join_all(

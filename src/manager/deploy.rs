@@ -519,6 +519,31 @@ impl Manager {
             .await
     }
 
+    /// Drops kept version `version` of `name` (a change the cluster
+    /// refused, undone here: no rollback may bring it back); its rootfs
+    /// goes unless another version uses it.
+    pub async fn forget_version(
+        &self,
+        name: &FunctionName,
+        version: u64,
+    ) -> Result<(), ManagerError> {
+        let mut registry = self.registry.lock().await;
+        let Some(mut record) = registry.get(name).cloned() else {
+            return Ok(());
+        };
+        let Some(at) = record.history.iter().position(|v| v.version == version) else {
+            return Ok(());
+        };
+        let gone = record.history.remove(at);
+        let needed: HashSet<u64> = record.rootfs_ids().collect();
+        registry.put(record)?;
+        if !needed.contains(&gone.rootfs) {
+            self.rootfs_dir(self.store.path(name.as_str(), gone.rootfs))
+                .retire();
+        }
+        Ok(())
+    }
+
     /// What must hold before options are used: faas-init for the kinds
     /// that need it, every secret they name, forwarding for egress.
     fn check_options(&self, options: &DeployOptions) -> Result<(), ManagerError> {

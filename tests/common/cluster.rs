@@ -84,11 +84,13 @@ pub enum Cut {
 
 pub struct Sim {
     pub nodes: Vec<Node>,
-    pub router_bird: Bird,
+    pub router_bird: Option<Bird>,
     pub etcd: Vec<Etcd>,
     /// A client's namespace behind the router (its traffic is forwarded).
     pub client: Netns,
     pub router: Netns,
+    pool: String,
+    extra: Vec<String>,
     _token: tempfile::TempDir,
     _pki: Pki,
 }
@@ -105,6 +107,11 @@ impl Sim {
 
     /// `count` nodes over an etcd of `members` (on 198.18.0.1 and up).
     pub fn start_full(count: usize, members: usize, extra: &[&str]) -> Self {
+        Self::start_pool(count, members, POOL, extra)
+    }
+
+    /// The same with `pool` as every node's `--ip-pool`.
+    pub fn start_pool(count: usize, members: usize, pool: &str, extra: &[&str]) -> Self {
         for tool in ["bird", "etcd"] {
             assert!(
                 which(tool).is_some(),
@@ -131,76 +138,103 @@ impl Sim {
             1 => vec![Etcd::start(&router, ETCD, &pki)],
             _ => Etcd::cluster(&router, &etcd_ips, &pki),
         };
-        let urls = etcd.iter().map(Etcd::url).collect::<Vec<_>>().join(",");
         let token = tempfile::tempdir().expect("tempdir");
-        let token_file = token.path().join("token");
-        std::fs::write(&token_file, "cluster-test-token\n").expect("token");
-        let mut sides = Vec::new();
-        let mut links = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 0..count {
-            let ns = Netns::new("cnode");
-            let router_side = format!("198.18.1.{}", 4 * i + 2);
-            let addr = format!("198.18.1.{}", 4 * i + 1);
-            let (rv, _) = link(
-                &router,
-                &format!("{router_side}/30"),
-                &ns,
-                &format!("{addr}/30"),
-            );
-            ns.ip(&["route", "add", "198.18.0.0/23", "via", &router_side]);
-            sides.push(addr.clone());
-            links.push(format!("{rv}={addr}"));
-            let listen = format!("{addr}:8080");
-            let etcd_args = pki.faasd_args(&urls);
-            let mut args: Vec<&str> = etcd_args.iter().map(String::as_str).collect();
-            let node_name = format!("n{}", i + 1);
-            let advertise = format!("http://{listen}");
-            let token_path = token_file.to_string_lossy().into_owned();
-            args.extend([
-                "--ip-pool",
-                POOL,
-                "--route-table",
-                "100",
-                "--drain",
-                "2",
-                "--node-name",
-                &node_name,
-                "--listen",
-                &listen,
-                "--advertise-url",
-                &advertise,
-                "--token-file",
-                &token_path,
-            ]);
-            args.extend_from_slice(extra);
-            let faasd = Daemon::start_in(&ns.0, &args);
-            let mut node = Node {
-                ns,
-                addr,
-                router_side,
-                bird: None,
-                faasd,
-            };
-            node.bird();
-            nodes.push(node);
-        }
-        pin_flows(&router, &links);
-        let peers: Vec<&str> = sides.iter().map(String::as_str).collect();
-        let router_bird = Bird::start(&router, &router_config("198.18.0.1", &peers));
-        Sim {
+        std::fs::write(token.path().join("token"), "cluster-test-token\n").expect("token");
+        let mut sim = Sim {
             client,
             router,
-            router_bird,
+            // The router's BIRD starts once the nodes it peers with exist.
+            router_bird: None,
             etcd,
-            nodes,
+            nodes: Vec::new(),
+            pool: pool.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _token: token,
             _pki: pki,
+        };
+        let mut links = Vec::new();
+        for _ in 0..count {
+            links.push(sim.add_node());
         }
+        pin_flows(&sim.router, &links);
+        let peers: Vec<&str> = sim.nodes.iter().map(|n| n.addr.as_str()).collect();
+        sim.router_bird = Some(Bird::start(
+            &sim.router,
+            &router_config("198.18.0.1", &peers),
+        ));
+        sim
+    }
+
+    /// A node that joins late: its namespace, link, faasd and BIRD (the
+    /// router does not peer with it; it serves in its own namespace).
+    pub fn join(&mut self) -> &Node {
+        self.add_node();
+        &self.nodes[self.nodes.len() - 1]
+    }
+
+    /// The next node, started; answers its link as `pin_flows` names it.
+    fn add_node(&mut self) -> String {
+        let i = self.nodes.len();
+        let ns = Netns::new("cnode");
+        let router_side = format!("198.18.1.{}", 4 * i + 2);
+        let addr = format!("198.18.1.{}", 4 * i + 1);
+        let (rv, _) = link(
+            &self.router,
+            &format!("{router_side}/30"),
+            &ns,
+            &format!("{addr}/30"),
+        );
+        ns.ip(&["route", "add", "198.18.0.0/23", "via", &router_side]);
+        let listen = format!("{addr}:8080");
+        let urls = self
+            .etcd
+            .iter()
+            .map(Etcd::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let etcd_args = self._pki.faasd_args(&urls);
+        let mut args: Vec<&str> = etcd_args.iter().map(String::as_str).collect();
+        let node_name = format!("n{}", i + 1);
+        let advertise = format!("http://{listen}");
+        let token_path = self
+            ._token
+            .path()
+            .join("token")
+            .to_string_lossy()
+            .into_owned();
+        args.extend([
+            "--ip-pool",
+            &self.pool,
+            "--route-table",
+            "100",
+            "--drain",
+            "2",
+            "--node-name",
+            &node_name,
+            "--listen",
+            &listen,
+            "--advertise-url",
+            &advertise,
+            "--token-file",
+            &token_path,
+        ]);
+        args.extend(self.extra.iter().map(String::as_str));
+        let faasd = Daemon::start_in(&ns.0, &args);
+        let mut node = Node {
+            ns,
+            addr: addr.clone(),
+            router_side,
+            bird: None,
+            faasd,
+        };
+        node.bird();
+        self.nodes.push(node);
+        format!("{rv}={addr}")
     }
 
     pub fn context(&self) -> String {
-        let mut out = format!("router: {}\n", self.router_bird.protocols());
+        let router = self.router_bird.as_ref().map(Bird::protocols);
+        let mut out = format!("router: {}\n", router.unwrap_or_default());
         for e in &self.etcd {
             out += &format!("etcd {}:\n{}\n", e.name(), tail(&e.log(), 20));
         }
