@@ -336,6 +336,22 @@ fn an_etcd_of_three_loses_its_leader_and_nothing_acknowledged_is_lost() {
     sim.nodes[0]
         .faasd
         .deploy("f", &hello_image(), &Default::default());
+    // Changes through a node refuse until it serves the function (under
+    // load that took seconds): the writes before the kill start from there.
+    wait_until(
+        "f served by every node",
+        Duration::from_secs(30),
+        || {
+            sim.nodes[0]
+                .inspect("f")
+                .nodes
+                .iter()
+                .filter(|s| s.ready)
+                .count()
+                == 3
+        },
+        || sim.context(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<faasd::client::Client> = sim.nodes.iter().map(|n| n.faasd.client()).collect();
     let writer = {
@@ -419,5 +435,55 @@ fn an_etcd_of_three_loses_its_leader_and_nothing_acknowledged_is_lost() {
                 .collect();
             format!("want {last}: {envs:?}\n{}", sim.context())
         },
+    );
+}
+
+/// A node cut off from the peer a function was deployed through (not
+/// from etcd, nor from the third node) fetches its archive from the third
+/// once that one has it: the image reaches every node.
+#[test]
+fn a_node_cut_off_from_one_peer_fetches_from_another() {
+    assert!(
+        which("iptables").is_some(),
+        "iptables not found: scripts/install-deps.sh installs it"
+    );
+    let sim = Sim::start(3);
+    sim.wait_members();
+    let (n1, n3) = (&sim.nodes[0], &sim.nodes[2]);
+    let rules = [
+        ["OUTPUT", "-d", n1.addr.as_str(), "--dport"],
+        ["INPUT", "-s", n1.addr.as_str(), "--dport"],
+    ];
+    for rule in rules {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n3.ns.0, "iptables", "-I"])
+            .args(&rule[..3])
+            .args(["-p", "tcp", rule[3], "8080", "-j", "DROP"])
+            .output()
+            .expect("iptables");
+        assert!(out.status.success(), "iptables: {out:?}");
+    }
+    let ip = n1.faasd.deploy("far", &padded_hello(2), &warm1()).ip;
+    wait_until(
+        "n3 serves what was deployed through n1, which it cannot reach",
+        Duration::from_secs(60),
+        || n3.call(ip).is_ok_and(|(s, _)| s == 200),
+        || sim.context(),
+    );
+    assert!(
+        n3.faasd
+            .log_text()
+            .contains("fetched an image archive from a peer"),
+        "{}",
+        n3.faasd.log_text()
+    );
+    // n1 stays out of n3's reach the whole time.
+    let control: std::net::SocketAddr = format!("{}:8080", n1.addr).parse().expect("addr");
+    let reached = n3
+        .ns
+        .run(move || std::net::TcpStream::connect_timeout(&control, Duration::from_secs(1)));
+    assert!(
+        reached.is_err(),
+        "n3 reaches n1's control port: {reached:?}"
     );
 }

@@ -9,17 +9,17 @@ use std::net::IpAddr;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::{keys, retry, Cluster, ClusterError};
+use crate::api::name::FunctionName;
 
 /// How long a removed function's address is not handed out again: longer
 /// than a node lags behind etcd while it is in touch (a node cut off
 /// longer may serve the old function there until it heals; that it is
 /// handed out in turn makes that rarer still).
 const ADDRESS_QUARANTINE_SECS: i64 = 60;
-use crate::api::name::FunctionName;
 
 impl Cluster {
     /// Takes the pool address after the one taken last that no function
-    /// of the cluster holds or held within `ADDRESS_QUARANTINE` (nor
+    /// of the cluster holds or held within `ADDRESS_QUARANTINE_SECS` (nor
     /// anything on this node's `lo`): a node that missed a removal (cut
     /// off, or slow) never serves the old function on an address another
     /// one was given since.

@@ -6,7 +6,7 @@
 //! image archives move between nodes by digest (`archives`).
 
 use crate::manager::{ImageSource, Repull};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ mod addresses;
 mod admit;
 pub mod archives;
 mod commit;
+mod flights;
 pub mod keys;
 mod logins;
 mod reports;
@@ -62,8 +63,6 @@ pub enum ClusterError {
     Indeterminate(String),
     #[error("{name}'s version {version} is kept on this node only: the cluster no longer records its image, so its peers could not serve it; deploy that image again instead")]
     NotRecorded { name: FunctionName, version: u64 },
-    #[error("{0} is being changed through this node and etcd has not confirmed it yet; try again")]
-    InFlight(String),
     #[error("the cluster's address pool has no free address")]
     Exhausted,
     #[error("fetching image archive {digest}: {why}")]
@@ -119,28 +118,9 @@ pub struct Cluster {
     /// One change at a time on this node: an API change and the
     /// convergence of a watched one never interleave.
     applying: tokio::sync::Mutex<()>,
-    /// Functions a change through this node has changed here and etcd has
-    /// not yet confirmed (`InFlight`).
-    changing: tokio::sync::watch::Sender<BTreeSet<FunctionName>>,
+    /// Changes through this node under way (`flights`).
+    flights: Mutex<flights::Flights>,
     view: View,
-}
-
-/// A change of one function through this node, under way: the change
-/// lock held, and the function marked, so that reads of it here wait for
-/// the outcome (`settled`) instead of seeing a version etcd may yet
-/// refuse (and this node then undo).
-pub(super) struct InFlight<'a> {
-    _one: tokio::sync::MutexGuard<'a, ()>,
-    name: FunctionName,
-    changing: &'a tokio::sync::watch::Sender<BTreeSet<FunctionName>>,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.changing.send_modify(|all| {
-            all.remove(&self.name);
-        });
-    }
 }
 
 impl Cluster {
@@ -179,7 +159,7 @@ impl Cluster {
             state: state.to_path_buf(),
             lease: Mutex::new(None),
             applying: tokio::sync::Mutex::new(()),
-            changing: tokio::sync::watch::Sender::new(BTreeSet::new()),
+            flights: Mutex::new(flights::Flights::default()),
             view: View::new(),
         }))
     }
@@ -496,42 +476,17 @@ impl Cluster {
     async fn begin(
         &self,
         name: &FunctionName,
-    ) -> Result<(InFlight<'_>, Option<Spec>, i64), ClusterError> {
+    ) -> Result<(flights::InFlight<'_>, Option<Spec>, i64), ClusterError> {
         loop {
             let one = self.applying.lock().await;
             let (current, revision) = self.spec(name).await?;
             // Tried is enough: a record this node could not serve is
             // refused by `in_step`, not waited for.
             if self.view.watched() >= revision {
-                self.changing.send_modify(|all| {
-                    all.insert(name.clone());
-                });
-                let in_flight = InFlight {
-                    _one: one,
-                    name: name.clone(),
-                    changing: &self.changing,
-                };
-                return Ok((in_flight, current, revision));
+                return Ok((self.take_off(one, name).await, current, revision));
             }
             drop(one);
             self.view.reach_watched(revision, REACH_TIMEOUT).await?;
-        }
-    }
-
-    /// Waits (bounded) until no change of `name` (of any function, for
-    /// `None`) through this node awaits etcd's answer.
-    pub async fn settled(&self, name: Option<&FunctionName>) -> Result<(), ClusterError> {
-        let mut changing = self.changing.subscribe();
-        let done = changing.wait_for(|all| match name {
-            Some(name) => !all.contains(name),
-            None => all.is_empty(),
-        });
-        let waited = tokio::time::timeout(REACH_TIMEOUT, done).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(ClusterError::InFlight(
-                name.map_or("a function".to_string(), ToString::to_string),
-            )),
         }
     }
 

@@ -1,9 +1,10 @@
 //! How far this node's view of the cluster has come: the etcd revision of
 //! the last function record it applied (held back below a record it could
-//! not serve), the cluster's id, and, while it does not follow etcd, why. Reads that carry a revision (`faas` sends
-//! the last one it saw) and changes that build on etcd's record wait here,
-//! bounded, until this node has applied it: a write through one node is
-//! then seen by the next read through any other.
+//! not serve), the cluster's id, and, while it does not follow etcd, why.
+//! Reads that carry a revision (`faas` sends the last one it saw) and
+//! changes that build on etcd's record wait here, bounded, until this node
+//! has applied it: a write through one node is then seen by the next read
+//! through any other.
 //!
 //! Only function records' revisions are handed out (a deploy's, an
 //! update's, an rm's, and this view's own), and the watch delivers every

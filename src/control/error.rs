@@ -77,8 +77,7 @@ fn cluster_status(e: &ClusterError) -> StatusCode {
         | ClusterError::Identity { .. }
         | ClusterError::Behind { .. }
         | ClusterError::Indeterminate(_)
-        | ClusterError::OutOfStep(_)
-        | ClusterError::InFlight(_) => StatusCode::SERVICE_UNAVAILABLE,
+        | ClusterError::OutOfStep(_) => StatusCode::SERVICE_UNAVAILABLE,
         ClusterError::Conflict(_) | ClusterError::NotRecorded { .. } => StatusCode::CONFLICT,
         ClusterError::Exhausted => StatusCode::INSUFFICIENT_STORAGE,
         ClusterError::Fetch { .. } => StatusCode::BAD_GATEWAY,

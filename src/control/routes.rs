@@ -167,23 +167,23 @@ fn percent_decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Every function as this node serves it (in a cluster, none with a
-/// change through this node that etcd may yet refuse).
+/// Every function as this node serves it (in a cluster, one being changed
+/// through this node as it was before, until etcd decides).
 async fn list(control: &Control) -> Reply {
-    if let Some(cluster) = &control.cluster {
-        cluster.settled(None).await?;
+    match &control.cluster {
+        Some(cluster) => json(&cluster.functions().await),
+        None => json(&control.manager.list().await),
     }
-    json(&control.manager.list().await)
 }
 
 /// One function as this node serves it; in a cluster (asked by a user,
 /// not a peer), with what every node serves of it and counts.
 async fn inspect(control: &Control, name: &str, from_peer: bool) -> Reply {
     let name = FunctionName::parse(name)?;
-    if let (Some(cluster), false) = (&control.cluster, from_peer) {
-        cluster.settled(Some(&name)).await?;
-    }
-    let mut info = control.manager.inspect(&name).await?;
+    let mut info = match (&control.cluster, from_peer) {
+        (Some(cluster), false) => cluster.function(&name).await?,
+        _ => control.manager.inspect(&name).await?,
+    };
     if let (Some(cluster), false) = (&control.cluster, from_peer) {
         // What this node serves stays answerable during an etcd outage.
         match cluster.statuses(&name).await {
