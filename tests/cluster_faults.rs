@@ -338,20 +338,7 @@ fn an_etcd_of_three_loses_its_leader_and_nothing_acknowledged_is_lost() {
         .deploy("f", &hello_image(), &Default::default());
     // Changes through a node refuse until it serves the function (under
     // load that took seconds): the writes before the kill start from there.
-    wait_until(
-        "f served by every node",
-        Duration::from_secs(30),
-        || {
-            sim.nodes[0]
-                .inspect("f")
-                .nodes
-                .iter()
-                .filter(|s| s.ready)
-                .count()
-                == 3
-        },
-        || sim.context(),
-    );
+    sim.wait_ready("f");
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<faasd::client::Client> = sim.nodes.iter().map(|n| n.faasd.client()).collect();
     let writer = {

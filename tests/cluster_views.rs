@@ -24,20 +24,7 @@ fn logs_and_counts_through_any_node_cover_every_node() {
         .deploy("talk", &probe_image("print", &[]), &warm1())
         .ip;
     // Ready everywhere, asked without calling it (calls are counted).
-    wait_until(
-        "talk ready on every node",
-        Duration::from_secs(30),
-        || {
-            sim.nodes[0]
-                .inspect("talk")
-                .nodes
-                .iter()
-                .filter(|s| s.ready)
-                .count()
-                == 3
-        },
-        || sim.context(),
-    );
+    sim.wait_ready("talk");
     // Node i serves i + 1 calls.
     for (i, node) in sim.nodes.iter().enumerate() {
         for _ in 0..=i {

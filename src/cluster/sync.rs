@@ -331,7 +331,11 @@ impl Cluster {
     /// options, a kept version, or (only then) the archive, fetched if
     /// this node lacks it.
     async fn apply(&self, spec: &Spec) -> Result<(), ClusterError> {
-        let _one = self.applying.lock().await;
+        let one = self.applying.lock().await;
+        // Reads answer what served before until this one is done: a
+        // convergence can take steps (a function moved: removed, then
+        // made again).
+        let _flight = self.take_off(one, &spec.name).await;
         self.apply_held(spec).await
     }
 
@@ -354,10 +358,9 @@ impl Cluster {
                 }
             }
             (Some(_), Some(version)) => {
-                let info = self.manager.rollback(name, Some(version)).await?;
-                if info.options != spec.options {
-                    self.manager.set_options(name, spec.options.clone()).await?;
-                }
+                self.manager
+                    .serve_kept(name, version, spec.options.clone())
+                    .await?;
             }
             _ => match spec.pulled.get(&spec.image_id) {
                 Some(from) => {

@@ -493,6 +493,27 @@ impl Manager {
         name: &FunctionName,
         to: Option<u64>,
     ) -> Result<FunctionInfo, ManagerError> {
+        self.rollback_with(name, to, None).await
+    }
+
+    /// Serves kept version `version`'s image again with `options`, in one
+    /// switch (a cluster node converging on a record: no moment serves
+    /// the kept version's own options).
+    pub async fn serve_kept(
+        &self,
+        name: &FunctionName,
+        version: u64,
+        options: DeployOptions,
+    ) -> Result<FunctionInfo, ManagerError> {
+        self.rollback_with(name, Some(version), Some(options)).await
+    }
+
+    async fn rollback_with(
+        &self,
+        name: &FunctionName,
+        to: Option<u64>,
+        options: Option<DeployOptions>,
+    ) -> Result<FunctionInfo, ManagerError> {
         let mut registry = self.registry.lock().await;
         let previous = registry
             .get(name)
@@ -508,10 +529,12 @@ impl Manager {
             wanted: to,
             kept: previous.history.iter().map(|h| h.version).collect(),
         })?;
-        self.check_options(&target.options)?;
+        let options = options.unwrap_or_else(|| target.options.clone());
+        self.check_options(&options)?;
         let next = Version {
             deployed_at: now_secs(),
             origin: "rollback".into(),
+            options,
             ..target
         };
         let (record, dropped) = previous.succeed(next, self.keep_versions);

@@ -260,6 +260,20 @@ impl Sim {
         );
     }
 
+    /// Until every node reports `name` ready (asked through node 1,
+    /// without calling the function: calls are counted).
+    pub fn wait_ready(&self, name: &str) {
+        wait_until(
+            &format!("{name} ready on every node"),
+            Duration::from_secs(30),
+            || {
+                let info = self.nodes[0].inspect(name);
+                info.nodes.iter().filter(|s| s.ready).count() == self.nodes.len()
+            },
+            || self.context(),
+        );
+    }
+
     pub fn paths(&self, addr: IpAddr) -> usize {
         paths(&self.router, addr)
     }
