@@ -27,6 +27,9 @@ for what in ${SCALE_WHAT:-fan_out late_joiner many_functions}; do
     run "$what"
 done
 cat "$out/cluster-scale.txt"
-python3 -c 'import matplotlib' 2>/dev/null ||
+# Debian's matplotlib is for Debian's python3 (a pyenv's may come first).
+py=python3
+$py -c 'import matplotlib' 2>/dev/null || py=/usr/bin/python3
+$py -c 'import matplotlib' 2>/dev/null ||
     { apt-get install -y -q python3-matplotlib >/dev/null || { echo "no matplotlib: no plot" >&2; exit 0; }; }
-python3 loadtest/fanout_plot.py "$out/cluster-scale.txt" docs/cluster-fanout.png
+$py loadtest/fanout_plot.py "$out/cluster-scale.txt" docs/cluster-fanout.png
