@@ -437,19 +437,7 @@ fn a_node_cut_off_from_one_peer_fetches_from_another() {
     let sim = Sim::start(3);
     sim.wait_members();
     let (n1, n3) = (&sim.nodes[0], &sim.nodes[2]);
-    let rules = [
-        ["OUTPUT", "-d", n1.addr.as_str(), "--dport"],
-        ["INPUT", "-s", n1.addr.as_str(), "--dport"],
-    ];
-    for rule in rules {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &n3.ns.0, "iptables", "-I"])
-            .args(&rule[..3])
-            .args(["-p", "tcp", rule[3], "8080", "-j", "DROP"])
-            .output()
-            .expect("iptables");
-        assert!(out.status.success(), "iptables: {out:?}");
-    }
+    n3.cut(Cut::Peer(n1.addr.parse().expect("address")), true);
     let ip = n1.faasd.deploy("far", &padded_hello(2), &warm1()).ip;
     wait_until(
         "n3 serves what was deployed through n1, which it cannot reach",

@@ -48,16 +48,18 @@ impl Node {
     /// both ways, as a partition would.
     pub fn cut(&self, from: Cut, on: bool) {
         let (net, port) = match from {
-            Cut::Etcd => ("198.18.0.0/30", "2379"),
-            Cut::Peers => ("198.18.1.0/24", "8080"),
+            Cut::Etcd => ("198.18.0.0/30".to_string(), "2379"),
+            Cut::Peers => ("198.18.1.0/24".to_string(), "8080"),
+            Cut::Peer(ip) => (format!("{ip}/32"), "8080"),
         };
+        let net = net.as_str();
         let rules: [[&str; 7]; 2] = match from {
             Cut::Etcd => [
                 ["OUTPUT", "-d", net, "-p", "tcp", "--dport", port],
                 ["INPUT", "-s", net, "-p", "tcp", "--sport", port],
             ],
             // Both its fetches from peers and theirs from it.
-            Cut::Peers => [
+            Cut::Peers | Cut::Peer(_) => [
                 ["OUTPUT", "-d", net, "-p", "tcp", "--dport", port],
                 ["INPUT", "-s", net, "-p", "tcp", "--dport", port],
             ],
@@ -80,6 +82,8 @@ impl Node {
 pub enum Cut {
     Etcd,
     Peers,
+    /// One peer's control API, by its address.
+    Peer(std::net::Ipv4Addr),
 }
 
 pub struct Sim {
