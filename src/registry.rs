@@ -1,6 +1,10 @@
-//! The persistent record of deployed functions: one JSON file in the state
-//! directory, replaced crash-safely (write a temp file, fsync, rename, fsync
-//! the directory) so a crash leaves either the old or the new record.
+//! The persistent record of deployed functions: one JSON file a function
+//! under `<state>/functions/`, and the store's id counter in
+//! `<state>/registry.json`, each replaced crash-safely (write a temp file,
+//! fsync, rename, fsync the directory) so a crash leaves either the old or
+//! the new record. A change writes only what it changed: with one file for
+//! all, a deploy rewrote every record, and a node of 2,000 functions spent
+//! most of a deploy doing it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +17,10 @@ use crate::api::name::FunctionName;
 use crate::api::{DeployOptions, ImageRef};
 use crate::image::ImageConfig;
 
+/// The store's id counter (and, before per-function files, every record).
 const FILE: &str = "registry.json";
+/// One `NAME.json` a function.
+const FUNCTIONS: &str = "functions";
 
 /// One deployed function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +135,16 @@ impl FunctionRecord {
     }
 }
 
+/// `registry.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Contents {
     /// The last store directory id handed out (named for when it was the
     /// version number too).
     #[serde(rename = "next_version")]
     next_store_id: u64,
+    /// Only in a registry written before per-function files: moved out
+    /// at load.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     functions: BTreeMap<FunctionName, FunctionRecord>,
 }
 
@@ -151,6 +162,8 @@ pub enum RegistryError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("registry {path} holds the record of {name}")]
+    Misnamed { path: PathBuf, name: String },
     #[error("writing registry {path}: {source}")]
     Write {
         path: PathBuf,
@@ -163,14 +176,19 @@ pub enum RegistryError {
 #[derive(Debug)]
 pub struct Registry {
     dir: PathBuf,
-    contents: Contents,
+    /// The counter as `registry.json` has it.
+    saved_store_id: u64,
+    next_store_id: u64,
+    functions: BTreeMap<FunctionName, FunctionRecord>,
 }
 
 impl Registry {
-    /// Loads `<dir>/registry.json`, or starts empty when there is none.
+    /// Loads `<dir>/registry.json` and `<dir>/functions/`, or starts empty
+    /// when there are none; moves the records of a registry written
+    /// before per-function files out into them.
     pub fn load(dir: &Path) -> Result<Self, RegistryError> {
         let path = dir.join(FILE);
-        let contents = match fs::read(&path) {
+        let contents: Contents = match fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
                     path: path.clone(),
@@ -180,18 +198,37 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::default(),
             Err(source) => return Err(RegistryError::Read { path, source }),
         };
-        Ok(Self {
+        let functions = dir.join(FUNCTIONS);
+        crate::sys::fs::create_private_dir(&functions).map_err(|source| RegistryError::Write {
+            path: functions.clone(),
+            source,
+        })?;
+        let mut registry = Self {
             dir: dir.to_path_buf(),
-            contents,
-        })
+            saved_store_id: contents.next_store_id,
+            next_store_id: contents.next_store_id,
+            functions: read_functions(&functions)?,
+        };
+        if !contents.functions.is_empty() {
+            // A crash during the move leaves some written both ways: the
+            // file is the newer.
+            for (name, record) in contents.functions {
+                if !registry.functions.contains_key(&name) {
+                    registry.write_record(&record)?;
+                    registry.functions.insert(name, record);
+                }
+            }
+            registry.save_counter()?;
+        }
+        Ok(registry)
     }
 
     pub fn get(&self, name: &FunctionName) -> Option<&FunctionRecord> {
-        self.contents.functions.get(name)
+        self.functions.get(name)
     }
 
     pub fn list(&self) -> impl Iterator<Item = &FunctionRecord> {
-        self.contents.functions.values()
+        self.functions.values()
     }
 
     /// The lowest id range no function has.
@@ -206,37 +243,112 @@ impl Registry {
     /// removed function's directories may still be in use while one of
     /// the same name is deployed again.
     pub fn next_store_id(&mut self) -> u64 {
-        self.contents.next_store_id += 1;
-        self.contents.next_store_id
+        self.next_store_id += 1;
+        self.next_store_id
     }
 
-    /// Inserts or replaces a record and saves.
+    /// Inserts or replaces a record and saves it (and the id counter, if
+    /// it moved).
     pub fn put(&mut self, record: FunctionRecord) -> Result<Option<FunctionRecord>, RegistryError> {
-        let old = self.contents.functions.insert(record.name.clone(), record);
-        self.save()?;
-        Ok(old)
-    }
-
-    /// Removes a record and saves.
-    pub fn remove(&mut self, name: &FunctionName) -> Result<Option<FunctionRecord>, RegistryError> {
-        let old = self.contents.functions.remove(name);
-        if old.is_some() {
-            self.save()?;
+        if self.next_store_id != self.saved_store_id {
+            self.save_counter()?;
         }
-        Ok(old)
+        self.write_record(&record)?;
+        Ok(self.functions.insert(record.name.clone(), record))
     }
 
-    /// Writes the whole registry crash-safely.
-    pub fn save(&self) -> Result<(), RegistryError> {
+    /// Removes a record and its file.
+    pub fn remove(&mut self, name: &FunctionName) -> Result<Option<FunctionRecord>, RegistryError> {
+        if !self.functions.contains_key(name) {
+            return Ok(None);
+        }
+        let path = self.record_path(name);
+        crate::sys::fs::remove_synced(&path)
+            .map_err(|source| RegistryError::Write { path, source })?;
+        Ok(self.functions.remove(name))
+    }
+
+    fn record_path(&self, name: &FunctionName) -> PathBuf {
+        self.dir.join(FUNCTIONS).join(format!("{name}.json"))
+    }
+
+    fn write_record(&self, record: &FunctionRecord) -> Result<(), RegistryError> {
+        let path = self.record_path(&record.name);
+        let werr = |source| RegistryError::Write {
+            path: path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| werr(e.into()))?;
+        // Deploy options hold the functions' environment: private.
+        crate::sys::fs::write_private(&path, &bytes).map_err(werr)
+    }
+
+    fn save_counter(&mut self) -> Result<(), RegistryError> {
         let path = self.dir.join(FILE);
         let werr = |source| RegistryError::Write {
             path: path.clone(),
             source,
         };
-        let bytes = serde_json::to_vec_pretty(&self.contents).map_err(|e| werr(e.into()))?;
-        // Deploy options hold the functions' environment: private.
-        crate::sys::fs::write_private(&path, &bytes).map_err(werr)
+        let contents = Contents {
+            next_store_id: self.next_store_id,
+            functions: BTreeMap::new(),
+        };
+        let bytes = serde_json::to_vec_pretty(&contents).map_err(|e| werr(e.into()))?;
+        crate::sys::fs::write_private(&path, &bytes).map_err(werr)?;
+        self.saved_store_id = self.next_store_id;
+        Ok(())
     }
+}
+
+/// Every `NAME.json` in `dir` (none when it does not exist); a file that
+/// does not parse, or names another function, is an error: starting with
+/// a function silently gone would free its address for another.
+fn read_functions(dir: &Path) -> Result<BTreeMap<FunctionName, FunctionRecord>, RegistryError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(RegistryError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut functions = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| RegistryError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .path();
+        // Write_private's temporary files (`.new-*`) of a crash are not records.
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .filter(|n| !n.starts_with('.'))
+        else {
+            continue;
+        };
+        let bytes = fs::read(&path).map_err(|source| RegistryError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let record: FunctionRecord =
+            serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if record.name.as_str() != stem {
+            return Err(RegistryError::Misnamed {
+                path,
+                name: record.name.to_string(),
+            });
+        }
+        functions.insert(record.name.clone(), record);
+    }
+    Ok(functions)
 }
 
 #[cfg(test)]
@@ -310,13 +422,72 @@ mod tests {
         let reg = Registry::load(dir.path()).expect("reload");
         let names: Vec<_> = reg.list().map(|r| r.name.to_string()).collect();
         assert_eq!(names, vec!["b"]);
-        assert!(!dir.path().join("registry.json.tmp").exists());
+        let files: Vec<_> = fs::read_dir(dir.path().join(FUNCTIONS))
+            .expect("functions")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(files, ["b.json"], "one file a function, nothing else");
+    }
+
+    #[test]
+    fn the_id_counter_survives_a_reload_without_any_function() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::load(dir.path()).expect("load");
+        assert_eq!(reg.next_store_id(), 1);
+        reg.put(record("a", [127, 10, 0, 1])).expect("put");
+        reg.remove(&FunctionName::parse("a").expect("name"))
+            .expect("remove");
+        let mut reg = Registry::load(dir.path()).expect("reload");
+        assert_eq!(reg.next_store_id(), 2, "an id is never handed out twice");
+    }
+
+    #[test]
+    fn a_registry_of_one_file_moves_into_one_file_a_function() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Contents {
+            next_store_id: 7,
+            functions: [record("a", [127, 10, 0, 1]), record("b", [127, 10, 0, 2])]
+                .into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect(),
+        };
+        fs::write(
+            dir.path().join(FILE),
+            serde_json::to_vec(&old).expect("json"),
+        )
+        .expect("write");
+        let mut reg = Registry::load(dir.path()).expect("load");
+        assert_eq!(reg.list().count(), 2);
+        assert_eq!(reg.next_store_id(), 8);
+        let left = fs::read_to_string(dir.path().join(FILE)).expect("counter");
+        assert!(!left.contains("functions"), "moved out: {left}");
+        let again = Registry::load(dir.path()).expect("reload");
+        let names: Vec<_> = again.list().map(|r| r.name.to_string()).collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]
     fn corrupt_file_is_an_error_not_an_empty_registry() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(FILE), b"{not json").expect("write");
+        assert!(matches!(
+            Registry::load(dir.path()),
+            Err(RegistryError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_or_misnamed_record_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::load(dir.path()).expect("load");
+        reg.put(record("a", [127, 10, 0, 1])).expect("put");
+        let functions = dir.path().join(FUNCTIONS);
+        fs::rename(functions.join("a.json"), functions.join("b.json")).expect("rename");
+        assert!(matches!(
+            Registry::load(dir.path()),
+            Err(RegistryError::Misnamed { .. })
+        ));
+        fs::write(functions.join("b.json"), b"{").expect("write");
         assert!(matches!(
             Registry::load(dir.path()),
             Err(RegistryError::Corrupt { .. })

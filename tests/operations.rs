@@ -292,6 +292,7 @@ fn secrets_reach_their_function_and_nowhere_else() {
         d.get("/api/list").1,
         d.log_text(),
         std::fs::read_to_string(d.state.join("registry.json")).expect("registry"),
+        std::fs::read_to_string(d.state.join("functions/f.json")).expect("f's record"),
     ];
     seen.push(serde_json::to_string(&info).expect("json"));
     for text in &seen {

@@ -19,6 +19,24 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Makes `dir` (and its parents) if missing, private (0700) either way.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Removes the file `path` for good: its directory is fsynced after, so a
+/// crash cannot bring it back. Gone already is fine.
+pub fn remove_synced(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// Removes `path`, a directory tree or a file; gone already is fine.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
