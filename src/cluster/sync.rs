@@ -28,6 +28,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MEMBERS_EVERY: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// How often archives no function needs any more are looked for, when
+/// records changed since the last look. Not after every change: a look
+/// reads every record, and with thousands of functions a deploy each
+/// made etcd send each node megabytes (quadratic in the functions).
+const COLLECT_EVERY: Duration = Duration::from_secs(10);
 /// How often a change that failed here (a peer down, a full disk) is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(3);
 /// The longest a node waits for one peer's archive.
@@ -195,6 +200,9 @@ async fn follow(
     let mut members = tokio::time::interval(MEMBERS_EVERY);
     // A slow count is not made up for with a burst of them.
     members.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut collect = tokio::time::interval(COLLECT_EVERY);
+    collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changed = false;
     loop {
         tokio::select! {
             _ = members.tick() => cluster.count_members().await,
@@ -216,7 +224,11 @@ async fn follow(
                 let last = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
                 if let Some(revision) = last {
                     cluster.view.advance(revision);
+                    changed = true;
                 }
+            }
+            _ = collect.tick(), if changed => {
+                changed = false;
                 cluster.collect_archives().await;
             }
             _ = retry.tick(), if !failed.is_empty() => {
