@@ -54,8 +54,7 @@ fn copy_hashing(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<String> {
 impl Archives {
     pub fn open(state: &Path) -> io::Result<Self> {
         let dir = state.join("archives");
-        fs::create_dir_all(&dir)?;
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        crate::sys::fs::create_private_dir(&dir)?;
         // Fetches a crash interrupted.
         for entry in fs::read_dir(&dir)?.flatten() {
             if entry.path().extension().is_some_and(|e| e == "part") {
