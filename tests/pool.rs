@@ -529,8 +529,12 @@ fn pool_memory_bounds_all_pools_and_the_idle_one_shrinks_first() {
     let budget = each * 9 / 2;
     let d = Daemon::start_with(&["--pool-memory", &budget.to_string()]);
     d.deploy("idle", &hello_image(), &warm(4));
-    d.wait_for("idle", Duration::from_secs(20), "pool of 4", |i| {
-        i.stats.warm_ready == 4
+    // Filled to what fits: four, or three when this daemon measures a
+    // container more than an eighth above the first one (seen in CI).
+    d.wait_for("idle", Duration::from_secs(20), "idle pool filled", |i| {
+        i.pool.as_ref().is_some_and(|p| {
+            p.memory_each > 0 && p.target >= 3 && i.stats.warm_ready == u64::from(p.target)
+        })
     });
     let busy = d.deploy("busy", &hello_image(), &warm(4)).ip;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
