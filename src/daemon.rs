@@ -286,6 +286,7 @@ async fn start_node(
         config.keep_versions,
         routes,
         config.copy_layers,
+        config.rootfs_idle,
         puller,
     )?);
     manager.announce_shared(shared_ips).await;

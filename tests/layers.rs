@@ -241,3 +241,56 @@ fn copied_versions_are_the_functions_own_and_shared_ones_stay_composed() {
     );
     assert_eq!(layers(&d), Vec::<String>::new(), "no user, no layer");
 }
+
+/// faasd's mounts at the rootfs directories of function `name`'s versions.
+fn composed(d: &Daemon, name: &str) -> usize {
+    let dir = d.state.join("rootfs").canonicalize().expect("rootfs dir");
+    let mounts =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", d.pid())).expect("mountinfo");
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(Path::new))
+        .filter(|m| {
+            m.parent() == Some(dir.as_path())
+                && m.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
+        })
+        .count()
+}
+
+#[test]
+fn a_rootfs_is_mounted_only_while_its_containers_need_it() {
+    require_host();
+    let mut d = Daemon::start_with(&["--rootfs-idle", "3"]);
+    let image = hello_image();
+    let idle = d.deploy("idle", &image, &opts()).ip;
+    let pooled = faasd::api::DeployOptions { warm: 1, ..opts() };
+    d.deploy("pooled", &image, &pooled);
+    // Nothing holds the one without a pool: it goes after --rootfs-idle.
+    wait_until(
+        std::time::Duration::from_secs(15),
+        "the idle function's rootfs to be unmounted",
+        || composed(&d, "idle") == 0,
+    );
+    assert_eq!(composed(&d, "pooled"), 1, "its warm container holds it");
+    // A connection composes it again, and it stays a while after.
+    let (status, body) = call(idle).expect("call");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(composed(&d, "idle"), 1);
+    wait_until(
+        std::time::Duration::from_secs(15),
+        "unmounted again",
+        || composed(&d, "idle") == 0,
+    );
+    // A restart composes none of them ahead: only the pool's.
+    d.stop();
+    d.spawn();
+    assert_eq!(composed(&d, "idle"), 0, "composed at start");
+    let (status, body) = call(idle).expect("call after a restart");
+    assert_eq!(status, 200, "{body}");
+    wait_until(
+        std::time::Duration::from_secs(15),
+        "the pool's rootfs composed",
+        || composed(&d, "pooled") == 1,
+    );
+}

@@ -165,6 +165,10 @@ pub struct Args {
     /// more disk and slower deploys, faster file lookups in containers.
     #[arg(long)]
     pub copy_layers: bool,
+    /// Seconds a version's rootfs stays mounted after its last container
+    /// ended (composed again by the next one; a pool keeps it mounted).
+    #[arg(long, default_value_t = 30)]
+    pub rootfs_idle: u64,
     /// A registry host (as image references name it: HOST or HOST:PORT)
     /// to reach over plain HTTP instead of HTTPS; repeatable. Pulls from
     /// any other host are HTTPS only.
@@ -232,6 +236,7 @@ pub struct Config {
     pub keep_versions: usize,
     /// `--copy-layers`
     pub copy_layers: bool,
+    pub rootfs_idle: Duration,
     /// `--insecure-registry`, `--registry-ca`, `--pull-timeout`.
     pub pull: crate::pull::PullConfig,
     pub route_table: Option<u32>,
@@ -318,6 +323,7 @@ impl Args {
             token,
             keep_versions: self.keep_versions,
             copy_layers: self.copy_layers,
+            rootfs_idle: Duration::from_secs(self.rootfs_idle),
             pull: crate::pull::PullConfig {
                 insecure: self
                     .insecure_registry

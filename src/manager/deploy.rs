@@ -154,7 +154,8 @@ impl Manager {
             origin: "deploy".into(),
             pulled,
         };
-        let fresh = self.rootfs_dir(rootfs);
+        let fresh = self.rootfs_dir(rootfs, owners::base(id_slot));
+        fresh.composed();
         let switched = match previous {
             Some(previous) => {
                 let (record, dropped) = previous.succeed(next, self.keep_versions);
@@ -561,8 +562,7 @@ impl Manager {
         let needed: HashSet<u64> = record.rootfs_ids().collect();
         registry.put(record)?;
         if !needed.contains(&gone.rootfs) {
-            self.rootfs_dir(self.store.path(name.as_str(), gone.rootfs))
-                .retire();
+            self.retire_rootfs(name, gone.rootfs);
         }
         Ok(())
     }
@@ -632,8 +632,7 @@ impl Manager {
             return Err(e);
         }
         for gone in dropped.iter().filter(|v| !needed.contains(&v.rootfs)) {
-            self.rootfs_dir(self.store.path(name.as_str(), gone.rootfs))
-                .retire();
+            self.retire_rootfs(&name, gone.rootfs);
         }
         tracing::info!(function = %name, ip = %record.ip, version = record.version,
             image = %record.image_id, origin = %record.origin, "serving a new version");

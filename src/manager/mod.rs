@@ -22,7 +22,8 @@ use crate::pull::{PullError, Puller};
 use crate::registry::{FunctionRecord, Registry, RegistryError};
 use crate::runtime::logs::LogSink;
 use crate::runtime::{
-    ActivationListener, Function, Ledger, RootfsDir, Runtime, RuntimeError, Stats, WarmPool,
+    ActivationListener, Function, Ledger, RootfsDir, Rootfses, Runtime, RuntimeError, Stats,
+    WarmPool,
 };
 use crate::secrets::{SecretError, SecretStore};
 
@@ -92,6 +93,8 @@ struct Live {
 
 pub struct Manager {
     store: Store,
+    /// The live rootfs directories, composed while used.
+    rootfses: Arc<Rootfses>,
     logs: PathBuf,
     registry: tokio::sync::Mutex<Registry>,
     net: Netlink,
@@ -149,6 +152,7 @@ impl Manager {
         keep_versions: usize,
         routes: Option<Routes>,
         copy_layers: bool,
+        rootfs_idle: Duration,
         puller: Arc<Puller>,
     ) -> Result<Self, ManagerError> {
         let mut store = Store::open(state_dir.join("rootfs"))?;
@@ -166,6 +170,7 @@ impl Manager {
             store.copy_new_versions();
         }
         Ok(Self {
+            rootfses: Rootfses::new(store.clone(), rootfs_idle),
             store,
             logs: runtime.logs_dir(),
             registry: tokio::sync::Mutex::new(registry),
@@ -191,9 +196,17 @@ impl Manager {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A version's rootfs directory, removed as its store says once retired.
-    fn rootfs_dir(&self, path: PathBuf) -> Arc<RootfsDir> {
-        RootfsDir::new(path, self.store.layers().cloned())
+    /// A version's rootfs directory (the live one, if it has one).
+    fn rootfs_dir(&self, path: PathBuf, id_base: u32) -> Arc<RootfsDir> {
+        self.rootfses.get(path, id_base)
+    }
+
+    /// Removes store directory `id` of `name` once nothing uses it.
+    fn retire_rootfs(&self, name: &FunctionName, id: u64) {
+        // The id range matters only to a compose, and a retired directory
+        // is not composed again.
+        self.rootfs_dir(self.store.path(name.as_str(), id), 0)
+            .retire();
     }
 
     /// The runtime's view of a deployed version (its pool not filling yet).
@@ -204,11 +217,15 @@ impl Manager {
     ) -> Result<Arc<Function>, ManagerError> {
         let log = self.open_log(&record.name)?;
         let id_base = owners::base(record.id_slot.unwrap_or_default());
-        let rootfs = self.store.path(record.name.as_str(), record.rootfs_id());
+        let rootfs = self.rootfs_dir(
+            self.store.path(record.name.as_str(), record.rootfs_id()),
+            id_base,
+        );
         let secrets = if record.options.secrets.is_empty() {
             None
         } else {
-            crate::image::store::ensure_secrets_mountpoint(&rootfs)?;
+            let _composed = rootfs.hold()?;
+            crate::image::store::ensure_secrets_mountpoint(&rootfs.path)?;
             let owner = (id_base + record.image.uid, id_base + record.image.gid);
             // Versions count per function (a removed one's come again);
             // store directories never repeat.
@@ -218,7 +235,7 @@ impl Manager {
         let func = Arc::new(Function {
             name: record.name.clone(),
             version: record.version,
-            rootfs: self.rootfs_dir(rootfs),
+            rootfs,
             rootfs_id: record.rootfs_id(),
             secrets,
             image: record.image.clone(),
@@ -282,7 +299,7 @@ impl Manager {
             }
             for id in record.history.iter().map(|v| v.rootfs) {
                 if id != record.rootfs_id() {
-                    self.rootfs_dir(self.store.path(name.as_str(), id)).retire();
+                    self.retire_rootfs(name, id);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Bringing back, after a start, what the registry records: what a
 //! crashed run left goes (containers, addresses, routes, rootfs copies,
-//! layers nothing uses, iptables rules), every kept version's rootfs is
-//! composed again, and each function serves on its old address.
+//! layers nothing uses, iptables rules) and each function serves on its
+//! old address (its rootfs composed when a container first needs it).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use super::deploy::shift_owners;
 use super::{Manager, ManagerError};
-use crate::image::owners;
 use crate::registry::{FunctionRecord, Registry};
 
 impl Manager {
@@ -66,7 +65,6 @@ impl Manager {
         if swept > 0 {
             tracing::info!(count = swept, "removed unreferenced rootfs directories");
         }
-        self.mount_rootfs(&registry).await?;
         // Rules a crashed run left go; those of the functions below come back.
         let runtime = Arc::clone(&self.runtime);
         let _ = tokio::task::spawn_blocking(move || runtime.egress.clear()).await;
@@ -82,31 +80,6 @@ impl Manager {
             self.announce_when_ready(record.ip, func);
             tracing::info!(function = %record.name, ip = %record.ip, "serving");
         }
-        Ok(())
-    }
-
-    /// Composes the rootfs of every kept version made of shared layers
-    /// (an overlay mount lasts only as long as faasd's mount namespace).
-    async fn mount_rootfs(&self, registry: &Registry) -> Result<(), ManagerError> {
-        let mounts: Vec<(PathBuf, u32)> = registry
-            .list()
-            .flat_map(|r| {
-                let base = owners::base(r.id_slot.unwrap_or_default());
-                r.rootfs_ids()
-                    .map(move |id| (self.store.path(r.name.as_str(), id), base))
-            })
-            .collect();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            mounts
-                .iter()
-                .try_for_each(|(path, base)| store.mount(path, *base))
-        })
-        .await
-        .map_err(|e| ManagerError::Io {
-            op: "composing rootfs".into(),
-            source: std::io::Error::other(e),
-        })??;
         Ok(())
     }
 

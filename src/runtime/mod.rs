@@ -11,7 +11,7 @@
 //! the node's memory bound on all pools (`budget`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ pub mod reactor;
 pub mod reaper;
 mod refill;
 pub mod respond;
+pub mod rootfs;
 pub mod sandbox;
 
 pub use error::RuntimeError;
@@ -47,6 +48,7 @@ pub use ledger::{Ledger, Stats};
 pub use oci::{Flavor, Oci};
 pub use pool::{Lease, Slot, WarmPool};
 pub use reaper::{Exit, Reaper};
+pub use rootfs::{RootfsDir, RootfsUse, Rootfses};
 use sandbox::{cgroup, view};
 
 impl RuntimeError {
@@ -97,48 +99,6 @@ pub struct RuntimeConfig {
     /// Control sockets refuse descriptors containers send (SO_PASSRIGHTS,
     /// where the kernel has it).
     pub refuse_descriptors: bool,
-}
-
-/// A rootfs directory shared by the containers of one deployed version;
-/// removed when retired and no container uses it any more.
-#[derive(Debug)]
-pub struct RootfsDir {
-    pub path: PathBuf,
-    retired: AtomicBool,
-    /// The layer store it is composed from, if it is.
-    layers: Option<Arc<crate::image::layers::Layers>>,
-}
-
-impl RootfsDir {
-    pub fn new(path: PathBuf, layers: Option<Arc<crate::image::layers::Layers>>) -> Arc<Self> {
-        Arc::new(Self {
-            path,
-            retired: AtomicBool::new(false),
-            layers,
-        })
-    }
-
-    /// Marks the directory for removal once the last user lets go.
-    pub fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
-    }
-}
-
-impl Drop for RootfsDir {
-    fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire) {
-            let path = std::mem::take(&mut self.path);
-            let layers = self.layers.take();
-            // Removing a tree is slow; never on whatever thread dropped us,
-            // and only on CPU time nothing else wants.
-            std::thread::spawn(move || {
-                let _ = crate::sys::set_priority(0, crate::sys::Priority::Idle);
-                if let Err(e) = crate::image::store::remove_rootfs(&path, layers.as_deref()) {
-                    tracing::warn!(path = %path.display(), error = %e, "removing retired rootfs");
-                }
-            });
-        }
-    }
 }
 
 /// One deployed version of a function, as the runtime needs it.

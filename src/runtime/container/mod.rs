@@ -59,6 +59,9 @@ struct Guard {
     egress: Option<crate::runtime::sandbox::egress::Link>,
     /// Its cgroup runs at idle priority until it serves (a pool refill).
     idle_start: bool,
+    /// Keeps its version's rootfs composed, from its bundle until its
+    /// cleanup is done.
+    rootfs: Option<super::RootfsUse>,
 }
 
 /// A container's first process: our child since its `create` exited.
@@ -106,6 +109,7 @@ impl Drop for Guard {
             idle_start: false,
             exited: self.exited.take(),
             egress: self.egress.take(),
+            rootfs: self.rootfs.take(),
         };
         self.rt.control.spawn(guard.finish(End::Kill("dropped")));
     }

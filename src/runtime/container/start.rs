@@ -77,6 +77,7 @@ impl Runtime {
             adopted: false,
             egress: None,
             idle_start: false,
+            rootfs: None,
         };
         let ledger = &func.ledger;
         let t0 = Instant::now();
@@ -183,7 +184,13 @@ impl Guard {
         e
     }
 
-    fn prepare_bundle(&self) -> Result<ControlListener, RuntimeError> {
+    fn prepare_bundle(&mut self) -> Result<ControlListener, RuntimeError> {
+        self.rootfs = Some(
+            self.func
+                .rootfs
+                .hold()
+                .map_err(|e| io("composing the rootfs")(std::io::Error::other(e)))?,
+        );
         std::fs::create_dir(&self.bundle).map_err(io("creating bundle"))?;
         let sock = self.bundle.join("control.sock");
         let listener = StdListener::bind(&sock).map_err(io("binding control socket"))?;

@@ -213,6 +213,7 @@ impl Guard {
         let oci = rt.oci.clone();
         let scope = rt.cgroup_scope.clone();
         let egress = self.egress.take();
+        let rootfs = self.rootfs.take();
         let links = Arc::clone(&rt);
         let cleanup = rt.janitor.run(move || {
             if let Some(link) = egress {
@@ -236,6 +237,8 @@ impl Guard {
             if let Err(e) = crate::sys::fs::remove_tree(&bundle) {
                 tracing::warn!(%id, error = %e, "removing bundle");
             }
+            // Its writable layer (composed on the rootfs) is gone.
+            drop(rootfs);
             usage
         });
         if let Ok(Some(usage)) = cleanup.await {
