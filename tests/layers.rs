@@ -1,7 +1,8 @@
 //! Shared layers: every layer is unpacked once, whatever number of
 //! functions and versions use it; each function sees it owned by its own
-//! ids; removing the last user of a layer frees it; and a restart (a
-//! `kill -9` too) composes every kept version again.
+//! ids; removing the last user of a layer frees it; a restart (a
+//! `kill -9` too) serves every kept version again; and a version's rootfs
+//! is mounted only while its containers need it.
 
 mod common;
 

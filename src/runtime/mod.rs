@@ -7,8 +7,9 @@
 //! pools filled (`refill`). Below: the OCI runtime's command line (`oci`:
 //! runc, crun or another), child reaping (`reaper`), cleanup at idle
 //! priority (`janitor`), passing the client socket (`fdpass`), handler
-//! output (`logs`), each function's ledger of outcomes (`ledger`) and
-//! the node's memory bound on all pools (`budget`).
+//! output (`logs`), each function's ledger of outcomes (`ledger`), the
+//! node's memory bound on all pools (`budget`) and versions' rootfs
+//! directories, mounted while containers use them (`rootfs`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -76,9 +76,6 @@ impl Rootfses {
         if let Some(dir) = dirs.get(&path).and_then(Weak::upgrade) {
             return dir;
         }
-        if dirs.len() >= 64 && dirs.len().is_power_of_two() {
-            dirs.retain(|_, d| d.strong_count() > 0);
-        }
         let dir = Arc::new(RootfsDir {
             path: path.clone(),
             id_base,
@@ -177,18 +174,16 @@ impl Drop for RootfsDir {
     fn drop(&mut self) {
         // Under the table's lock, and only while this object is the
         // path's: one made after it (a rollback) composes only after this
-        // one's mount is gone, and one made before this lock replaced it
-        // (its compose unmounted ours first).
+        // one's mount is gone, and one that replaced it before this lock
+        // unmounts what is there when it composes or ends. Whatever is
+        // there: it may be the mount of one this replaced.
         let mut dirs = self.table.dirs();
         let ours = dirs
             .get(&self.path)
             .is_some_and(|d| std::ptr::eq(d.as_ptr(), self));
         if ours {
             dirs.remove(&self.path);
-            let composed = self.mount.get_mut().map_or(true, |m| m.composed);
-            if composed {
-                unmount(&self.path);
-            }
+            unmount(&self.path);
         }
         drop(dirs);
         if self.retired.load(Ordering::Acquire) {
