@@ -241,6 +241,7 @@ async fn start_node(
         .route_table
         .map(|table| crate::net::Routes::new(net.clone(), table));
     let registry = Registry::load(state)?;
+    check_open_files(registry.list().count());
     let secrets = SecretStore::open(state)?;
     // reqwest (registry pulls) takes rustls' process-wide provider; ring
     // is the one the etcd client already brings (rustls now steers to
@@ -506,6 +507,32 @@ async fn wait_for_signal() {
 }
 
 /// The data plane runs on io_uring; say so plainly when the host forbids it.
+/// Raises the descriptor limit as far as it goes, and says so when it
+/// is short for the functions there are (a deploy beyond it fails with
+/// "Too many open files").
+fn check_open_files(functions: usize) {
+    match crate::sys::raise_open_files() {
+        Ok(limit) => {
+            // A function's listener (the data plane's and the core's copy;
+            // with --all-cores, a pair a core) and its log file, and room for
+            // containers' connections and the control plane.
+            let each = 3;
+            let needed = functions as u64 * each + 4096;
+            if needed > limit {
+                tracing::warn!(
+                    limit,
+                    needed,
+                    functions,
+                    "the open files limit is short for this many functions ({each} descriptors each): raise LimitNOFILE / ulimit -n"
+                );
+            } else {
+                tracing::info!(limit, functions_room = (limit - 4096) / each, "open files");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
+}
+
 fn check_io_uring() -> Result<(), DaemonError> {
     match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         Ok(v) if v.trim() != "0" => Err(DaemonError::IoUringDisabled(v.trim().to_string())),

@@ -322,7 +322,18 @@ fn read_functions(dir: &Path) -> Result<BTreeMap<FunctionName, FunctionRecord>, 
                 source,
             })?
             .path();
-        // Write_private's temporary files (`.new-*`) of a crash are not records.
+        // Write_private's temporary files of a crash are not records; the
+        // state directory is locked, so no writer owns them any more.
+        let leftover = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".new-"));
+        if leftover {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "removing a crash's temporary file");
+            }
+            continue;
+        }
         let Some(stem) = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -427,6 +438,23 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(files, ["b.json"], "one file a function, nothing else");
+    }
+
+    #[test]
+    fn a_crash_s_temporary_files_go_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut reg = Registry::load(dir.path()).expect("load");
+        reg.put(record("a", [127, 10, 0, 1])).expect("put");
+        let functions = dir.path().join(FUNCTIONS);
+        // What a crash between write and rename leaves.
+        fs::write(functions.join(".new-x1Yz"), b"{\"half").expect("write");
+        let reg = Registry::load(dir.path()).expect("reload");
+        assert_eq!(reg.list().count(), 1);
+        let files: Vec<_> = fs::read_dir(&functions)
+            .expect("functions")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(files, ["a.json"]);
     }
 
     #[test]

@@ -184,6 +184,7 @@ fn a_late_joiner_catches_up() {
 #[ignore = "a measurement: loadtest/cluster-scale.sh"]
 fn many_functions_in_three_nodes() {
     let count: usize = env_or("SCALE_MANY", "10000").parse().unwrap_or(10000);
+    room_for_descriptors();
     let sim = Sim::start_pool(3, 3, BIG_POOL, &[]);
     sim.wait_members();
     let before = etcd_sent(&sim);
@@ -218,6 +219,14 @@ fn many_functions_in_three_nodes() {
         (rss.iter().sum::<u64>() as f64 - rss0.iter().sum::<u64>() as f64)
             / (count as f64 * rss.len() as f64)
     );
+}
+
+/// The descriptor limit the nodes inherit, as `dist/faasd.service` sets
+/// it (`LimitNOFILE`): a function holds three, so 10,000 need more than
+/// a login shell's limit.
+fn room_for_descriptors() {
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20).expect("raising RLIMIT_NOFILE (root)");
 }
 
 /// Bytes every etcd member has sent to gRPC clients (its own counter):

@@ -1,6 +1,7 @@
 //! faasd's own life: shutdown releases everything, a restart serves every
 //! function again on the same address, a crash leaves nothing a restart
-//! does not clean, and the operator's own addresses are never touched.
+//! does not clean, the operator's own addresses are never touched, and
+//! faasd takes the descriptors its limit allows.
 
 mod common;
 
@@ -9,6 +10,35 @@ use std::time::Duration;
 
 use common::*;
 use faasd::api::DeployOptions;
+
+#[test]
+fn faasd_raises_its_open_files_limit_to_the_hard_one() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // Started the way a login shell starts it: soft 1,024, hard higher.
+    // (Lowered in this process while the daemon starts, which the other
+    // tests here do not mind: they hold few descriptors.)
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let low = 1024.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, low, hard).expect("setrlimit");
+    let d = Daemon::start();
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).expect("setrlimit back");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3..5],
+        [hard.to_string(), hard.to_string()],
+        "soft raised to hard: {line}"
+    );
+    assert!(
+        d.log_text().contains("open files"),
+        "the limit is logged:\n{}",
+        d.log_text()
+    );
+}
 
 #[test]
 fn shutdown_removes_addresses_and_restart_restores_them() {

@@ -171,6 +171,19 @@ pub fn private_mounts() -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Raises this process's soft limit on open descriptors to its hard
+/// limit (what the operator or systemd's `LimitNOFILE` allows) and returns
+/// it: each function holds its listener and its log file open, so a node
+/// of thousands of functions needs far more than the usual 1,024.
+pub fn raise_open_files() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok(hard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
