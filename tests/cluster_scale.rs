@@ -184,7 +184,7 @@ fn a_late_joiner_catches_up() {
 #[ignore = "a measurement: loadtest/cluster-scale.sh"]
 fn many_functions_in_three_nodes() {
     let count: usize = env_or("SCALE_MANY", "10000").parse().unwrap_or(10000);
-    room_for_descriptors();
+    room_for_descriptors(count);
     let sim = Sim::start_pool(3, 3, BIG_POOL, &[]);
     sim.wait_members();
     let before = etcd_sent(&sim);
@@ -222,11 +222,21 @@ fn many_functions_in_three_nodes() {
 }
 
 /// The descriptor limit the nodes inherit, as `dist/faasd.service` sets
-/// it (`LimitNOFILE`): a function holds three, so 10,000 need more than
-/// a login shell's limit.
-fn room_for_descriptors() {
-    use nix::sys::resource::{setrlimit, Resource};
-    setrlimit(Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20).expect("raising RLIMIT_NOFILE (root)");
+/// it (`LimitNOFILE`) where this process may (CAP_SYS_RESOURCE), else
+/// the hard limit: a function holds three, so `count` functions must fit.
+fn room_for_descriptors(count: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if setrlimit(Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20).is_err() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raising RLIMIT_NOFILE");
+    }
+    let (limit, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let fits = limit.saturating_sub(4096) / 3;
+    assert!(
+        count as u64 <= fits,
+        "{count} functions need {} descriptors a node; this host allows {limit} (no CAP_SYS_RESOURCE to raise it): about {fits} functions fit",
+        count * 3 + 4096
+    );
 }
 
 /// Bytes every etcd member has sent to gRPC clients (its own counter):
