@@ -506,7 +506,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// The data plane runs on io_uring; say so plainly when the host forbids it.
 /// Raises the descriptor limit as far as it goes, and says so when it
 /// is short for the functions there are (a deploy beyond it fails with
 /// "Too many open files").
@@ -533,6 +532,7 @@ fn check_open_files(functions: usize) {
     }
 }
 
+/// The data plane runs on io_uring; say so plainly when the host forbids it.
 fn check_io_uring() -> Result<(), DaemonError> {
     match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         Ok(v) if v.trim() != "0" => Err(DaemonError::IoUringDisabled(v.trim().to_string())),

@@ -5,7 +5,8 @@
 //! work (pool refills, cleanup) only runs on CPU time serving leaves idle;
 //! and faasd's own mount namespace; and the closer, which closes the
 //! descriptors containers had their hands on away from every thread that
-//! serves (`closer`); files kept private and replaced whole (`fs`).
+//! serves (`closer`); files kept private and replaced whole (`fs`); and
+//! the open files limit, raised as far as the operator allows.
 #![allow(unsafe_code)]
 
 pub mod closer;
