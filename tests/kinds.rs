@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -72,21 +72,31 @@ fn busybox_image(entrypoint: &[&str], user: &str) -> ImageSpec {
 
 /// A static binary compiled here from a C file of the repository.
 fn compiled(source: &str) -> Vec<u8> {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
-    let name = Path::new(source).file_stem().expect("stem");
-    let out = dir.path().join(name);
-    if !out.exists() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
-        let status = Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("gcc");
-        assert!(status.success(), "compiling {source}");
+    // Compiled once a run; the build directory goes at once (a static's
+    // TempDir would never be dropped, and so never removed).
+    static BUILT: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(binary) = built.get(source) {
+        return binary.clone();
     }
-    std::fs::read(out).expect("binary")
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir
+        .path()
+        .join(Path::new(source).file_stem().expect("stem"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "compiling {source}");
+    let binary = std::fs::read(out).expect("binary");
+    built.insert(source.to_string(), binary.clone());
+    binary
 }
 
 fn one_binary(name: &str, binary: Vec<u8>, user: &str) -> ImageSpec {
