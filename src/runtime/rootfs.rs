@@ -7,8 +7,7 @@
 //! start cost. So a rootfs is mounted only while it is used: a container
 //! holds it (`RootfsDir::hold`) from its bundle until its cleanup, and
 //! one nobody has held for a while (`faasd --rootfs-idle`) is unmounted
-//! again. A retired
-//! directory goes once its last user lets go.
+//! again. A retired directory goes once its last user lets go.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
