@@ -60,17 +60,7 @@ fn busybox_image(entrypoint: &[&str], script: &str) -> ImageSpec {
 
 /// tests/fixtures/shm.c, compiled here.
 fn shm_binary() -> Vec<u8> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("shm");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shm.c");
-    let status = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(status.success(), "compiling shm.c");
-    std::fs::read(out).expect("shm binary")
+    compile_static("tests/fixtures/shm.c")
 }
 
 /// `/plant` leaves a file in /tmp and in /, a process in the background,

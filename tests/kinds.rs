@@ -72,8 +72,8 @@ fn busybox_image(entrypoint: &[&str], user: &str) -> ImageSpec {
 
 /// A static binary compiled here from a C file of the repository.
 fn compiled(source: &str) -> Vec<u8> {
-    // Compiled once a run; the build directory goes at once (a static's
-    // TempDir would never be dropped, and so never removed).
+    // Compiled once a run (a static's TempDir would never be dropped,
+    // and so never removed).
     static BUILT: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Mutex::default)
@@ -82,19 +82,7 @@ fn compiled(source: &str) -> Vec<u8> {
     if let Some(binary) = built.get(source) {
         return binary.clone();
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir
-        .path()
-        .join(Path::new(source).file_stem().expect("stem"));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
-    let status = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(status.success(), "compiling {source}");
-    let binary = std::fs::read(out).expect("binary");
+    let binary = compile_static(source);
     built.insert(source.to_string(), binary.clone());
     binary
 }

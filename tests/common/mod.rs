@@ -793,3 +793,22 @@ pub fn opts() -> DeployOptions {
         ..Default::default()
     }
 }
+
+/// `source` (a C file under the crate, e.g. tests/fixtures/shm.c)
+/// compiled static with this machine's gcc, in a directory that goes at
+/// once.
+pub fn compile_static(source: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir
+        .path()
+        .join(std::path::Path::new(source).file_stem().expect("stem"));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "compiling {source}");
+    std::fs::read(out).expect("compiled binary")
+}
